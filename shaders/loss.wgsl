@@ -1,0 +1,113 @@
+// The reconstruction loss: its gradient at the output (every step) and its value (on request).
+//
+//   output_delta: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
+//   loss_value:   out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]
+//                 reconstruction = (1/m) sum_i 0.5 ||xhat_i - x_i||^2
+//                 weight_decay   = (lambda/2) sum ||W||^2     (over the weight region only)
+//                 sparsity       = beta sum_j KL(rho || rho_hat_j)
+//   loss_value runs as one workgroup: fixed-order strided sums and a fixed tree (deterministic).
+
+struct Grid {
+    offset: vec4<u32>,
+}
+
+struct Loss {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    weights_len: u32,
+    inv_m: f32,
+    half_lambda: f32,
+    rho: f32,
+    beta: f32,
+    code_width: u32,
+    sparsity: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> grid: Grid;
+@group(0) @binding(1) var<uniform> ls: Loss;
+@group(0) @binding(2) var<storage, read> xhat: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> z_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> delta: array<f32>;
+
+fn activation_derivative(act: u32, zv: f32, av: f32) -> f32 {
+    switch act {
+        case 1u: { return select(0.0, 1.0, zv > 0.0); }
+        case 2u: { return av * (1.0 - av); }
+        case 3u: { return 1.0 - av * av; }
+        default: { return 1.0; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn output_delta(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let i = (wid.x + grid.offset.x) * 256u + lid.x;
+    if (i >= ls.rows * ls.cols) {
+        return;
+    }
+    delta[i] = (xhat[i] - x[i]) * ls.inv_m * activation_derivative(ls.act, z_out[i], xhat[i]);
+}
+
+@group(0) @binding(6) var<storage, read> weights: array<f32>;
+@group(0) @binding(7) var<storage, read> rho_hat: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+fn tree_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
+}
+
+fn kl_divergence(rho: f32, rho_hat_j: f32) -> f32 {
+    // 1 - q is clamped on its own: 1 - (1 - eps) is not eps in f32.
+    let q = clamp(rho_hat_j, ls.eps, 1.0 - ls.eps);
+    let one_minus_q = clamp(1.0 - rho_hat_j, ls.eps, 1.0 - ls.eps);
+    return rho * log(rho / q) + (1.0 - rho) * log((1.0 - rho) / one_minus_q);
+}
+
+@compute @workgroup_size(256)
+fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
+    _ = grid.offset; // one workgroup, never split; the binding is kept for a uniform layout
+    let t = lid.x;
+    var sq = 0.0;
+    for (var i = t; i < ls.rows * ls.cols; i += WG) {
+        let d = xhat[i] - x[i];
+        sq = fma(d, d, sq);
+    }
+    let sum_sq = tree_sum(t, sq);
+    var ww = 0.0;
+    for (var i = t; i < ls.weights_len; i += WG) {
+        ww = fma(weights[i], weights[i], ww);
+    }
+    let sum_ww = tree_sum(t, ww);
+    var kl = 0.0;
+    if (ls.sparsity != 0u) {
+        for (var j = t; j < ls.code_width; j += WG) {
+            kl += kl_divergence(ls.rho, rho_hat[j]);
+        }
+    }
+    let sum_kl = tree_sum(t, kl);
+    if (t == 0u) {
+        let reconstruction = 0.5 * sum_sq * ls.inv_m;
+        let weight_decay = ls.half_lambda * sum_ww;
+        let sparsity = ls.beta * sum_kl;
+        out[0] = reconstruction + weight_decay + sparsity;
+        out[1] = reconstruction;
+        out[2] = weight_decay;
+        out[3] = sparsity;
+        out[4] = sum_sq;
+    }
+}

@@ -1,0 +1,83 @@
+// Matrix products of a training step, in the three layouts it needs, so that no transpose is
+// ever materialised (row-major everywhere, W is [out, in] as in PyTorch):
+//
+//   matmul_forward          Z[m,n]  = A[m,k] · W[n,k]^T      (rows=m, cols=n, inner=k)
+//   matmul_backward_weight  dW[n,k] = delta[m,n]^T · A[m,k]  (rows=n, cols=k, inner=m)
+//   matmul_backward_input   G[m,k]  = delta[m,n] · W[n,k]    (rows=m, cols=k, inner=n)
+//
+// All three are out[r,c] = sum_p L(r,p) R(p,c); they differ only in the strides used to read
+// L and R. 16x16 output tiles, each workgroup stages 16x16 tiles of L and R in workgroup memory.
+// Out-of-range elements load as 0, so any size works; each output is written by exactly one
+// invocation, and the sum runs in a fixed order (deterministic).
+
+struct Grid {
+    // Workgroup offset of this dispatch, for grids split across several dispatches.
+    offset: vec4<u32>,
+}
+
+struct Matmul {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> grid: Grid;
+@group(0) @binding(1) var<uniform> mm: Matmul;
+@group(0) @binding(2) var<storage, read> lhs: array<f32>;
+@group(0) @binding(3) var<storage, read> rhs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const TILE: u32 = 16u;
+var<workgroup> tile_l: array<array<f32, 16>, 16>; // [r][p]
+var<workgroup> tile_r: array<array<f32, 16>, 16>; // [p][c]
+
+// L(r,p) = lhs[r * l_r + p * l_p], R(p,c) = rhs[p * r_p + c * r_c]
+fn tiled_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u32) {
+    let row0 = (wid.y + grid.offset.y) * TILE;
+    let col0 = (wid.x + grid.offset.x) * TILE;
+    let r = row0 + lid.y;
+    let c = col0 + lid.x;
+    var acc = 0.0;
+    let tiles = (mm.inner + TILE - 1u) / TILE;
+    for (var t = 0u; t < tiles; t++) {
+        let p_l = t * TILE + lid.x;
+        var v_l = 0.0;
+        if (r < mm.rows && p_l < mm.inner) {
+            v_l = lhs[r * l_r + p_l * l_p];
+        }
+        tile_l[lid.y][lid.x] = v_l;
+        let p_r = t * TILE + lid.y;
+        var v_r = 0.0;
+        if (p_r < mm.inner && c < mm.cols) {
+            v_r = rhs[p_r * r_p + c * r_c];
+        }
+        tile_r[lid.y][lid.x] = v_r;
+        workgroupBarrier();
+        for (var q = 0u; q < TILE; q++) {
+            acc = fma(tile_l[lid.y][q], tile_r[q][lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    if (r < mm.rows && c < mm.cols) {
+        out[r * mm.cols + c] = acc;
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
+    tiled_matmul(lid.xy, wid.xy, mm.inner, 1u, 1u, mm.inner);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_backward_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = cols)
+    tiled_matmul(lid.xy, wid.xy, 1u, mm.rows, mm.cols, 1u);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_backward_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
+    tiled_matmul(lid.xy, wid.xy, mm.inner, 1u, mm.cols, 1u);
+}

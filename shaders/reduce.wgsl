@@ -1,0 +1,58 @@
+// Deterministic column reduction: out[j] = scale * sum_i t(x[i, j]) over a [rows, cols] matrix.
+// One workgroup per column: invocation t sums rows t, t+256, t+512, ... in order, then a fixed
+// tree combines the 256 partial sums. No atomics, so the result is the same bit for bit on
+// every run. Used for rho_hat (scale 1/m), bias gradients (scale 1) and firing frequencies.
+// Transforms: 0 the value, 1 the hard firing indicator [x > 0], 2 sigmoid(x / T).
+
+struct Grid {
+    offset: vec4<u32>,
+}
+
+struct Reduce {
+    rows: u32,
+    cols: u32,
+    transform: u32,
+    _pad: u32,
+    scale: f32,
+    temperature: f32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> grid: Grid;
+@group(0) @binding(1) var<uniform> rd: Reduce;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+fn transform(v: f32) -> f32 {
+    switch rd.transform {
+        case 1u: { return select(0.0, 1.0, v > 0.0); }
+        case 2u: { return 1.0 / (1.0 + exp(-v / rd.temperature)); }
+        default: { return v; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn column_sum(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let j = wid.x + grid.offset.x;
+    var acc = 0.0;
+    if (j < rd.cols) {
+        for (var i = lid.x; i < rd.rows; i += WG) {
+            acc += transform(x[i * rd.cols + j]);
+        }
+    }
+    partial[lid.x] = acc;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid.x < stride) {
+            partial[lid.x] += partial[lid.x + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && j < rd.cols) {
+        out[j] = rd.scale * partial[0];
+    }
+}

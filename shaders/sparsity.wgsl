@@ -1,0 +1,58 @@
+// The KL sparsity gradient at the code layer (SPEC.md section 4), element-wise over [rows, cols]:
+//   mode 1, mean-activation KL:  delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z)
+//   mode 2, firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
+//                                s = sigmoid(Z/T)
+// KL'(q) = -rho/q + (1-rho)/(1-q) with q clamped to [eps, 1-eps]; the clamp passes the
+// gradient straight through, so a saturated unit is still pulled back.
+
+struct Grid {
+    offset: vec4<u32>,
+}
+
+struct Kl {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    mode: u32,
+    rho: f32,
+    beta_over_m: f32,
+    temperature: f32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> grid: Grid;
+@group(0) @binding(1) var<uniform> kl: Kl;
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(3) var<storage, read> z: array<f32>;
+@group(0) @binding(4) var<storage, read> a: array<f32>;
+@group(0) @binding(5) var<storage, read> rho_hat: array<f32>;
+@group(0) @binding(6) var<storage, read_write> delta: array<f32>;
+
+fn activation_derivative(act: u32, zv: f32, av: f32) -> f32 {
+    switch act {
+        case 1u: { return select(0.0, 1.0, zv > 0.0); }
+        case 2u: { return av * (1.0 - av); }
+        case 3u: { return 1.0 - av * av; }
+        default: { return 1.0; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let i = (wid.x + grid.offset.x) * 256u + lid.x;
+    if (i >= kl.rows * kl.cols) {
+        return;
+    }
+    let j = i % kl.cols;
+    // 1 - q is clamped on its own: 1 - (1 - eps) is not eps in f32.
+    let q = clamp(rho_hat[j], kl.eps, 1.0 - kl.eps);
+    let one_minus_q = clamp(1.0 - rho_hat[j], kl.eps, 1.0 - kl.eps);
+    let dkl = kl.beta_over_m * (-kl.rho / q + (1.0 - kl.rho) / one_minus_q);
+    let fprime = activation_derivative(kl.act, z[i], a[i]);
+    if (kl.mode == 1u) {
+        delta[i] = (g[i] + dkl) * fprime;
+    } else {
+        let s = 1.0 / (1.0 + exp(-z[i] / kl.temperature));
+        delta[i] = g[i] * fprime + dkl * s * (1.0 - s) / kl.temperature;
+    }
+}

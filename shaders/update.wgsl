@@ -1,0 +1,30 @@
+// SGD with weight decay over every parameter in one dispatch:
+//   p <- p - lr * (g + lambda * p)   for the weights (the first weights_len elements)
+//   p <- p - lr * g                  for the biases (the rest)
+// Parameters and gradients live in two flat buffers with the same layout.
+
+struct Grid {
+    offset: vec4<u32>,
+}
+
+struct Sgd {
+    len: u32,
+    weights_len: u32,
+    lr: f32,
+    lambda: f32,
+}
+
+@group(0) @binding(0) var<uniform> grid: Grid;
+@group(0) @binding(1) var<uniform> sgd: Sgd;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
+@group(0) @binding(3) var<storage, read_write> params: array<f32>;
+
+@compute @workgroup_size(256)
+fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let i = (wid.x + grid.offset.x) * 256u + lid.x;
+    if (i >= sgd.len) {
+        return;
+    }
+    let decay = select(0.0, sgd.lambda, i < sgd.weights_len);
+    params[i] = params[i] - sgd.lr * (grads[i] + decay * params[i]);
+}

@@ -1,0 +1,698 @@
+//! The WGSL kernels and their Rust launchers. Each launcher has the name of its WGSL entry point
+//! and of its f64 twin in `reference.rs`, and returns a [`Launch`]: a pipeline with its bind
+//! groups and workgroup counts, built once and recorded into as many steps as needed.
+//!
+//! Every kernel reads a `Grid` uniform (binding 0) holding the workgroup offset of its dispatch,
+//! so a grid larger than the adapter's `max_compute_workgroups_per_dimension` is split into
+//! several dispatches that each cover a part, never truncated.
+
+use crate::device::Gpu;
+use crate::model::{Activation, Sparsity, RHO_HAT_EPS};
+use crate::reference::ColumnTransform;
+use bytemuck::{Pod, Zeroable};
+use std::collections::HashMap;
+use wgpu::util::DeviceExt;
+
+/// Shader sources, compiled into the binary.
+pub mod source {
+    pub const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+    pub const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
+    pub const SPARSITY: &str = include_str!("../shaders/sparsity.wgsl");
+    pub const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
+    pub const LOSS: &str = include_str!("../shaders/loss.wgsl");
+    pub const UPDATE: &str = include_str!("../shaders/update.wgsl");
+}
+
+/// Every entry point, with the shader file it lives in.
+pub const ENTRY_POINTS: [(&str, &str); 10] = [
+    ("matmul_forward", source::MATMUL),
+    ("matmul_backward_weight", source::MATMUL),
+    ("matmul_backward_input", source::MATMUL),
+    ("bias_activation", source::ACTIVATION),
+    ("activation_backward", source::ACTIVATION),
+    ("kl_backward", source::SPARSITY),
+    ("column_sum", source::REDUCE),
+    ("output_delta", source::LOSS),
+    ("loss_value", source::LOSS),
+    ("sgd_update", source::UPDATE),
+];
+
+/// Storage-buffer bindings at an offset must be aligned to `min_storage_buffer_offset_alignment`,
+/// which WebGPU caps at 256 bytes; aligning every tensor to 256 bytes is valid on any adapter.
+pub const ALIGN_FLOATS: usize = 64;
+
+pub fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
+}
+
+/// A run of f32 elements inside a buffer: one tensor.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub buffer: wgpu::Buffer,
+    /// Offset in f32 elements (a multiple of [`ALIGN_FLOATS`]).
+    pub offset: usize,
+    /// Length in f32 elements.
+    pub len: usize,
+}
+
+impl View {
+    pub fn whole(buffer: &wgpu::Buffer) -> View {
+        View {
+            buffer: buffer.clone(),
+            offset: 0,
+            len: (buffer.size() / 4) as usize,
+        }
+    }
+    pub fn slice(&self, offset: usize, len: usize) -> View {
+        assert!(offset % ALIGN_FLOATS == 0 && offset + len <= self.len);
+        View {
+            buffer: self.buffer.clone(),
+            offset: self.offset + offset,
+            len,
+        }
+    }
+    pub fn byte_offset(&self) -> u64 {
+        (self.offset * 4) as u64
+    }
+    pub fn byte_len(&self) -> u64 {
+        (self.len * 4) as u64
+    }
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.byte_offset(),
+            size: wgpu::BufferSize::new(self.byte_len().max(4)),
+        })
+    }
+}
+
+/// One kernel launch: a pipeline and, per dispatch, a bind group and its workgroup counts.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub name: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    dispatches: Vec<(wgpu::BindGroup, [u32; 2])>,
+}
+
+impl Launch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        for (bind_group, [x, y]) in &self.dispatches {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*x, *y, 1);
+        }
+    }
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+}
+
+/// Records launches into one compute pass of `encoder`.
+pub fn record(encoder: &mut wgpu::CommandEncoder, launches: &[Launch]) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("sae step"),
+        timestamp_writes: None,
+    });
+    for launch in launches {
+        launch.record(&mut pass);
+    }
+}
+
+// Uniform blocks, laid out as the WGSL structs of the same name.
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Grid {
+    offset: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Matmul {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Elementwise {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Kl {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    mode: u32,
+    rho: f32,
+    beta_over_m: f32,
+    temperature: f32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Reduce {
+    rows: u32,
+    cols: u32,
+    transform: u32,
+    _pad: u32,
+    scale: f32,
+    temperature: f32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Loss {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    weights_len: u32,
+    inv_m: f32,
+    half_lambda: f32,
+    rho: f32,
+    beta: f32,
+    code_width: u32,
+    sparsity: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Sgd {
+    len: u32,
+    weights_len: u32,
+    lr: f32,
+    lambda: f32,
+}
+
+/// Values of `loss_value`'s output, in order.
+pub const LOSS_SLOTS: usize = 5;
+
+/// The compiled pipelines of every kernel, created once per device.
+pub struct Kernels {
+    pub gpu: Gpu,
+    pipelines: HashMap<&'static str, wgpu::ComputePipeline>,
+    /// Most workgroups one dispatch may have along a dimension. The adapter's limit by
+    /// default; tests lower it to exercise splitting without huge inputs.
+    pub max_groups: u32,
+}
+
+impl Kernels {
+    pub fn new(gpu: &Gpu) -> Result<Kernels, String> {
+        let device = &gpu.device;
+        // Capture validation errors (a shader an adapter rejects) instead of panicking.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut modules = HashMap::new();
+        let mut pipelines = HashMap::new();
+        for (entry, src) in ENTRY_POINTS {
+            let module = modules.entry(src.as_ptr()).or_insert_with(|| {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(entry),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                })
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                // Layout derived from what the entry point uses: each entry point in a file
+                // uses its own bindings.
+                layout: None,
+                module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            pipelines.insert(entry, pipeline);
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(format!(
+                "shader compilation failed on {}: {err}",
+                gpu.describe()
+            ));
+        }
+        Ok(Kernels {
+            gpu: gpu.clone(),
+            pipelines,
+            max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+        })
+    }
+
+    /// Builds a launch of `name` over a `groups` grid of workgroups, split into dispatches of
+    /// at most `max_groups` per dimension; `bindings` are (binding number, tensor) pairs.
+    fn launch<P: Pod>(
+        &self,
+        name: &'static str,
+        params: P,
+        bindings: &[(u32, &View)],
+        groups: [usize; 2],
+    ) -> Launch {
+        let device = &self.gpu.device;
+        let pipeline = self.pipelines[name].clone();
+        let layout = pipeline.get_bind_group_layout(0);
+        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(name),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let max = self.max_groups as usize;
+        let mut dispatches = Vec::new();
+        for y0 in (0..groups[1].max(1)).step_by(max) {
+            for x0 in (0..groups[0].max(1)).step_by(max) {
+                let gx = (groups[0] - x0).min(max);
+                let gy = (groups[1] - y0).min(max);
+                if gx == 0 || gy == 0 {
+                    continue;
+                }
+                let grid = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("grid"),
+                    contents: bytemuck::bytes_of(&Grid {
+                        offset: [x0 as u32, y0 as u32, 0, 0],
+                    }),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+                let mut entries = vec![
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: grid.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: params.as_entire_binding(),
+                    },
+                ];
+                for (binding, view) in bindings {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: *binding,
+                        resource: view.binding(),
+                    });
+                }
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(name),
+                    layout: &layout,
+                    entries: &entries,
+                });
+                dispatches.push((bind_group, [gx as u32, gy as u32]));
+            }
+        }
+        Launch {
+            name,
+            pipeline,
+            dispatches,
+        }
+    }
+
+    fn elementwise_groups(len: usize) -> [usize; 2] {
+        [len.div_ceil(256), 1]
+    }
+
+    fn matmul(
+        &self,
+        name: &'static str,
+        lhs: &View,
+        rhs: &View,
+        out: &View,
+        rows: usize,
+        cols: usize,
+        inner: usize,
+    ) -> Launch {
+        assert!(out.len >= rows * cols, "{name}: output too small");
+        let params = Matmul {
+            rows: rows as u32,
+            cols: cols as u32,
+            inner: inner as u32,
+            _pad: 0,
+        };
+        self.launch(
+            name,
+            params,
+            &[(2, lhs), (3, rhs), (4, out)],
+            [cols.div_ceil(16), rows.div_ceil(16)],
+        )
+    }
+
+    /// `Z[m,n] = A[m,k] W[n,k]^T`
+    pub fn matmul_forward(
+        &self,
+        a: &View,
+        w: &View,
+        z: &View,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Launch {
+        self.matmul("matmul_forward", a, w, z, m, n, k)
+    }
+
+    /// `dW[n,k] = delta[m,n]^T A[m,k]`
+    pub fn matmul_backward_weight(
+        &self,
+        delta: &View,
+        a: &View,
+        dw: &View,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Launch {
+        self.matmul("matmul_backward_weight", delta, a, dw, n, k, m)
+    }
+
+    /// `G[m,k] = delta[m,n] W[n,k]`
+    pub fn matmul_backward_input(
+        &self,
+        delta: &View,
+        w: &View,
+        g: &View,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Launch {
+        self.matmul("matmul_backward_input", delta, w, g, m, k, n)
+    }
+
+    /// `Z += 1 b^T` (in place), `A = f(Z)`, over `[m, n]`.
+    pub fn bias_activation(
+        &self,
+        b: &View,
+        z: &View,
+        a: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let params = Elementwise {
+            rows: m as u32,
+            cols: n as u32,
+            act: act.code(),
+            _pad: 0,
+        };
+        self.launch(
+            "bias_activation",
+            params,
+            &[(2, b), (3, z), (4, a)],
+            Self::elementwise_groups(m * n),
+        )
+    }
+
+    /// `delta = G ⊙ f'(Z)`, over `[m, n]`.
+    pub fn activation_backward(
+        &self,
+        g: &View,
+        z: &View,
+        a: &View,
+        delta: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let params = Elementwise {
+            rows: m as u32,
+            cols: n as u32,
+            act: act.code(),
+            _pad: 0,
+        };
+        self.launch(
+            "activation_backward",
+            params,
+            &[(5, g), (6, z), (7, a), (8, delta)],
+            Self::elementwise_groups(m * n),
+        )
+    }
+
+    /// The code layer's delta with the KL sparsity gradient (SPEC.md section 4).
+    #[allow(clippy::too_many_arguments)]
+    pub fn kl_backward(
+        &self,
+        g: &View,
+        z: &View,
+        a: &View,
+        rho_hat: &View,
+        delta: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+        sparsity: Sparsity,
+    ) -> Launch {
+        let (mode, rho, beta, temperature) = match sparsity {
+            Sparsity::None => {
+                panic!("kl_backward without a sparsity penalty: use activation_backward")
+            }
+            Sparsity::Kl { rho, beta } => (1, rho, beta, 1.0),
+            Sparsity::KlFreq {
+                rho,
+                beta,
+                temperature,
+            } => (2, rho, beta, temperature),
+        };
+        let params = Kl {
+            rows: m as u32,
+            cols: n as u32,
+            act: act.code(),
+            mode,
+            rho: rho as f32,
+            beta_over_m: (beta / m as f64) as f32,
+            temperature: temperature as f32,
+            eps: RHO_HAT_EPS as f32,
+        };
+        self.launch(
+            "kl_backward",
+            params,
+            &[(2, g), (3, z), (4, a), (5, rho_hat), (6, delta)],
+            Self::elementwise_groups(m * n),
+        )
+    }
+
+    /// `out[j] = scale * sum_i t(x[i,j])` over `[m, n]`.
+    pub fn column_sum(
+        &self,
+        x: &View,
+        out: &View,
+        m: usize,
+        n: usize,
+        t: ColumnTransform,
+        scale: f64,
+    ) -> Launch {
+        let (transform, temperature) = match t {
+            ColumnTransform::Value => (0, 1.0),
+            ColumnTransform::Fires => (1, 1.0),
+            ColumnTransform::SoftFires { temperature } => (2, temperature),
+        };
+        let params = Reduce {
+            rows: m as u32,
+            cols: n as u32,
+            transform,
+            _pad: 0,
+            scale: scale as f32,
+            temperature: temperature as f32,
+            _pad1: 0,
+            _pad2: 0,
+        };
+        self.launch("column_sum", params, &[(2, x), (3, out)], [n, 1])
+    }
+
+    /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` over `[m, n]`.
+    pub fn output_delta(
+        &self,
+        xhat: &View,
+        x: &View,
+        z: &View,
+        delta: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let params = self.loss_params(m, n, act, 0, 0.0, Sparsity::None, 0);
+        self.launch(
+            "output_delta",
+            params,
+            &[(2, xhat), (3, x), (4, z), (5, delta)],
+            Self::elementwise_groups(m * n),
+        )
+    }
+
+    /// `out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_value(
+        &self,
+        xhat: &View,
+        x: &View,
+        weights: &View,
+        rho_hat: &View,
+        out: &View,
+        m: usize,
+        n: usize,
+        weight_decay: f64,
+        sparsity: Sparsity,
+    ) -> Launch {
+        let params = self.loss_params(
+            m,
+            n,
+            Activation::Identity,
+            weights.len,
+            weight_decay,
+            sparsity,
+            rho_hat.len,
+        );
+        self.launch(
+            "loss_value",
+            params,
+            &[(2, xhat), (3, x), (6, weights), (7, rho_hat), (8, out)],
+            [1, 1],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn loss_params(
+        &self,
+        m: usize,
+        n: usize,
+        act: Activation,
+        weights_len: usize,
+        weight_decay: f64,
+        sparsity: Sparsity,
+        code_width: usize,
+    ) -> Loss {
+        let (rho, beta) = sparsity.rho_beta();
+        Loss {
+            rows: m as u32,
+            cols: n as u32,
+            act: act.code(),
+            weights_len: weights_len as u32,
+            inv_m: (1.0 / m as f64) as f32,
+            half_lambda: (0.5 * weight_decay) as f32,
+            rho: rho as f32,
+            beta: beta as f32,
+            code_width: code_width as u32,
+            sparsity: u32::from(sparsity != Sparsity::None),
+            eps: RHO_HAT_EPS as f32,
+            _pad: 0,
+        }
+    }
+
+    /// `p <- p - lr (g + lambda p)` on the first `weights_len` elements, `p <- p - lr g` after.
+    pub fn sgd_update(
+        &self,
+        grads: &View,
+        params: &View,
+        weights_len: usize,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Launch {
+        let uniform = Sgd {
+            len: params.len as u32,
+            weights_len: weights_len as u32,
+            lr: lr as f32,
+            lambda: weight_decay as f32,
+        };
+        self.launch(
+            "sgd_update",
+            uniform,
+            &[(2, grads), (3, params)],
+            Self::elementwise_groups(params.len),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffer helpers
+// ---------------------------------------------------------------------------------------------
+
+impl Gpu {
+    /// A storage buffer of `len` f32, zeroed, that kernels read and write and that can be
+    /// copied in and out.
+    pub fn storage(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (len.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub fn upload(&self, label: &str, data: &[f32]) -> View {
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(if data.is_empty() { &[0.0f32] } else { data }),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            });
+        View {
+            buffer,
+            offset: 0,
+            len: data.len(),
+        }
+    }
+
+    /// Runs `launches` in one submit and waits for them.
+    pub fn run(&self, launches: &[Launch]) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        record(&mut encoder, launches);
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Copies `views` to one staging buffer in one submit, maps it, and returns their contents.
+    /// This is the only place the host waits for the device.
+    pub fn download_many(&self, views: &[&View]) -> Vec<Vec<f32>> {
+        let total: u64 = views.iter().map(|v| v.byte_len()).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size: total.max(4),
+            // MAP_READ buffers may only be COPY_DST: the device writes here, the host reads.
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        let mut at = 0;
+        for v in views {
+            encoder.copy_buffer_to_buffer(&v.buffer, v.byte_offset(), &staging, at, v.byte_len());
+            at += v.byte_len();
+        }
+        self.queue.submit([encoder.finish()]);
+        let bytes = self.map_read(&staging);
+        let floats: &[f32] = bytemuck::cast_slice(&bytes);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for v in views {
+            out.push(floats[at..at + v.len].to_vec());
+            at += v.len;
+        }
+        out
+    }
+
+    pub fn download(&self, view: &View) -> Vec<f32> {
+        self.download_many(&[view]).pop().unwrap()
+    }
+
+    /// Maps a MAP_READ buffer after the submits that fill it, and returns a copy of its bytes.
+    /// The futures-intrusive oneshot carries the map callback's result to this thread.
+    pub fn map_read(&self, buffer: &wgpu::Buffer) -> Vec<u8> {
+        let slice = buffer.slice(..);
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("device lost while waiting for a read-back");
+        pollster::block_on(rx.receive())
+            .expect("map callback dropped")
+            .expect("mapping a read-back buffer failed");
+        let bytes = slice.get_mapped_range().expect("mapped range").to_vec();
+        buffer.unmap();
+        bytes
+    }
+}

@@ -1,0 +1,401 @@
+//! The model: layer sizes, activations, the code layer, the loss settings and the parameters.
+//!
+//! Layout follows PyTorch's `nn.Linear`: `W_l` is `[n_l, n_{l-1}]` (out x in), row-major.
+//! Layers are numbered 1..=L in SPEC.md; in code layer `l` lives at index `l - 1`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Element-wise activation of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Identity,
+    Relu,
+    Sigmoid,
+    Tanh,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 4] = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Tanh,
+    ];
+
+    /// The number the WGSL kernels switch on (see `shaders/activation.wgsl`).
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Sigmoid => 2,
+            Activation::Tanh => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "identity" | "linear" | "none" => Ok(Activation::Identity),
+            "relu" => Ok(Activation::Relu),
+            "sigmoid" => Ok(Activation::Sigmoid),
+            "tanh" => Ok(Activation::Tanh),
+            _ => Err(format!(
+                "unknown activation '{s}': use identity, relu, sigmoid or tanh"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Shape of the autoencoder: `sizes = [n_0, n_1, .., n_L]`, `activations[l-1] = f_l`,
+/// and `code_layer = c`, the layer whose output is the code (the last encoder layer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub sizes: Vec<usize>,
+    pub activations: Vec<Activation>,
+    pub code_layer: usize,
+}
+
+impl ModelSpec {
+    /// An encoder `encoder = [n_0, .., n_c]` and a decoder `decoder = [.., n_L]` (widths after
+    /// the code; the last must equal `n_0`). Hidden layers use `hidden`, the code layer `code`,
+    /// the last layer `output`.
+    pub fn new(
+        encoder: &[usize],
+        decoder: &[usize],
+        hidden: Activation,
+        code: Activation,
+        output: Activation,
+    ) -> Result<Self, String> {
+        if encoder.len() < 2 {
+            return Err(
+                "the encoder needs at least an input width and a code width (e.g. 20,4)".into(),
+            );
+        }
+        if decoder.is_empty() {
+            return Err(
+                "the decoder needs at least one layer (its last width is the input width)".into(),
+            );
+        }
+        let sizes: Vec<usize> = encoder.iter().chain(decoder).copied().collect();
+        let code_layer = encoder.len() - 1;
+        let layers = sizes.len() - 1;
+        let activations = (1..=layers)
+            .map(|l| {
+                if l == layers {
+                    output
+                } else if l == code_layer {
+                    code
+                } else {
+                    hidden
+                }
+            })
+            .collect();
+        let spec = ModelSpec {
+            sizes,
+            activations,
+            code_layer,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The decoder mirrors the encoder: `20,80,40,4` becomes `20,80,40,4,40,80,20`.
+    pub fn mirrored(
+        encoder: &[usize],
+        hidden: Activation,
+        code: Activation,
+        output: Activation,
+    ) -> Result<Self, String> {
+        let decoder: Vec<usize> = encoder.iter().rev().skip(1).copied().collect();
+        Self::new(encoder, &decoder, hidden, code, output)
+    }
+
+    /// SPEC.md's default ("seed") model: 20-80-40-4 mirrored, relu hidden, sigmoid code and output.
+    pub fn seed() -> Self {
+        Self::mirrored(
+            &[20, 80, 40, 4],
+            Activation::Relu,
+            Activation::Sigmoid,
+            Activation::Sigmoid,
+        )
+        .expect("the seed model is valid")
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let layers = self.sizes.len().saturating_sub(1);
+        if layers == 0 {
+            return Err("a model needs at least one layer".into());
+        }
+        if let Some(i) = self.sizes.iter().position(|&n| n == 0) {
+            return Err(format!(
+                "layer width {i} is 0: every width must be at least 1"
+            ));
+        }
+        if self.activations.len() != layers {
+            return Err(format!(
+                "{} activations given for {layers} layers",
+                self.activations.len()
+            ));
+        }
+        if self.code_layer == 0 || self.code_layer > layers {
+            return Err(format!(
+                "code layer {} is not in 1..={layers}",
+                self.code_layer
+            ));
+        }
+        if self.sizes[0] != self.sizes[layers] {
+            return Err(format!(
+                "the decoder ends at width {} but the input is {} wide: an autoencoder reconstructs its input",
+                self.sizes[layers], self.sizes[0]
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of layers L.
+    pub fn layers(&self) -> usize {
+        self.sizes.len() - 1
+    }
+    pub fn input_width(&self) -> usize {
+        self.sizes[0]
+    }
+    pub fn code_width(&self) -> usize {
+        self.sizes[self.code_layer]
+    }
+    /// `(n_out, n_in)` of layer `l` (1-based).
+    pub fn shape(&self, l: usize) -> (usize, usize) {
+        (self.sizes[l], self.sizes[l - 1])
+    }
+    pub fn activation(&self, l: usize) -> Activation {
+        self.activations[l - 1]
+    }
+    pub fn parameter_count(&self) -> usize {
+        (1..=self.layers())
+            .map(|l| self.sizes[l] * self.sizes[l - 1] + self.sizes[l])
+            .sum()
+    }
+    /// Name of layer `l` as a PyTorch module attribute: `enc1..encK`, `dec1..decK'`.
+    pub fn layer_name(&self, l: usize) -> String {
+        if l <= self.code_layer {
+            format!("enc{l}")
+        } else {
+            format!("dec{}", l - self.code_layer)
+        }
+    }
+    /// Encoder widths `[n_0..n_c]` and decoder widths `[n_{c+1}..n_L]`.
+    pub fn encoder_sizes(&self) -> &[usize] {
+        &self.sizes[..=self.code_layer]
+    }
+    pub fn decoder_sizes(&self) -> &[usize] {
+        &self.sizes[self.code_layer + 1..]
+    }
+}
+
+/// The sparsity penalty on the code layer (SPEC.md sections 1 and 3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Sparsity {
+    None,
+    /// `rho_hat_j = mean_i a_ij` (sigmoid code layer only).
+    Kl {
+        rho: f64,
+        beta: f64,
+    },
+    /// `rho_hat_j = mean_i sigmoid(z_ij / T)`: a smooth firing frequency, any code activation.
+    KlFreq {
+        rho: f64,
+        beta: f64,
+        temperature: f64,
+    },
+}
+
+impl Sparsity {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sparsity::None => "none",
+            Sparsity::Kl { .. } => "kl",
+            Sparsity::KlFreq { .. } => "kl-freq",
+        }
+    }
+    /// `(rho, beta)`, with beta = 0 when there is no penalty.
+    pub fn rho_beta(&self) -> (f64, f64) {
+        match *self {
+            Sparsity::None => (0.05, 0.0),
+            Sparsity::Kl { rho, beta } | Sparsity::KlFreq { rho, beta, .. } => (rho, beta),
+        }
+    }
+    pub fn temperature(&self) -> f64 {
+        match *self {
+            Sparsity::KlFreq { temperature, .. } => temperature,
+            _ => 1.0,
+        }
+    }
+}
+
+/// Everything the loss J of SPEC.md section 3 depends on besides the data and parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossConfig {
+    /// lambda: `(lambda/2) * sum_l ||W_l||^2`.
+    pub weight_decay: f64,
+    pub sparsity: Sparsity,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            weight_decay: 0.0,
+            sparsity: Sparsity::None,
+        }
+    }
+}
+
+/// Clamp of rho_hat before KL and its derivative (SPEC.md section 3).
+pub const RHO_HAT_EPS: f64 = 1e-6;
+
+impl LossConfig {
+    /// Checks the loss settings against the model; the message names the setting to change.
+    pub fn validate(&self, spec: &ModelSpec) -> Result<(), String> {
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight decay {} must be finite and >= 0",
+                self.weight_decay
+            ));
+        }
+        match self.sparsity {
+            Sparsity::None => Ok(()),
+            Sparsity::Kl { rho, beta } | Sparsity::KlFreq { rho, beta, .. } => {
+                if !(rho > 0.0 && rho < 1.0) {
+                    return Err(format!("rho {rho} must lie strictly between 0 and 1"));
+                }
+                if !(beta.is_finite() && beta >= 0.0) {
+                    return Err(format!("beta {beta} must be finite and >= 0"));
+                }
+                if let Sparsity::KlFreq { temperature, .. } = self.sparsity {
+                    if !(temperature.is_finite() && temperature > 0.0) {
+                        return Err(format!("temperature {temperature} must be finite and > 0"));
+                    }
+                }
+                let code = spec.activation(spec.code_layer);
+                if matches!(self.sparsity, Sparsity::Kl { .. }) && code != Activation::Sigmoid {
+                    return Err(format!(
+                        "mean-activation KL ('kl') needs a sigmoid code layer, whose activations lie in (0, 1), \
+                         but the code layer is {code}: use a sigmoid code layer, or firing-frequency KL \
+                         ('kl-freq'), which works with any code activation"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Weights and biases, f32, PyTorch layout: `weights[l-1]` is `W_l` as `[n_l, n_{l-1}]` row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub weights: Vec<Vec<f32>>,
+    pub biases: Vec<Vec<f32>>,
+}
+
+impl Params {
+    /// SPEC.md init: `W ~ U(-r, r)`, `r = sqrt(6 / (n_in + n_out + 1))`, `b = 0`.
+    pub fn init(spec: &ModelSpec, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut weights = Vec::new();
+        let mut biases = Vec::new();
+        for l in 1..=spec.layers() {
+            let (n_out, n_in) = spec.shape(l);
+            let r = (6.0 / (n_in + n_out + 1) as f64).sqrt();
+            weights.push(
+                (0..n_out * n_in)
+                    .map(|_| ((2.0 * rng.next_f64() - 1.0) * r) as f32)
+                    .collect(),
+            );
+            biases.push(vec![0.0; n_out]);
+        }
+        Params { weights, biases }
+    }
+
+    /// Checks that every tensor has the size `spec` gives it.
+    pub fn check_shapes(&self, spec: &ModelSpec) -> Result<(), String> {
+        if self.weights.len() != spec.layers() || self.biases.len() != spec.layers() {
+            return Err(format!(
+                "{} weight and {} bias tensors for a {}-layer model",
+                self.weights.len(),
+                self.biases.len(),
+                spec.layers()
+            ));
+        }
+        for l in 1..=spec.layers() {
+            let (n_out, n_in) = spec.shape(l);
+            if self.weights[l - 1].len() != n_out * n_in || self.biases[l - 1].len() != n_out {
+                return Err(format!(
+                    "{}: expected weight [{n_out}, {n_in}] and bias [{n_out}]",
+                    spec.layer_name(l)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn all_finite(&self) -> bool {
+        self.weights
+            .iter()
+            .chain(&self.biases)
+            .all(|t| t.iter().all(|v| v.is_finite()))
+    }
+}
+
+/// SplitMix64: tiny, seedable and identical on every platform, so `--seed` reproduces a run
+/// (initialisation, shuffling, the built-in dataset) bit for bit.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    /// Uniform integer in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}

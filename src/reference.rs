@@ -1,0 +1,425 @@
+//! The f64 CPU reference: the same model, loss, gradients and SGD update as the GPU engine,
+//! written to be read. Each kernel in `shaders/` has a twin here with the same name; the whole
+//! step (`forward`, `loss`, `backward`, `update`) reads as SPEC.md sections 2-4.
+//!
+//! Matrices are row-major `Vec<f64>` with their shape passed beside them.
+
+use crate::model::{Activation, LossConfig, ModelSpec, Params, Sparsity, RHO_HAT_EPS};
+
+// ---------------------------------------------------------------------------------------------
+// Kernel twins
+// ---------------------------------------------------------------------------------------------
+
+/// `Z[m,n] = A[m,k] W[n,k]^T` (twin of `matmul_forward`).
+pub fn matmul_forward(a: &[f64], w: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut z = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            z[i * n + j] = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
+        }
+    }
+    z
+}
+
+/// `dW[n,k] = delta[m,n]^T A[m,k]` (twin of `matmul_backward_weight`).
+pub fn matmul_backward_weight(delta: &[f64], a: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut dw = vec![0.0; n * k];
+    for j in 0..n {
+        for p in 0..k {
+            dw[j * k + p] = (0..m).map(|i| delta[i * n + j] * a[i * k + p]).sum();
+        }
+    }
+    dw
+}
+
+/// `G[m,k] = delta[m,n] W[n,k]` (twin of `matmul_backward_input`).
+pub fn matmul_backward_input(delta: &[f64], w: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut g = vec![0.0; m * k];
+    for i in 0..m {
+        for p in 0..k {
+            g[i * k + p] = (0..n).map(|j| delta[i * n + j] * w[j * k + p]).sum();
+        }
+    }
+    g
+}
+
+pub fn activate(act: Activation, z: f64) -> f64 {
+    match act {
+        Activation::Identity => z,
+        Activation::Relu => z.max(0.0),
+        Activation::Sigmoid => sigmoid(z),
+        Activation::Tanh => z.tanh(),
+    }
+}
+
+/// `f'(z)`, from the output `a = f(z)` where that is cheaper (SPEC.md section 4).
+pub fn activation_derivative(act: Activation, z: f64, a: f64) -> f64 {
+    match act {
+        Activation::Identity => 1.0,
+        Activation::Relu => {
+            if z > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Sigmoid => a * (1.0 - a),
+        Activation::Tanh => 1.0 - a * a,
+    }
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// `Z += 1 b^T` in place, returns `A = f(Z)` (twin of `bias_activation`).
+pub fn bias_activation(z: &mut [f64], b: &[f64], act: Activation, n: usize) -> Vec<f64> {
+    for (idx, v) in z.iter_mut().enumerate() {
+        *v += b[idx % n];
+    }
+    z.iter().map(|&v| activate(act, v)).collect()
+}
+
+/// `delta = G ⊙ f'(Z)` (twin of `activation_backward`).
+pub fn activation_backward(g: &[f64], z: &[f64], a: &[f64], act: Activation) -> Vec<f64> {
+    (0..g.len())
+        .map(|i| g[i] * activation_derivative(act, z[i], a[i]))
+        .collect()
+}
+
+/// What `column_sum` sums: the value itself, the hard firing indicator `[x > 0]`, or the smooth
+/// firing estimate `sigmoid(x / T)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ColumnTransform {
+    Value,
+    Fires,
+    SoftFires { temperature: f64 },
+}
+
+impl ColumnTransform {
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            ColumnTransform::Value => x,
+            ColumnTransform::Fires => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            ColumnTransform::SoftFires { temperature } => sigmoid(x / temperature),
+        }
+    }
+}
+
+/// `out[j] = scale * sum_i t(x[i,j])` (twin of `column_sum`): batch means with `scale = 1/m`,
+/// bias gradients with `scale = 1`.
+pub fn column_sum(x: &[f64], m: usize, n: usize, t: ColumnTransform, scale: f64) -> Vec<f64> {
+    (0..n)
+        .map(|j| scale * (0..m).map(|i| t.apply(x[i * n + j])).sum::<f64>())
+        .collect()
+}
+
+/// `dKL(rho || q)/dq` with q clamped to [eps, 1-eps]; the clamp passes the gradient through.
+pub fn kl_derivative(rho: f64, rho_hat: f64) -> f64 {
+    let q = rho_hat.clamp(RHO_HAT_EPS, 1.0 - RHO_HAT_EPS);
+    -rho / q + (1.0 - rho) / (1.0 - q)
+}
+
+pub fn kl_divergence(rho: f64, rho_hat: f64) -> f64 {
+    let q = rho_hat.clamp(RHO_HAT_EPS, 1.0 - RHO_HAT_EPS);
+    rho * (rho / q).ln() + (1.0 - rho) * ((1.0 - rho) / (1.0 - q)).ln()
+}
+
+/// delta at the code layer when the sparsity term enters (twin of `kl_backward`):
+/// mean-activation KL: `delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z_c)`;
+/// firing-frequency KL: `delta = G ⊙ f_c'(Z_c) + (beta/m) KL'(rho_hat_j) s(1-s)/T`, `s = sigmoid(Z_c/T)`.
+pub fn kl_backward(
+    g: &[f64],
+    z: &[f64],
+    a: &[f64],
+    rho_hat: &[f64],
+    act: Activation,
+    sparsity: Sparsity,
+    m: usize,
+) -> Vec<f64> {
+    let n = rho_hat.len();
+    (0..g.len())
+        .map(|idx| {
+            let j = idx % n;
+            let fprime = activation_derivative(act, z[idx], a[idx]);
+            match sparsity {
+                Sparsity::None => g[idx] * fprime,
+                Sparsity::Kl { rho, beta } => {
+                    (g[idx] + beta / m as f64 * kl_derivative(rho, rho_hat[j])) * fprime
+                }
+                Sparsity::KlFreq {
+                    rho,
+                    beta,
+                    temperature,
+                } => {
+                    let s = sigmoid(z[idx] / temperature);
+                    g[idx] * fprime
+                        + beta / m as f64 * kl_derivative(rho, rho_hat[j]) * s * (1.0 - s)
+                            / temperature
+                }
+            }
+        })
+        .collect()
+}
+
+/// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` (twin of `output_delta`).
+pub fn output_delta(xhat: &[f64], x: &[f64], z: &[f64], act: Activation, m: usize) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| (xhat[i] - x[i]) / m as f64 * activation_derivative(act, z[i], xhat[i]))
+        .collect()
+}
+
+/// `p <- p - lr * (g + decay * p)` (twin of `sgd_update`; decay = lambda for weights, 0 for biases).
+pub fn sgd_update(p: &mut [f64], g: &[f64], lr: f64, decay: f64) {
+    for (pi, gi) in p.iter_mut().zip(g) {
+        *pi -= lr * (gi + decay * *pi);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model in f64
+// ---------------------------------------------------------------------------------------------
+
+/// Parameters in f64 (`w[l-1]` is `W_l`, `[n_l, n_{l-1}]`).
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub spec: ModelSpec,
+    pub w: Vec<Vec<f64>>,
+    pub b: Vec<Vec<f64>>,
+}
+
+impl Model {
+    pub fn new(spec: &ModelSpec, params: &Params) -> Self {
+        let widen = |t: &Vec<Vec<f32>>| {
+            t.iter()
+                .map(|v| v.iter().map(|&x| x as f64).collect())
+                .collect()
+        };
+        Model {
+            spec: spec.clone(),
+            w: widen(&params.weights),
+            b: widen(&params.biases),
+        }
+    }
+    pub fn to_params(&self) -> Params {
+        let narrow = |t: &Vec<Vec<f64>>| {
+            t.iter()
+                .map(|v| v.iter().map(|&x| x as f32).collect())
+                .collect()
+        };
+        Params {
+            weights: narrow(&self.w),
+            biases: narrow(&self.b),
+        }
+    }
+}
+
+/// Everything the forward pass keeps for backward: `z[l]` and `a[l]` for l = 0..=L
+/// (`a[0] = X`, `z[0]` unused), plus the code layer's statistics.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pub m: usize,
+    pub z: Vec<Vec<f64>>,
+    pub a: Vec<Vec<f64>>,
+    /// The differentiable rho_hat the sparsity term uses (empty without sparsity).
+    pub rho_hat: Vec<f64>,
+    /// Batch mean of the code activations (always; equals rho_hat for mean-activation KL).
+    pub mean_activation: Vec<f64>,
+    /// Hard firing frequency `(1/m) #{i : z_ij > 0}`: measured, never differentiated.
+    pub freq: Vec<f64>,
+}
+
+impl Forward {
+    pub fn xhat(&self) -> &[f64] {
+        self.a.last().unwrap()
+    }
+}
+
+/// `A_0 = X; Z_l = A_{l-1} W_l^T + 1 b_l^T; A_l = f_l(Z_l)`.
+pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward {
+    let spec = &model.spec;
+    let mut z = vec![Vec::new()];
+    let mut a = vec![x.to_vec()];
+    for l in 1..=spec.layers() {
+        let (n, k) = spec.shape(l);
+        let mut zl = matmul_forward(&a[l - 1], &model.w[l - 1], m, k, n);
+        let al = bias_activation(&mut zl, &model.b[l - 1], spec.activation(l), n);
+        z.push(zl);
+        a.push(al);
+    }
+    let c = spec.code_layer;
+    let nc = spec.code_width();
+    let inv_m = 1.0 / m as f64;
+    let mean_activation = column_sum(&a[c], m, nc, ColumnTransform::Value, inv_m);
+    let freq = column_sum(&z[c], m, nc, ColumnTransform::Fires, inv_m);
+    let rho_hat = match loss.sparsity {
+        Sparsity::None => Vec::new(),
+        Sparsity::Kl { .. } => mean_activation.clone(),
+        Sparsity::KlFreq { temperature, .. } => column_sum(
+            &z[c],
+            m,
+            nc,
+            ColumnTransform::SoftFires { temperature },
+            inv_m,
+        ),
+    };
+    Forward {
+        m,
+        z,
+        a,
+        rho_hat,
+        mean_activation,
+        freq,
+    }
+}
+
+/// Which terms of J to include; the gradient check takes them one at a time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Terms {
+    pub reconstruction: bool,
+    pub weight_decay: bool,
+    pub sparsity: bool,
+}
+
+impl Terms {
+    pub const ALL: Terms = Terms {
+        reconstruction: true,
+        weight_decay: true,
+        sparsity: true,
+    };
+}
+
+/// The terms of J (SPEC.md section 3) and their sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossParts {
+    /// `(1/m) sum_i 0.5 ||xhat_i - x_i||^2`
+    pub reconstruction: f64,
+    /// `(lambda/2) sum_l ||W_l||_F^2`
+    pub weight_decay: f64,
+    /// `beta * sum_j KL(rho || rho_hat_j)`
+    pub sparsity: f64,
+    pub total: f64,
+}
+
+/// The loss value (twin of `loss_value`).
+pub fn loss(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Terms) -> LossParts {
+    let sq: f64 = fwd
+        .xhat()
+        .iter()
+        .zip(x)
+        .map(|(p, q)| (p - q) * (p - q))
+        .sum();
+    let reconstruction = if terms.reconstruction {
+        0.5 * sq / fwd.m as f64
+    } else {
+        0.0
+    };
+    let weight_decay = if terms.weight_decay {
+        0.5 * cfg.weight_decay * model.w.iter().flatten().map(|w| w * w).sum::<f64>()
+    } else {
+        0.0
+    };
+    let (rho, beta) = cfg.sparsity.rho_beta();
+    let sparsity = if terms.sparsity {
+        beta * fwd
+            .rho_hat
+            .iter()
+            .map(|&q| kl_divergence(rho, q))
+            .sum::<f64>()
+    } else {
+        0.0
+    };
+    LossParts {
+        reconstruction,
+        weight_decay,
+        sparsity,
+        total: reconstruction + weight_decay + sparsity,
+    }
+}
+
+/// Gradients of J: `dw[l-1] = dJ/dW_l`, `db[l-1] = dJ/db_l`.
+#[derive(Clone, Debug)]
+pub struct Grads {
+    pub dw: Vec<Vec<f64>>,
+    pub db: Vec<Vec<f64>>,
+}
+
+/// SPEC.md section 4, line by line. The weight-decay part `lambda W` of dW is added here so
+/// the gradient is complete; the GPU adds it inside `sgd_update` instead (same arithmetic).
+pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Terms) -> Grads {
+    let spec = &model.spec;
+    let m = fwd.m;
+    let layers = spec.layers();
+    let c = spec.code_layer;
+    let mut dw = vec![Vec::new(); layers];
+    let mut db = vec![Vec::new(); layers];
+
+    // delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
+    let mut delta = if terms.reconstruction {
+        output_delta(fwd.xhat(), x, &fwd.z[layers], spec.activation(layers), m)
+    } else {
+        vec![0.0; m * spec.sizes[layers]]
+    };
+    let sparsity = if terms.sparsity {
+        cfg.sparsity
+    } else {
+        Sparsity::None
+    };
+    let lambda = if terms.weight_decay {
+        cfg.weight_decay
+    } else {
+        0.0
+    };
+
+    for l in (1..=layers).rev() {
+        let (n, k) = spec.shape(l);
+        // dW_l = delta_l^T A_{l-1} + lambda W_l ;  db_l = column sums of delta_l
+        let mut dwl = matmul_backward_weight(&delta, &fwd.a[l - 1], m, n, k);
+        for (d, w) in dwl.iter_mut().zip(&model.w[l - 1]) {
+            *d += lambda * w;
+        }
+        dw[l - 1] = dwl;
+        db[l - 1] = column_sum(&delta, m, n, ColumnTransform::Value, 1.0);
+        if l == 1 {
+            break;
+        }
+        // G = delta_l W_l
+        let g = matmul_backward_input(&delta, &model.w[l - 1], m, n, k);
+        let act = spec.activation(l - 1);
+        delta = if l - 1 == c {
+            kl_backward(&g, &fwd.z[c], &fwd.a[c], &fwd.rho_hat, act, sparsity, m)
+        } else {
+            activation_backward(&g, &fwd.z[l - 1], &fwd.a[l - 1], act)
+        };
+    }
+    Grads { dw, db }
+}
+
+/// `W <- W - lr dW`, `b <- b - lr db` with dW already holding `lambda W` (see `backward`).
+pub fn update(model: &mut Model, grads: &Grads, lr: f64) {
+    for l in 0..model.w.len() {
+        sgd_update(&mut model.w[l], &grads.dw[l], lr, 0.0);
+        sgd_update(&mut model.b[l], &grads.db[l], lr, 0.0);
+    }
+}
+
+/// One SGD step on the minibatch `x` (`m` rows); returns the loss before the update.
+pub fn step(
+    model: &mut Model,
+    cfg: &LossConfig,
+    x: &[f64],
+    m: usize,
+    lr: f64,
+) -> (LossParts, Forward) {
+    let fwd = forward(model, cfg, x, m);
+    let parts = loss(model, cfg, &fwd, x, Terms::ALL);
+    let grads = backward(model, cfg, &fwd, x, Terms::ALL);
+    update(model, &grads, lr);
+    (parts, fwd)
+}
