@@ -392,7 +392,7 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
         // G = delta_l W_l
         let g = matmul_backward_input(&delta, &model.w[l - 1], m, n, k);
         let act = spec.activation(l - 1);
-        delta = if l - 1 == c {
+        delta = if l - 1 == c && sparsity != Sparsity::None {
             kl_backward(&g, &fwd.z[c], &fwd.a[c], &fwd.rho_hat, act, sparsity, m)
         } else {
             activation_backward(&g, &fwd.z[l - 1], &fwd.a[l - 1], act)

@@ -1,0 +1,124 @@
+//! The training loop: epochs of shuffled minibatches through a [`Trainer`], step metrics every
+//! `log_every` steps, a whole-set evaluation at the end of each epoch, and divergence detection.
+
+use crate::data::Dataset;
+use crate::model::Rng;
+use crate::trainer::{feature_means, EvalMetrics, StepMetrics, Trainer};
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Seeds the per-epoch shuffle.
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Step metrics every N steps (measured on that step's minibatch before its update).
+    pub log_every: Option<usize>,
+}
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    Step { epoch: usize, step: u64, metrics: &'a StepMetrics },
+    Epoch { epoch: usize, step: u64, train: &'a EvalMetrics, validation: Option<&'a EvalMetrics> },
+}
+
+#[derive(Debug)]
+pub enum TrainError {
+    /// The loss became NaN or infinite; `after_step` is the last step known to be finite.
+    Diverged { at_step: u64, after_step: u64 },
+    /// An observer (metrics writer, checkpoint) failed.
+    Observer(String),
+    Engine(String),
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainError::Diverged { at_step, after_step } => write!(
+                f,
+                "training diverged: the loss is not finite at step {at_step} (last finite check: step {after_step}); \
+                 lower --lr or --beta, or check the data's scale"
+            ),
+            TrainError::Observer(e) | TrainError::Engine(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+/// Splits off the last `fraction` of the rows (after a seeded shuffle) as a validation set.
+pub fn split_validation(data: &Dataset, fraction: f64, seed: u64) -> (Dataset, Option<Dataset>) {
+    let n_val = ((data.rows as f64) * fraction).round() as usize;
+    if n_val == 0 || n_val >= data.rows {
+        return (Dataset { rows: data.rows, cols: data.cols, values: data.values.clone() }, None);
+    }
+    let mut order: Vec<usize> = (0..data.rows).collect();
+    Rng::new(seed ^ 0x0A11_DA7E).shuffle(&mut order);
+    let take = |idx: &[usize]| Dataset {
+        rows: idx.len(),
+        cols: data.cols,
+        values: idx.iter().flat_map(|&i| data.values[i * data.cols..(i + 1) * data.cols].iter().copied()).collect(),
+    };
+    let (train, val) = order.split_at(data.rows - n_val);
+    (take(train), Some(take(val)))
+}
+
+/// Trains for `opts.epochs` epochs; returns the last epoch's metrics on the training set.
+pub fn fit(
+    trainer: &mut Trainer,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    opts: &TrainOptions,
+    mut on_event: impl FnMut(Event<'_>) -> Result<(), String>,
+) -> Result<EvalMetrics, TrainError> {
+    let width = train.cols;
+    let means = feature_means(&train.values, width);
+    let val_means = validation.map(|v| feature_means(&v.values, width));
+    let mut rng = Rng::new(opts.seed);
+    let mut order: Vec<usize> = (0..train.rows).collect();
+    let mut batch = Vec::with_capacity(opts.batch_size * width);
+    let mut last_finite = trainer.steps_done;
+    let mut last = None;
+    for epoch in 1..=opts.epochs {
+        if opts.shuffle {
+            rng.shuffle(&mut order);
+        }
+        for rows in order.chunks(opts.batch_size) {
+            batch.clear();
+            for &i in rows {
+                batch.extend_from_slice(&train.values[i * width..(i + 1) * width]);
+            }
+            let step = trainer.steps_done + 1;
+            let log = opts.log_every.is_some_and(|n| n > 0 && step % n as u64 == 0);
+            if log {
+                let metrics = trainer.step_with_metrics(&batch).map_err(TrainError::Engine)?;
+                if !metrics.loss.is_finite() {
+                    return Err(TrainError::Diverged { at_step: step, after_step: last_finite });
+                }
+                last_finite = step - 1;
+                on_event(Event::Step { epoch, step, metrics: &metrics }).map_err(TrainError::Observer)?;
+            } else {
+                trainer.step(&batch).map_err(TrainError::Engine)?;
+            }
+        }
+        let step = trainer.steps_done;
+        let metrics = trainer.evaluate(&train.values, &means).map_err(TrainError::Engine)?;
+        if !metrics.loss.is_finite() {
+            return Err(TrainError::Diverged { at_step: step, after_step: last_finite });
+        }
+        last_finite = step;
+        let val = match (validation, &val_means) {
+            (Some(v), Some(m)) => Some(trainer.evaluate(&v.values, m).map_err(TrainError::Engine)?),
+            _ => None,
+        };
+        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref() }).map_err(TrainError::Observer)?;
+        last = Some(metrics);
+    }
+    match last {
+        Some(m) => Ok(m),
+        None => {
+            let means = feature_means(&train.values, width);
+            trainer.evaluate(&train.values, &means).map_err(TrainError::Engine)
+        }
+    }
+}
