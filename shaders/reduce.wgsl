@@ -1,7 +1,7 @@
 // Deterministic column reduction: out[j] = scale * sum_i t(x[i, j]) over a [rows, cols] matrix.
-// One workgroup per column: invocation t sums rows t, t+256, t+512, ... in order, then a fixed
-// tree combines the 256 partial sums. No atomics, so the result is the same bit for bit on
-// every run. Used for rho_hat (scale 1/m), bias gradients (scale 1) and firing frequencies.
+// One invocation per column sums its rows in order: no atomics and no barriers, so the result
+// is the same bit for bit on every run, and neighbouring invocations read neighbouring
+// addresses. Used for rho_hat (scale 1/m), bias gradients (scale 1) and firing frequencies.
 // Transforms: 0 the value, 1 the hard firing indicator [x > 0], 2 sigmoid(x / T).
 
 struct Grid {
@@ -24,9 +24,6 @@ struct Reduce {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
-
 fn transform(v: f32) -> f32 {
     switch rd.transform {
         case 1u: { return select(0.0, 1.0, v > 0.0); }
@@ -35,24 +32,15 @@ fn transform(v: f32) -> f32 {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn column_sum(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let j = wid.x + grid.offset.x;
+    let j = (wid.x + grid.offset.x) * 64u + lid.x;
+    if (j >= rd.cols) {
+        return;
+    }
     var acc = 0.0;
-    if (j < rd.cols) {
-        for (var i = lid.x; i < rd.rows; i += WG) {
-            acc += transform(x[i * rd.cols + j]);
-        }
+    for (var i = 0u; i < rd.rows; i++) {
+        acc += transform(x[i * rd.cols + j]);
     }
-    partial[lid.x] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid.x < stride) {
-            partial[lid.x] += partial[lid.x + stride];
-        }
-        workgroupBarrier();
-    }
-    if (lid.x == 0u && j < rd.cols) {
-        out[j] = rd.scale * partial[0];
-    }
+    out[j] = rd.scale * acc;
 }

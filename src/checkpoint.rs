@@ -1,1 +1,295 @@
-//! (being written)
+//! Checkpoints: safetensors, f32 little-endian, tensors named as a PyTorch module with
+//! attributes `enc1..encK`, `dec1..decK'` would name them (`enc1.weight` `[out, in]`,
+//! `enc1.bias` `[out]`), so `load_state_dict` reads them. The model spec rides in the metadata
+//! as JSON, so a checkpoint alone is enough to rebuild the model (SPEC.md section 6).
+
+use crate::model::{ModelSpec, Params};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Metadata key holding `serde_json::to_string(&spec)`.
+pub const SPEC_KEY: &str = "sae_spec";
+const FORMAT: &str = "sae-wgpu";
+
+fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// `(name, shape)` of every tensor in layer order: weight then bias, as `nn.Linear` has them.
+fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for l in 1..=spec.layers() {
+        let (n_out, n_in) = spec.shape(l);
+        let name = spec.layer_name(l);
+        out.push((format!("{name}.weight"), vec![n_out, n_in]));
+        out.push((format!("{name}.bias"), vec![n_out]));
+    }
+    out
+}
+
+/// The checkpoint file's bytes. Refuses non-finite parameters: `load` would reject the file.
+pub fn to_bytes(spec: &ModelSpec, params: &Params) -> Result<Vec<u8>, String> {
+    spec.validate()?;
+    params.check_shapes(spec)?;
+    if !params.all_finite() {
+        return Err("the parameters hold NaN or Inf (training diverged): not saving them; \
+                    retrain with a lower learning rate"
+            .into());
+    }
+    let named = layout(spec);
+    // Explicit little-endian bytes, whatever the host's byte order.
+    let bytes: Vec<Vec<u8>> = (0..spec.layers())
+        .flat_map(|i| [&params.weights[i], &params.biases[i]])
+        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = named
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape), b)| TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("internal error building tensors: {e}"))?;
+    let spec_json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+    let metadata = HashMap::from([
+        (SPEC_KEY.to_string(), spec_json),
+        ("format".to_string(), FORMAT.to_string()),
+        ("sizes".to_string(), join(&spec.sizes)),
+        ("activations".to_string(), join(&spec.activations)),
+        ("code_layer".to_string(), spec.code_layer.to_string()),
+    ]);
+    safetensors::serialize(views, Some(metadata)).map_err(|e| format!("cannot serialize the checkpoint: {e}"))
+}
+
+/// Parses checkpoint bytes; `origin` (the file name) starts every error message.
+pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<(ModelSpec, Params), String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        format!("{origin}: not a readable safetensors file ({e}): is it truncated or another format? Use a checkpoint written by sae train")
+    })?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("{origin}: {e}"))?;
+    let no_spec =
+        |what: &str| format!("{origin}: {what}, so the model spec is unknown: was this written by sae train?");
+    let meta = header.metadata().as_ref().ok_or_else(|| no_spec("the file has no metadata"))?;
+    let json = meta.get(SPEC_KEY).ok_or_else(|| no_spec(&format!("the metadata has no '{SPEC_KEY}' entry")))?;
+    let spec: ModelSpec = serde_json::from_str(json).map_err(|e| {
+        format!("{origin}: the model spec in the metadata is not valid ({e}): re-save the checkpoint with sae train")
+    })?;
+    spec.validate().map_err(|e| format!("{origin}: the model spec in the metadata is invalid: {e}"))?;
+
+    let mut params = Params { weights: Vec::new(), biases: Vec::new() };
+    let expected = layout(&spec);
+    for (name, shape) in &expected {
+        let t = st.tensor(name).map_err(|_| {
+            format!("{origin}: tensor '{name}' is missing but the spec's {}-layer model needs it: the file does not match its spec", spec.layers())
+        })?;
+        if t.dtype() != Dtype::F32 {
+            return Err(format!(
+                "{origin}: tensor '{name}' is {:?}, expected F32: convert it (e.g. .float() in PyTorch) before saving",
+                t.dtype()
+            ));
+        }
+        if t.shape() != &shape[..] {
+            return Err(format!(
+                "{origin}: tensor '{name}' has shape {:?} but the spec says {shape:?}: the file does not match its spec",
+                t.shape()
+            ));
+        }
+        let values: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{origin}: tensor '{name}' holds NaN or Inf at element {k}: the model diverged; retrain (e.g. with a lower learning rate)"
+            ));
+        }
+        if name.ends_with(".weight") {
+            params.weights.push(values);
+        } else {
+            params.biases.push(values);
+        }
+    }
+    let mut extra: Vec<&str> = st.names().into_iter().filter(|n| !expected.iter().any(|(e, _)| e == n)).collect();
+    if !extra.is_empty() {
+        extra.sort_unstable();
+        return Err(format!(
+            "{origin}: unexpected tensors {extra:?} that the spec's model does not have: the file does not match its spec"
+        ));
+    }
+    Ok((spec, params))
+}
+
+/// Writes the checkpoint atomically (temporary file + rename, like `data::save`).
+pub fn save(path: &Path, spec: &ModelSpec, params: &Params) -> Result<(), String> {
+    let bytes = to_bytes(spec, params).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::data::write_atomic(path, &bytes).map_err(|e| {
+        format!("{}: cannot write the checkpoint ({e}): check the directory exists and is writable", path.display())
+    })
+}
+
+pub fn load(path: &Path) -> Result<(ModelSpec, Params), String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: cannot read the checkpoint ({e}): check the path", path.display()))?;
+    from_bytes(&bytes, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Activation;
+
+    fn model() -> (ModelSpec, Params) {
+        let spec = ModelSpec::mirrored(&[3, 2], Activation::Relu, Activation::Sigmoid, Activation::Identity).unwrap();
+        let mut params = Params::init(&spec, 7);
+        for (l, b) in params.biases.iter_mut().enumerate() {
+            b.iter_mut().enumerate().for_each(|(j, v)| *v = 0.1 * (l + j) as f32 - 0.05);
+        }
+        (spec, params)
+    }
+
+    /// A safetensors file with a hand-picked tensor set and metadata.
+    fn custom(tensors: &[(&str, Dtype, Vec<usize>)], meta: Option<HashMap<String, String>>) -> Vec<u8> {
+        let data: Vec<Vec<u8>> =
+            tensors.iter().map(|(_, d, s)| vec![0u8; s.iter().product::<usize>() * d.bitsize() / 8]).collect();
+        let views =
+            tensors.iter().zip(&data).map(|((n, d, s), b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()));
+        safetensors::serialize(views, meta).unwrap()
+    }
+
+    fn spec_meta(spec: &ModelSpec) -> Option<HashMap<String, String>> {
+        Some(HashMap::from([(SPEC_KEY.to_string(), serde_json::to_string(spec).unwrap())]))
+    }
+
+    /// The tensor set `model()` needs, with one entry replaced or removed.
+    fn tensors_with(change: &str, to: Option<(Dtype, Vec<usize>)>) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+        let all =
+            [("enc1.weight", vec![2, 3]), ("enc1.bias", vec![2]), ("dec1.weight", vec![3, 2]), ("dec1.bias", vec![3])];
+        all.into_iter()
+            .filter_map(|(n, s)| match (n == change, &to) {
+                (false, _) => Some((n, Dtype::F32, s)),
+                (true, Some((d, s))) => Some((n, *d, s.clone())),
+                (true, None) => None,
+            })
+            .collect()
+    }
+
+    fn err(bytes: &[u8]) -> String {
+        let e = from_bytes(bytes, "m.safetensors").expect_err("expected an error");
+        assert!(e.starts_with("m.safetensors: ") && !e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact() {
+        let (spec, params) = model();
+        let (spec2, params2) = from_bytes(&to_bytes(&spec, &params).unwrap(), "m").unwrap();
+        assert_eq!(spec2, spec);
+        let bits = |p: &Params| p.weights.iter().chain(&p.biases).flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&params2), bits(&params));
+        assert_eq!(params2, params);
+    }
+
+    #[test]
+    fn round_trip_through_a_file() {
+        let dir = std::env::temp_dir().join(format!("sae-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let spec = ModelSpec::seed();
+        let params = Params::init(&spec, 1);
+        save(&path, &spec, &params).unwrap();
+        assert_eq!(load(&path).unwrap(), (spec, params));
+        let e = load(&dir.join("nope.safetensors")).unwrap_err();
+        assert!(e.contains("nope.safetensors") && e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metadata_is_human_readable() {
+        let (spec, params) = model();
+        let bytes = to_bytes(&spec, &params).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().as_ref().unwrap();
+        assert_eq!(meta["format"], "sae-wgpu");
+        assert_eq!(meta["sizes"], "3,2,3");
+        assert_eq!(meta["activations"], "sigmoid,identity");
+        assert_eq!(meta["code_layer"], "1");
+    }
+
+    #[test]
+    fn truncated() {
+        let (spec, params) = model();
+        let bytes = to_bytes(&spec, &params).unwrap();
+        for cut in [0, 5, 40, bytes.len() - 1] {
+            let e = err(&bytes[..cut]);
+            assert!(e.contains("not a readable safetensors file"), "{cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_metadata_or_spec() {
+        let ok = tensors_with("", None);
+        let e = err(&custom(&ok, None));
+        assert!(e.contains("no metadata") && e.contains("sae train"), "{e}");
+        let other = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+        let e = err(&custom(&ok, other));
+        assert!(e.contains(SPEC_KEY) && e.contains("sae train"), "{e}");
+    }
+
+    #[test]
+    fn bad_spec_json() {
+        let ok = tensors_with("", None);
+        let meta = Some(HashMap::from([(SPEC_KEY.to_string(), "{\"sizes\": [3".to_string())]));
+        assert!(err(&custom(&ok, meta)).contains("model spec in the metadata is not valid"));
+        let (mut spec, _) = model();
+        spec.sizes[2] = 4; // decoder no longer ends at the input width
+        let e = err(&custom(&ok, spec_meta(&spec)));
+        assert!(e.contains("model spec in the metadata is invalid"), "{e}");
+    }
+
+    #[test]
+    fn missing_tensor() {
+        let (spec, _) = model();
+        let e = err(&custom(&tensors_with("dec1.bias", None), spec_meta(&spec)));
+        assert!(e.contains("'dec1.bias' is missing"), "{e}");
+    }
+
+    #[test]
+    fn wrong_shape() {
+        let (spec, _) = model();
+        let e = err(&custom(&tensors_with("enc1.weight", Some((Dtype::F32, vec![3, 2]))), spec_meta(&spec)));
+        assert!(e.contains("'enc1.weight' has shape [3, 2] but the spec says [2, 3]"), "{e}");
+    }
+
+    #[test]
+    fn wrong_dtype() {
+        let (spec, _) = model();
+        let e = err(&custom(&tensors_with("dec1.weight", Some((Dtype::F64, vec![3, 2]))), spec_meta(&spec)));
+        assert!(e.contains("'dec1.weight' is F64, expected F32"), "{e}");
+    }
+
+    #[test]
+    fn extra_tensor() {
+        let (spec, _) = model();
+        let mut t = tensors_with("", None);
+        t.push(("enc2.weight", Dtype::F32, vec![1]));
+        let e = err(&custom(&t, spec_meta(&spec)));
+        assert!(e.contains("unexpected tensors [\"enc2.weight\"]"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_values() {
+        let (spec, mut params) = model();
+        assert!(to_bytes(&spec, &{
+            let mut p = params.clone();
+            p.weights[0][1] = f32::NAN;
+            p
+        })
+        .unwrap_err()
+        .contains("NaN or Inf"));
+        // Patch an Inf over a marker value (found by its bytes: the data order is the crate's).
+        params.biases[1][2] = 123.25;
+        let mut bytes = to_bytes(&spec, &params).unwrap();
+        let pat = 123.25f32.to_le_bytes();
+        let at = bytes.windows(4).position(|w| w == pat).unwrap();
+        bytes[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        let e = err(&bytes);
+        assert!(e.contains("'dec1.bias' holds NaN or Inf at element 2"), "{e}");
+    }
+}

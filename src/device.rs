@@ -54,10 +54,7 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
         .copied()
         .collect::<Vec<_>>()
         .join(" ");
-    format!(
-        "{} ({:?}, {:?}, driver: {})",
-        info.name, info.backend, info.device_type, driver
-    )
+    format!("{} ({:?}, {:?}, driver: {})", info.name, info.backend, info.device_type, driver)
 }
 
 pub fn parse_backends(name: &str) -> Result<wgpu::Backends, DeviceError> {
@@ -67,9 +64,7 @@ pub fn parse_backends(name: &str) -> Result<wgpu::Backends, DeviceError> {
         "metal" | "mtl" => Ok(wgpu::Backends::METAL),
         "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
         "all" | "any" => Ok(wgpu::Backends::all()),
-        other => Err(DeviceError(format!(
-            "unknown backend '{other}': use vulkan, gl, metal, dx12 or all"
-        ))),
+        other => Err(DeviceError(format!("unknown backend '{other}': use vulkan, gl, metal, dx12 or all"))),
     }
 }
 
@@ -80,10 +75,7 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 fn resolve(req: &AdapterRequest) -> Result<(wgpu::Backends, Option<String>), DeviceError> {
-    let backend = req
-        .backend
-        .clone()
-        .or_else(|| std::env::var("WGPU_BACKEND").ok());
+    let backend = req.backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
     let backends = match backend.as_deref() {
         Some(b) if !b.is_empty() => {
             // WGPU_BACKEND may be a comma-separated list.
@@ -95,11 +87,7 @@ fn resolve(req: &AdapterRequest) -> Result<(wgpu::Backends, Option<String>), Dev
         }
         _ => wgpu::Backends::all(),
     };
-    let name = req
-        .adapter_name
-        .clone()
-        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
-        .filter(|s| !s.is_empty());
+    let name = req.adapter_name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok()).filter(|s| !s.is_empty());
     Ok((backends, name))
 }
 
@@ -168,13 +156,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| DeviceError(format!("could not open {}: {e}", describe(&info))))?;
-        Ok(Gpu {
-            device,
-            queue,
-            info,
-            limits,
-            features,
-        })
+        Ok(Gpu { device, queue, info, limits, features })
     }
 
     pub fn describe(&self) -> String {

@@ -16,6 +16,7 @@ use wgpu::util::DeviceExt;
 /// Shader sources, compiled into the binary.
 pub mod source {
     pub const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+    pub const MATMUL_BLOCKED: &str = include_str!("../shaders/matmul_blocked.wgsl");
     pub const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
     pub const SPARSITY: &str = include_str!("../shaders/sparsity.wgsl");
     pub const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
@@ -23,11 +24,54 @@ pub mod source {
     pub const UPDATE: &str = include_str!("../shaders/update.wgsl");
 }
 
-/// Every entry point, with the shader file it lives in.
-pub const ENTRY_POINTS: [(&str, &str); 10] = [
-    ("matmul_forward", source::MATMUL),
-    ("matmul_backward_weight", source::MATMUL),
-    ("matmul_backward_input", source::MATMUL),
+/// The matmul entry points; each [`MatmulVariant`] implements all three.
+pub const MATMUL_ENTRY_POINTS: [&str; 3] = ["matmul_forward", "matmul_backward_weight", "matmul_backward_input"];
+
+/// Interchangeable implementations of the matmul family, same entry points and results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// 16x16 output tiles staged through workgroup memory (`shaders/matmul.wgsl`): the
+    /// textbook GPU kernel.
+    Tiled,
+    /// 4x4 outputs per invocation from registers, no workgroup memory
+    /// (`shaders/matmul_blocked.wgsl`): much faster on CPU-emulated adapters.
+    Blocked,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Tiled, MatmulVariant::Blocked];
+    fn source(self) -> &'static str {
+        match self {
+            MatmulVariant::Tiled => source::MATMUL,
+            MatmulVariant::Blocked => source::MATMUL_BLOCKED,
+        }
+    }
+    /// Output rows/columns one workgroup covers.
+    fn tile(self) -> usize {
+        match self {
+            MatmulVariant::Tiled => 16,
+            MatmulVariant::Blocked => 32,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Tiled => "tiled16",
+            MatmulVariant::Blocked => "blocked4x4",
+        }
+    }
+    /// The default for an adapter: register blocks on CPU adapters, where they measured
+    /// several times faster; shared-memory tiles elsewhere.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            MatmulVariant::Blocked
+        } else {
+            MatmulVariant::Tiled
+        }
+    }
+}
+
+/// Every other entry point, with the shader file it lives in.
+pub const ENTRY_POINTS: [(&str, &str); 7] = [
     ("bias_activation", source::ACTIVATION),
     ("activation_backward", source::ACTIVATION),
     ("kl_backward", source::SPARSITY),
@@ -57,19 +101,11 @@ pub struct View {
 
 impl View {
     pub fn whole(buffer: &wgpu::Buffer) -> View {
-        View {
-            buffer: buffer.clone(),
-            offset: 0,
-            len: (buffer.size() / 4) as usize,
-        }
+        View { buffer: buffer.clone(), offset: 0, len: (buffer.size() / 4) as usize }
     }
     pub fn slice(&self, offset: usize, len: usize) -> View {
         assert!(offset % ALIGN_FLOATS == 0 && offset + len <= self.len);
-        View {
-            buffer: self.buffer.clone(),
-            offset: self.offset + offset,
-            len,
-        }
+        View { buffer: self.buffer.clone(), offset: self.offset + offset, len }
     }
     pub fn byte_offset(&self) -> u64 {
         (self.offset * 4) as u64
@@ -109,10 +145,8 @@ impl Launch {
 
 /// Records launches into one compute pass of `encoder`.
 pub fn record(encoder: &mut wgpu::CommandEncoder, launches: &[Launch]) {
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("sae step"),
-        timestamp_writes: None,
-    });
+    let mut pass =
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("sae step"), timestamp_writes: None });
     for launch in launches {
         launch.record(&mut pass);
     }
@@ -203,6 +237,9 @@ pub const LOSS_SLOTS: usize = 5;
 pub struct Kernels {
     pub gpu: Gpu,
     pipelines: HashMap<&'static str, wgpu::ComputePipeline>,
+    matmul_pipelines: HashMap<(MatmulVariant, &'static str), wgpu::ComputePipeline>,
+    /// Which matmul implementation the launchers use.
+    pub matmul_variant: MatmulVariant,
     /// Most workgroups one dispatch may have along a dimension. The adapter's limit by
     /// default; tests lower it to exercise splitting without huge inputs.
     pub max_groups: u32,
@@ -213,16 +250,15 @@ impl Kernels {
         let device = &gpu.device;
         // Capture validation errors (a shader an adapter rejects) instead of panicking.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut modules = HashMap::new();
-        let mut pipelines = HashMap::new();
-        for (entry, src) in ENTRY_POINTS {
+        let mut modules: HashMap<*const u8, wgpu::ShaderModule> = HashMap::new();
+        let mut pipeline = |entry: &'static str, src: &'static str| {
             let module = modules.entry(src.as_ptr()).or_insert_with(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(entry),
                     source: wgpu::ShaderSource::Wgsl(src.into()),
                 })
             });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 // Layout derived from what the entry point uses: each entry point in a file
                 // uses its own bindings.
@@ -231,33 +267,43 @@ impl Kernels {
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
-            });
-            pipelines.insert(entry, pipeline);
+            })
+        };
+        let pipelines: HashMap<_, _> = ENTRY_POINTS.iter().map(|&(entry, src)| (entry, pipeline(entry, src))).collect();
+        let mut matmul_pipelines = HashMap::new();
+        for variant in MatmulVariant::ALL {
+            for entry in MATMUL_ENTRY_POINTS {
+                matmul_pipelines.insert((variant, entry), pipeline(entry, variant.source()));
+            }
         }
         if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(format!(
-                "shader compilation failed on {}: {err}",
-                gpu.describe()
-            ));
+            return Err(format!("shader compilation failed on {}: {err}", gpu.describe()));
         }
         Ok(Kernels {
             gpu: gpu.clone(),
             pipelines,
+            matmul_pipelines,
+            matmul_variant: MatmulVariant::for_adapter(&gpu.info),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
     }
 
     /// Builds a launch of `name` over a `groups` grid of workgroups, split into dispatches of
     /// at most `max_groups` per dimension; `bindings` are (binding number, tensor) pairs.
-    fn launch<P: Pod>(
+    fn launch<P: Pod>(&self, name: &'static str, params: P, bindings: &[(u32, &View)], groups: [usize; 2]) -> Launch {
+        let pipeline = self.pipelines[name].clone();
+        self.launch_with(name, pipeline, params, bindings, groups)
+    }
+
+    fn launch_with<P: Pod>(
         &self,
         name: &'static str,
+        pipeline: wgpu::ComputePipeline,
         params: P,
         bindings: &[(u32, &View)],
         groups: [usize; 2],
     ) -> Launch {
         let device = &self.gpu.device;
-        let pipeline = self.pipelines[name].clone();
         let layout = pipeline.get_bind_group_layout(0);
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(name),
@@ -275,26 +321,15 @@ impl Kernels {
                 }
                 let grid = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("grid"),
-                    contents: bytemuck::bytes_of(&Grid {
-                        offset: [x0 as u32, y0 as u32, 0, 0],
-                    }),
+                    contents: bytemuck::bytes_of(&Grid { offset: [x0 as u32, y0 as u32, 0, 0] }),
                     usage: wgpu::BufferUsages::UNIFORM,
                 });
                 let mut entries = vec![
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: grid.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: params.as_entire_binding(),
-                    },
+                    wgpu::BindGroupEntry { binding: 0, resource: grid.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
                 ];
                 for (binding, view) in bindings {
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: *binding,
-                        resource: view.binding(),
-                    });
+                    entries.push(wgpu::BindGroupEntry { binding: *binding, resource: view.binding() });
                 }
                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(name),
@@ -304,11 +339,7 @@ impl Kernels {
                 dispatches.push((bind_group, [gx as u32, gy as u32]));
             }
         }
-        Launch {
-            name,
-            pipeline,
-            dispatches,
-        }
+        Launch { name, pipeline, dispatches }
     }
 
     fn elementwise_groups(len: usize) -> [usize; 2] {
@@ -326,81 +357,38 @@ impl Kernels {
         inner: usize,
     ) -> Launch {
         assert!(out.len >= rows * cols, "{name}: output too small");
-        let params = Matmul {
-            rows: rows as u32,
-            cols: cols as u32,
-            inner: inner as u32,
-            _pad: 0,
-        };
-        self.launch(
+        let params = Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, _pad: 0 };
+        let variant = self.matmul_variant;
+        let pipeline = self.matmul_pipelines[&(variant, name)].clone();
+        let tile = variant.tile();
+        self.launch_with(
             name,
+            pipeline,
             params,
             &[(2, lhs), (3, rhs), (4, out)],
-            [cols.div_ceil(16), rows.div_ceil(16)],
+            [cols.div_ceil(tile), rows.div_ceil(tile)],
         )
     }
 
     /// `Z[m,n] = A[m,k] W[n,k]^T`
-    pub fn matmul_forward(
-        &self,
-        a: &View,
-        w: &View,
-        z: &View,
-        m: usize,
-        k: usize,
-        n: usize,
-    ) -> Launch {
+    pub fn matmul_forward(&self, a: &View, w: &View, z: &View, m: usize, k: usize, n: usize) -> Launch {
         self.matmul("matmul_forward", a, w, z, m, n, k)
     }
 
     /// `dW[n,k] = delta[m,n]^T A[m,k]`
-    pub fn matmul_backward_weight(
-        &self,
-        delta: &View,
-        a: &View,
-        dw: &View,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Launch {
+    pub fn matmul_backward_weight(&self, delta: &View, a: &View, dw: &View, m: usize, n: usize, k: usize) -> Launch {
         self.matmul("matmul_backward_weight", delta, a, dw, n, k, m)
     }
 
     /// `G[m,k] = delta[m,n] W[n,k]`
-    pub fn matmul_backward_input(
-        &self,
-        delta: &View,
-        w: &View,
-        g: &View,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Launch {
+    pub fn matmul_backward_input(&self, delta: &View, w: &View, g: &View, m: usize, n: usize, k: usize) -> Launch {
         self.matmul("matmul_backward_input", delta, w, g, m, k, n)
     }
 
     /// `Z += 1 b^T` (in place), `A = f(Z)`, over `[m, n]`.
-    pub fn bias_activation(
-        &self,
-        b: &View,
-        z: &View,
-        a: &View,
-        m: usize,
-        n: usize,
-        act: Activation,
-    ) -> Launch {
-        let params = Elementwise {
-            rows: m as u32,
-            cols: n as u32,
-            act: act.code(),
-            _pad: 0,
-        };
-        self.launch(
-            "bias_activation",
-            params,
-            &[(2, b), (3, z), (4, a)],
-            Self::elementwise_groups(m * n),
-        )
+    pub fn bias_activation(&self, b: &View, z: &View, a: &View, m: usize, n: usize, act: Activation) -> Launch {
+        let params = Elementwise { rows: m as u32, cols: n as u32, act: act.code(), _pad: 0 };
+        self.launch("bias_activation", params, &[(2, b), (3, z), (4, a)], Self::elementwise_groups(m * n))
     }
 
     /// `delta = G ⊙ f'(Z)`, over `[m, n]`.
@@ -414,12 +402,7 @@ impl Kernels {
         n: usize,
         act: Activation,
     ) -> Launch {
-        let params = Elementwise {
-            rows: m as u32,
-            cols: n as u32,
-            act: act.code(),
-            _pad: 0,
-        };
+        let params = Elementwise { rows: m as u32, cols: n as u32, act: act.code(), _pad: 0 };
         self.launch(
             "activation_backward",
             params,
@@ -447,11 +430,7 @@ impl Kernels {
                 panic!("kl_backward without a sparsity penalty: use activation_backward")
             }
             Sparsity::Kl { rho, beta } => (1, rho, beta, 1.0),
-            Sparsity::KlFreq {
-                rho,
-                beta,
-                temperature,
-            } => (2, rho, beta, temperature),
+            Sparsity::KlFreq { rho, beta, temperature } => (2, rho, beta, temperature),
         };
         let params = Kl {
             rows: m as u32,
@@ -472,15 +451,7 @@ impl Kernels {
     }
 
     /// `out[j] = scale * sum_i t(x[i,j])` over `[m, n]`.
-    pub fn column_sum(
-        &self,
-        x: &View,
-        out: &View,
-        m: usize,
-        n: usize,
-        t: ColumnTransform,
-        scale: f64,
-    ) -> Launch {
+    pub fn column_sum(&self, x: &View, out: &View, m: usize, n: usize, t: ColumnTransform, scale: f64) -> Launch {
         let (transform, temperature) = match t {
             ColumnTransform::Value => (0, 1.0),
             ColumnTransform::Fires => (1, 1.0),
@@ -496,7 +467,7 @@ impl Kernels {
             _pad1: 0,
             _pad2: 0,
         };
-        self.launch("column_sum", params, &[(2, x), (3, out)], [n, 1])
+        self.launch("column_sum", params, &[(2, x), (3, out)], [n.div_ceil(64), 1])
     }
 
     /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` over `[m, n]`.
@@ -511,12 +482,7 @@ impl Kernels {
         act: Activation,
     ) -> Launch {
         let params = self.loss_params(m, n, act, 0, 0.0, Sparsity::None, 0);
-        self.launch(
-            "output_delta",
-            params,
-            &[(2, xhat), (3, x), (4, z), (5, delta)],
-            Self::elementwise_groups(m * n),
-        )
+        self.launch("output_delta", params, &[(2, xhat), (3, x), (4, z), (5, delta)], Self::elementwise_groups(m * n))
     }
 
     /// `out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]`.
@@ -533,21 +499,8 @@ impl Kernels {
         weight_decay: f64,
         sparsity: Sparsity,
     ) -> Launch {
-        let params = self.loss_params(
-            m,
-            n,
-            Activation::Identity,
-            weights.len,
-            weight_decay,
-            sparsity,
-            rho_hat.len,
-        );
-        self.launch(
-            "loss_value",
-            params,
-            &[(2, xhat), (3, x), (6, weights), (7, rho_hat), (8, out)],
-            [1, 1],
-        )
+        let params = self.loss_params(m, n, Activation::Identity, weights.len, weight_decay, sparsity, rho_hat.len);
+        self.launch("loss_value", params, &[(2, xhat), (3, x), (6, weights), (7, rho_hat), (8, out)], [1, 1])
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -579,26 +532,10 @@ impl Kernels {
     }
 
     /// `p <- p - lr (g + lambda p)` on the first `weights_len` elements, `p <- p - lr g` after.
-    pub fn sgd_update(
-        &self,
-        grads: &View,
-        params: &View,
-        weights_len: usize,
-        lr: f64,
-        weight_decay: f64,
-    ) -> Launch {
-        let uniform = Sgd {
-            len: params.len as u32,
-            weights_len: weights_len as u32,
-            lr: lr as f32,
-            lambda: weight_decay as f32,
-        };
-        self.launch(
-            "sgd_update",
-            uniform,
-            &[(2, grads), (3, params)],
-            Self::elementwise_groups(params.len),
-        )
+    pub fn sgd_update(&self, grads: &View, params: &View, weights_len: usize, lr: f64, weight_decay: f64) -> Launch {
+        let uniform =
+            Sgd { len: params.len as u32, weights_len: weights_len as u32, lr: lr as f32, lambda: weight_decay as f32 };
+        self.launch("sgd_update", uniform, &[(2, grads), (3, params)], Self::elementwise_groups(params.len))
     }
 }
 
@@ -613,28 +550,18 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (len.max(1) * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
     }
 
     pub fn upload(&self, label: &str, data: &[f32]) -> View {
-        let buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(if data.is_empty() { &[0.0f32] } else { data }),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            });
-        View {
-            buffer,
-            offset: 0,
-            len: data.len(),
-        }
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(if data.is_empty() { &[0.0f32] } else { data }),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        });
+        View { buffer, offset: 0, len: data.len() }
     }
 
     /// Runs `launches` in one submit and waits for them.
@@ -685,12 +612,8 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("device lost while waiting for a read-back");
-        pollster::block_on(rx.receive())
-            .expect("map callback dropped")
-            .expect("mapping a read-back buffer failed");
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting for a read-back");
+        pollster::block_on(rx.receive()).expect("map callback dropped").expect("mapping a read-back buffer failed");
         let bytes = slice.get_mapped_range().expect("mapped range").to_vec();
         buffer.unmap();
         bytes

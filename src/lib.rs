@@ -14,6 +14,8 @@ pub mod device;
 pub mod kernels;
 pub mod model;
 pub mod reference;
+pub mod synthetic;
+pub mod train;
 pub mod trainer;
 
 pub use device::{AdapterRequest, Gpu};

@@ -17,12 +17,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub const ALL: [Activation; 4] = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::Sigmoid,
-        Activation::Tanh,
-    ];
+    pub const ALL: [Activation; 4] = [Activation::Identity, Activation::Relu, Activation::Sigmoid, Activation::Tanh];
 
     /// The number the WGSL kernels switch on (see `shaders/activation.wgsl`).
     pub fn code(self) -> u32 {
@@ -49,9 +44,7 @@ impl Activation {
             "relu" => Ok(Activation::Relu),
             "sigmoid" => Ok(Activation::Sigmoid),
             "tanh" => Ok(Activation::Tanh),
-            _ => Err(format!(
-                "unknown activation '{s}': use identity, relu, sigmoid or tanh"
-            )),
+            _ => Err(format!("unknown activation '{s}': use identity, relu, sigmoid or tanh")),
         }
     }
 }
@@ -83,14 +76,10 @@ impl ModelSpec {
         output: Activation,
     ) -> Result<Self, String> {
         if encoder.len() < 2 {
-            return Err(
-                "the encoder needs at least an input width and a code width (e.g. 20,4)".into(),
-            );
+            return Err("the encoder needs at least an input width and a code width (e.g. 20,4)".into());
         }
         if decoder.is_empty() {
-            return Err(
-                "the decoder needs at least one layer (its last width is the input width)".into(),
-            );
+            return Err("the decoder needs at least one layer (its last width is the input width)".into());
         }
         let sizes: Vec<usize> = encoder.iter().chain(decoder).copied().collect();
         let code_layer = encoder.len() - 1;
@@ -106,11 +95,7 @@ impl ModelSpec {
                 }
             })
             .collect();
-        let spec = ModelSpec {
-            sizes,
-            activations,
-            code_layer,
-        };
+        let spec = ModelSpec { sizes, activations, code_layer };
         spec.validate()?;
         Ok(spec)
     }
@@ -128,13 +113,8 @@ impl ModelSpec {
 
     /// SPEC.md's default ("seed") model: 20-80-40-4 mirrored, relu hidden, sigmoid code and output.
     pub fn seed() -> Self {
-        Self::mirrored(
-            &[20, 80, 40, 4],
-            Activation::Relu,
-            Activation::Sigmoid,
-            Activation::Sigmoid,
-        )
-        .expect("the seed model is valid")
+        Self::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Sigmoid, Activation::Sigmoid)
+            .expect("the seed model is valid")
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -143,21 +123,13 @@ impl ModelSpec {
             return Err("a model needs at least one layer".into());
         }
         if let Some(i) = self.sizes.iter().position(|&n| n == 0) {
-            return Err(format!(
-                "layer width {i} is 0: every width must be at least 1"
-            ));
+            return Err(format!("layer width {i} is 0: every width must be at least 1"));
         }
         if self.activations.len() != layers {
-            return Err(format!(
-                "{} activations given for {layers} layers",
-                self.activations.len()
-            ));
+            return Err(format!("{} activations given for {layers} layers", self.activations.len()));
         }
         if self.code_layer == 0 || self.code_layer > layers {
-            return Err(format!(
-                "code layer {} is not in 1..={layers}",
-                self.code_layer
-            ));
+            return Err(format!("code layer {} is not in 1..={layers}", self.code_layer));
         }
         if self.sizes[0] != self.sizes[layers] {
             return Err(format!(
@@ -186,9 +158,7 @@ impl ModelSpec {
         self.activations[l - 1]
     }
     pub fn parameter_count(&self) -> usize {
-        (1..=self.layers())
-            .map(|l| self.sizes[l] * self.sizes[l - 1] + self.sizes[l])
-            .sum()
+        (1..=self.layers()).map(|l| self.sizes[l] * self.sizes[l - 1] + self.sizes[l]).sum()
     }
     /// Name of layer `l` as a PyTorch module attribute: `enc1..encK`, `dec1..decK'`.
     pub fn layer_name(&self, l: usize) -> String {
@@ -258,10 +228,7 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        LossConfig {
-            weight_decay: 0.0,
-            sparsity: Sparsity::None,
-        }
+        LossConfig { weight_decay: 0.0, sparsity: Sparsity::None }
     }
 }
 
@@ -272,10 +239,7 @@ impl LossConfig {
     /// Checks the loss settings against the model; the message names the setting to change.
     pub fn validate(&self, spec: &ModelSpec) -> Result<(), String> {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!(
-                "weight decay {} must be finite and >= 0",
-                self.weight_decay
-            ));
+            return Err(format!("weight decay {} must be finite and >= 0", self.weight_decay));
         }
         match self.sparsity {
             Sparsity::None => Ok(()),
@@ -321,11 +285,7 @@ impl Params {
         for l in 1..=spec.layers() {
             let (n_out, n_in) = spec.shape(l);
             let r = (6.0 / (n_in + n_out + 1) as f64).sqrt();
-            weights.push(
-                (0..n_out * n_in)
-                    .map(|_| ((2.0 * rng.next_f64() - 1.0) * r) as f32)
-                    .collect(),
-            );
+            weights.push((0..n_out * n_in).map(|_| ((2.0 * rng.next_f64() - 1.0) * r) as f32).collect());
             biases.push(vec![0.0; n_out]);
         }
         Params { weights, biases }
@@ -344,20 +304,14 @@ impl Params {
         for l in 1..=spec.layers() {
             let (n_out, n_in) = spec.shape(l);
             if self.weights[l - 1].len() != n_out * n_in || self.biases[l - 1].len() != n_out {
-                return Err(format!(
-                    "{}: expected weight [{n_out}, {n_in}] and bias [{n_out}]",
-                    spec.layer_name(l)
-                ));
+                return Err(format!("{}: expected weight [{n_out}, {n_in}] and bias [{n_out}]", spec.layer_name(l)));
             }
         }
         Ok(())
     }
 
     pub fn all_finite(&self) -> bool {
-        self.weights
-            .iter()
-            .chain(&self.biases)
-            .all(|t| t.iter().all(|v| v.is_finite()))
+        self.weights.iter().chain(&self.biases).all(|t| t.iter().all(|v| v.is_finite()))
     }
 }
 

@@ -82,9 +82,7 @@ pub fn bias_activation(z: &mut [f64], b: &[f64], act: Activation, n: usize) -> V
 
 /// `delta = G ⊙ f'(Z)` (twin of `activation_backward`).
 pub fn activation_backward(g: &[f64], z: &[f64], a: &[f64], act: Activation) -> Vec<f64> {
-    (0..g.len())
-        .map(|i| g[i] * activation_derivative(act, z[i], a[i]))
-        .collect()
+    (0..g.len()).map(|i| g[i] * activation_derivative(act, z[i], a[i])).collect()
 }
 
 /// What `column_sum` sums: the value itself, the hard firing indicator `[x > 0]`, or the smooth
@@ -115,9 +113,7 @@ impl ColumnTransform {
 /// `out[j] = scale * sum_i t(x[i,j])` (twin of `column_sum`): batch means with `scale = 1/m`,
 /// bias gradients with `scale = 1`.
 pub fn column_sum(x: &[f64], m: usize, n: usize, t: ColumnTransform, scale: f64) -> Vec<f64> {
-    (0..n)
-        .map(|j| scale * (0..m).map(|i| t.apply(x[i * n + j])).sum::<f64>())
-        .collect()
+    (0..n).map(|j| scale * (0..m).map(|i| t.apply(x[i * n + j])).sum::<f64>()).collect()
 }
 
 /// `dKL(rho || q)/dq` with q clamped to [eps, 1-eps]; the clamp passes the gradient through.
@@ -150,18 +146,10 @@ pub fn kl_backward(
             let fprime = activation_derivative(act, z[idx], a[idx]);
             match sparsity {
                 Sparsity::None => g[idx] * fprime,
-                Sparsity::Kl { rho, beta } => {
-                    (g[idx] + beta / m as f64 * kl_derivative(rho, rho_hat[j])) * fprime
-                }
-                Sparsity::KlFreq {
-                    rho,
-                    beta,
-                    temperature,
-                } => {
+                Sparsity::Kl { rho, beta } => (g[idx] + beta / m as f64 * kl_derivative(rho, rho_hat[j])) * fprime,
+                Sparsity::KlFreq { rho, beta, temperature } => {
                     let s = sigmoid(z[idx] / temperature);
-                    g[idx] * fprime
-                        + beta / m as f64 * kl_derivative(rho, rho_hat[j]) * s * (1.0 - s)
-                            / temperature
+                    g[idx] * fprime + beta / m as f64 * kl_derivative(rho, rho_hat[j]) * s * (1.0 - s) / temperature
                 }
             }
         })
@@ -170,9 +158,7 @@ pub fn kl_backward(
 
 /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` (twin of `output_delta`).
 pub fn output_delta(xhat: &[f64], x: &[f64], z: &[f64], act: Activation, m: usize) -> Vec<f64> {
-    (0..x.len())
-        .map(|i| (xhat[i] - x[i]) / m as f64 * activation_derivative(act, z[i], xhat[i]))
-        .collect()
+    (0..x.len()).map(|i| (xhat[i] - x[i]) / m as f64 * activation_derivative(act, z[i], xhat[i])).collect()
 }
 
 /// `p <- p - lr * (g + decay * p)` (twin of `sgd_update`; decay = lambda for weights, 0 for biases).
@@ -196,27 +182,12 @@ pub struct Model {
 
 impl Model {
     pub fn new(spec: &ModelSpec, params: &Params) -> Self {
-        let widen = |t: &Vec<Vec<f32>>| {
-            t.iter()
-                .map(|v| v.iter().map(|&x| x as f64).collect())
-                .collect()
-        };
-        Model {
-            spec: spec.clone(),
-            w: widen(&params.weights),
-            b: widen(&params.biases),
-        }
+        let widen = |t: &Vec<Vec<f32>>| t.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+        Model { spec: spec.clone(), w: widen(&params.weights), b: widen(&params.biases) }
     }
     pub fn to_params(&self) -> Params {
-        let narrow = |t: &Vec<Vec<f64>>| {
-            t.iter()
-                .map(|v| v.iter().map(|&x| x as f32).collect())
-                .collect()
-        };
-        Params {
-            weights: narrow(&self.w),
-            biases: narrow(&self.b),
-        }
+        let narrow = |t: &Vec<Vec<f64>>| t.iter().map(|v| v.iter().map(|&x| x as f32).collect()).collect();
+        Params { weights: narrow(&self.w), biases: narrow(&self.b) }
     }
 }
 
@@ -261,22 +232,11 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
     let rho_hat = match loss.sparsity {
         Sparsity::None => Vec::new(),
         Sparsity::Kl { .. } => mean_activation.clone(),
-        Sparsity::KlFreq { temperature, .. } => column_sum(
-            &z[c],
-            m,
-            nc,
-            ColumnTransform::SoftFires { temperature },
-            inv_m,
-        ),
+        Sparsity::KlFreq { temperature, .. } => {
+            column_sum(&z[c], m, nc, ColumnTransform::SoftFires { temperature }, inv_m)
+        }
     };
-    Forward {
-        m,
-        z,
-        a,
-        rho_hat,
-        mean_activation,
-        freq,
-    }
+    Forward { m, z, a, rho_hat, mean_activation, freq }
 }
 
 /// Which terms of J to include; the gradient check takes them one at a time.
@@ -288,11 +248,7 @@ pub struct Terms {
 }
 
 impl Terms {
-    pub const ALL: Terms = Terms {
-        reconstruction: true,
-        weight_decay: true,
-        sparsity: true,
-    };
+    pub const ALL: Terms = Terms { reconstruction: true, weight_decay: true, sparsity: true };
 }
 
 /// The terms of J (SPEC.md section 3) and their sum.
@@ -309,38 +265,17 @@ pub struct LossParts {
 
 /// The loss value (twin of `loss_value`).
 pub fn loss(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Terms) -> LossParts {
-    let sq: f64 = fwd
-        .xhat()
-        .iter()
-        .zip(x)
-        .map(|(p, q)| (p - q) * (p - q))
-        .sum();
-    let reconstruction = if terms.reconstruction {
-        0.5 * sq / fwd.m as f64
-    } else {
-        0.0
-    };
+    let sq: f64 = fwd.xhat().iter().zip(x).map(|(p, q)| (p - q) * (p - q)).sum();
+    let reconstruction = if terms.reconstruction { 0.5 * sq / fwd.m as f64 } else { 0.0 };
     let weight_decay = if terms.weight_decay {
         0.5 * cfg.weight_decay * model.w.iter().flatten().map(|w| w * w).sum::<f64>()
     } else {
         0.0
     };
     let (rho, beta) = cfg.sparsity.rho_beta();
-    let sparsity = if terms.sparsity {
-        beta * fwd
-            .rho_hat
-            .iter()
-            .map(|&q| kl_divergence(rho, q))
-            .sum::<f64>()
-    } else {
-        0.0
-    };
-    LossParts {
-        reconstruction,
-        weight_decay,
-        sparsity,
-        total: reconstruction + weight_decay + sparsity,
-    }
+    let sparsity =
+        if terms.sparsity { beta * fwd.rho_hat.iter().map(|&q| kl_divergence(rho, q)).sum::<f64>() } else { 0.0 };
+    LossParts { reconstruction, weight_decay, sparsity, total: reconstruction + weight_decay + sparsity }
 }
 
 /// Gradients of J: `dw[l-1] = dJ/dW_l`, `db[l-1] = dJ/db_l`.
@@ -366,16 +301,8 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
     } else {
         vec![0.0; m * spec.sizes[layers]]
     };
-    let sparsity = if terms.sparsity {
-        cfg.sparsity
-    } else {
-        Sparsity::None
-    };
-    let lambda = if terms.weight_decay {
-        cfg.weight_decay
-    } else {
-        0.0
-    };
+    let sparsity = if terms.sparsity { cfg.sparsity } else { Sparsity::None };
+    let lambda = if terms.weight_decay { cfg.weight_decay } else { 0.0 };
 
     for l in (1..=layers).rev() {
         let (n, k) = spec.shape(l);
@@ -410,13 +337,7 @@ pub fn update(model: &mut Model, grads: &Grads, lr: f64) {
 }
 
 /// One SGD step on the minibatch `x` (`m` rows); returns the loss before the update.
-pub fn step(
-    model: &mut Model,
-    cfg: &LossConfig,
-    x: &[f64],
-    m: usize,
-    lr: f64,
-) -> (LossParts, Forward) {
+pub fn step(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, lr: f64) -> (LossParts, Forward) {
     let fwd = forward(model, cfg, x, m);
     let parts = loss(model, cfg, &fwd, x, Terms::ALL);
     let grads = backward(model, cfg, &fwd, x, Terms::ALL);

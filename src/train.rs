@@ -25,7 +25,10 @@ pub enum Event<'a> {
 #[derive(Debug)]
 pub enum TrainError {
     /// The loss became NaN or infinite; `after_step` is the last step known to be finite.
-    Diverged { at_step: u64, after_step: u64 },
+    Diverged {
+        at_step: u64,
+        after_step: u64,
+    },
     /// An observer (metrics writer, checkpoint) failed.
     Observer(String),
     Engine(String),
@@ -111,7 +114,8 @@ pub fn fit(
             (Some(v), Some(m)) => Some(trainer.evaluate(&v.values, m).map_err(TrainError::Engine)?),
             _ => None,
         };
-        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref() }).map_err(TrainError::Observer)?;
+        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref() })
+            .map_err(TrainError::Observer)?;
         last = Some(metrics);
     }
     match last {

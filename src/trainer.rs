@@ -37,12 +37,7 @@ impl ParamLayout {
             biases.push((at, spec.sizes[l]));
             at += align(spec.sizes[l]);
         }
-        ParamLayout {
-            weights,
-            biases,
-            weights_len,
-            len: at,
-        }
+        ParamLayout { weights, biases, weights_len, len: at }
     }
 
     pub fn flatten(&self, params: &Params) -> Vec<f32> {
@@ -58,16 +53,8 @@ impl ParamLayout {
 
     pub fn unflatten(&self, flat: &[f32]) -> Params {
         Params {
-            weights: self
-                .weights
-                .iter()
-                .map(|&(at, len)| flat[at..at + len].to_vec())
-                .collect(),
-            biases: self
-                .biases
-                .iter()
-                .map(|&(at, len)| flat[at..at + len].to_vec())
-                .collect(),
+            weights: self.weights.iter().map(|&(at, len)| flat[at..at + len].to_vec()).collect(),
+            biases: self.biases.iter().map(|&(at, len)| flat[at..at + len].to_vec()).collect(),
         }
     }
 }
@@ -103,13 +90,16 @@ pub struct EvalMetrics {
     pub freq: Vec<f64>,
 }
 
-/// Buffer layout of the metrics block copied back on request:
-/// `[loss_value output | rho_hat | freq | mean activation]`, each 256-byte aligned.
+/// Layout of the metrics block copied back on request, each part 256-byte aligned:
+/// `[loss_value output | freq | mean activation]` in the `metrics` buffer, then rho_hat, which
+/// has a buffer of its own because `loss_value` reads it while writing the loss (one buffer
+/// cannot be both read-only and read-write in one dispatch).
 struct MetricsLayout {
     loss: usize,
-    rho_hat: usize,
     freq: usize,
     mean: usize,
+    /// Where rho_hat lands in the staging copy.
+    rho_hat: usize,
     len: usize,
 }
 
@@ -142,6 +132,7 @@ pub struct Trainer {
     /// G, the gradient w.r.t. a layer's input, shared by all layers.
     g: View,
     metrics: View,
+    rho_hat: View,
     metrics_layout: MetricsLayout,
     metrics_staging: wgpu::Buffer,
     schedules: HashMap<usize, Schedule>,
@@ -199,12 +190,13 @@ impl Trainer {
         let nc = spec.code_width();
         let metrics_layout = MetricsLayout {
             loss: 0,
-            rho_hat: align(LOSS_SLOTS),
-            freq: align(LOSS_SLOTS) + align(nc),
-            mean: align(LOSS_SLOTS) + 2 * align(nc),
+            freq: align(LOSS_SLOTS),
+            mean: align(LOSS_SLOTS) + align(nc),
+            rho_hat: align(LOSS_SLOTS) + 2 * align(nc),
             len: align(LOSS_SLOTS) + 3 * align(nc),
         };
-        let metrics = View::whole(&gpu.storage("metrics", metrics_layout.len));
+        let metrics = View::whole(&gpu.storage("metrics", metrics_layout.rho_hat));
+        let rho_hat = View::whole(&gpu.storage("rho_hat", nc));
         let metrics_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("metrics staging"),
             size: (metrics_layout.len * 4) as u64,
@@ -225,6 +217,7 @@ impl Trainer {
             delta,
             g,
             metrics,
+            rho_hat,
             metrics_layout,
             metrics_staging,
             schedules: HashMap::new(),
@@ -253,16 +246,13 @@ impl Trainer {
         self.grads.slice(at, len)
     }
     fn rho_hat(&self) -> View {
-        self.metrics
-            .slice(self.metrics_layout.rho_hat, self.spec.code_width())
+        self.rho_hat.clone()
     }
     fn freq(&self) -> View {
-        self.metrics
-            .slice(self.metrics_layout.freq, self.spec.code_width())
+        self.metrics.slice(self.metrics_layout.freq, self.spec.code_width())
     }
     fn mean_activation(&self) -> View {
-        self.metrics
-            .slice(self.metrics_layout.mean, self.spec.code_width())
+        self.metrics.slice(self.metrics_layout.mean, self.spec.code_width())
     }
     fn loss_out(&self) -> View {
         self.metrics.slice(self.metrics_layout.loss, LOSS_SLOTS)
@@ -296,14 +286,9 @@ impl Trainer {
         // rho_hat of the current minibatch, before any backward dispatch.
         match self.loss.sparsity {
             Sparsity::None => {}
-            Sparsity::Kl { .. } => forward.push(k.column_sum(
-                &a(c),
-                &self.rho_hat(),
-                m,
-                nc,
-                ColumnTransform::Value,
-                inv_m,
-            )),
+            Sparsity::Kl { .. } => {
+                forward.push(k.column_sum(&a(c), &self.rho_hat(), m, nc, ColumnTransform::Value, inv_m))
+            }
             Sparsity::KlFreq { temperature, .. } => forward.push(k.column_sum(
                 &z(c),
                 &self.rho_hat(),
@@ -318,14 +303,7 @@ impl Trainer {
         let n0 = size(0);
         let metrics = vec![
             k.column_sum(&z(c), &self.freq(), m, nc, ColumnTransform::Fires, inv_m),
-            k.column_sum(
-                &a(c),
-                &self.mean_activation(),
-                m,
-                nc,
-                ColumnTransform::Value,
-                inv_m,
-            ),
+            k.column_sum(&a(c), &self.mean_activation(), m, nc, ColumnTransform::Value, inv_m),
             k.loss_value(
                 &a(layers),
                 &a(0),
@@ -340,15 +318,8 @@ impl Trainer {
         ];
 
         // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
-        let mut backward = vec![k.output_delta(
-            &a(layers),
-            &a(0),
-            &z(layers),
-            &delta(layers),
-            m,
-            n0,
-            spec.activation(layers),
-        )];
+        let mut backward =
+            vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
         for l in (1..=layers).rev() {
             let (n, kk) = spec.shape(l);
             // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l
@@ -373,41 +344,17 @@ impl Trainer {
                     self.loss.sparsity,
                 ));
             } else {
-                backward.push(k.activation_backward(
-                    &g(kk),
-                    &z(l - 1),
-                    &a(l - 1),
-                    &delta(l - 1),
-                    m,
-                    kk,
-                    act,
-                ));
+                backward.push(k.activation_backward(&g(kk), &z(l - 1), &a(l - 1), &delta(l - 1), m, kk, act));
             }
         }
 
         // Update: W <- W - lr (dW + lambda W), b <- b - lr db, every parameter in one dispatch.
-        let update = k.sgd_update(
-            &self.grads,
-            &self.params,
-            self.layout.weights_len,
-            self.lr,
-            self.loss.weight_decay,
-        );
+        let update = k.sgd_update(&self.grads, &self.params, self.layout.weights_len, self.lr, self.loss.weight_decay);
 
-        let concat = |parts: &[&[Launch]]| {
-            parts
-                .iter()
-                .flat_map(|p| p.iter().cloned())
-                .collect::<Vec<_>>()
-        };
+        let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
         Schedule {
             step: concat(&[&forward, &backward, std::slice::from_ref(&update)]),
-            step_with_metrics: concat(&[
-                &forward,
-                &metrics,
-                &backward,
-                std::slice::from_ref(&update),
-            ]),
+            step_with_metrics: concat(&[&forward, &metrics, &backward, std::slice::from_ref(&update)]),
             evaluate: concat(&[&forward, &metrics]),
         }
     }
@@ -429,10 +376,7 @@ impl Trainer {
         }
         let m = x.len() / n0;
         if m > self.batch_capacity {
-            return Err(format!(
-                "minibatch of {m} rows exceeds the trainer's capacity {}",
-                self.batch_capacity
-            ));
+            return Err(format!("minibatch of {m} rows exceeds the trainer's capacity {}", self.batch_capacity));
         }
         Ok(m)
     }
@@ -440,11 +384,7 @@ impl Trainer {
     /// Dispatches (kernel launches, counting split ones) in one step of `m` rows.
     pub fn dispatches_per_step(&mut self, m: usize) -> usize {
         self.ensure_schedule(m);
-        self.schedules[&m]
-            .step
-            .iter()
-            .map(Launch::dispatch_count)
-            .sum()
+        self.schedules[&m].step.iter().map(Launch::dispatch_count).sum()
     }
 
     /// One SGD step on the minibatch `x` (row-major, `m x n_0`): one upload, one submit, no wait.
@@ -452,8 +392,7 @@ impl Trainer {
         let m = self.check_batch(x)?;
         self.ensure_schedule(m);
         let gpu = &self.kernels.gpu;
-        gpu.queue
-            .write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(x));
+        gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(x));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         record(&mut encoder, &self.schedules[&m].step);
         gpu.queue.submit([encoder.finish()]);
@@ -466,21 +405,21 @@ impl Trainer {
         let m = self.check_batch(x)?;
         self.ensure_schedule(m);
         let gpu = &self.kernels.gpu;
-        gpu.queue
-            .write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(x));
+        gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(x));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         record(&mut encoder, &self.schedules[&m].step_with_metrics);
-        encoder.copy_buffer_to_buffer(
-            &self.metrics.buffer,
-            0,
-            &self.metrics_staging,
-            0,
-            self.metrics.byte_len(),
-        );
+        self.copy_metrics(&mut encoder, &self.metrics_staging, 0);
         gpu.queue.submit([encoder.finish()]);
         self.steps_done += 1;
         let raw = self.read_metrics();
         Ok(self.step_metrics(&raw, m))
+    }
+
+    /// Copies the metrics block (`MetricsLayout`) into `dst` at byte offset `at`.
+    fn copy_metrics(&self, encoder: &mut wgpu::CommandEncoder, dst: &wgpu::Buffer, at: u64) {
+        encoder.copy_buffer_to_buffer(&self.metrics.buffer, 0, dst, at, self.metrics.byte_len());
+        let rho_at = at + (self.metrics_layout.rho_hat * 4) as u64;
+        encoder.copy_buffer_to_buffer(&self.rho_hat.buffer, 0, dst, rho_at, self.rho_hat.byte_len());
     }
 
     fn read_metrics(&self) -> Vec<f32> {
@@ -491,17 +430,8 @@ impl Trainer {
     fn step_metrics(&self, raw: &[f32], m: usize) -> StepMetrics {
         let ml = &self.metrics_layout;
         let nc = self.spec.code_width();
-        let vec_at = |at: usize| {
-            raw[at..at + nc]
-                .iter()
-                .map(|&v| v as f64)
-                .collect::<Vec<f64>>()
-        };
-        let rho_hat = if self.loss.sparsity == Sparsity::None {
-            vec_at(ml.mean)
-        } else {
-            vec_at(ml.rho_hat)
-        };
+        let vec_at = |at: usize| raw[at..at + nc].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let rho_hat = if self.loss.sparsity == Sparsity::None { vec_at(ml.mean) } else { vec_at(ml.rho_hat) };
         StepMetrics {
             loss: raw[0] as f64,
             reconstruction: raw[1] as f64,
@@ -520,13 +450,11 @@ impl Trainer {
         let nc = self.spec.code_width();
         let n = data.len() / n0;
         if n == 0 || data.len() % n0 != 0 {
-            return Err(format!(
-                "evaluation data must be a non-empty multiple of the input width {n0}"
-            ));
+            return Err(format!("evaluation data must be a non-empty multiple of the input width {n0}"));
         }
         let cap = self.batch_capacity;
         let batches = n.div_ceil(cap);
-        let slot = self.metrics.byte_len();
+        let slot = (self.metrics_layout.len * 4) as u64;
         let gpu = self.kernels.gpu.clone();
         let results = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("evaluation results"),
@@ -538,17 +466,10 @@ impl Trainer {
             let rows = &data[bi * cap * n0..((bi + 1) * cap).min(n) * n0];
             let m = rows.len() / n0;
             self.ensure_schedule(m);
-            gpu.queue
-                .write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(rows));
+            gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(rows));
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             record(&mut encoder, &self.schedules[&m].evaluate);
-            encoder.copy_buffer_to_buffer(
-                &self.metrics.buffer,
-                0,
-                &results,
-                slot * bi as u64,
-                slot,
-            );
+            self.copy_metrics(&mut encoder, &results, slot * bi as u64);
             gpu.queue.submit([encoder.finish()]);
         }
         let bytes = gpu.map_read(&results);
@@ -572,23 +493,13 @@ impl Trainer {
             }
         }
         let nf = n as f64;
-        rho.iter_mut()
-            .chain(freq.iter_mut())
-            .chain(mean.iter_mut())
-            .for_each(|v| *v /= nf);
-        let rho_hat = if self.loss.sparsity == Sparsity::None {
-            mean
-        } else {
-            rho
-        };
+        rho.iter_mut().chain(freq.iter_mut()).chain(mean.iter_mut()).for_each(|v| *v /= nf);
+        let rho_hat = if self.loss.sparsity == Sparsity::None { mean } else { rho };
         let (target, beta) = self.loss.sparsity.rho_beta();
         let sparsity = if self.loss.sparsity == Sparsity::None {
             0.0
         } else {
-            beta * rho_hat
-                .iter()
-                .map(|&q| kl_divergence(target, q))
-                .sum::<f64>()
+            beta * rho_hat.iter().map(|&q| kl_divergence(target, q)).sum::<f64>()
         };
         let reconstruction = 0.5 * sum_sq / nf;
         let mut var = 0.0;
@@ -620,10 +531,7 @@ impl Trainer {
     pub fn set_params(&mut self, params: &Params) -> Result<(), String> {
         params.check_shapes(&self.spec)?;
         let flat = self.layout.flatten(params);
-        self.kernels
-            .gpu
-            .queue
-            .write_buffer(&self.params.buffer, 0, bytemuck::cast_slice(&flat));
+        self.kernels.gpu.queue.write_buffer(&self.params.buffer, 0, bytemuck::cast_slice(&flat));
         Ok(())
     }
 
@@ -637,8 +545,7 @@ impl Trainer {
             let m = self.check_batch(rows)?;
             self.ensure_schedule(m);
             let gpu = &self.kernels.gpu;
-            gpu.queue
-                .write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(rows));
+            gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(rows));
             gpu.run(&self.schedules[&m].evaluate);
             out.extend(gpu.download(&Self::rows(&self.a[l], m, nl)));
         }

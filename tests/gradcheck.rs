@@ -21,9 +21,7 @@ fn check(spec: &ModelSpec, cfg: LossConfig, terms: Terms, label: &str) {
         *b = (rng.next_f64() * 0.4 - 0.2) as f32;
     }
     let model = r::Model::new(spec, &params);
-    let x: Vec<f64> = (0..M * spec.input_width())
-        .map(|_| rng.next_f64())
-        .collect();
+    let x: Vec<f64> = (0..M * spec.input_width()).map(|_| rng.next_f64()).collect();
     let fwd = r::forward(&model, &cfg, &x, M);
     let grads = r::backward(&model, &cfg, &fwd, &x, terms);
     let j = |m: &r::Model| {
@@ -51,14 +49,8 @@ fn check(spec: &ModelSpec, cfg: LossConfig, terms: Terms, label: &str) {
     }
     let rel = diff2.sqrt() / sum2.sqrt();
     println!("{label:<48} ||g_num - g|| / ||g_num + g|| = {rel:.2e}");
-    assert!(
-        sum2 > 0.0,
-        "{label}: the gradient is identically zero, nothing was checked"
-    );
-    assert!(
-        rel < BOUND,
-        "{label}: relative difference {rel:e} >= {BOUND:e}"
-    );
+    assert!(sum2 > 0.0, "{label}: the gradient is identically zero, nothing was checked");
+    assert!(rel < BOUND, "{label}: relative difference {rel:e} >= {BOUND:e}");
 }
 
 fn seed_like(code: Activation) -> ModelSpec {
@@ -66,134 +58,44 @@ fn seed_like(code: Activation) -> ModelSpec {
     ModelSpec::mirrored(&[6, 5, 4, 3], Activation::Tanh, code, Activation::Sigmoid).unwrap()
 }
 
-const ONLY_RECON: Terms = Terms {
-    reconstruction: true,
-    weight_decay: false,
-    sparsity: false,
-};
-const ONLY_DECAY: Terms = Terms {
-    reconstruction: false,
-    weight_decay: true,
-    sparsity: false,
-};
-const ONLY_SPARSITY: Terms = Terms {
-    reconstruction: false,
-    weight_decay: false,
-    sparsity: true,
-};
+const ONLY_RECON: Terms = Terms { reconstruction: true, weight_decay: false, sparsity: false };
+const ONLY_DECAY: Terms = Terms { reconstruction: false, weight_decay: true, sparsity: false };
+const ONLY_SPARSITY: Terms = Terms { reconstruction: false, weight_decay: false, sparsity: true };
 
 #[test]
 fn reconstruction_alone() {
-    check(
-        &seed_like(Activation::Sigmoid),
-        LossConfig::default(),
-        ONLY_RECON,
-        "reconstruction (tanh hidden)",
-    );
-    let relu = ModelSpec::mirrored(
-        &[6, 5, 4, 3],
-        Activation::Relu,
-        Activation::Identity,
-        Activation::Identity,
-    )
-    .unwrap();
-    check(
-        &relu,
-        LossConfig::default(),
-        ONLY_RECON,
-        "reconstruction (relu hidden, identity code/output)",
-    );
+    check(&seed_like(Activation::Sigmoid), LossConfig::default(), ONLY_RECON, "reconstruction (tanh hidden)");
+    let relu =
+        ModelSpec::mirrored(&[6, 5, 4, 3], Activation::Relu, Activation::Identity, Activation::Identity).unwrap();
+    check(&relu, LossConfig::default(), ONLY_RECON, "reconstruction (relu hidden, identity code/output)");
 }
 
 #[test]
 fn weight_decay_alone() {
-    let cfg = LossConfig {
-        weight_decay: 0.01,
-        sparsity: Sparsity::None,
-    };
-    check(
-        &seed_like(Activation::Sigmoid),
-        cfg,
-        ONLY_DECAY,
-        "weight decay",
-    );
+    let cfg = LossConfig { weight_decay: 0.01, sparsity: Sparsity::None };
+    check(&seed_like(Activation::Sigmoid), cfg, ONLY_DECAY, "weight decay");
 }
 
 #[test]
 fn mean_activation_kl_alone() {
-    let cfg = LossConfig {
-        weight_decay: 0.0,
-        sparsity: Sparsity::Kl {
-            rho: 0.05,
-            beta: 3.0,
-        },
-    };
-    check(
-        &seed_like(Activation::Sigmoid),
-        cfg,
-        ONLY_SPARSITY,
-        "mean-activation KL",
-    );
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+    check(&seed_like(Activation::Sigmoid), cfg, ONLY_SPARSITY, "mean-activation KL");
 }
 
 #[test]
 fn firing_frequency_kl_alone() {
-    for (code, t) in [
-        (Activation::Relu, 0.5),
-        (Activation::Sigmoid, 1.0),
-        (Activation::Tanh, 2.0),
-    ] {
-        let cfg = LossConfig {
-            weight_decay: 0.0,
-            sparsity: Sparsity::KlFreq {
-                rho: 0.1,
-                beta: 2.0,
-                temperature: t,
-            },
-        };
-        check(
-            &seed_like(code),
-            cfg,
-            ONLY_SPARSITY,
-            &format!("firing-frequency KL ({code} code, T={t})"),
-        );
+    for (code, t) in [(Activation::Relu, 0.5), (Activation::Sigmoid, 1.0), (Activation::Tanh, 2.0)] {
+        let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::KlFreq { rho: 0.1, beta: 2.0, temperature: t } };
+        check(&seed_like(code), cfg, ONLY_SPARSITY, &format!("firing-frequency KL ({code} code, T={t})"));
     }
 }
 
 #[test]
 fn all_terms_together() {
-    let kl = LossConfig {
-        weight_decay: 0.003,
-        sparsity: Sparsity::Kl {
-            rho: 0.05,
-            beta: 3.0,
-        },
-    };
-    check(
-        &seed_like(Activation::Sigmoid),
-        kl,
-        Terms::ALL,
-        "all terms, mean-activation KL",
-    );
-    let freq = LossConfig {
-        weight_decay: 0.003,
-        sparsity: Sparsity::KlFreq {
-            rho: 0.05,
-            beta: 3.0,
-            temperature: 0.7,
-        },
-    };
-    let relu = ModelSpec::mirrored(
-        &[6, 5, 4, 3],
-        Activation::Relu,
-        Activation::Relu,
-        Activation::Sigmoid,
-    )
-    .unwrap();
-    check(
-        &relu,
-        freq,
-        Terms::ALL,
-        "all terms, firing-frequency KL (relu)",
-    );
+    let kl = LossConfig { weight_decay: 0.003, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+    check(&seed_like(Activation::Sigmoid), kl, Terms::ALL, "all terms, mean-activation KL");
+    let freq =
+        LossConfig { weight_decay: 0.003, sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.7 } };
+    let relu = ModelSpec::mirrored(&[6, 5, 4, 3], Activation::Relu, Activation::Relu, Activation::Sigmoid).unwrap();
+    check(&relu, freq, Terms::ALL, "all terms, firing-frequency KL (relu)");
 }

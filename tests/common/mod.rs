@@ -25,9 +25,7 @@ pub fn gpu() -> Gpu {
 
 /// `len` values uniform in [lo, hi), never all zero.
 pub fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
-    (0..len)
-        .map(|_| (lo + (hi - lo) * rng.next_f64()) as f32)
-        .collect()
+    (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
 }
 
 pub fn widen(v: &[f32]) -> Vec<f64> {
