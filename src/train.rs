@@ -18,8 +18,19 @@ pub struct TrainOptions {
 
 /// What the loop reports as it goes.
 pub enum Event<'a> {
-    Step { epoch: usize, step: u64, metrics: &'a StepMetrics },
-    Epoch { epoch: usize, step: u64, train: &'a EvalMetrics, validation: Option<&'a EvalMetrics> },
+    Step {
+        epoch: usize,
+        step: u64,
+        metrics: &'a StepMetrics,
+    },
+    Epoch {
+        epoch: usize,
+        step: u64,
+        train: &'a EvalMetrics,
+        validation: Option<&'a EvalMetrics>,
+        /// For checkpoints: `trainer.params()`.
+        trainer: &'a Trainer,
+    },
 }
 
 #[derive(Debug)]
@@ -114,7 +125,7 @@ pub fn fit(
             (Some(v), Some(m)) => Some(trainer.evaluate(&v.values, m).map_err(TrainError::Engine)?),
             _ => None,
         };
-        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref() })
+        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref(), trainer: &*trainer })
             .map_err(TrainError::Observer)?;
         last = Some(metrics);
     }

@@ -1,0 +1,463 @@
+//! Kernel checks: each kernel against its f64 twin in `reference.rs` on random inputs, used by
+//! `sae check` and by the test suite. Outputs are poisoned with NaN first, so an element no
+//! invocation writes fails. Sizes are the caller's: odd sizes, a batch of one, and a lowered
+//! per-dispatch workgroup limit (so grids are split) are what the tests and `sae check` use.
+//!
+//! Tolerances. Inputs are f32 and the reference computes in f64 from the same f32 values, so
+//! the only error is the kernel's f32 rounding. A dot product of length k accumulated in f32
+//! has error at most about k * 2^-24 * sum |terms| (6e-8 per term; ~sqrt(k) times that in
+//! practice): for matmuls we divide the error by sum |terms| (computed as |L|·|R| by the same
+//! reference) and require 1e-5, which covers k up to ~150 in the worst case and far more in
+//! practice. Element-wise kernels do a handful of f32 operations (exp, tanh, a division: a few
+//! ulp each), so their relative error must also be below 1e-5.
+
+use crate::kernels::{Kernels, MatmulVariant, View};
+use crate::model::{Activation, Rng, Sparsity};
+use crate::reference::{self as r, ColumnTransform};
+
+/// Relative error every kernel must stay under (argued above).
+pub const TOL: f64 = 1e-5;
+
+/// (m, k, n, max workgroups per dispatch): odd sizes (not multiples of the tile, 64 or 256),
+/// a batch of one, and a limit of 3 workgroups per dispatch dimension that forces splitting.
+pub const CASES: [(usize, usize, usize, u32); 4] =
+    [(37, 53, 29, u32::MAX), (1, 53, 29, u32::MAX), (1, 7, 3, u32::MAX), (100, 53, 61, 3)];
+
+/// A kernel check: kernels (with their variant and dispatch limit set), rng, m, k, n.
+pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
+
+/// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
+pub const CHECKS: [(&str, Check); 10] = [
+    ("matmul_forward", matmul_forward),
+    ("matmul_backward_weight", matmul_backward_weight),
+    ("matmul_backward_input", matmul_backward_input),
+    ("bias_activation", bias_activation),
+    ("activation_backward", activation_backward),
+    ("kl_backward", kl_backward),
+    ("column_sum", column_sum),
+    ("output_delta", output_delta),
+    ("loss_value", loss_value),
+    ("sgd_update", sgd_update),
+];
+
+pub fn is_matmul(name: &str) -> bool {
+    name.starts_with("matmul")
+}
+
+/// One row of a check report.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub kernel: &'static str,
+    pub variant: &'static str,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub max_groups: u32,
+    pub max_rel_err: f64,
+}
+
+impl Row {
+    pub fn pass(&self) -> bool {
+        self.max_rel_err <= TOL
+    }
+}
+
+/// Runs every check at every case (and every matmul variant) on `kernels`' device.
+pub fn run_all(kernels: &mut Kernels) -> Vec<Row> {
+    let limit = kernels.gpu.limits.max_compute_workgroups_per_dimension;
+    let default_variant = kernels.matmul_variant;
+    let mut rows = Vec::new();
+    for (kernel, check) in CHECKS {
+        let variants: Vec<Option<MatmulVariant>> =
+            if is_matmul(kernel) { MatmulVariant::ALL.iter().map(|v| Some(*v)).collect() } else { vec![None] };
+        for variant in variants {
+            kernels.matmul_variant = variant.unwrap_or(default_variant);
+            for (case, &(m, k, n, max_groups)) in CASES.iter().enumerate() {
+                kernels.max_groups = max_groups.min(limit);
+                let mut rng = Rng::new(1000 + case as u64);
+                let err = check(kernels, &mut rng, m, k, n);
+                rows.push(Row {
+                    kernel,
+                    variant: variant.map_or("", |v| v.name()),
+                    m,
+                    k,
+                    n,
+                    max_groups: kernels.max_groups,
+                    max_rel_err: err,
+                });
+            }
+        }
+    }
+    kernels.matmul_variant = default_variant;
+    kernels.max_groups = limit;
+    rows
+}
+
+fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
+    (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn abs(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|x| (*x as f64).abs()).collect()
+}
+
+/// Largest `|gpu - reference| / scale`; a non-finite GPU value (an element never written, since
+/// outputs are poisoned with NaN first) makes it infinite, so it can never pass.
+pub fn max_rel_err(gpu: &[f32], reference: &[f64], scale: &[f64]) -> f64 {
+    assert_eq!(gpu.len(), reference.len(), "length mismatch");
+    let mut worst: f64 = 0.0;
+    for i in 0..gpu.len() {
+        let g = gpu[i] as f64;
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        worst = worst.max((g - reference[i]).abs() / scale[i].max(1e-30));
+    }
+    worst
+}
+
+/// Element-wise magnitudes `max(|r|, floor)`.
+fn magnitudes(reference: &[f64], floor: f64) -> Vec<f64> {
+    reference.iter().map(|r| r.abs().max(floor)).collect()
+}
+
+fn poisoned(k: &Kernels, len: usize) -> View {
+    k.gpu.upload("poisoned output", &vec![f32::NAN; len])
+}
+
+/// `matmul_forward` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn matmul_forward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let (_, err) = (|| {
+        let a = random(rng, m * k, -1.0, 1.0);
+        let w = random(rng, n * k, -1.0, 1.0);
+        let out = poisoned(kern, m * n);
+        kern.gpu.run(&[kern.matmul_forward(&kern.gpu.upload("a", &a), &kern.gpu.upload("w", &w), &out, m, k, n)]);
+        let want = r::matmul_forward(&widen(&a), &widen(&w), m, k, n);
+        let scale = r::matmul_forward(&abs(&a), &abs(&w), m, k, n);
+        ("matmul_forward", max_rel_err(&kern.gpu.download(&out), &want, &scale))
+    })();
+    worst = worst.max(err);
+    worst
+}
+
+/// `matmul_backward_weight` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn matmul_backward_weight(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let (_, err) = (|| {
+        let delta = random(rng, m * n, -1.0, 1.0);
+        let a = random(rng, m * k, -1.0, 1.0);
+        let out = poisoned(kern, n * k);
+        kern.gpu.run(&[kern.matmul_backward_weight(
+            &kern.gpu.upload("d", &delta),
+            &kern.gpu.upload("a", &a),
+            &out,
+            m,
+            n,
+            k,
+        )]);
+        let want = r::matmul_backward_weight(&widen(&delta), &widen(&a), m, n, k);
+        let scale = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
+        ("matmul_backward_weight", max_rel_err(&kern.gpu.download(&out), &want, &scale))
+    })();
+    worst = worst.max(err);
+    worst
+}
+
+/// `matmul_backward_input` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn matmul_backward_input(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let (_, err) = (|| {
+        let delta = random(rng, m * n, -1.0, 1.0);
+        let w = random(rng, n * k, -1.0, 1.0);
+        let out = poisoned(kern, m * k);
+        kern.gpu.run(&[kern.matmul_backward_input(
+            &kern.gpu.upload("d", &delta),
+            &kern.gpu.upload("w", &w),
+            &out,
+            m,
+            n,
+            k,
+        )]);
+        let want = r::matmul_backward_input(&widen(&delta), &widen(&w), m, n, k);
+        let scale = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
+        ("matmul_backward_input", max_rel_err(&kern.gpu.download(&out), &want, &scale))
+    })();
+    worst = worst.max(err);
+    worst
+}
+
+/// `bias_activation` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn bias_activation(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in Activation::ALL {
+        let (_, err) = (|| {
+            let z = random(rng, m * n, -3.0, 3.0);
+            let b = random(rng, n, -0.5, 0.5);
+            let zv = kern.gpu.upload("z", &z);
+            let out = poisoned(kern, m * n);
+            kern.gpu.run(&[kern.bias_activation(&kern.gpu.upload("b", &b), &zv, &out, m, n, act)]);
+            let mut zr = widen(&z);
+            let want = r::bias_activation(&mut zr, &widen(&b), act, n);
+            let (got_z, got_a) = {
+                let mut d = kern.gpu.download_many(&[&zv, &out]);
+                let a = d.pop().unwrap();
+                (d.pop().unwrap(), a)
+            };
+            // z + b is one f32 addition. WGSL bounds exp/tanh by ulps of their inputs and
+            // intermediates (tanh is "inherited from sinh/cosh"), i.e. an absolute error of a
+            // few 1e-8 near zero, so values below 0.1 are judged against 0.1 (relative 1e-5
+            // above it, absolute 1e-6 below).
+            let err_z = max_rel_err(&got_z, &zr, &magnitudes(&zr, 1e-3));
+            let err_a = max_rel_err(&got_a, &want, &magnitudes(&want, 0.1));
+            ("bias_activation", err_z.max(err_a))
+        })();
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// `activation_backward` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn activation_backward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in Activation::ALL {
+        let (_, err) = (|| {
+            let g = random(rng, m * n, -1.0, 1.0);
+            let z = random(rng, m * n, -3.0, 3.0);
+            let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+            let out = poisoned(kern, m * n);
+            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+            kern.gpu.run(&[kern.activation_backward(&up("g", &g), &up("z", &z), &up("a", &a), &out, m, n, act)]);
+            let want = r::activation_backward(&widen(&g), &widen(&z), &widen(&a), act);
+            ("activation_backward", max_rel_err(&kern.gpu.download(&out), &want, &magnitudes(&want, 1e-3)))
+        })();
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// `kl_backward` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let modes = [
+        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }),
+        (Activation::Relu, Sparsity::KlFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }),
+        (Activation::Sigmoid, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }),
+        (Activation::Tanh, Sparsity::KlFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }),
+    ];
+    for (act, sparsity) in modes {
+        let (_, err) = (|| {
+            let g = random(rng, m * n, -0.1, 0.1);
+            let z = random(rng, m * n, -3.0, 3.0);
+            let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+            // Include rho_hat values beyond the clamp: the gradient must pass through it.
+            let mut rho_hat = random(rng, n, 0.01, 0.9);
+            rho_hat[0] = 0.0;
+            if n > 1 {
+                rho_hat[n - 1] = 1.0;
+            }
+            let out = poisoned(kern, m * n);
+            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+            kern.gpu.run(&[kern.kl_backward(
+                &up("g", &g),
+                &up("z", &z),
+                &up("a", &a),
+                &up("rho_hat", &rho_hat),
+                &out,
+                m,
+                n,
+                act,
+                sparsity,
+            )]);
+            let want = r::kl_backward(&widen(&g), &widen(&z), &widen(&a), &widen(&rho_hat), act, sparsity, m);
+            // Scale: the same formula on magnitudes, so a cancellation between G and the KL
+            // term is judged against the size of the terms, not of their difference.
+            let abs_sparsity = match sparsity {
+                Sparsity::Kl { beta, .. } => (beta, 1.0),
+                Sparsity::KlFreq { beta, temperature, .. } => (beta, temperature),
+                Sparsity::None => unreachable!(),
+            };
+            let (rho, _) = sparsity.rho_beta();
+            let scale: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let j = i % n;
+                    let q = (rho_hat[j] as f64).clamp(1e-6, 1.0 - 1e-6);
+                    let dkl = abs_sparsity.0 / m as f64 * (rho / q + (1.0 - rho) / (1.0 - q));
+                    let fp = r::activation_derivative(act, z[i] as f64, a[i] as f64).abs();
+                    let s = r::sigmoid(z[i] as f64 / abs_sparsity.1);
+                    (g[i] as f64).abs() * fp + dkl * (fp + s * (1.0 - s) / abs_sparsity.1) + 1e-12
+                })
+                .collect();
+            ("kl_backward", max_rel_err(&kern.gpu.download(&out), &want, &scale))
+        })();
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// `column_sum` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn column_sum(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let transforms = [
+        (ColumnTransform::Value, 1.0),
+        (ColumnTransform::Value, 0.25),
+        (ColumnTransform::Fires, 0.5),
+        (ColumnTransform::SoftFires { temperature: 0.3 }, 1.0),
+    ];
+    for (t, scale) in transforms {
+        let (_, err) = (|| {
+            // A fraction of exact zeros checks the strict `x > 0` of the firing indicator.
+            let mut x = random(rng, m * n, -1.0, 1.0);
+            for v in x.iter_mut().step_by(7) {
+                *v = 0.0;
+            }
+            let out = poisoned(kern, n);
+            kern.gpu.run(&[kern.column_sum(&kern.gpu.upload("x", &x), &out, m, n, t, scale)]);
+            let want = r::column_sum(&widen(&x), m, n, t, scale);
+            // Sum of m terms: judge against the sum of their magnitudes.
+            let mag = r::column_sum(&abs(&x), m, n, ColumnTransform::Value, scale.abs());
+            let sc: Vec<f64> = match t {
+                ColumnTransform::Value => mag,
+                _ => magnitudes(&want, scale / m as f64),
+            };
+            ("column_sum", max_rel_err(&kern.gpu.download(&out), &want, &sc))
+        })();
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// `output_delta` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn output_delta(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in [Activation::Sigmoid, Activation::Identity, Activation::Relu, Activation::Tanh] {
+        let (_, err) = (|| {
+            let x = random(rng, m * n, 0.0, 1.0);
+            let z = random(rng, m * n, -3.0, 3.0);
+            let xhat: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+            let out = poisoned(kern, m * n);
+            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+            kern.gpu.run(&[kern.output_delta(&up("xhat", &xhat), &up("x", &x), &up("z", &z), &out, m, n, act)]);
+            let want = r::output_delta(&widen(&xhat), &widen(&x), &widen(&z), act, m);
+            ("output_delta", max_rel_err(&kern.gpu.download(&out), &want, &magnitudes(&want, 1e-9)))
+        })();
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// `loss_value` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    use crate::model::{LossConfig, ModelSpec, Params};
+    for sparsity in [Sparsity::None, Sparsity::Kl { rho: 0.05, beta: 3.0 }] {
+        let (_, err) = (|| {
+            let x = random(rng, m * n, 0.0, 1.0);
+            let xhat = random(rng, m * n, 0.0, 1.0);
+            // A one-layer model n -> n supplies the weights for the decay term.
+            let spec =
+                ModelSpec::new(&[n, n], &[n], Activation::Sigmoid, Activation::Sigmoid, Activation::Sigmoid).unwrap();
+            let mut params = Params::init(&spec, 7);
+            params.weights.iter_mut().flatten().for_each(|w| *w += 0.01);
+            let weights: Vec<f32> = params.weights.concat();
+            let code = n;
+            let rho_hat = random(rng, code, 0.01, 0.99);
+            let out = poisoned(kern, 5);
+            let cfg = LossConfig { weight_decay: 0.003, sparsity };
+            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+            kern.gpu.run(&[kern.loss_value(
+                &up("xhat", &xhat),
+                &up("x", &x),
+                &up("w", &weights),
+                &up("rho_hat", &rho_hat),
+                &out,
+                m,
+                n,
+                cfg.weight_decay,
+                sparsity,
+            )]);
+            let got = kern.gpu.download(&out);
+            let model = r::Model::new(&spec, &params);
+            let mut fwd = r::forward(&model, &cfg, &widen(&x), m);
+            // Evaluate the loss at the given xhat and rho_hat rather than a forward pass.
+            *fwd.a.last_mut().unwrap() = widen(&xhat);
+            fwd.rho_hat = if sparsity == Sparsity::None { Vec::new() } else { widen(&rho_hat) };
+            let parts = r::loss(&model, &cfg, &fwd, &widen(&x), r::Terms::ALL);
+            let sum_sq = 2.0 * parts.reconstruction * m as f64;
+            let want = [parts.total, parts.reconstruction, parts.weight_decay, parts.sparsity, sum_sq];
+            // Every term is a sum of non-negative values: plain relative error.
+            ("loss_value", max_rel_err(&got, &want, &magnitudes(&want, 1e-12)))
+        })();
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// `sgd_update` against its reference twin; returns the max relative error.
+#[allow(unused_variables, clippy::redundant_closure_call)]
+pub fn sgd_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let (_, err) = (|| {
+        let len = m * k + n; // weights region, then biases
+        let weights_len = m * k;
+        let p = random(rng, len, -1.0, 1.0);
+        let g = random(rng, len, -1.0, 1.0);
+        let pv = kern.gpu.upload("p", &p);
+        let (lr, lambda) = (0.3, 0.01);
+        kern.gpu.run(&[kern.sgd_update(&kern.gpu.upload("g", &g), &pv, weights_len, lr, lambda)]);
+        let mut want = widen(&p);
+        r::sgd_update(&mut want[..weights_len], &widen(&g[..weights_len]), lr, lambda);
+        r::sgd_update(&mut want[weights_len..], &widen(&g[weights_len..]), lr, 0.0);
+        // p - lr (g + lambda p): judged against |p| + lr (|g| + lambda |p|).
+        let scale: Vec<f64> = (0..len).map(|i| (p[i].abs() + 0.3 * (g[i].abs() + 0.01 * p[i].abs())) as f64).collect();
+        ("sgd_update", max_rel_err(&kern.gpu.download(&pv), &want, &scale))
+    })();
+    worst = worst.max(err);
+    worst
+}
+
+/// A whole training step: `steps` SGD steps of `spec` on the GPU and on the f64 reference from
+/// the same init and minibatches; returns the largest parameter difference relative to each
+/// tensor's size (max |reference|).
+pub fn training_steps(
+    gpu: &crate::Gpu,
+    spec: &crate::ModelSpec,
+    cfg: crate::LossConfig,
+    m: usize,
+    lr: f64,
+    steps: usize,
+) -> Result<f64, String> {
+    let init = crate::Params::init(spec, 5);
+    let mut trainer = crate::Trainer::new(gpu, spec, cfg, lr, m, &init)?;
+    let mut model = r::Model::new(spec, &init);
+    let mut rng = Rng::new(77);
+    for _ in 0..steps {
+        let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);
+        trainer.step(&x)?;
+        r::step(&mut model, &cfg, &widen(&x), m, lr);
+    }
+    let got = trainer.params();
+    let want = model.to_params();
+    let mut worst: f64 = 0.0;
+    for (g, w) in got.weights.iter().chain(&got.biases).zip(want.weights.iter().chain(&want.biases)) {
+        let size = w.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64)).max(1e-3);
+        for (a, b) in g.iter().zip(w) {
+            let e = if a.is_finite() { (*a as f64 - *b as f64).abs() / size } else { f64::INFINITY };
+            worst = worst.max(e);
+        }
+    }
+    Ok(worst)
+}
