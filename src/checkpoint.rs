@@ -58,7 +58,28 @@ pub fn to_bytes(spec: &ModelSpec, params: &Params) -> Result<Vec<u8>, String> {
         ("activations".to_string(), join(&spec.activations)),
         ("code_layer".to_string(), spec.code_layer.to_string()),
     ]);
-    safetensors::serialize(views, Some(metadata)).map_err(|e| format!("cannot serialize the checkpoint: {e}"))
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| format!("cannot serialize the checkpoint: {e}"))?;
+    Ok(canonical_header(bytes))
+}
+
+/// Rewrites the JSON header with its keys sorted: `safetensors::serialize` takes the metadata
+/// as a `HashMap`, whose order differs between processes, and the same run must give the same
+/// bytes. Tensor offsets are relative to the data section, so the data is untouched; the header
+/// is padded with spaces to a multiple of 8 bytes, as the format recommends.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("serialize wrote valid JSON");
+    // serde_json's map is ordered by key (no preserve_order feature).
+    let mut json = serde_json::to_vec(&header).expect("JSON value serialises");
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// Parses checkpoint bytes; `origin` (the file name) starts every error message.

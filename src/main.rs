@@ -10,7 +10,7 @@ use sae_wgpu::data::{self, Dataset};
 use sae_wgpu::device::{self, AdapterRequest, Gpu};
 use sae_wgpu::model::{Activation, LossConfig, ModelSpec, Params, Sparsity};
 use sae_wgpu::synthetic;
-use sae_wgpu::train::{fit, split_validation, Event, TrainError, TrainOptions};
+use sae_wgpu::train::{defaults, fit, split_validation, Event, TrainError, TrainOptions};
 use sae_wgpu::trainer::{EvalMetrics, StepMetrics, Trainer};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -75,19 +75,19 @@ struct TrainSettings {
     #[arg(long, value_name = "KIND")]
     sparsity: Option<String>,
     /// Target activation / firing frequency per code unit, in (0, 1) [default: 0.05].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rho: Option<f64>,
     /// Weight of the sparsity term, >= 0 [default: 3].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     beta: Option<f64>,
     /// Temperature T of kl-freq's sigmoid(z / T), > 0 [default: 0.5].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
     /// lambda of (lambda/2) sum ||W||^2, >= 0 [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// SGD learning rate, > 0 [default: 0.5].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Minibatch size [default: 32].
     #[arg(long, value_name = "N")]
@@ -115,7 +115,7 @@ struct TrainSettings {
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
     /// Fraction of the data held out for validation, in [0, 1) [default: 0].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
     validation_split: Option<f64>,
     /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
     #[arg(long)]
@@ -331,7 +331,7 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
         // With --init and no model flags, the checkpoint defines the model.
         (Some((spec, _)), false) => spec.clone(),
         _ => {
-            let encoder = parse_widths("--layers", s.layers.as_deref().unwrap_or("20,80,40,4"))?;
+            let encoder = parse_widths("--layers", s.layers.as_deref().unwrap_or(defaults::LAYERS))?;
             if encoder.len() < 2 {
                 return Err(BadInput("--layers: give at least an input and a code width, e.g. 20,4".into()));
             }
@@ -365,15 +365,15 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
         )));
     }
 
-    let rho = s.rho.unwrap_or(0.05);
+    let rho = s.rho.unwrap_or(defaults::RHO);
     if !(rho > 0.0 && rho < 1.0) {
         return Err(BadInput(format!("--rho {rho}: must lie strictly between 0 and 1")));
     }
-    let beta = s.beta.unwrap_or(3.0);
+    let beta = s.beta.unwrap_or(defaults::BETA);
     if !(beta.is_finite() && beta >= 0.0) {
         return Err(BadInput(format!("--beta {beta}: must be a finite number >= 0")));
     }
-    let temperature = positive("--temperature", s.temperature.unwrap_or(0.5))?;
+    let temperature = positive("--temperature", s.temperature.unwrap_or(defaults::TEMPERATURE))?;
     let weight_decay = s.weight_decay.unwrap_or(0.0);
     if !(weight_decay.is_finite() && weight_decay >= 0.0) {
         return Err(BadInput(format!("--weight-decay {weight_decay}: must be a finite number >= 0")));
@@ -386,12 +386,12 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
     };
     let loss = LossConfig { weight_decay, sparsity };
     loss.validate(&spec).map_err(|e| BadInput(format!("--sparsity: {e}")))?;
-    let lr = positive("--lr", s.lr.unwrap_or(0.5))?;
-    let batch_size = s.batch_size.unwrap_or(32);
+    let lr = positive("--lr", s.lr.unwrap_or(defaults::LR))?;
+    let batch_size = s.batch_size.unwrap_or(defaults::BATCH_SIZE);
     if batch_size == 0 {
         return Err(BadInput("--batch-size 0: must be at least 1".into()));
     }
-    let epochs = s.epochs.unwrap_or(10);
+    let epochs = s.epochs.unwrap_or(defaults::EPOCHS);
     if epochs == 0 {
         return Err(BadInput("--epochs 0: must be at least 1".into()));
     }
@@ -404,6 +404,14 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
     let validation_split = s.validation_split.unwrap_or(0.0);
     if !(0.0..1.0).contains(&validation_split) {
         return Err(BadInput(format!("--validation-split {validation_split}: must be in [0, 1)")));
+    }
+    let held_out = (dataset.rows as f64 * validation_split).round() as usize;
+    if validation_split > 0.0 && (held_out == 0 || held_out >= dataset.rows) {
+        return Err(BadInput(format!(
+            "--validation-split {validation_split}: holds out {held_out} of {} samples, leaving {} set empty; choose a fraction that keeps both non-empty",
+            dataset.rows,
+            if held_out == 0 { "the validation" } else { "the training" }
+        )));
     }
     if let Some(b) = &s.backend {
         device::parse_backends(b).map_err(|e| BadInput(format!("--backend: {e}")))?;
@@ -612,6 +620,15 @@ fn encode(a: EncodeArgs) -> Result<(), Failure> {
     }
     if a.batch_size == 0 {
         return Err(BadInput("--batch-size 0: must be at least 1".into()));
+    }
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(BadInput(format!(
+                "--out {}: the directory {} does not exist",
+                a.out.display(),
+                parent.display()
+            )));
+        }
     }
     let (spec, params) = checkpoint::load(&a.model).map_err(BadInput)?;
     let input = data::load(&a.data).map_err(|e| BadInput(e.to_string()))?;

@@ -1,0 +1,915 @@
+//! End-to-end tests of the `sae` binary (SPEC.md section 6): every bad input the CLI promises
+//! to reject exits 2 with one clear `error: ...` line naming the file/row/column or flag and
+//! leaves nothing in `--out`; runtime failures (divergence) exit 1; and the happy paths write
+//! the files they promise.
+//!
+//! GPU work runs on whatever adapter wgpu picks (lavapipe in CI), so every run is tiny.
+
+use sae_wgpu::checkpoint;
+use sae_wgpu::data;
+use sae_wgpu::model::{Activation, ModelSpec};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory per test (pid + test name), removed when the test ends.
+struct Tmp {
+    dir: PathBuf,
+}
+
+impl Tmp {
+    fn new(test: &str) -> Tmp {
+        let dir = std::env::temp_dir().join(format!("sae-cli-{}-{test}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // Mesa warns when XDG_RUNTIME_DIR is unset or not private; give the child its own.
+        let xdg = dir.join("xdg");
+        fs::create_dir_all(&xdg).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&xdg, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Tmp { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes `bytes` to `name` in the temp dir.
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// Runs `sae` with `args`.
+    fn sae<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.path("xdg"))
+            .output()
+            .expect("runs the sae binary");
+        if std::env::var_os("SAE_CLI_VERBOSE").is_some() {
+            eprintln!("--- sae {:?}\n{}", args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(), stderr(&out));
+        }
+        out
+    }
+
+    /// A checkpoint written by a tiny `sae train` (the default 20-80-40-4 seed model).
+    fn trained_model(&self) -> PathBuf {
+        let dir = self.path("trained");
+        let out = self.sae(&["train", "--samples", "128", "--epochs", "1", "--batch-size", "64", "--out", s(&dir)]);
+        assert_eq!(out.status.code(), Some(0), "tiny train failed: {}", stderr(&out));
+        dir.join("model.safetensors")
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return found };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_under(&p));
+        } else {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// No temporary file (`.name.tmp-PID`) anywhere under `dir`.
+fn assert_no_tmp_files(dir: &Path) {
+    let tmp: Vec<_> = files_under(dir).into_iter().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+    assert!(tmp.is_empty(), "temporary files left behind: {tmp:?}");
+}
+
+/// `out` either does not exist or holds no files.
+fn assert_no_output(out: &Path) {
+    let files = files_under(out);
+    assert!(files.is_empty(), "bad input must be caught before anything is written, but found {files:?}");
+}
+
+/// Exit code `code`, exactly one `error: ` line on stderr, and that line contains every
+/// string in `needles`. Returns the line.
+fn assert_error(out: &Output, code: i32, needles: &[&str]) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr:\n{err}\nstdout:\n{}", stdout(out));
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "exactly one `error: ` line expected on stderr:\n{err}");
+    let line = lines[0];
+    for n in needles {
+        assert!(line.contains(n), "the error should mention {n:?}: {line}");
+    }
+    line.to_string()
+}
+
+/// Exit 2, one clear error line naming `needles`, and no files (and no temporaries) in `out`.
+fn assert_bad_input(t: &Tmp, out: &Output, out_dir: &Path, needles: &[&str]) -> String {
+    let line = assert_error(out, 2, needles);
+    assert_no_output(out_dir);
+    assert_no_tmp_files(&t.dir);
+    line
+}
+
+/// `rows` x `cols` numbers in (0, 1), as CSV text without a header.
+fn csv_text(rows: usize, cols: usize) -> String {
+    let mut text = String::new();
+    for i in 0..rows {
+        let cells: Vec<String> =
+            (0..cols).map(|j| format!("{:.4}", 0.05 + 0.9 * ((i * 7 + j * 3) % 11) as f64 / 10.0)).collect();
+        text.push_str(&cells.join(","));
+        text.push('\n');
+    }
+    text
+}
+
+/// An npy v1.0 file: magic, version, u16 header length, the dict padded with spaces so the
+/// data starts at a multiple of 64, a newline, then `data`.
+fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = 6 + 2 + 2 + dict.len() + 1;
+    let header = format!("{dict}{}\n", " ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    assert_eq!((10 + header.len()) % 64, 0);
+    let mut out = b"\x93NUMPY".to_vec();
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Runs `sae train` on `data` with tiny settings and `--out`; returns (output, out dir).
+fn train_on(t: &Tmp, data: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    let out_dir = t.path("out");
+    let mut args = vec!["train", "--data", s(data), "--epochs", "1", "--batch-size", "64", "--out", s(&out_dir)];
+    args.extend_from_slice(extra);
+    (t.sae(&args), out_dir)
+}
+
+/// Runs `sae train` on the built-in data (64 samples) with `flags`; asserts bad input naming
+/// `needles`, with nothing written to `--out`.
+fn train_flags_rejected(test: &str, flags: &[&str], needles: &[&str]) {
+    let t = Tmp::new(test);
+    let out_dir = t.path("out");
+    let mut args = vec!["train", "--samples", "64", "--epochs", "1", "--batch-size", "64", "--out", s(&out_dir)];
+    args.extend_from_slice(flags);
+    let out = t.sae(&args);
+    assert_bad_input(&t, &out, &out_dir, needles);
+}
+
+/// Parses `metrics.jsonl`.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    let text = fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+fn config_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("config.json")).expect("config.json")).expect("valid JSON")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad data files: exit 2, file/row/column named, nothing written
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_data_file() {
+    let t = Tmp::new("missing_data_file");
+    let (out, dir) = train_on(&t, &t.path("nope.csv"), &[]);
+    assert_bad_input(&t, &out, &dir, &["nope.csv", "cannot read"]);
+}
+
+#[test]
+fn empty_data_files() {
+    let t = Tmp::new("empty_data_files");
+    for name in ["empty.csv", "empty.npy"] {
+        let p = t.write(name, b"");
+        let (out, dir) = train_on(&t, &p, &[]);
+        assert_bad_input(&t, &out, &dir, &[name, "no samples"]);
+    }
+    let p = t.write("header_only.csv", "a,b,c\n");
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["header_only.csv", "no samples"]);
+}
+
+#[test]
+fn ragged_csv_row() {
+    let t = Tmp::new("ragged_csv_row");
+    let mut text = csv_text(4, 20);
+    // Row 3 (a line number in the file) loses its last cell.
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let cut = lines[2].rfind(',').unwrap();
+    lines[2].truncate(cut);
+    text = lines.join("\n") + "\n";
+    let p = t.write("ragged.csv", text);
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["ragged.csv", "row 3", "19 columns", "expected 20"]);
+}
+
+#[test]
+fn non_numeric_csv_cell() {
+    let t = Tmp::new("non_numeric_csv_cell");
+    let mut lines: Vec<String> = csv_text(4, 20).lines().map(String::from).collect();
+    let mut cells: Vec<&str> = lines[2].split(',').collect();
+    cells[1] = "abc";
+    lines[2] = cells.join(",");
+    let p = t.write("text.csv", lines.join("\n"));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["text.csv", "row 3, column 2", "\"abc\"", "not a number"]);
+}
+
+#[test]
+fn nan_in_csv() {
+    let t = Tmp::new("nan_in_csv");
+    let mut lines: Vec<String> = csv_text(4, 20).lines().map(String::from).collect();
+    let mut cells: Vec<&str> = lines[2].split(',').collect();
+    cells[1] = "NaN";
+    lines[2] = cells.join(",");
+    let p = t.write("nan.csv", lines.join("\n"));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["nan.csv", "row 3, column 2", "not a finite"]);
+}
+
+#[test]
+fn inf_in_npy() {
+    let t = Tmp::new("inf_in_npy");
+    let mut values = vec![0.5f32; 4 * 20];
+    values[2 * 20 + 1] = f32::INFINITY; // row 3, column 2 (1-based)
+    let p = t.write("inf.npy", npy_bytes("<f4", "(4, 20)", &f32_bytes(&values)));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["inf.npy", "row 3, column 2", "not a finite"]);
+}
+
+#[test]
+fn width_mismatch() {
+    let t = Tmp::new("width_mismatch");
+    let p = t.write("five.csv", csv_text(8, 5));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["five.csv", "5 columns", "20", "--layers"]);
+}
+
+#[test]
+fn npy_wrong_rank() {
+    let t = Tmp::new("npy_wrong_rank");
+    let p = t.write("one_d.npy", npy_bytes("<f4", "(6,)", &f32_bytes(&[0.5; 6])));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["one_d.npy", "1-D", "2-D"]);
+    let p = t.write("three_d.npy", npy_bytes("<f4", "(2, 2, 5)", &f32_bytes(&[0.5; 20])));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["three_d.npy", "3-D", "2-D"]);
+}
+
+#[test]
+fn npy_unsupported_dtype() {
+    let t = Tmp::new("npy_unsupported_dtype");
+    let data: Vec<u8> = (0..4 * 20).flat_map(|i: i32| i.to_le_bytes()).collect();
+    let p = t.write("ints.npy", npy_bytes("<i4", "(4, 20)", &data));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["ints.npy", "'<i4'", "f32 or f64"]);
+}
+
+#[test]
+fn unsupported_data_extension() {
+    let t = Tmp::new("unsupported_data_extension");
+    let p = t.write("data.txt", csv_text(4, 20));
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, &["data.txt", ".npy", ".csv"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad flags and config files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn rho_zero() {
+    train_flags_rejected("rho_zero", &["--rho", "0"], &["--rho"]);
+}
+
+#[test]
+fn rho_above_one() {
+    train_flags_rejected("rho_above_one", &["--rho", "1.5"], &["--rho", "1.5"]);
+}
+
+#[test]
+fn beta_negative() {
+    train_flags_rejected("beta_negative", &["--beta=-1"], &["--beta", "-1"]);
+}
+
+#[test]
+fn lr_zero() {
+    train_flags_rejected("lr_zero", &["--lr", "0"], &["--lr"]);
+}
+
+#[test]
+fn lr_nan() {
+    train_flags_rejected("lr_nan", &["--lr", "nan"], &["--lr", "NaN"]);
+}
+
+#[test]
+fn lr_negative() {
+    train_flags_rejected("lr_negative", &["--lr=-0.1"], &["--lr", "-0.1"]);
+}
+
+#[test]
+fn batch_size_zero() {
+    train_flags_rejected("batch_size_zero", &["--batch-size", "0"], &["--batch-size"]);
+}
+
+#[test]
+fn temperature_zero() {
+    train_flags_rejected("temperature_zero", &["--sparsity", "kl-freq", "--temperature", "0"], &["--temperature"]);
+}
+
+#[test]
+fn temperature_inf() {
+    train_flags_rejected("temperature_inf", &["--sparsity", "kl-freq", "--temperature", "inf"], &["--temperature"]);
+}
+
+#[test]
+fn layers_zero_width() {
+    train_flags_rejected("layers_zero_width", &["--layers", "20,0,4"], &["--layers", "20,0,4", "0"]);
+}
+
+#[test]
+fn layers_not_a_number() {
+    train_flags_rejected("layers_not_a_number", &["--layers", "20,x,4"], &["--layers", "20,x,4", "'x'"]);
+}
+
+#[test]
+fn kl_needs_sigmoid_code() {
+    let line = {
+        let t = Tmp::new("kl_needs_sigmoid_code");
+        let out_dir = t.path("out");
+        let out = t.sae(&[
+            "train",
+            "--samples",
+            "64",
+            "--epochs",
+            "1",
+            "--out",
+            s(&out_dir),
+            "--sparsity",
+            "kl",
+            "--code-activation",
+            "relu",
+        ]);
+        assert_bad_input(&t, &out, &out_dir, &["--sparsity", "kl-freq", "sigmoid"])
+    };
+    assert!(line.contains("relu"), "names the code activation it found: {line}");
+}
+
+#[test]
+fn sparsity_unknown() {
+    train_flags_rejected("sparsity_unknown", &["--sparsity", "bogus"], &["--sparsity", "bogus", "kl-freq"]);
+}
+
+#[test]
+fn validation_split_too_large() {
+    train_flags_rejected("validation_split_too_large", &["--validation-split", "1.5"], &["--validation-split", "1.5"]);
+}
+
+#[test]
+fn epochs_and_intervals_zero() {
+    train_flags_rejected("epochs_zero", &["--epochs", "0"], &["--epochs"]);
+    train_flags_rejected("log_every_zero", &["--log-every", "0"], &["--log-every"]);
+    train_flags_rejected("checkpoint_every_zero", &["--checkpoint-every", "0"], &["--checkpoint-every"]);
+}
+
+#[test]
+fn unknown_activation_and_backend() {
+    train_flags_rejected("unknown_activation", &["--hidden-activation", "gelu"], &["--hidden-activation", "gelu"]);
+    train_flags_rejected("unknown_backend", &["--backend", "glide"], &["--backend"]);
+}
+
+#[test]
+fn config_toml_unknown_key() {
+    let t = Tmp::new("config_toml_unknown_key");
+    let cfg = t.write("settings.toml", "lr = 0.1\nlearning-rate = 0.2\n");
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["--config", "settings.toml", "learning-rate"]);
+}
+
+#[test]
+fn config_json_malformed() {
+    let t = Tmp::new("config_json_malformed");
+    let cfg = t.write("settings.json", "{\"lr\": 0.1,, \"epochs\": 1");
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["--config", "settings.json"]);
+}
+
+#[test]
+fn config_values_are_validated_like_flags() {
+    let t = Tmp::new("config_values_are_validated");
+    let cfg = t.write("settings.toml", "rho = 2.0\n");
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["rho", "2"]);
+}
+
+#[test]
+fn config_missing_file() {
+    let t = Tmp::new("config_missing_file");
+    let out_dir = t.path("out");
+    let cfg = t.path("absent.toml");
+    let out = t.sae(&["train", "--samples", "64", "--config", s(&cfg), "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["--config", "absent.toml"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad checkpoints
+// ---------------------------------------------------------------------------------------------
+
+/// A safetensors file whose metadata says the seed model (20-80-40-4-40-80-20) but whose
+/// `enc1.weight` is [80, 19].
+fn mismatched_checkpoint(t: &Tmp) -> PathBuf {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    use std::collections::HashMap;
+    let spec = ModelSpec::seed();
+    let mut shapes = Vec::new();
+    for l in 1..=spec.layers() {
+        let (n_out, n_in) = spec.shape(l);
+        let name = spec.layer_name(l);
+        let w_shape = if name == "enc1" { vec![n_out, n_in - 1] } else { vec![n_out, n_in] };
+        shapes.push((format!("{name}.weight"), w_shape));
+        shapes.push((format!("{name}.bias"), vec![n_out]));
+    }
+    assert!(shapes.iter().any(|(n, s)| n == "enc1.weight" && s == &vec![80, 19]));
+    let bytes: Vec<Vec<u8>> = shapes.iter().map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4]).collect();
+    let views =
+        shapes.iter().zip(&bytes).map(|((n, s), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()));
+    let meta = HashMap::from([
+        (checkpoint::SPEC_KEY.to_string(), serde_json::to_string(&spec).unwrap()),
+        ("format".to_string(), "sae-wgpu".to_string()),
+    ]);
+    let file = safetensors::serialize(views, Some(meta)).unwrap();
+    t.write("mismatched.safetensors", file)
+}
+
+#[test]
+fn encode_truncated_checkpoint() {
+    let t = Tmp::new("encode_truncated_checkpoint");
+    let model = t.trained_model();
+    let bytes = fs::read(&model).unwrap();
+    let cut = t.write("truncated.safetensors", &bytes[..bytes.len() / 2]);
+    let data = t.write("x.csv", csv_text(6, 20));
+    let out_dir = t.path("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let out = t.sae(&["encode", "--model", s(&cut), "--data", s(&data), "--out", s(&out_dir.join("codes.npy"))]);
+    assert_bad_input(&t, &out, &out_dir, &["truncated.safetensors", "not a readable safetensors"]);
+}
+
+#[test]
+fn encode_checkpoint_not_matching_its_spec() {
+    let t = Tmp::new("encode_checkpoint_mismatch");
+    let model = mismatched_checkpoint(&t);
+    let data = t.write("x.csv", csv_text(6, 20));
+    let out_dir = t.path("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&data), "--out", s(&out_dir.join("codes.csv"))]);
+    assert_bad_input(&t, &out, &out_dir, &["mismatched.safetensors", "enc1.weight", "[80, 19]", "[80, 20]"]);
+}
+
+#[test]
+fn train_init_checkpoint_not_matching_its_spec() {
+    let t = Tmp::new("train_init_mismatch");
+    let model = mismatched_checkpoint(&t);
+    let out_dir = t.path("out");
+    let out = t.sae(&[
+        "train",
+        "--samples",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--init",
+        s(&model),
+        "--out",
+        s(&out_dir),
+    ]);
+    assert_bad_input(&t, &out, &out_dir, &["mismatched.safetensors", "enc1.weight", "[80, 19]"]);
+}
+
+#[test]
+fn train_init_with_different_model_flags() {
+    let t = Tmp::new("train_init_different_model");
+    let model = t.trained_model();
+    let out_dir = t.path("out");
+    let out = t.sae(&[
+        "train",
+        "--samples",
+        "64",
+        "--epochs",
+        "1",
+        "--init",
+        s(&model),
+        "--layers",
+        "20,8,2",
+        "--out",
+        s(&out_dir),
+    ]);
+    assert_bad_input(&t, &out, &out_dir, &["--init", "model.safetensors", "differs"]);
+}
+
+#[test]
+fn encode_missing_model_and_bad_inputs() {
+    let t = Tmp::new("encode_bad_inputs");
+    let data = t.write("x.csv", csv_text(6, 20));
+    let out_dir = t.path("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let codes = out_dir.join("codes.npy");
+
+    let absent = t.path("absent.safetensors");
+    let out = t.sae(&["encode", "--model", s(&absent), "--data", s(&data), "--out", s(&codes)]);
+    assert_bad_input(&t, &out, &out_dir, &["absent.safetensors", "cannot read"]);
+
+    let model = t.trained_model();
+    let narrow = t.write("narrow.csv", csv_text(6, 5));
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&narrow), "--out", s(&codes)]);
+    assert_bad_input(&t, &out, &out_dir, &["narrow.csv", "5 columns", "20 wide"]);
+
+    let nan = t.write("nan.csv", "1,2\nNaN,3\n");
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&nan), "--out", s(&codes)]);
+    assert_bad_input(&t, &out, &out_dir, &["nan.csv", "row 2, column 1"]);
+
+    let txt = out_dir.join("codes.txt");
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&data), "--out", s(&txt)]);
+    assert_bad_input(&t, &out, &out_dir, &["--out", "codes.txt", ".npy"]);
+
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&data), "--out", s(&codes), "--batch-size", "0"]);
+    assert_bad_input(&t, &out, &out_dir, &["--batch-size"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Divergence: exit 1, the step named, checkpoints complete
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn divergence_exits_1_and_names_the_step() {
+    let t = Tmp::new("divergence");
+    let out_dir = t.path("out");
+    let out = t.sae(&[
+        "train",
+        "--samples",
+        "256",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--lr",
+        "1e30",
+        "--out",
+        s(&out_dir),
+        "--checkpoint-every",
+        "1",
+    ]);
+    let line = assert_error(&out, 1, &["diverged", "step"]);
+    assert!(line.chars().any(|c| c.is_ascii_digit()), "names the step number: {line}");
+    assert!(line.contains("--lr"), "says what to change: {line}");
+    // Whatever checkpoint exists is complete and loadable (no NaN checkpoint is written).
+    let model = out_dir.join("model.safetensors");
+    if model.exists() {
+        checkpoint::load(&model).unwrap_or_else(|e| panic!("the checkpoint left behind is not loadable: {e}"));
+    }
+    assert_no_tmp_files(&t.dir);
+}
+
+#[test]
+fn divergence_after_a_checkpoint_keeps_it_loadable() {
+    // Identity hidden/output layers with lr 0.5 stay finite through epoch 1 and overflow in
+    // epoch 2 on the built-in data (seed 0).
+    let t = Tmp::new("divergence_after_checkpoint");
+    let out_dir = t.path("out");
+    let out = t.sae(&[
+        "train",
+        "--samples",
+        "256",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.5",
+        "--hidden-activation",
+        "identity",
+        "--output-activation",
+        "identity",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        s(&out_dir),
+    ]);
+    let line = assert_error(&out, 1, &["diverged", "step"]);
+    assert!(line.chars().any(|c| c.is_ascii_digit()), "names the step number: {line}");
+    assert_no_tmp_files(&t.dir);
+    let lines = metrics(&out_dir);
+    let epochs: Vec<_> = lines.iter().filter(|l| l["kind"] == "epoch").collect();
+    let model = out_dir.join("model.safetensors");
+    if epochs.is_empty() {
+        // Diverged within epoch 1 on this adapter: no checkpoint may exist.
+        assert!(!model.exists(), "a checkpoint without a finite epoch behind it");
+        eprintln!("note: diverged before epoch 1 ended on this adapter; only checked no checkpoint exists");
+        return;
+    }
+    let (spec, params) = checkpoint::load(&model).unwrap_or_else(|e| panic!("the epoch checkpoint must load: {e}"));
+    assert_eq!(spec.sizes, vec![20, 80, 40, 4, 40, 80, 20]);
+    assert_eq!(spec.activation(1), Activation::Identity);
+    assert_eq!(spec.activation(spec.layers()), Activation::Identity);
+    assert!(params.all_finite());
+    assert!(out_dir.join("config.json").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Happy paths
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn train_writes_model_config_and_metrics() {
+    let t = Tmp::new("train_writes_outputs");
+    let out_dir = t.path("out");
+    let out = t.sae(&[
+        "train",
+        "--out",
+        s(&out_dir),
+        "--log-every",
+        "2",
+        "--validation-split",
+        "0.25",
+        "--samples",
+        "256",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("wrote"), "{}", stdout(&out));
+    assert_no_tmp_files(&t.dir);
+
+    let mut names: Vec<String> =
+        files_under(&out_dir).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "metrics.jsonl", "model.safetensors"]);
+
+    let (spec, params) = checkpoint::load(&out_dir.join("model.safetensors")).expect("loadable checkpoint");
+    assert_eq!(spec, ModelSpec::seed());
+    assert!(params.all_finite());
+
+    let cfg = config_json(&out_dir);
+    assert_eq!(cfg["batch_size"], 32);
+    assert_eq!(cfg["epochs"], 2);
+    assert_eq!(cfg["log_every"], 2);
+    assert_eq!(cfg["validation_split"], 0.25);
+    assert_eq!(cfg["seed"], 0);
+    assert_eq!(cfg["lr"], 0.5);
+    assert_eq!(cfg["shuffle"], true);
+    assert_eq!(cfg["samples"], 256);
+    assert_eq!(cfg["model"]["sizes"], serde_json::json!([20, 80, 40, 4, 40, 80, 20]));
+    assert_eq!(cfg["loss"]["sparsity"]["kind"], "kl");
+    assert_eq!(cfg["loss"]["sparsity"]["rho"], 0.05);
+    assert_eq!(cfg["loss"]["sparsity"]["beta"], 3.0);
+    assert!(cfg["adapter"].as_str().is_some_and(|a| !a.is_empty()), "adapter recorded: {cfg}");
+
+    // 256 samples, 64 held out: 192 / 32 = 6 steps per epoch, 12 in all.
+    let lines = metrics(&out_dir);
+    let common = ["kind", "epoch", "step", "loss", "mse", "sparsity", "weight_decay", "rho_hat", "freq"];
+    for l in &lines {
+        for k in common {
+            assert!(l.get(k).is_some(), "metrics line lacks {k}: {l}");
+        }
+        assert_eq!(l["rho_hat"].as_array().map(Vec::len), Some(4), "{l}");
+        assert_eq!(l["freq"].as_array().map(Vec::len), Some(4), "{l}");
+        assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+    }
+    let steps: Vec<u64> = lines.iter().filter(|l| l["kind"] == "step").map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 4, 6, 8, 10, 12], "a step line every 2 steps");
+    let epochs: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(lines.len(), 8, "only step and epoch lines");
+    for (i, e) in epochs.iter().enumerate() {
+        assert_eq!(e["epoch"], i as u64 + 1);
+        assert_eq!(e["step"], 6 * (i as u64 + 1));
+        assert!(e["fvu"].as_f64().is_some_and(f64::is_finite), "{e}");
+        let v = &e["validation"];
+        assert!(v.is_object(), "epoch lines carry validation metrics: {e}");
+        assert_eq!(v["samples"], 64, "{e}");
+        for k in ["loss", "mse", "fvu", "rho_hat", "freq"] {
+            assert!(v.get(k).is_some(), "validation lacks {k}: {e}");
+        }
+    }
+}
+
+#[test]
+fn config_file_sets_values_and_flags_override() {
+    let t = Tmp::new("config_file_and_flags");
+    let cfg = t.write(
+        "settings.toml",
+        "samples = 128\nepochs = 1\nbatch-size = 64\nlr = 0.25\nsparsity = \"kl-freq\"\nrho = 0.1\nseed = 3\n",
+    );
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--config", s(&cfg), "--rho", "0.2", "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = config_json(&out_dir);
+    assert_eq!(c["lr"], 0.25, "from the file: {c}");
+    assert_eq!(c["batch_size"], 64, "from the file: {c}");
+    assert_eq!(c["epochs"], 1, "from the file: {c}");
+    assert_eq!(c["seed"], 3, "from the file: {c}");
+    assert_eq!(c["samples"], 128, "from the file: {c}");
+    assert_eq!(c["loss"]["sparsity"]["kind"], "kl-freq", "from the file: {c}");
+    assert_eq!(c["loss"]["sparsity"]["rho"], 0.2, "the flag overrides the file: {c}");
+    assert_eq!(c["loss"]["sparsity"]["temperature"], 0.5, "default: {c}");
+
+    // The same keys in JSON.
+    let cfg = t.write("settings.json", r#"{"samples": 128, "epochs": 1, "batch-size": 64, "weight-decay": 0.001}"#);
+    let out_dir = t.path("out_json");
+    let out = t.sae(&["train", "--config", s(&cfg), "--batch-size", "32", "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = config_json(&out_dir);
+    assert_eq!(c["loss"]["weight_decay"], 0.001, "from the file: {c}");
+    assert_eq!(c["batch_size"], 32, "the flag overrides the file: {c}");
+}
+
+fn assert_in_unit_interval(d: &data::Dataset, what: &str) {
+    for (k, v) in d.values.iter().enumerate() {
+        assert!(*v > 0.0 && *v < 1.0, "{what}: value {k} is {v}, outside (0, 1)");
+    }
+}
+
+#[test]
+fn encode_writes_codes_and_reconstructions() {
+    let t = Tmp::new("encode_writes");
+    let model = t.trained_model();
+    let input = t.write("x.csv", csv_text(10, 20));
+    let out_dir = t.path("enc");
+    fs::create_dir_all(&out_dir).unwrap();
+    let mut loaded = Vec::new();
+    for (name, reconstruct, cols) in
+        [("codes.npy", false, 4), ("codes.csv", false, 4), ("recon.npy", true, 20), ("recon.csv", true, 20)]
+    {
+        let target = out_dir.join(name);
+        let mut args =
+            vec!["encode", "--model", s(&model), "--data", s(&input), "--out", s(&target), "--batch-size", "4"];
+        if reconstruct {
+            args.push("--reconstruct");
+        }
+        let out = t.sae(&args);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+        let d = data::load(&target).unwrap_or_else(|e| panic!("{name} reads back: {e}"));
+        assert_eq!((d.rows, d.cols), (10, cols), "{name}");
+        assert_in_unit_interval(&d, name);
+        loaded.push(d);
+    }
+    // .npy and .csv carry the same numbers (the CSV prints round-trip text).
+    assert_eq!(loaded[0], loaded[1], "codes: npy vs csv");
+    assert_eq!(loaded[2], loaded[3], "reconstructions: npy vs csv");
+    assert_no_tmp_files(&t.dir);
+}
+
+#[test]
+fn adapters_lists_at_least_one() {
+    let t = Tmp::new("adapters");
+    let out = t.sae(&["adapters"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let adapters = text.lines().filter(|l| !l.is_empty() && !l.starts_with(' ')).count();
+    assert!(adapters >= 1, "at least one adapter listed:\n{text}");
+    assert!(text.contains("max workgroups per dimension"), "{text}");
+}
+
+#[test]
+fn help_mentions_every_command_and_flag() {
+    let t = Tmp::new("help");
+    let out = t.sae(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let top = stdout(&out);
+    for cmd in ["train", "encode", "check", "adapters"] {
+        assert!(top.contains(cmd), "`sae --help` lists {cmd}:\n{top}");
+    }
+    let out = t.sae(&["train", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    for flag in [
+        "--data",
+        "--layers",
+        "--decoder-layers",
+        "--hidden-activation",
+        "--code-activation",
+        "--output-activation",
+        "--sparsity",
+        "--rho",
+        "--beta",
+        "--temperature",
+        "--weight-decay",
+        "--lr",
+        "--batch-size",
+        "--epochs",
+        "--seed",
+        "--no-shuffle",
+        "--init",
+        "--out",
+        "--log-every",
+        "--backend",
+        "--adapter",
+        "--validation-split",
+        "--config",
+        "--checkpoint-every",
+        "--samples",
+    ] {
+        assert!(help.contains(flag), "`sae train --help` mentions {flag}");
+    }
+    let out = t.sae(&["encode", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    for flag in ["--model", "--data", "--out", "--reconstruct", "--batch-size", "--backend", "--adapter"] {
+        assert!(help.contains(flag), "`sae encode --help` mentions {flag}");
+    }
+}
+
+#[test]
+fn unknown_subcommand_and_flag_exit_2() {
+    let t = Tmp::new("unknown_flag");
+    let out = t.sae(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--samples", "64", "--out", s(&out_dir), "--learning-rate", "0.1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--learning-rate"), "{}", stderr(&out));
+    assert_no_output(&out_dir);
+    let out = t.sae(&["train", "--samples", "64", "--out", s(&out_dir), "--lr", "fast"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--lr"), "{}", stderr(&out));
+    assert_no_output(&out_dir);
+}
+
+#[test]
+fn same_seed_gives_identical_checkpoints() {
+    let t = Tmp::new("same_seed");
+    let run = |name: &str| {
+        let dir = t.path(name);
+        let out = t.sae(&[
+            "train",
+            "--samples",
+            "128",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--seed",
+            "7",
+            "--out",
+            s(&dir),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        dir.join("model.safetensors")
+    };
+    let (a, b) = (run("a"), run("b"));
+    // The parameters agree bit for bit...
+    let (spec_a, params_a) = checkpoint::load(&a).unwrap();
+    let (spec_b, params_b) = checkpoint::load(&b).unwrap();
+    assert_eq!(spec_a, spec_b);
+    let bits = |p: &sae_wgpu::model::Params| {
+        p.weights.iter().chain(&p.biases).flatten().map(|v| v.to_bits()).collect::<Vec<u32>>()
+    };
+    assert_eq!(bits(&params_a), bits(&params_b), "same seed, same parameters");
+    // ...and so must the files, byte for byte (metadata included).
+    let (bytes_a, bytes_b) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+    assert!(
+        bytes_a == bytes_b,
+        "same --seed must give byte-identical model.safetensors; headers differ:\n{}\n{}",
+        String::from_utf8_lossy(&bytes_a[8..bytes_a.len().min(300)]),
+        String::from_utf8_lossy(&bytes_b[8..bytes_b.len().min(300)])
+    );
+}
