@@ -4,7 +4,9 @@
 //! (context k is centred on feature 2.5 + 5k, width 3). A sample switches each context on
 //! independently with probability 0.25, at a strength drawn from U(0.3, 1), and sums them:
 //!
-//!     x_f = clip(0.05 + 0.9 * sum_k on_k * strength_k * exp(-((f - c_k) / 3)^2) + N(0, 0.03^2), 0, 1)
+//! ```text
+//! x_f = clip(0.05 + 0.9 * sum_k on_k * strength_k * exp(-((f - c_k) / 3)^2) + N(0, 0.03^2), 0, 1)
+//! ```
 //!
 //! Most samples have zero or one context on, so a code unit per context is naturally sparse:
 //! the data a sparsity penalty should help explain, with a little noise on top.
