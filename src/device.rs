@@ -162,4 +162,9 @@ impl Gpu {
     pub fn describe(&self) -> String {
         describe(&self.info)
     }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting");
+    }
 }

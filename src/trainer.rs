@@ -137,6 +137,21 @@ pub struct Trainer {
     metrics_staging: wgpu::Buffer,
     schedules: HashMap<usize, Schedule>,
     pub steps_done: u64,
+    pub stats: Stats,
+}
+
+/// Host-device traffic, cumulative since the trainer was made: the structural figures that
+/// carry over from a software adapter to a real GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Queue submissions.
+    pub submits: u64,
+    /// Compute dispatches recorded (split grids count each part).
+    pub dispatches: u64,
+    /// Bytes written from the host to device buffers (minibatches, indices, parameters).
+    pub bytes_uploaded: u64,
+    /// Times the host waited for the device to read something back.
+    pub readbacks: u64,
 }
 
 impl Trainer {
@@ -222,6 +237,7 @@ impl Trainer {
             metrics_staging,
             schedules: HashMap::new(),
             steps_done: 0,
+            stats: Stats::default(),
         })
     }
 
