@@ -22,6 +22,8 @@ pub mod source {
     pub const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
     pub const LOSS: &str = include_str!("../shaders/loss.wgsl");
     pub const UPDATE: &str = include_str!("../shaders/update.wgsl");
+    pub const DATA: &str = include_str!("../shaders/data.wgsl");
+    pub const FUSED: &str = include_str!("../shaders/fused.wgsl");
 }
 
 /// The matmul entry points; each [`MatmulVariant`] implements all three.
@@ -69,6 +71,19 @@ impl MatmulVariant {
         }
     }
 }
+
+/// Entry points of whole-step paths, checked by the whole-model tests rather than one by one:
+/// minibatch gathering (`shaders/data.wgsl`) and the fused small-MLP step (`shaders/fused.wgsl`).
+pub const STEP_ENTRY_POINTS: [(&str, &str); 5] = [
+    ("gather_rows", source::DATA),
+    ("advance_cursor", source::DATA),
+    ("fused_forward", source::FUSED),
+    ("fused_backward", source::FUSED),
+    ("fused_update", source::FUSED),
+];
+
+/// Widest layer the fused path takes (`MAX_WIDTH` in `shaders/fused.wgsl`).
+pub const FUSED_MAX_WIDTH: usize = 128;
 
 /// Every other entry point, with the shader file it lives in.
 pub const ENTRY_POINTS: [(&str, &str); 7] = [
@@ -269,7 +284,8 @@ impl Kernels {
                 cache: None,
             })
         };
-        let pipelines: HashMap<_, _> = ENTRY_POINTS.iter().map(|&(entry, src)| (entry, pipeline(entry, src))).collect();
+        let pipelines: HashMap<_, _> =
+            ENTRY_POINTS.iter().chain(&STEP_ENTRY_POINTS).map(|&(entry, src)| (entry, pipeline(entry, src))).collect();
         let mut matmul_pipelines = HashMap::new();
         for variant in MatmulVariant::ALL {
             for entry in MATMUL_ENTRY_POINTS {
@@ -539,6 +555,132 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// `x[i, :] = data[order[cursor + i], :]` for `rows` rows (`gather = false`: `data[i, :]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows(
+        &self,
+        data: &View,
+        order: &View,
+        cursor: &View,
+        x: &View,
+        rows: usize,
+        cols: usize,
+        gather: bool,
+    ) -> Launch {
+        let params = Gather { rows: rows as u32, cols: cols as u32, gather: u32::from(gather), _pad: 0 };
+        self.launch(
+            "gather_rows",
+            params,
+            &[(2, data), (3, order), (4, cursor), (5, x)],
+            Self::elementwise_groups(rows * cols),
+        )
+    }
+
+    /// `cursor += rows`: the next step's minibatch starts after this one.
+    pub fn advance_cursor(&self, cursor: &View, rows: usize) -> Launch {
+        let params = Gather { rows: rows as u32, cols: 0, gather: 0, _pad: 0 };
+        self.launch("advance_cursor", params, &[(6, cursor)], [1, 1])
+    }
+
+    /// The fused path's forward pass (see `shaders/fused.wgsl`): one invocation per row.
+    pub fn fused_forward(&self, net: &FusedNet, b: &FusedBuffers, data: &View) -> Launch {
+        self.launch(
+            "fused_forward",
+            *net,
+            &[
+                (2, &b.table),
+                (3, &b.params),
+                (4, data),
+                (5, &b.order),
+                (6, &b.cursor),
+                (7, &b.z),
+                (8, &b.a),
+                (9, &b.delta),
+            ],
+            [(net.rows as usize).div_ceil(64), 1],
+        )
+    }
+
+    /// The fused path's backward pass: one invocation per row.
+    pub fn fused_backward(&self, net: &FusedNet, b: &FusedBuffers) -> Launch {
+        self.launch(
+            "fused_backward",
+            *net,
+            &[(2, &b.table), (3, &b.params), (10, &b.z), (11, &b.a), (12, &b.rho_hat), (13, &b.delta)],
+            [(net.rows as usize).div_ceil(64), 1],
+        )
+    }
+
+    /// The fused path's gradient and SGD update: one invocation per parameter.
+    pub fn fused_update(&self, net: &FusedNet, b: &FusedBuffers) -> Launch {
+        self.launch(
+            "fused_update",
+            *net,
+            &[(2, &b.table), (14, &b.delta), (15, &b.a), (16, &b.params), (17, &b.cursor)],
+            [(net.total_params as usize).div_ceil(64), 1],
+        )
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Gather {
+    rows: u32,
+    cols: u32,
+    gather: u32,
+    _pad: u32,
+}
+
+/// The `Net` uniform of `shaders/fused.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FusedNet {
+    pub layers: u32,
+    pub code: u32,
+    pub rows: u32,
+    pub n0: u32,
+    pub sparsity: u32,
+    pub rho: f32,
+    pub beta_over_m: f32,
+    pub temperature: f32,
+    pub inv_m: f32,
+    pub lr: f32,
+    pub lambda: f32,
+    pub eps: f32,
+    pub total_params: u32,
+    pub gather: u32,
+    pub x_off: u32,
+    pub _pad: u32,
+}
+
+/// One entry of the fused path's layer table (`Layer` in `shaders/fused.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FusedLayer {
+    pub n_out: u32,
+    pub n_in: u32,
+    pub act: u32,
+    pub w_off: u32,
+    pub b_off: u32,
+    pub in_off: u32,
+    pub out_off: u32,
+    pub param_start: u32,
+}
+
+/// Whole buffers the fused kernels bind.
+#[derive(Clone, Debug)]
+pub struct FusedBuffers {
+    pub table: View,
+    pub params: View,
+    pub order: View,
+    pub cursor: View,
+    pub z: View,
+    pub a: View,
+    pub delta: View,
+    pub rho_hat: View,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Buffer helpers
 // ---------------------------------------------------------------------------------------------
@@ -598,6 +740,16 @@ impl Gpu {
             at += v.len;
         }
         out
+    }
+
+    /// A storage buffer holding `bytes` (u32 tables and the like), as a view of 4-byte words.
+    pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> View {
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: if bytes.is_empty() { &[0; 4] } else { bytes },
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        });
+        View { buffer, offset: 0, len: bytes.len() / 4 }
     }
 
     pub fn download(&self, view: &View) -> Vec<f32> {

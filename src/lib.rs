@@ -8,6 +8,7 @@
 //! * [`checkpoint`]: safetensors checkpoints in PyTorch naming, with the model spec inside.
 //! * [`trainer`]: device-resident buffers and the schedule of a training step.
 
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod data;

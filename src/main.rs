@@ -38,6 +38,8 @@ enum Command {
     Check(CheckArgs),
     /// List every adapter wgpu sees, with the limits that matter here.
     Adapters(AdapterArgs),
+    /// Time every kernel and a whole training step on preset models (validates first).
+    Bench(BenchArgs),
 }
 
 /// Every training setting. The same keys (kebab-case) are accepted in a `--config` TOML or JSON
@@ -111,6 +113,9 @@ struct TrainSettings {
     /// Log a `step` metrics line every N steps [default: only per epoch].
     #[arg(long, value_name = "N")]
     log_every: Option<usize>,
+    /// Training steps recorded into one queue submission [default: up to 64, ending at log steps].
+    #[arg(long, value_name = "N")]
+    steps_per_submit: Option<usize>,
     /// Also write model.safetensors every N epochs during the run.
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
@@ -165,6 +170,32 @@ struct AdapterArgs {
     backend: Option<String>,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// seed, mnist, dictionary or all; comma-separated for several [default: all].
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Encoder widths, input first; the decoder mirrors them (replaces the presets' models).
+    #[arg(long, value_name = "N,N,..")]
+    layers: Option<String>,
+    /// Minibatch size (replaces the presets' batch sizes).
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Fewer repetitions, smaller batches where a step is too slow: under a minute on a software adapter.
+    #[arg(long)]
+    quick: bool,
+    /// Write every figure, with the adapter, to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Print the ratio of each figure to a previous `--json` run.
+    #[arg(long, value_name = "OLD.json")]
+    compare: Option<PathBuf>,
+    #[arg(long)]
+    backend: Option<String>,
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
 /// What went wrong: bad input (exit 2) or a failure at run time (exit 1).
 enum Failure {
     BadInput(String),
@@ -181,6 +212,7 @@ fn main() -> ExitCode {
         Command::Encode(a) => encode(a),
         Command::Check(a) => check_cmd(a),
         Command::Adapters(a) => adapters(a),
+        Command::Bench(a) => bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -213,6 +245,7 @@ struct Resolved {
     shuffle: bool,
     init: Option<PathBuf>,
     log_every: Option<usize>,
+    steps_per_submit: Option<usize>,
     checkpoint_every: Option<usize>,
     validation_split: f64,
     adapter: String,
@@ -282,6 +315,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         init,
         out,
         log_every,
+        steps_per_submit,
         checkpoint_every,
         validation_split,
         backend,
@@ -398,6 +432,9 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
     if s.log_every == Some(0) {
         return Err(BadInput("--log-every 0: must be at least 1 (omit it to log per epoch)".into()));
     }
+    if s.steps_per_submit == Some(0) {
+        return Err(BadInput("--steps-per-submit 0: must be at least 1".into()));
+    }
     if s.checkpoint_every == Some(0) {
         return Err(BadInput("--checkpoint-every 0: must be at least 1".into()));
     }
@@ -433,6 +470,7 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
             shuffle: !s.no_shuffle,
             init: s.init.clone(),
             log_every: s.log_every,
+            steps_per_submit: s.steps_per_submit,
             checkpoint_every: s.checkpoint_every,
             validation_split,
             adapter: String::new(),
@@ -529,6 +567,7 @@ fn train(cli: TrainSettings) -> Result<(), Failure> {
         seed: resolved.seed,
         shuffle: resolved.shuffle,
         log_every: resolved.log_every,
+        steps_per_submit: resolved.steps_per_submit,
     };
     let started = std::time::Instant::now();
     let mut last_val = None;
@@ -717,6 +756,28 @@ fn check_cmd(a: CheckArgs) -> Result<(), Failure> {
     }
     println!("all checks passed");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench
+// ---------------------------------------------------------------------------------------------
+
+fn bench(a: BenchArgs) -> Result<(), Failure> {
+    use sae_wgpu::bench::{self, Error};
+    let opts = bench::Options {
+        preset: a.preset,
+        layers: a.layers,
+        batch_size: a.batch_size,
+        quick: a.quick,
+        json: a.json,
+        compare: a.compare,
+        backend: a.backend,
+        adapter: a.adapter,
+    };
+    bench::run(&opts).map_err(|e| match e {
+        Error::BadInput(msg) => BadInput(msg),
+        Error::Runtime(msg) => Runtime(msg),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

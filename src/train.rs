@@ -3,7 +3,7 @@
 
 use crate::data::Dataset;
 use crate::model::Rng;
-use crate::trainer::{feature_means, EvalMetrics, StepMetrics, Trainer};
+use crate::trainer::{feature_means, EpochOptions, EvalMetrics, StepMetrics, Trainer};
 
 /// Defaults of `sae train`, chosen so the seed model on the built-in dataset both meets the
 /// sparsity target and reconstructs well (FVU < 0.7) in well under a minute on a software
@@ -29,6 +29,8 @@ pub struct TrainOptions {
     pub shuffle: bool,
     /// Step metrics every N steps (measured on that step's minibatch before its update).
     pub log_every: Option<usize>,
+    /// Steps per queue submission; `None` lets the trainer choose.
+    pub steps_per_submit: Option<usize>,
 }
 
 /// What the loop reports as it goes.
@@ -104,32 +106,33 @@ pub fn fit(
     let means = feature_means(&train.values, width);
     let val_means = validation.map(|v| feature_means(&v.values, width));
     let mut rng = Rng::new(opts.seed);
-    let mut order: Vec<usize> = (0..train.rows).collect();
-    let mut batch = Vec::with_capacity(opts.batch_size * width);
+    let mut order: Vec<u32> = (0..train.rows as u32).collect();
+    // The data goes to the device once; each epoch uploads only its order of rows.
+    trainer.set_data(&train.values).map_err(TrainError::Engine)?;
+    let epoch_opts = EpochOptions { log_every: opts.log_every, steps_per_submit: opts.steps_per_submit };
     let mut last_finite = trainer.steps_done;
     let mut last = None;
     for epoch in 1..=opts.epochs {
         if opts.shuffle {
             rng.shuffle(&mut order);
         }
-        for rows in order.chunks(opts.batch_size) {
-            batch.clear();
-            for &i in rows {
-                batch.extend_from_slice(&train.values[i * width..(i + 1) * width]);
+        let mut diverged = None;
+        let mut observer_error = None;
+        let result = trainer.train_epoch(&order, epoch_opts, |step, metrics| {
+            if !metrics.loss.is_finite() {
+                diverged = Some(TrainError::Diverged { at_step: step, after_step: last_finite });
+                return Err("diverged".into());
             }
-            let step = trainer.steps_done + 1;
-            let log = opts.log_every.is_some_and(|n| n > 0 && step % n as u64 == 0);
-            if log {
-                let metrics = trainer.step_with_metrics(&batch).map_err(TrainError::Engine)?;
-                if !metrics.loss.is_finite() {
-                    return Err(TrainError::Diverged { at_step: step, after_step: last_finite });
-                }
-                last_finite = step - 1;
-                on_event(Event::Step { epoch, step, metrics: &metrics }).map_err(TrainError::Observer)?;
-            } else {
-                trainer.step(&batch).map_err(TrainError::Engine)?;
-            }
+            last_finite = step - 1;
+            on_event(Event::Step { epoch, step, metrics }).map_err(|e| {
+                observer_error = Some(TrainError::Observer(e));
+                "observer failed".to_string()
+            })
+        });
+        if let Some(e) = diverged.or(observer_error) {
+            return Err(e);
         }
+        result.map_err(TrainError::Engine)?;
         let step = trainer.steps_done;
         let metrics = trainer.evaluate(&train.values, &means).map_err(TrainError::Engine)?;
         if !metrics.loss.is_finite() {

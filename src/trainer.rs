@@ -2,14 +2,21 @@
 //!
 //! `Trainer::schedule` is the one function to read: it lists the forward, backward and update
 //! dispatches of a step exactly as SPEC.md section 4 writes them. Schedules are built once per
-//! batch size and replayed; a step is one `write_buffer` of the minibatch and one submit, with
-//! no read-back unless metrics are asked for.
+//! batch size and replayed. With the data resident on the device (`set_data`, `train_epoch`),
+//! a step uploads nothing and many steps share one submit; the host reads back only the
+//! metrics it asks for, without stalling the queue. Layers up to 128 wide take the fused path
+//! (3-4 dispatches a step, `shaders/fused.wgsl`); wider ones the layered path (one kernel per
+//! operation of SPEC.md section 4).
 
 use crate::device::Gpu;
-use crate::kernels::{align, record, Kernels, Launch, View, LOSS_SLOTS};
-use crate::model::{LossConfig, ModelSpec, Params, Sparsity};
+use crate::kernels::{
+    align, record, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, View, FUSED_MAX_WIDTH, LOSS_SLOTS,
+};
+use crate::model::{LossConfig, ModelSpec, Params, Sparsity, RHO_HAT_EPS};
 use crate::reference::{kl_divergence, ColumnTransform};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Where each tensor sits in the flat parameter (and gradient) buffer. Weights come first,
 /// biases after, each tensor aligned to 256 bytes; padding stays zero.
@@ -103,17 +110,38 @@ struct MetricsLayout {
     len: usize,
 }
 
+/// The launches of one step for one batch size and one source of minibatches.
 struct Schedule {
     /// forward, backward, update.
     step: Vec<Launch>,
     /// forward, metrics, backward, update.
     step_with_metrics: Vec<Launch>,
-    /// forward and metrics only.
+    /// forward and metrics only (host-written minibatches).
     evaluate: Vec<Launch>,
 }
 
-/// Trains one model on one device. Every buffer is allocated in `new`; nothing is allocated
-/// per step.
+/// Where a step's minibatch comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    /// Written by the host into `x_staging` before the step (`Trainer::step`).
+    Host,
+    /// Gathered on the device from the resident data through the epoch's order
+    /// (`Trainer::train_epoch`): nothing is uploaded per step.
+    Resident,
+}
+
+/// How a step is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// One kernel per operation of SPEC.md section 4 (any width).
+    Layered,
+    /// Three or four dispatches per step (`shaders/fused.wgsl`), for layers up to
+    /// [`FUSED_MAX_WIDTH`] wide.
+    Fused,
+}
+
+/// Trains one model on one device. Every buffer is allocated in `new` (the resident data in
+/// `set_data`); nothing is allocated per step.
 pub struct Trainer {
     pub kernels: Kernels,
     pub spec: ModelSpec,
@@ -122,20 +150,31 @@ pub struct Trainer {
     /// Largest minibatch the buffers hold.
     pub batch_capacity: usize,
     pub layout: ParamLayout,
+    path: Path,
     params: View,
     grads: View,
-    /// `a[0]` is the minibatch X; `z[l]`, `a[l]` for l = 1..=L (z[0] is unused).
-    z: Vec<View>,
-    a: Vec<View>,
-    /// `delta[l]` for l = 1..=L (delta[0] unused).
-    delta: Vec<View>,
-    /// G, the gradient w.r.t. a layer's input, shared by all layers.
+    /// Z, A and delta of every layer, in three buffers with one layout: layer l (0 = X)
+    /// starts at `act_offsets[l]`, row-major `[rows, n_l]`.
+    act_offsets: Vec<usize>,
+    z_all: View,
+    a_all: View,
+    delta_all: View,
+    /// G, the gradient w.r.t. a layer's input, shared by all layers (layered path).
     g: View,
+    /// Host-written minibatch.
+    x_staging: View,
+    /// Resident training data, the epoch's order of its rows, and the device-side cursor
+    /// (index of the current minibatch's first entry in `order`).
+    data: View,
+    order: View,
+    cursor: View,
+    /// The fused path's layer table.
+    table: View,
     metrics: View,
     rho_hat: View,
     metrics_layout: MetricsLayout,
     metrics_staging: wgpu::Buffer,
-    schedules: HashMap<usize, Schedule>,
+    schedules: HashMap<(usize, Source), Schedule>,
     pub steps_done: u64,
     pub stats: Stats,
 }
@@ -148,10 +187,28 @@ pub struct Stats {
     pub submits: u64,
     /// Compute dispatches recorded (split grids count each part).
     pub dispatches: u64,
-    /// Bytes written from the host to device buffers (minibatches, indices, parameters).
+    /// Bytes written from the host to device buffers (minibatches, orders, parameters).
     pub bytes_uploaded: u64,
-    /// Times the host waited for the device to read something back.
+    /// Metric or parameter read-backs (device-to-host transfers the host waits for, at once
+    /// or later).
     pub readbacks: u64,
+}
+
+/// Options of `Trainer::train_epoch`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpochOptions {
+    /// Step metrics every N steps (counted over the trainer's life, like `steps_done`).
+    pub log_every: Option<usize>,
+    /// Steps recorded into one submit; `None` chooses (up to 64, and a log step ends a submit).
+    pub steps_per_submit: Option<usize>,
+}
+
+/// A metrics read-back in flight.
+struct Pending {
+    step: u64,
+    m: usize,
+    staging: wgpu::Buffer,
+    ready: Arc<AtomicBool>,
 }
 
 impl Trainer {
@@ -182,26 +239,23 @@ impl Trainer {
         }
         let gpu = kernels.gpu.clone();
         let max_binding = gpu.limits.max_storage_buffer_binding_size as usize;
-        let widest = *spec.sizes.iter().max().unwrap();
-        if batch_capacity * widest * 4 > max_binding {
+        let m = batch_capacity;
+        let mut act_offsets = Vec::new();
+        let mut act_len = 0;
+        for &n in &spec.sizes {
+            act_offsets.push(act_len);
+            act_len += align(m * n);
+        }
+        if act_len * 4 > max_binding {
             return Err(format!(
-                "a batch of {batch_capacity} x {widest} floats exceeds this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size"
+                "a batch of {m} needs {} bytes of activations, more than this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size",
+                act_len * 4
             ));
         }
+        let widest = *spec.sizes.iter().max().unwrap();
         let layout = ParamLayout::new(spec);
         let params = gpu.upload("params", &layout.flatten(init));
         let grads = View::whole(&gpu.storage("grads", layout.len));
-        let m = batch_capacity;
-        let mut z = vec![View::whole(&gpu.storage("unused", 1))];
-        let mut a = vec![View::whole(&gpu.storage("x", m * spec.sizes[0]))];
-        let mut delta = vec![z[0].clone()];
-        for l in 1..=spec.layers() {
-            let n = spec.sizes[l];
-            z.push(View::whole(&gpu.storage(&format!("z{l}"), m * n)));
-            a.push(View::whole(&gpu.storage(&format!("a{l}"), m * n)));
-            delta.push(View::whole(&gpu.storage(&format!("delta{l}"), m * n)));
-        }
-        let g = View::whole(&gpu.storage("g", m * widest));
         let nc = spec.code_width();
         let metrics_layout = MetricsLayout {
             loss: 0,
@@ -210,39 +264,83 @@ impl Trainer {
             rho_hat: align(LOSS_SLOTS) + 2 * align(nc),
             len: align(LOSS_SLOTS) + 3 * align(nc),
         };
-        let metrics = View::whole(&gpu.storage("metrics", metrics_layout.rho_hat));
-        let rho_hat = View::whole(&gpu.storage("rho_hat", nc));
         let metrics_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("metrics staging"),
             size: (metrics_layout.len * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Trainer {
+        let path = if spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH) { Path::Fused } else { Path::Layered };
+        let mut trainer = Trainer {
+            table: View::whole(&gpu.storage("layer table", 1)),
             kernels,
             spec: spec.clone(),
             loss,
             lr,
             batch_capacity,
             layout,
+            path,
             params,
             grads,
-            z,
-            a,
-            delta,
-            g,
-            metrics,
-            rho_hat,
+            z_all: View::whole(&gpu.storage("z", act_len)),
+            a_all: View::whole(&gpu.storage("a", act_len)),
+            delta_all: View::whole(&gpu.storage("delta", act_len)),
+            act_offsets,
+            g: View::whole(&gpu.storage("g", m * widest)),
+            x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
+            data: View::whole(&gpu.storage("data", 1)),
+            order: View::whole(&gpu.storage("order", 1)),
+            cursor: View::whole(&gpu.storage("cursor", 1)),
+            metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
+            rho_hat: View::whole(&gpu.storage("rho_hat", nc)),
             metrics_layout,
             metrics_staging,
             schedules: HashMap::new(),
             steps_done: 0,
             stats: Stats::default(),
-        })
+        };
+        trainer.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&trainer.layer_table()));
+        Ok(trainer)
     }
 
     pub fn gpu(&self) -> &Gpu {
         &self.kernels.gpu
+    }
+
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    /// Chooses the step path (the fused one only where every width fits).
+    pub fn set_path(&mut self, path: Path) -> Result<(), String> {
+        if path == Path::Fused && self.spec.sizes.iter().any(|&n| n > FUSED_MAX_WIDTH) {
+            return Err(format!("the fused path takes layers up to {FUSED_MAX_WIDTH} wide"));
+        }
+        self.path = path;
+        self.schedules.clear();
+        Ok(())
+    }
+
+    /// The fused kernels' description of the layers (`Layer` in `shaders/fused.wgsl`).
+    fn layer_table(&self) -> Vec<FusedLayer> {
+        let mut start = 0;
+        (1..=self.spec.layers())
+            .map(|l| {
+                let (n, k) = self.spec.shape(l);
+                let entry = FusedLayer {
+                    n_out: n as u32,
+                    n_in: k as u32,
+                    act: self.spec.activation(l).code(),
+                    w_off: self.layout.weights[l - 1].0 as u32,
+                    b_off: self.layout.biases[l - 1].0 as u32,
+                    in_off: self.act_offsets[l - 1] as u32,
+                    out_off: self.act_offsets[l] as u32,
+                    param_start: start as u32,
+                };
+                start += n * k + n;
+                entry
+            })
+            .collect()
     }
 
     fn w(&self, l: usize) -> View {
@@ -261,9 +359,6 @@ impl Trainer {
         let (at, len) = self.layout.biases[l - 1];
         self.grads.slice(at, len)
     }
-    fn rho_hat(&self) -> View {
-        self.rho_hat.clone()
-    }
     fn freq(&self) -> View {
         self.metrics.slice(self.metrics_layout.freq, self.spec.code_width())
     }
@@ -273,50 +368,39 @@ impl Trainer {
     fn loss_out(&self) -> View {
         self.metrics.slice(self.metrics_layout.loss, LOSS_SLOTS)
     }
-    /// Rows `0..m` of a `[capacity, n]` activation buffer.
-    fn rows(view: &View, m: usize, n: usize) -> View {
-        view.slice(0, m * n)
+    /// Rows `0..m` of layer `l` in one of the activation buffers.
+    fn rows(&self, all: &View, l: usize, m: usize) -> View {
+        all.slice(self.act_offsets[l], m * self.spec.sizes[l])
     }
 
     /// The dispatches of one training step on a minibatch of `m` rows: SPEC.md section 4.
-    fn schedule(&self, m: usize) -> Schedule {
+    fn schedule(&self, m: usize, source: Source) -> Schedule {
         let k = &self.kernels;
         let spec = &self.spec;
         let layers = spec.layers();
         let c = spec.code_layer;
         let nc = spec.code_width();
-        let size = |l: usize| spec.sizes[l];
-        let z = |l: usize| Self::rows(&self.z[l], m, size(l));
-        let a = |l: usize| Self::rows(&self.a[l], m, size(l));
-        let delta = |l: usize| Self::rows(&self.delta[l], m, size(l));
-        let g = |n: usize| Self::rows(&self.g, m, n);
+        let n0 = spec.sizes[0];
+        let z = |l: usize| self.rows(&self.z_all, l, m);
+        let a = |l: usize| self.rows(&self.a_all, l, m);
+        let delta = |l: usize| self.rows(&self.delta_all, l, m);
+        let g = |n: usize| self.g.slice(0, m * n);
         let inv_m = 1.0 / m as f64;
+        let (data, gather) = match source {
+            Source::Host => (&self.x_staging, false),
+            Source::Resident => (&self.data, true),
+        };
 
-        // Forward: Z_l = A_{l-1} W_l^T + 1 b_l^T ; A_l = f_l(Z_l)
-        let mut forward = Vec::new();
-        for l in 1..=layers {
-            let (n, kk) = spec.shape(l);
-            forward.push(k.matmul_forward(&a(l - 1), &self.w(l), &z(l), m, kk, n));
-            forward.push(k.bias_activation(&self.b(l), &z(l), &a(l), m, n, spec.activation(l)));
-        }
         // rho_hat of the current minibatch, before any backward dispatch.
-        match self.loss.sparsity {
-            Sparsity::None => {}
-            Sparsity::Kl { .. } => {
-                forward.push(k.column_sum(&a(c), &self.rho_hat(), m, nc, ColumnTransform::Value, inv_m))
+        let rho_hat = match self.loss.sparsity {
+            Sparsity::None => None,
+            Sparsity::Kl { .. } => Some(k.column_sum(&a(c), &self.rho_hat, m, nc, ColumnTransform::Value, inv_m)),
+            Sparsity::KlFreq { temperature, .. } => {
+                Some(k.column_sum(&z(c), &self.rho_hat, m, nc, ColumnTransform::SoftFires { temperature }, inv_m))
             }
-            Sparsity::KlFreq { temperature, .. } => forward.push(k.column_sum(
-                &z(c),
-                &self.rho_hat(),
-                m,
-                nc,
-                ColumnTransform::SoftFires { temperature },
-                inv_m,
-            )),
-        }
+        };
 
         // Metrics (on request): loss terms, hard firing frequency, mean code activation.
-        let n0 = size(0);
         let metrics = vec![
             k.column_sum(&z(c), &self.freq(), m, nc, ColumnTransform::Fires, inv_m),
             k.column_sum(&a(c), &self.mean_activation(), m, nc, ColumnTransform::Value, inv_m),
@@ -324,7 +408,7 @@ impl Trainer {
                 &a(layers),
                 &a(0),
                 &self.params.slice(0, self.layout.weights_len),
-                &self.rho_hat(),
+                &self.rho_hat,
                 &self.loss_out(),
                 m,
                 n0,
@@ -333,52 +417,113 @@ impl Trainer {
             ),
         ];
 
-        // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
-        let mut backward =
-            vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
-        for l in (1..=layers).rev() {
-            let (n, kk) = spec.shape(l);
-            // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l
-            backward.push(k.matmul_backward_weight(&delta(l), &a(l - 1), &self.dw(l), m, n, kk));
-            backward.push(k.column_sum(&delta(l), &self.db(l), m, n, ColumnTransform::Value, 1.0));
-            if l == 1 {
-                break;
-            }
-            // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) (+ the KL term at the code layer)
-            backward.push(k.matmul_backward_input(&delta(l), &self.w(l), &g(kk), m, n, kk));
-            let act = spec.activation(l - 1);
-            if l - 1 == c && self.loss.sparsity != Sparsity::None {
-                backward.push(k.kl_backward(
-                    &g(kk),
-                    &z(c),
-                    &a(c),
-                    &self.rho_hat(),
-                    &delta(c),
-                    m,
-                    kk,
-                    act,
-                    self.loss.sparsity,
-                ));
-            } else {
-                backward.push(k.activation_backward(&g(kk), &z(l - 1), &a(l - 1), &delta(l - 1), m, kk, act));
-            }
-        }
+        let (forward, backward, update) = match self.path {
+            Path::Layered => {
+                // Forward: X = the minibatch ; Z_l = A_{l-1} W_l^T + 1 b_l^T ; A_l = f_l(Z_l)
+                let mut forward = vec![k.gather_rows(data, &self.order, &self.cursor, &a(0), m, n0, gather)];
+                for l in 1..=layers {
+                    let (n, kk) = spec.shape(l);
+                    forward.push(k.matmul_forward(&a(l - 1), &self.w(l), &z(l), m, kk, n));
+                    forward.push(k.bias_activation(&self.b(l), &z(l), &a(l), m, n, spec.activation(l)));
+                }
+                forward.extend(rho_hat);
 
-        // Update: W <- W - lr (dW + lambda W), b <- b - lr db, every parameter in one dispatch.
-        let update = k.sgd_update(&self.grads, &self.params, self.layout.weights_len, self.lr, self.loss.weight_decay);
+                // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
+                let mut backward =
+                    vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
+                for l in (1..=layers).rev() {
+                    let (n, kk) = spec.shape(l);
+                    // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l
+                    backward.push(k.matmul_backward_weight(&delta(l), &a(l - 1), &self.dw(l), m, n, kk));
+                    backward.push(k.column_sum(&delta(l), &self.db(l), m, n, ColumnTransform::Value, 1.0));
+                    if l == 1 {
+                        break;
+                    }
+                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) (+ the KL term at the code layer)
+                    backward.push(k.matmul_backward_input(&delta(l), &self.w(l), &g(kk), m, n, kk));
+                    let act = spec.activation(l - 1);
+                    if l - 1 == c && self.loss.sparsity != Sparsity::None {
+                        backward.push(k.kl_backward(
+                            &g(kk),
+                            &z(c),
+                            &a(c),
+                            &self.rho_hat,
+                            &delta(c),
+                            m,
+                            kk,
+                            act,
+                            self.loss.sparsity,
+                        ));
+                    } else {
+                        backward.push(k.activation_backward(&g(kk), &z(l - 1), &a(l - 1), &delta(l - 1), m, kk, act));
+                    }
+                }
+
+                // Update: W <- W - lr (dW + lambda W), b <- b - lr db, every parameter in one
+                // dispatch; then the cursor moves to the next minibatch.
+                let update = vec![
+                    k.sgd_update(&self.grads, &self.params, self.layout.weights_len, self.lr, self.loss.weight_decay),
+                    k.advance_cursor(&self.cursor, m),
+                ];
+                (forward, backward, update)
+            }
+            Path::Fused => {
+                // The same equations, a row per invocation (see shaders/fused.wgsl).
+                let net = self.fused_net(m, gather);
+                let buffers = FusedBuffers {
+                    table: self.table.clone(),
+                    params: self.params.clone(),
+                    order: self.order.clone(),
+                    cursor: self.cursor.clone(),
+                    z: self.z_all.clone(),
+                    a: self.a_all.clone(),
+                    delta: self.delta_all.clone(),
+                    rho_hat: self.rho_hat.clone(),
+                };
+                let mut forward = vec![k.fused_forward(&net, &buffers, data)];
+                forward.extend(rho_hat);
+                (forward, vec![k.fused_backward(&net, &buffers)], vec![k.fused_update(&net, &buffers)])
+            }
+        };
 
         let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
         Schedule {
-            step: concat(&[&forward, &backward, std::slice::from_ref(&update)]),
-            step_with_metrics: concat(&[&forward, &metrics, &backward, std::slice::from_ref(&update)]),
+            step: concat(&[&forward, &backward, &update]),
+            step_with_metrics: concat(&[&forward, &metrics, &backward, &update]),
             evaluate: concat(&[&forward, &metrics]),
         }
     }
 
-    fn ensure_schedule(&mut self, m: usize) {
-        if !self.schedules.contains_key(&m) {
-            let s = self.schedule(m);
-            self.schedules.insert(m, s);
+    fn fused_net(&self, m: usize, gather: bool) -> FusedNet {
+        let (mode, rho, beta, temperature) = match self.loss.sparsity {
+            Sparsity::None => (0, 0.05, 0.0, 1.0),
+            Sparsity::Kl { rho, beta } => (1, rho, beta, 1.0),
+            Sparsity::KlFreq { rho, beta, temperature } => (2, rho, beta, temperature),
+        };
+        FusedNet {
+            layers: self.spec.layers() as u32,
+            code: (self.spec.code_layer - 1) as u32,
+            rows: m as u32,
+            n0: self.spec.sizes[0] as u32,
+            sparsity: mode,
+            rho: rho as f32,
+            beta_over_m: (beta / m as f64) as f32,
+            temperature: temperature as f32,
+            inv_m: (1.0 / m as f64) as f32,
+            lr: self.lr as f32,
+            lambda: self.loss.weight_decay as f32,
+            eps: RHO_HAT_EPS as f32,
+            total_params: self.spec.parameter_count() as u32,
+            gather: u32::from(gather),
+            x_off: 0,
+            _pad: 0,
+        }
+    }
+
+    fn ensure_schedule(&mut self, m: usize, source: Source) {
+        if !self.schedules.contains_key(&(m, source)) {
+            let s = self.schedule(m, source);
+            self.schedules.insert((m, source), s);
         }
     }
 
@@ -399,36 +544,171 @@ impl Trainer {
 
     /// Dispatches (kernel launches, counting split ones) in one step of `m` rows.
     pub fn dispatches_per_step(&mut self, m: usize) -> usize {
-        self.ensure_schedule(m);
-        self.schedules[&m].step.iter().map(Launch::dispatch_count).sum()
+        self.ensure_schedule(m, Source::Resident);
+        self.schedules[&(m, Source::Resident)].step.iter().map(Launch::dispatch_count).sum()
     }
 
-    /// One SGD step on the minibatch `x` (row-major, `m x n_0`): one upload, one submit, no wait.
+    fn record(&mut self, encoder: &mut wgpu::CommandEncoder, launches: &[Launch]) {
+        record(encoder, launches);
+        self.stats.dispatches += launches.iter().map(|l| l.dispatch_count() as u64).sum::<u64>();
+    }
+
+    fn upload(&mut self, view: &View, bytes: &[u8]) {
+        self.kernels.gpu.queue.write_buffer(&view.buffer, view.byte_offset(), bytes);
+        self.stats.bytes_uploaded += bytes.len() as u64;
+    }
+
+    fn submit(&mut self, encoder: wgpu::CommandEncoder) {
+        self.kernels.gpu.queue.submit([encoder.finish()]);
+        self.stats.submits += 1;
+    }
+
+    /// One SGD step on a host minibatch `x` (row-major, `m x n_0`): one upload, one submit, no
+    /// wait. `train_epoch` is the fast way to train on a whole dataset.
     pub fn step(&mut self, x: &[f32]) -> Result<(), String> {
         let m = self.check_batch(x)?;
-        self.ensure_schedule(m);
-        let gpu = &self.kernels.gpu;
-        gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(x));
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        record(&mut encoder, &self.schedules[&m].step);
-        gpu.queue.submit([encoder.finish()]);
+        self.ensure_schedule(m, Source::Host);
+        let staging = self.x_staging.clone();
+        self.upload(&staging, bytemuck::cast_slice(x));
+        let mut encoder = self.kernels.gpu.device.create_command_encoder(&Default::default());
+        let launches = self.schedules[&(m, Source::Host)].step.clone();
+        self.record(&mut encoder, &launches);
+        self.submit(encoder);
         self.steps_done += 1;
         Ok(())
     }
 
-    /// One SGD step that also returns the minibatch's metrics, measured before the update.
+    /// One SGD step on a host minibatch that also returns its metrics, measured before the update.
     pub fn step_with_metrics(&mut self, x: &[f32]) -> Result<StepMetrics, String> {
         let m = self.check_batch(x)?;
-        self.ensure_schedule(m);
-        let gpu = &self.kernels.gpu;
-        gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(x));
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        record(&mut encoder, &self.schedules[&m].step_with_metrics);
+        self.ensure_schedule(m, Source::Host);
+        let staging = self.x_staging.clone();
+        self.upload(&staging, bytemuck::cast_slice(x));
+        let mut encoder = self.kernels.gpu.device.create_command_encoder(&Default::default());
+        let launches = self.schedules[&(m, Source::Host)].step_with_metrics.clone();
+        self.record(&mut encoder, &launches);
         self.copy_metrics(&mut encoder, &self.metrics_staging, 0);
-        gpu.queue.submit([encoder.finish()]);
+        self.submit(encoder);
         self.steps_done += 1;
         let raw = self.read_metrics();
         Ok(self.step_metrics(&raw, m))
+    }
+
+    /// Makes `data` (`n x n_0`, row-major) resident on the device for `train_epoch`.
+    pub fn set_data(&mut self, data: &[f32]) -> Result<(), String> {
+        let n0 = self.spec.input_width();
+        if data.is_empty() || data.len() % n0 != 0 {
+            return Err(format!("training data must be a non-empty multiple of the input width {n0}"));
+        }
+        let max = self.kernels.gpu.limits.max_storage_buffer_binding_size as usize;
+        if data.len() * 4 > max {
+            return Err(format!(
+                "the training data ({} bytes) exceeds this adapter's largest storage binding ({max} bytes)",
+                data.len() * 4
+            ));
+        }
+        let gpu = self.kernels.gpu.clone();
+        self.data = gpu.upload("data", data);
+        self.order = View::whole(&gpu.storage("order", data.len() / n0));
+        self.stats.bytes_uploaded += (data.len() * 4) as u64;
+        // Bind groups of resident schedules point at the old buffers.
+        self.schedules.retain(|(_, source), _| *source == Source::Host);
+        Ok(())
+    }
+
+    /// One epoch over the resident data (`set_data`) in the given order of rows: minibatches of
+    /// `batch_capacity` rows (the last one may be smaller) are gathered on the device, so the
+    /// epoch uploads only `order`. Steps are recorded many to a submit; every `log_every` steps
+    /// the metrics of that step (before its update) are copied out and read back without
+    /// stalling the queue, and `on_step` sees them in order.
+    pub fn train_epoch(
+        &mut self,
+        order: &[u32],
+        opts: EpochOptions,
+        mut on_step: impl FnMut(u64, &StepMetrics) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let n = self.data.len / self.spec.input_width();
+        if order.is_empty() || order.len() > n || order.iter().any(|&i| i as usize >= n) {
+            return Err(format!("an epoch order must hold row indices below {n} (set_data first)"));
+        }
+        let (order_view, cursor) = (self.order.clone(), self.cursor.clone());
+        self.upload(&order_view, bytemuck::cast_slice(order));
+        self.upload(&cursor, bytemuck::cast_slice(&[0u32]));
+        let cap = self.batch_capacity;
+        let per_submit = opts.steps_per_submit.unwrap_or(64).max(1);
+        let log_every = opts.log_every.filter(|&k| k > 0).map(|k| k as u64);
+        let device = self.kernels.gpu.device.clone();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let mut in_encoder = 0;
+        for rows in order.chunks(cap) {
+            let m = rows.len();
+            self.ensure_schedule(m, Source::Resident);
+            let step = self.steps_done + 1;
+            let log = log_every.is_some_and(|k| step % k == 0);
+            if log {
+                let launches = self.schedules[&(m, Source::Resident)].step_with_metrics.clone();
+                self.record(&mut encoder, &launches);
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("step metrics"),
+                    size: (self.metrics_layout.len * 4) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.copy_metrics(&mut encoder, &staging, 0);
+                pending.push_back(Pending { step, m, staging, ready: Arc::new(AtomicBool::new(false)) });
+            } else {
+                let launches = self.schedules[&(m, Source::Resident)].step.clone();
+                self.record(&mut encoder, &launches);
+            }
+            self.steps_done += 1;
+            in_encoder += 1;
+            if log || in_encoder == per_submit {
+                let full = std::mem::replace(&mut encoder, device.create_command_encoder(&Default::default()));
+                self.submit(full);
+                in_encoder = 0;
+                if log {
+                    let p = pending.back().expect("just queued");
+                    let ready = p.ready.clone();
+                    p.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                        r.expect("mapping step metrics failed");
+                        ready.store(true, Ordering::Release);
+                    });
+                }
+                // Collect finished read-backs without waiting for the rest of the queue.
+                let _ = device.poll(wgpu::PollType::Poll);
+                self.drain(&mut pending, false, &mut on_step)?;
+            }
+        }
+        if in_encoder > 0 {
+            self.submit(encoder);
+        }
+        self.drain(&mut pending, true, &mut on_step)
+    }
+
+    /// Hands finished metric read-backs to `on_step`, in step order; with `wait`, all of them.
+    fn drain(
+        &mut self,
+        pending: &mut VecDeque<Pending>,
+        wait: bool,
+        on_step: &mut impl FnMut(u64, &StepMetrics) -> Result<(), String>,
+    ) -> Result<(), String> {
+        while let Some(p) = pending.front() {
+            if !p.ready.load(Ordering::Acquire) {
+                if !wait {
+                    return Ok(());
+                }
+                self.kernels.gpu.wait();
+                continue;
+            }
+            let p = pending.pop_front().expect("non-empty");
+            let raw: Vec<f32> = bytemuck::cast_slice(&p.staging.slice(..).get_mapped_range().expect("mapped")).to_vec();
+            p.staging.unmap();
+            self.stats.readbacks += 1;
+            let metrics = self.step_metrics(&raw, p.m);
+            on_step(p.step, &metrics)?;
+        }
+        Ok(())
     }
 
     /// Copies the metrics block (`MetricsLayout`) into `dst` at byte offset `at`.
@@ -438,7 +718,8 @@ impl Trainer {
         encoder.copy_buffer_to_buffer(&self.rho_hat.buffer, 0, dst, rho_at, self.rho_hat.byte_len());
     }
 
-    fn read_metrics(&self) -> Vec<f32> {
+    fn read_metrics(&mut self) -> Vec<f32> {
+        self.stats.readbacks += 1;
         let bytes = self.kernels.gpu.map_read(&self.metrics_staging);
         bytemuck::cast_slice(&bytes).to_vec()
     }
@@ -481,13 +762,16 @@ impl Trainer {
         for bi in 0..batches {
             let rows = &data[bi * cap * n0..((bi + 1) * cap).min(n) * n0];
             let m = rows.len() / n0;
-            self.ensure_schedule(m);
-            gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(rows));
+            self.ensure_schedule(m, Source::Host);
+            let staging = self.x_staging.clone();
+            self.upload(&staging, bytemuck::cast_slice(rows));
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            record(&mut encoder, &self.schedules[&m].evaluate);
+            let launches = self.schedules[&(m, Source::Host)].evaluate.clone();
+            self.record(&mut encoder, &launches);
             self.copy_metrics(&mut encoder, &results, slot * bi as u64);
-            gpu.queue.submit([encoder.finish()]);
+            self.submit(encoder);
         }
+        self.stats.readbacks += 1;
         let bytes = gpu.map_read(&results);
         let raw: &[f32] = bytemuck::cast_slice(&bytes);
         let ml = &self.metrics_layout;
@@ -547,7 +831,8 @@ impl Trainer {
     pub fn set_params(&mut self, params: &Params) -> Result<(), String> {
         params.check_shapes(&self.spec)?;
         let flat = self.layout.flatten(params);
-        self.kernels.gpu.queue.write_buffer(&self.params.buffer, 0, bytemuck::cast_slice(&flat));
+        let view = self.params.clone();
+        self.upload(&view, bytemuck::cast_slice(&flat));
         Ok(())
     }
 
@@ -559,11 +844,15 @@ impl Trainer {
         let mut out = Vec::with_capacity(x.len() / n0 * nl);
         for rows in x.chunks(cap * n0) {
             let m = self.check_batch(rows)?;
-            self.ensure_schedule(m);
-            let gpu = &self.kernels.gpu;
-            gpu.queue.write_buffer(&self.a[0].buffer, 0, bytemuck::cast_slice(rows));
-            gpu.run(&self.schedules[&m].evaluate);
-            out.extend(gpu.download(&Self::rows(&self.a[l], m, nl)));
+            self.ensure_schedule(m, Source::Host);
+            let staging = self.x_staging.clone();
+            self.upload(&staging, bytemuck::cast_slice(rows));
+            let launches = self.schedules[&(m, Source::Host)].evaluate.clone();
+            let mut encoder = self.kernels.gpu.device.create_command_encoder(&Default::default());
+            self.record(&mut encoder, &launches);
+            self.submit(encoder);
+            self.stats.readbacks += 1;
+            out.extend(self.kernels.gpu.download(&self.rows(&self.a_all, l, m)));
         }
         Ok(out)
     }

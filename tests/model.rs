@@ -11,15 +11,23 @@ mod common;
 use common::*;
 use sae_wgpu::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
 use sae_wgpu::reference as r;
+use sae_wgpu::trainer::{EpochOptions, Path};
 use sae_wgpu::Trainer;
 
 const STEPS: usize = 5;
 const TOL: f64 = 1e-4;
 
 fn compare(spec: &ModelSpec, cfg: LossConfig, m: usize, lr: f64, label: &str) {
+    for path in [Path::Layered, Path::Fused] {
+        compare_on(spec, cfg, m, lr, &format!("{label} [{path:?}]"), path);
+    }
+}
+
+fn compare_on(spec: &ModelSpec, cfg: LossConfig, m: usize, lr: f64, label: &str, path: Path) {
     let gpu = gpu();
     let init = Params::init(spec, 5);
     let mut trainer = Trainer::new(&gpu, spec, cfg, lr, m, &init).unwrap();
+    trainer.set_path(path).unwrap();
     let mut model = r::Model::new(spec, &init);
     let mut rng = Rng::new(77);
     for _ in 0..STEPS {
@@ -79,6 +87,67 @@ fn deeper_wider_model_matches_reference() {
         ModelSpec::new(&[19, 97, 13], &[50, 19], Activation::Relu, Activation::Relu, Activation::Identity).unwrap();
     for (name, cfg) in modes(Activation::Relu) {
         compare(&relu, cfg, 41, 0.05, &format!("19-97-13 / 50-19 relu code, {name}"));
+    }
+    // Wider than the fused path takes: the layered path only.
+    let wide = ModelSpec::mirrored(&[21, 150, 9], Activation::Relu, Activation::Sigmoid, Activation::Sigmoid).unwrap();
+    for (name, cfg) in modes(Activation::Sigmoid) {
+        compare_on(&wide, cfg, 33, 0.2, &format!("21-150-9 (layered only), {name}"), Path::Layered);
+    }
+}
+
+/// `train_epoch` (data resident on the device, minibatches gathered there, many steps per
+/// submit, metrics read back asynchronously) computes exactly what `step` on host-written
+/// minibatches computes, bit for bit, on both paths, including a smaller last minibatch.
+#[test]
+fn resident_epoch_equals_host_steps() {
+    let gpu = gpu();
+    let spec = ModelSpec::seed();
+    let cfg = LossConfig { weight_decay: 1e-3, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+    let (n, m) = (100, 16); // 6 full minibatches and one of 4
+    let mut rng = Rng::new(3);
+    let data = random(&mut rng, n * 20, 0.0, 1.0);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    rng.shuffle(&mut order);
+    for path in [Path::Layered, Path::Fused] {
+        let init = Params::init(&spec, 2);
+        let mut host = Trainer::new(&gpu, &spec, cfg, 0.5, m, &init).unwrap();
+        host.set_path(path).unwrap();
+        let mut host_metrics = Vec::new();
+        for (s, rows) in order.chunks(m).enumerate() {
+            let x: Vec<f32> =
+                rows.iter().flat_map(|&i| data[i as usize * 20..(i as usize + 1) * 20].to_vec()).collect();
+            if (s + 1) % 3 == 0 {
+                host_metrics.push(host.step_with_metrics(&x).unwrap());
+            } else {
+                host.step(&x).unwrap();
+            }
+        }
+        let mut dev = Trainer::new(&gpu, &spec, cfg, 0.5, m, &init).unwrap();
+        dev.set_path(path).unwrap();
+        dev.set_data(&data).unwrap();
+        let before = dev.stats;
+        let mut dev_metrics = Vec::new();
+        let opts = EpochOptions { log_every: Some(3), steps_per_submit: Some(4) };
+        dev.train_epoch(&order, opts, |step, metrics| {
+            assert_eq!(step % 3, 0, "metrics of step {step} were not asked for");
+            dev_metrics.push(metrics.clone());
+            Ok(())
+        })
+        .unwrap();
+        let after = dev.stats;
+        let bits = |p: &Params| p.weights.iter().chain(&p.biases).flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&host.params()), bits(&dev.params()), "{path:?}: resident epoch differs from host steps");
+        assert_eq!(host_metrics, dev_metrics, "{path:?}: step metrics differ");
+        assert_eq!(dev.steps_done, 7);
+        // Only the order and the cursor were uploaded for the whole epoch.
+        assert_eq!(after.bytes_uploaded - before.bytes_uploaded, (n * 4 + 4) as u64);
+        println!(
+            "{path:?}: {} steps in {} submits, {} dispatches, {} read-backs",
+            dev.steps_done,
+            after.submits - before.submits,
+            after.dispatches - before.dispatches,
+            after.readbacks - before.readbacks
+        );
     }
 }
 

@@ -19,7 +19,14 @@ fn train(spec: &ModelSpec, sparsity: Sparsity, epochs: usize) -> EvalMetrics {
     let loss = LossConfig { weight_decay: 0.0, sparsity };
     let mut trainer =
         Trainer::new(&gpu, spec, loss, defaults::LR, defaults::BATCH_SIZE, &Params::init(spec, 0)).unwrap();
-    let opts = TrainOptions { epochs, batch_size: defaults::BATCH_SIZE, seed: 0, shuffle: true, log_every: None };
+    let opts = TrainOptions {
+        epochs,
+        batch_size: defaults::BATCH_SIZE,
+        seed: 0,
+        shuffle: true,
+        log_every: None,
+        steps_per_submit: None,
+    };
     let m = fit(&mut trainer, &data, None, &opts, |_| Ok(())).unwrap();
     println!("{sparsity:?}, {epochs} epochs: rho_hat {:.4?} freq {:.4?} fvu {:.3}", m.rho_hat, m.freq, m.fvu);
     m

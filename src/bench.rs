@@ -1,0 +1,1297 @@
+//! `sae bench`: how fast each kernel and a whole training step run on an adapter, per preset
+//! model, against napkin-math FLOP and byte counts.
+//!
+//! Method.
+//! * Validate first: every kernel (both matmul variants) is checked once against its f64 twin at
+//!   a small size (`check::*`), and two whole training steps against the f64 reference; any
+//!   failure stops the benchmark before anything is timed.
+//! * A kernel row is timed as one compute pass holding R repetitions of its launch(es), R chosen
+//!   from a first (warm-up) pass so that a pass takes at least ~2 ms, and divided by R. The pass
+//!   is timed with GPU timestamp queries (written at the beginning and end of the pass) where the
+//!   adapter offers `TIMESTAMP_QUERY`; otherwise by the wall clock around submit and a final wait
+//!   (which then includes the submit and wake-up cost, so passes are made longer).
+//! * Every figure is the median of several runs after warm-up, with min and max beside it.
+//! * The whole step is a `Trainer` stepping N times, then one `gpu.wait()`, by the wall clock:
+//!   see [`time_steps`]. Dispatches, host round trips and bytes uploaded per step come from the
+//!   trainer's `stats` counters (dispatches from `dispatches_per_step` if they are not counting).
+//! * Napkin math, from the shapes: a matmul is `2 m k n` FLOPs and moves `4 (inputs + output)`
+//!   bytes, each read or written once; an element-wise kernel moves the bytes of every tensor it
+//!   binds (in-place tensors twice) and counts a nominal few FLOPs per element (see
+//!   [`elementwise_flops`]), so its GFLOP/s is indicative and its GB/s is what bounds it.
+//!   Comparing GFLOP/s and GB/s with the adapter's peaks shows the gap to the roofline.
+//! * The same step on the f64 CPU reference is printed for scale (skipped when one step would
+//!   take more than a few seconds), and for the `mnist` preset the first forward matmul is also
+//!   timed with the plain 16x16 tile kernel and with `matrixmultiply::sgemm` on one CPU thread.
+
+use crate::check;
+use crate::device::{self, AdapterRequest, Gpu};
+use crate::kernels::{align, Kernels, Launch, MatmulVariant, View};
+use crate::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
+use crate::reference::{self, ColumnTransform};
+use crate::trainer::Trainer;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `sae bench` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Comma-separated preset names, or `all` (the default unless `layers` is given).
+    pub preset: Option<String>,
+    /// Encoder widths, input first (the decoder mirrors them); replaces the presets' models.
+    pub layers: Option<String>,
+    /// Replaces the presets' batch sizes.
+    pub batch_size: Option<usize>,
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
+    pub backend: Option<String>,
+    pub adapter: Option<String>,
+}
+
+/// Bad input (exit 2) or a failure while running (exit 1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    BadInput(String),
+    Runtime(String),
+}
+
+use Error::{BadInput, Runtime};
+
+/// Preset names, in the order `all` runs them.
+pub const PRESETS: [&str; 3] = ["seed", "mnist", "dictionary"];
+
+/// A preset's encoder widths (the decoder mirrors them) and batch sizes.
+pub fn preset(name: &str) -> Option<(Vec<usize>, Vec<usize>)> {
+    match name {
+        "seed" => Some((vec![20, 80, 40, 4], vec![256, 4096])),
+        "mnist" => Some((vec![784, 1024, 256, 64], vec![256])),
+        "dictionary" => Some((vec![768, 8192], vec![1024])),
+        _ => None,
+    }
+}
+
+/// The loss every benchmark step uses: KL sparsity on a sigmoid code, no weight decay.
+pub const SPARSITY: Sparsity = Sparsity::Kl { rho: 0.05, beta: 3.0 };
+pub const LR: f64 = 0.1;
+
+/// One model at one batch size.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub preset: String,
+    pub spec: ModelSpec,
+    pub batch: usize,
+    /// The batch asked for (larger than `batch` when `--quick` shrank it).
+    pub requested_batch: usize,
+    pub notes: Vec<String>,
+}
+
+impl Case {
+    pub fn name(&self) -> String {
+        format!("{} b{}", self.preset, self.batch)
+    }
+}
+
+/// FLOPs of one training step (matmuls only): forward, weight gradient, and input gradient
+/// for every layer but the first.
+pub fn step_flops(spec: &ModelSpec, m: usize) -> f64 {
+    (1..=spec.layers())
+        .map(|l| {
+            let (n, k) = spec.shape(l);
+            2.0 * (m * k * n) as f64 * if l == 1 { 2.0 } else { 3.0 }
+        })
+        .sum()
+}
+
+/// Step FLOPs above which `--quick` shrinks the batch on a software (CPU) adapter, where a
+/// matmul reaches a few GFLOP/s; on hardware the limit is far above every preset.
+fn quick_step_flops(info: &wgpu::AdapterInfo) -> f64 {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        2.5e9
+    } else {
+        5e11
+    }
+}
+
+fn parse_widths(s: &str) -> Result<Vec<usize>, Error> {
+    let widths = s
+        .split(',')
+        .map(|t| {
+            t.trim().parse::<usize>().map_err(|_| {
+                BadInput(format!(
+                    "--layers {s}: '{}' is not a whole number; give widths like 784,1024,256,64",
+                    t.trim()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if widths.len() < 2 {
+        return Err(BadInput(format!("--layers {s}: give at least an input width and a code width (e.g. 768,8192)")));
+    }
+    if widths.contains(&0) {
+        return Err(BadInput(format!("--layers {s}: every width must be at least 1")));
+    }
+    Ok(widths)
+}
+
+/// Resolves the presets and flags into cases (no device needed): all bad input is found here.
+pub fn plan(opts: &Options) -> Result<Vec<Case>, Error> {
+    let layers = opts.layers.as_deref().map(parse_widths).transpose()?;
+    if opts.batch_size == Some(0) {
+        return Err(BadInput("--batch-size 0: must be at least 1".into()));
+    }
+    let names: Vec<String> = match (&opts.preset, &layers) {
+        (Some(p), _) => {
+            let mut names = Vec::new();
+            for part in p.split(',').map(|s| s.trim().to_ascii_lowercase()) {
+                if part == "all" {
+                    names.extend(PRESETS.iter().map(|s| s.to_string()));
+                } else if preset(&part).is_some() {
+                    names.push(part);
+                } else {
+                    return Err(BadInput(format!(
+                        "--preset {part}: unknown preset; use {}, or all",
+                        PRESETS.join(", ")
+                    )));
+                }
+            }
+            names
+        }
+        (None, Some(_)) => vec!["custom".to_string()],
+        (None, None) => PRESETS.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut cases = Vec::new();
+    for name in names {
+        let (encoder, batches) = preset(&name).unwrap_or_else(|| (Vec::new(), vec![256]));
+        let encoder = layers.clone().unwrap_or(encoder);
+        let batches = opts.batch_size.map(|b| vec![b]).unwrap_or(batches);
+        let spec = ModelSpec::mirrored(&encoder, Activation::Relu, Activation::Sigmoid, Activation::Sigmoid)
+            .map_err(|e| BadInput(format!("--layers: {e}")))?;
+        for batch in batches {
+            cases.push(Case {
+                preset: name.clone(),
+                spec: spec.clone(),
+                batch,
+                requested_batch: batch,
+                notes: Vec::new(),
+            });
+        }
+    }
+    Ok(cases)
+}
+
+/// How much to repeat: `--quick` or the full run.
+#[derive(Clone, Debug)]
+struct Settings {
+    quick: bool,
+    warmups: usize,
+    runs: usize,
+    /// Seconds one timed pass should last at least.
+    pass_target: f64,
+    max_reps: usize,
+    /// Seconds one run of N steps should last at least.
+    step_target: f64,
+    max_steps: usize,
+    /// Skip the f64 reference when one step is estimated to take longer (seconds).
+    reference_limit: f64,
+    /// Stop repeating the f64 reference step after this long (seconds).
+    reference_budget: f64,
+}
+
+impl Settings {
+    fn new(quick: bool, timestamps: bool) -> Settings {
+        // The wall clock includes a submit and a wake-up per pass: make passes longer.
+        let pass_target = if timestamps {
+            2e-3
+        } else if quick {
+            10e-3
+        } else {
+            20e-3
+        };
+        if quick {
+            Settings {
+                quick,
+                warmups: 1,
+                runs: 3,
+                pass_target,
+                max_reps: 500,
+                step_target: 0.05,
+                max_steps: 20,
+                reference_limit: 1.5,
+                reference_budget: 2.0,
+            }
+        } else {
+            Settings {
+                quick,
+                warmups: 2,
+                runs: 7,
+                pass_target,
+                max_reps: 2000,
+                step_target: 0.5,
+                max_steps: 500,
+                reference_limit: 5.0,
+                reference_budget: 20.0,
+            }
+        }
+    }
+}
+
+/// Median, min and max of several runs (seconds per unit), with the repetitions behind them.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Repetitions per run (launches per pass, or steps per run).
+    pub reps: usize,
+    pub runs: usize,
+}
+
+impl Measured {
+    fn from_runs(mut per_unit: Vec<f64>, reps: usize) -> Measured {
+        per_unit.sort_by(|a, b| a.total_cmp(b));
+        let n = per_unit.len();
+        let median = if n % 2 == 1 { per_unit[n / 2] } else { 0.5 * (per_unit[n / 2 - 1] + per_unit[n / 2]) };
+        Measured { median, min: per_unit[0], max: per_unit[n - 1], reps, runs: n }
+    }
+}
+
+/// Times `pass(reps)` (which returns the seconds `reps` repetitions took): a first pass of one
+/// repetition warms up and picks `reps` so a pass lasts `target`; then warm-ups, then runs.
+fn measure(mut pass: impl FnMut(usize) -> f64, s: &Settings, target: f64, max_reps: usize) -> Measured {
+    let first = pass(1).max(1e-9);
+    let reps = ((target / first).ceil() as usize).clamp(1, max_reps);
+    for _ in 1..s.warmups {
+        pass(reps);
+    }
+    let runs = (0..s.runs).map(|_| pass(reps) / reps as f64).collect();
+    Measured::from_runs(runs, reps)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing passes on the device
+// ---------------------------------------------------------------------------------------------
+
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    period_ns: f64,
+}
+
+/// Runs compute passes and says how long they took: GPU timestamps or the wall clock.
+struct Timer {
+    gpu: Gpu,
+    timestamps: Option<Timestamps>,
+}
+
+impl Timer {
+    fn new(gpu: &Gpu) -> Timer {
+        let timestamps = gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
+            let device = &gpu.device;
+            let buffer = |label, usage| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: 16,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            Timestamps {
+                set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("bench timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                }),
+                resolve: buffer("timestamp resolve", wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+                readback: buffer("timestamp readback", wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+                period_ns: gpu.queue.get_timestamp_period() as f64,
+            }
+        });
+        Timer { gpu: gpu.clone(), timestamps }
+    }
+
+    fn method(&self) -> String {
+        match &self.timestamps {
+            Some(t) => format!("GPU timestamp queries around each pass ({} ns per tick)", t.period_ns),
+            None => "wall clock around submit + wait (this adapter has no timestamp queries)".into(),
+        }
+    }
+
+    /// Records `reps` repetitions of `launches` into one compute pass, submits it, waits, and
+    /// returns the seconds the pass took.
+    fn pass(&self, launches: &[Launch], reps: usize) -> f64 {
+        let gpu = &self.gpu;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let timestamp_writes = self.timestamps.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench"), timestamp_writes });
+            for _ in 0..reps {
+                for launch in launches {
+                    launch.record(&mut pass);
+                }
+            }
+        }
+        if let Some(t) = &self.timestamps {
+            encoder.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+        }
+        let start = Instant::now();
+        gpu.queue.submit([encoder.finish()]);
+        let ticks = match &self.timestamps {
+            Some(t) => {
+                let bytes = gpu.map_read(&t.readback);
+                let at = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap());
+                Some((at(0), at(1), t.period_ns))
+            }
+            None => {
+                gpu.wait();
+                None
+            }
+        };
+        let wall = start.elapsed().as_secs_f64();
+        match ticks {
+            // A timestamp pair that goes backwards or reads zero is not trusted.
+            Some((begin, end, period)) if end > begin && period > 0.0 => (end - begin) as f64 * period * 1e-9,
+            _ => wall,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel rows
+// ---------------------------------------------------------------------------------------------
+
+/// Nominal FLOPs per element of each element-wise kernel (napkin math: one per add, multiply
+/// or transcendental).
+pub fn elementwise_flops(kernel: &str) -> f64 {
+    match kernel {
+        "bias_activation" => 2.0,     // z + b, f(z)
+        "activation_backward" => 2.0, // f'(z), g * f'
+        "kl_backward" => 6.0,         // the KL derivative, f'(z), a multiply-add
+        "column_sum" => 1.0,
+        "output_delta" => 3.0, // difference, f'(z), scale
+        "sgd_update" => 4.0,   // g + lambda p, times lr, subtract
+        _ => 1.0,
+    }
+}
+
+/// Device tensors for one case, filled with random values of a realistic range.
+struct Workspace {
+    a: Vec<View>,
+    z: Vec<View>,
+    delta: Vec<View>,
+    g: View,
+    params: View,
+    grads: View,
+    weights: Vec<(usize, usize)>,
+    biases: Vec<(usize, usize)>,
+    weights_len: usize,
+    rho_hat: View,
+}
+
+fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
+    (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
+}
+
+impl Workspace {
+    fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, rng: &mut Rng) -> Workspace {
+        let layers = spec.layers();
+        let mut up = |label: &str, len: usize, lo: f64, hi: f64| gpu.upload(label, &random(rng, len, lo, hi));
+        let a: Vec<View> = (0..=layers).map(|l| up("a", m * spec.sizes[l], 0.0, 1.0)).collect();
+        let z: Vec<View> =
+            (0..=layers).map(|l| up("z", if l == 0 { 1 } else { m * spec.sizes[l] }, -2.0, 2.0)).collect();
+        let delta: Vec<View> =
+            (0..=layers).map(|l| up("delta", if l == 0 { 1 } else { m * spec.sizes[l] }, -1e-3, 1e-3)).collect();
+        let widest = *spec.sizes.iter().max().unwrap();
+        let g = up("g", m * widest, -1e-2, 1e-2);
+        let mut at = 0;
+        let mut weights = Vec::new();
+        for l in 1..=layers {
+            let (n, k) = spec.shape(l);
+            weights.push((at, n * k));
+            at += align(n * k);
+        }
+        let weights_len = at;
+        let mut biases = Vec::new();
+        for l in 1..=layers {
+            biases.push((at, spec.sizes[l]));
+            at += align(spec.sizes[l]);
+        }
+        let params = up("params", at, -0.05, 0.05);
+        let grads = up("grads", at, -1e-3, 1e-3);
+        let rho_hat = up("rho_hat", spec.code_width(), 0.02, 0.5);
+        Workspace { a, z, delta, g, params, grads, weights, biases, weights_len, rho_hat }
+    }
+    fn w(&self, l: usize) -> View {
+        let (at, len) = self.weights[l - 1];
+        self.params.slice(at, len)
+    }
+    fn b(&self, l: usize) -> View {
+        let (at, len) = self.biases[l - 1];
+        self.params.slice(at, len)
+    }
+    fn dw(&self, l: usize) -> View {
+        let (at, len) = self.weights[l - 1];
+        self.grads.slice(at, len)
+    }
+    fn db(&self, l: usize) -> View {
+        let (at, len) = self.biases[l - 1];
+        self.grads.slice(at, len)
+    }
+}
+
+/// One row of the kernel table: launches timed together as one unit, per step.
+struct Row {
+    id: String,
+    kernel: &'static str,
+    shape: String,
+    /// (m, k, n) of a matmul row.
+    mkn: Option<(usize, usize, usize)>,
+    /// Launches of this kernel in one step (all of them are in `launches`).
+    per_step: usize,
+    launches: Vec<Launch>,
+    flops: f64,
+    bytes: f64,
+}
+
+fn matmul_row(kernel: &'static str, l: usize, m: usize, k: usize, n: usize, launch: Launch) -> Row {
+    let (read, written) = match kernel {
+        "matmul_forward" => (m * k + n * k, m * n),
+        "matmul_backward_weight" => (m * n + m * k, n * k),
+        _ => (m * n + n * k, m * k),
+    };
+    Row {
+        id: format!("{kernel} L{l}"),
+        kernel,
+        shape: format!("{m}·{k}→{n}"),
+        mkn: Some((m, k, n)),
+        per_step: 1,
+        launches: vec![launch],
+        flops: 2.0 * (m * k * n) as f64,
+        bytes: 4.0 * (read + written) as f64,
+    }
+}
+
+/// Element-wise rows: every launch of `kernel` in a step, with (elements, bytes) each.
+fn elementwise_row(kernel: &'static str, shape: String, parts: Vec<(Launch, usize, usize)>) -> Row {
+    let elements: usize = parts.iter().map(|p| p.1).sum();
+    let bytes: usize = parts.iter().map(|p| p.2).sum();
+    Row {
+        id: kernel.to_string(),
+        kernel,
+        shape,
+        mkn: None,
+        per_step: parts.len(),
+        launches: parts.into_iter().map(|p| p.0).collect(),
+        flops: elementwise_flops(kernel) * elements as f64,
+        bytes: 4.0 * bytes as f64,
+    }
+}
+
+/// The launches of one training step (as `Trainer::schedule` lists them), grouped into rows:
+/// each matmul at each layer, and each element-wise kernel over all its layers.
+fn kernel_rows(kern: &Kernels, ws: &Workspace, spec: &ModelSpec, m: usize) -> Vec<Row> {
+    let layers = spec.layers();
+    let c = spec.code_layer;
+    let nc = spec.code_width();
+    let size = |l: usize| spec.sizes[l];
+    let rows_of = |v: &View, n: usize| v.slice(0, m * n);
+    let mut rows = Vec::new();
+    for l in 1..=layers {
+        let (n, k) = spec.shape(l);
+        let launch = kern.matmul_forward(&ws.a[l - 1], &ws.w(l), &ws.z[l], m, k, n);
+        rows.push(matmul_row("matmul_forward", l, m, k, n, launch));
+    }
+    for l in 1..=layers {
+        let (n, k) = spec.shape(l);
+        let launch = kern.matmul_backward_weight(&ws.delta[l], &ws.a[l - 1], &ws.dw(l), m, n, k);
+        rows.push(matmul_row("matmul_backward_weight", l, m, k, n, launch));
+    }
+    for l in 2..=layers {
+        let (n, k) = spec.shape(l);
+        let launch = kern.matmul_backward_input(&ws.delta[l], &ws.w(l), &rows_of(&ws.g, k), m, n, k);
+        rows.push(matmul_row("matmul_backward_input", l, m, k, n, launch));
+    }
+    let all = format!("{m} x {layers} layers");
+    let bias_act = (1..=layers)
+        .map(|l| {
+            let n = size(l);
+            (kern.bias_activation(&ws.b(l), &ws.z[l], &ws.a[l], m, n, spec.activation(l)), m * n, n + 3 * m * n)
+        })
+        .collect();
+    rows.push(elementwise_row("bias_activation", all.clone(), bias_act));
+    let act_back: Vec<_> = (2..=layers)
+        .filter(|&l| l - 1 != c)
+        .map(|l| {
+            let k = size(l - 1);
+            let launch = kern.activation_backward(
+                &rows_of(&ws.g, k),
+                &ws.z[l - 1],
+                &ws.a[l - 1],
+                &ws.delta[l - 1],
+                m,
+                k,
+                spec.activation(l - 1),
+            );
+            (launch, m * k, 4 * m * k)
+        })
+        .collect();
+    if !act_back.is_empty() {
+        let shape = format!("{m} x {} layers", act_back.len());
+        rows.push(elementwise_row("activation_backward", shape, act_back));
+    }
+    if c < layers {
+        let launch = kern.kl_backward(
+            &rows_of(&ws.g, nc),
+            &ws.z[c],
+            &ws.a[c],
+            &ws.rho_hat,
+            &ws.delta[c],
+            m,
+            nc,
+            spec.activation(c),
+            SPARSITY,
+        );
+        rows.push(elementwise_row("kl_backward", format!("{m}x{nc}"), vec![(launch, m * nc, 4 * m * nc + nc)]));
+    }
+    // rho_hat of the code layer, then the bias gradient of every layer.
+    let mut sums = vec![(
+        kern.column_sum(&ws.a[c], &ws.rho_hat, m, nc, ColumnTransform::Value, 1.0 / m as f64),
+        m * nc,
+        m * nc + nc,
+    )];
+    for l in 1..=layers {
+        let n = size(l);
+        sums.push((kern.column_sum(&ws.delta[l], &ws.db(l), m, n, ColumnTransform::Value, 1.0), m * n, m * n + n));
+    }
+    rows.push(elementwise_row("column_sum", format!("{m} x {} sums", layers + 1), sums));
+    let n0 = size(0);
+    let out =
+        kern.output_delta(&ws.a[layers], &ws.a[0], &ws.z[layers], &ws.delta[layers], m, n0, spec.activation(layers));
+    rows.push(elementwise_row("output_delta", format!("{m}x{n0}"), vec![(out, m * n0, 4 * m * n0)]));
+    let len = ws.params.len;
+    let update = kern.sgd_update(&ws.grads, &ws.params, ws.weights_len, LR, 0.0);
+    rows.push(elementwise_row("sgd_update", format!("{len} params"), vec![(update, len, 3 * len)]));
+    rows
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------------------------
+
+struct RowResult {
+    row: Row,
+    time: Measured,
+}
+
+impl RowResult {
+    fn gflops(&self) -> f64 {
+        self.row.flops / self.time.median * 1e-9
+    }
+    fn gbps(&self) -> f64 {
+        self.row.bytes / self.time.median * 1e-9
+    }
+}
+
+struct StepResult {
+    time: Measured,
+    samples_per_s: f64,
+    dispatches: f64,
+    /// `None` when the trainer's counters did not move (not counting).
+    submits: Option<f64>,
+    round_trips: Option<f64>,
+    bytes_uploaded: Option<f64>,
+}
+
+enum ReferenceResult {
+    Timed(Measured),
+    Skipped(String),
+}
+
+struct VariantRow {
+    id: String,
+    time: Measured,
+    flops: f64,
+}
+
+impl VariantRow {
+    fn gflops(&self) -> f64 {
+        self.flops / self.time.median * 1e-9
+    }
+}
+
+struct VariantComparison {
+    mkn: (usize, usize, usize),
+    tiled: VariantRow,
+    default: VariantRow,
+    default_name: &'static str,
+    cpu: VariantRow,
+}
+
+struct CaseResult {
+    case: Case,
+    rows: Vec<RowResult>,
+    step: StepResult,
+    reference: ReferenceResult,
+    variants: Option<VariantComparison>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole step
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `steps` training steps on the minibatches in `data` (cycling through them), then waits
+/// for the device; returns the seconds taken. The whole-step loop lives only here.
+pub fn time_steps(trainer: &mut Trainer, data: &[Vec<f32>], steps: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    for i in 0..steps {
+        trainer.step(&data[i % data.len()])?;
+    }
+    trainer.gpu().wait();
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<StepResult, Error> {
+    let spec = &case.spec;
+    let m = case.batch;
+    let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
+    let init = Params::init(spec, 1);
+    let mut trainer = Trainer::new(gpu, spec, loss, LR, m, &init).map_err(BadInput)?;
+    let data: Vec<Vec<f32>> = (0..4).map(|_| random(rng, m * spec.input_width(), 0.0, 1.0)).collect();
+    let mut time = |steps: usize| time_steps(&mut trainer, &data, steps).map_err(Runtime);
+    let first = time(1)?.max(1e-9);
+    let steps = ((s.step_target / first).ceil() as usize).clamp(1, s.max_steps);
+    for _ in 1..s.warmups {
+        time(steps)?;
+    }
+    let before = trainer.stats;
+    let mut runs = Vec::new();
+    for _ in 0..s.runs {
+        runs.push(time_steps(&mut trainer, &data, steps).map_err(Runtime)? / steps as f64);
+    }
+    let after = trainer.stats;
+    let total = (steps * s.runs) as f64;
+    let counting = after.submits > before.submits;
+    let per_step = |d: u64| counting.then_some(d as f64 / total);
+    let dispatches = if after.dispatches > before.dispatches {
+        (after.dispatches - before.dispatches) as f64 / total
+    } else {
+        trainer.dispatches_per_step(m) as f64
+    };
+    if !trainer.params().all_finite() {
+        return Err(Runtime(format!("{}: the parameters went non-finite while timing steps", case.name())));
+    }
+    let time = Measured::from_runs(runs, steps);
+    Ok(StepResult {
+        samples_per_s: m as f64 / time.median,
+        time,
+        dispatches,
+        submits: per_step(after.submits - before.submits),
+        round_trips: per_step(after.readbacks - before.readbacks),
+        bytes_uploaded: per_step(after.bytes_uploaded - before.bytes_uploaded),
+    })
+}
+
+fn bench_reference(case: &Case, s: &Settings, rng: &mut Rng) -> ReferenceResult {
+    let spec = &case.spec;
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
+    let mut model = reference::Model::new(spec, &Params::init(spec, 1));
+    let n0 = spec.input_width();
+    let x: Vec<f64> = random(rng, case.batch * n0, 0.0, 1.0).iter().map(|&v| v as f64).collect();
+    // Estimate from a few rows first: the reference is linear in the batch.
+    let small = case.batch.min(4);
+    let start = Instant::now();
+    reference::step(&mut model, &cfg, &x[..small * n0], small, LR);
+    let estimate = start.elapsed().as_secs_f64() * case.batch as f64 / small as f64;
+    if estimate > s.reference_limit {
+        return ReferenceResult::Skipped(format!(
+            "skipped: one f64 step would take ~{estimate:.1} s (estimated from {small} rows; limit {} s{})",
+            s.reference_limit,
+            if s.quick { " in --quick" } else { "" }
+        ));
+    }
+    let began = Instant::now();
+    let mut runs = Vec::new();
+    while runs.len() < s.runs && (runs.is_empty() || began.elapsed().as_secs_f64() < s.reference_budget) {
+        let start = Instant::now();
+        reference::step(&mut model, &cfg, &x, case.batch, LR);
+        runs.push(start.elapsed().as_secs_f64());
+    }
+    ReferenceResult::Timed(Measured::from_runs(runs, 1))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The forward matmul three ways (mnist)
+// ---------------------------------------------------------------------------------------------
+
+fn bench_variants(
+    kernels: &mut Kernels,
+    timer: &Timer,
+    ws: &Workspace,
+    spec: &ModelSpec,
+    m: usize,
+    s: &Settings,
+) -> VariantComparison {
+    let (n, k) = spec.shape(1);
+    let flops = 2.0 * (m * k * n) as f64;
+    let default = kernels.matmul_variant;
+    let mut time_variant = |variant: MatmulVariant, id: String| {
+        kernels.matmul_variant = variant;
+        let launch = kernels.matmul_forward(&ws.a[0], &ws.w(1), &ws.z[1], m, k, n);
+        let launches = [launch];
+        let time = measure(|reps| timer.pass(&launches, reps), s, s.pass_target, s.max_reps);
+        VariantRow { id, time, flops }
+    };
+    let tiled = time_variant(MatmulVariant::Tiled, format!("GPU {} (baseline)", MatmulVariant::Tiled.name()));
+    let default_row = time_variant(default, format!("GPU {} (default for this adapter)", default.name()));
+    kernels.matmul_variant = default;
+
+    // The CPU's own figure: the same product, Z = A W^T, with matrixmultiply on one thread.
+    let mut rng = Rng::new(3);
+    let a = random(&mut rng, m * k, 0.0, 1.0);
+    let w = random(&mut rng, n * k, -0.05, 0.05);
+    let mut z = vec![0.0f32; m * n];
+    let mut sgemm = |reps: usize| {
+        let start = Instant::now();
+        for _ in 0..reps {
+            // SAFETY: A is m x k row-major (strides k, 1); B = W^T is k x n read from W
+            // (n x k row-major: strides 1, k); C is m x n row-major; all three are allocated
+            // with exactly those sizes and C aliases nothing.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    0.0,
+                    z.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        }
+        std::hint::black_box(&z);
+        start.elapsed().as_secs_f64()
+    };
+    let cpu_time = measure(&mut sgemm, s, 20e-3, 1000);
+    let cpu = VariantRow { id: "CPU matrixmultiply::sgemm, 1 thread".into(), time: cpu_time, flops };
+    VariantComparison { mkn: (m, k, n), tiled, default: default_row, default_name: default.name(), cpu }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+/// Every kernel once at a small size against the f64 reference (both matmul variants), and two
+/// training steps; returns a one-line summary, or a runtime error naming what failed.
+fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value), Error> {
+    let (m, k, n) = (37, 53, 29);
+    let default = kernels.matmul_variant;
+    let mut worst: f64 = 0.0;
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (name, run) in check::CHECKS {
+        let variants = if check::is_matmul(name) { MatmulVariant::ALL.to_vec() } else { vec![default] };
+        for variant in variants {
+            kernels.matmul_variant = variant;
+            let err = run(kernels, &mut Rng::new(1000), m, k, n);
+            count += 1;
+            worst = worst.max(err);
+            if !(err <= check::TOL) {
+                let v = if check::is_matmul(name) { format!(" ({})", variant.name()) } else { String::new() };
+                failures.push(format!("{name}{v}: max rel err {err:.2e} > {:.0e}", check::TOL));
+            }
+        }
+    }
+    kernels.matmul_variant = default;
+    let step_tol = 1e-4;
+    let cfg = LossConfig { weight_decay: 1e-3, sparsity: SPARSITY };
+    let step_err = check::training_steps(gpu, &ModelSpec::seed(), cfg, m, 0.5, 2).map_err(Runtime)?;
+    if !(step_err < step_tol) {
+        failures.push(format!("2 training steps of the seed model: max rel err {step_err:.2e} > {step_tol:.0e}"));
+    }
+    if !failures.is_empty() {
+        return Err(Runtime(format!(
+            "validation failed, nothing timed: {}. Run `sae check` for the full report",
+            failures.join("; ")
+        )));
+    }
+    let line = format!(
+        "validation: {count} kernel checks at m={m} k={k} n={n} (both matmul variants), worst rel err {worst:.1e} \
+         (tolerance {:.0e}); 2 training steps vs f64: {step_err:.1e} (tolerance {step_tol:.0e}): pass",
+        check::TOL
+    );
+    let json = json!({"kernel_checks": count, "worst_rel_err": worst, "tolerance": check::TOL,
+        "step_rel_err": step_err, "step_tolerance": step_tol, "pass": true});
+    Ok((line, json))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running, printing, JSON
+// ---------------------------------------------------------------------------------------------
+
+fn load_json(path: &Path) -> Result<Value, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BadInput(format!("--compare {}: cannot read it: {e}", path.display())))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| BadInput(format!("--compare {}: not JSON: {e}", path.display())))?;
+    if !doc.get("cases").is_some_and(Value::is_array) {
+        return Err(BadInput(format!("--compare {}: not a `sae bench --json` file (no \"cases\")", path.display())));
+    }
+    Ok(doc)
+}
+
+/// Runs the benchmark as `opts` asks, printing tables to stdout.
+pub fn run(opts: &Options) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut cases = plan(opts)?;
+    let old = opts.compare.as_deref().map(load_json).transpose()?;
+    if let Some(path) = &opts.json {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(BadInput(format!(
+                    "--json {}: the directory {} does not exist",
+                    path.display(),
+                    parent.display()
+                )));
+            }
+        }
+    }
+    if let Some(b) = &opts.backend {
+        device::parse_backends(b).map_err(|e| BadInput(format!("--backend: {e}")))?;
+    }
+    let gpu = Gpu::new(&AdapterRequest { backend: opts.backend.clone(), adapter_name: opts.adapter.clone() })
+        .map_err(|e| Runtime(e.to_string()))?;
+    let info = &gpu.info;
+    let timer = Timer::new(&gpu);
+    let s = Settings::new(opts.quick, timer.timestamps.is_some());
+    let driver = [info.driver.as_str(), info.driver_info.as_str()].join(" ").trim().to_string();
+    println!("adapter: {}", info.name);
+    println!("  backend {:?}, device type {:?}, driver {}", info.backend, info.device_type, driver);
+    println!("  timing: {}", timer.method());
+    println!(
+        "  each figure: median of {} runs after {} warm-up(s), min and max beside it; a kernel pass lasts >= {} ms",
+        s.runs,
+        s.warmups,
+        s.pass_target * 1e3
+    );
+
+    // --quick on a software adapter: shrink batches whose step is too slow, and say so.
+    if opts.quick {
+        let limit = quick_step_flops(info);
+        for case in &mut cases {
+            let full = step_flops(&case.spec, case.batch);
+            while case.batch > 1 && step_flops(&case.spec, case.batch) > limit {
+                case.batch /= 2;
+            }
+            if case.batch != case.requested_batch {
+                case.notes.push(format!(
+                    "--quick: batch {} shrunk to {} (a step is {:.1} GFLOP of matmuls, too slow for a {:?} adapter in a quick run; \
+                     run without --quick for the full size)",
+                    case.requested_batch,
+                    case.batch,
+                    full * 1e-9,
+                    info.device_type
+                ));
+            }
+        }
+    }
+
+    let mut kernels = Kernels::new(&gpu).map_err(Runtime)?;
+    let (validation_line, validation_json) = validate(&gpu, &mut kernels)?;
+    println!("{validation_line}");
+
+    let mut results = Vec::new();
+    for case in cases {
+        let widest = *case.spec.sizes.iter().max().unwrap();
+        let max_binding = gpu.limits.max_storage_buffer_binding_size as usize;
+        if case.batch * widest * 4 > max_binding {
+            return Err(BadInput(format!(
+                "{}: a batch of {} x {widest} floats exceeds this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size",
+                case.name(),
+                case.batch
+            )));
+        }
+        eprintln!("timing {} ...", case.name());
+        let result = bench_case(&gpu, &mut kernels, &timer, case, &s)?;
+        print_case(&result);
+        results.push(result);
+    }
+
+    println!();
+    for r in &results {
+        println!(
+            "summary {:<16} {:>10.3} ms/step {:>12.0} samples/s  ({}, {} dispatches/step)",
+            r.case.name(),
+            r.step.time.median * 1e3,
+            r.step.samples_per_s,
+            sizes(&r.case.spec),
+            r.step.dispatches
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("bench took {elapsed:.1} s");
+
+    let doc = to_json(&gpu, &timer, &s, validation_json, &results, elapsed);
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&doc).expect("serialises");
+        std::fs::write(path, text + "\n").map_err(|e| Runtime(format!("--json {}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    if let (Some(old), Some(path)) = (&old, &opts.compare) {
+        print_comparison(old, &doc, path);
+    }
+    Ok(())
+}
+
+fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &Settings) -> Result<CaseResult, Error> {
+    let m = case.batch;
+    let mut rng = Rng::new(42);
+    let ws = Workspace::new(gpu, &case.spec, m, &mut rng);
+    let rows = kernel_rows(kernels, &ws, &case.spec, m)
+        .into_iter()
+        .map(|row| {
+            let time = measure(|reps| timer.pass(&row.launches, reps), s, s.pass_target, s.max_reps);
+            RowResult { row, time }
+        })
+        .collect();
+    let variants = (case.preset == "mnist").then(|| bench_variants(kernels, timer, &ws, &case.spec, m, s));
+    drop(ws);
+    let step = bench_step(gpu, &case, s, &mut rng)?;
+    let reference = bench_reference(&case, s, &mut rng);
+    Ok(CaseResult { case, rows, step, reference, variants })
+}
+
+fn sizes(spec: &ModelSpec) -> String {
+    spec.sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("-")
+}
+
+/// Microseconds with precision that suits their size.
+fn us(seconds: f64) -> String {
+    let v = seconds * 1e6;
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn rate(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn print_case(r: &CaseResult) {
+    let c = &r.case;
+    println!();
+    println!("== {}: {}, batch {} ==", c.name(), sizes(&c.spec), c.batch);
+    println!("   relu hidden, sigmoid code with KL sparsity (rho 0.05, beta 3), sigmoid output, SGD lr {LR}");
+    for note in &c.notes {
+        println!("   note: {note}");
+    }
+    println!(
+        "{:<26} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>6}",
+        "kernel", "shape (m·k→n)", "×step", "µs/step", "min µs", "max µs", "GFLOP/s", "GB/s", "share"
+    );
+    let step = r.step.time.median;
+    let mut sum = 0.0;
+    for row in &r.rows {
+        sum += row.time.median;
+        println!(
+            "{:<26} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
+            row.row.id,
+            row.row.shape,
+            row.row.per_step,
+            us(row.time.median),
+            us(row.time.min),
+            us(row.time.max),
+            rate(row.gflops()),
+            rate(row.gbps()),
+            100.0 * row.time.median / step
+        );
+    }
+    println!(
+        "{:<26} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
+        "sum of kernel rows",
+        "",
+        r.rows.iter().map(|x| x.row.per_step).sum::<usize>(),
+        us(sum),
+        "",
+        "",
+        "",
+        "",
+        100.0 * sum / step
+    );
+    println!("   (µs/step: all launches of the row in one step, each timed alone; share: of the whole step below)");
+
+    let st = &r.step;
+    let opt = |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>12} {:>11} {:>12} {:>14}",
+        "whole step", "ms/step", "min ms", "max ms", "samples/s", "dispatches", "round trips", "bytes up/step"
+    );
+    println!(
+        "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>11.1} {:>12} {:>14}",
+        format!("GPU Trainer::step ({} x {} steps)", st.time.runs, st.time.reps),
+        st.time.median * 1e3,
+        st.time.min * 1e3,
+        st.time.max * 1e3,
+        st.samples_per_s,
+        st.dispatches,
+        opt(st.round_trips, 2),
+        opt(st.bytes_uploaded, 0)
+    );
+    if st.submits.is_none() {
+        println!("   (Trainer::stats did not count: dispatches from dispatches_per_step; round trips and bytes n/a)");
+    }
+    match &r.reference {
+        ReferenceResult::Timed(t) => println!(
+            "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0}   <- CPU f64 reference, for scale ({} runs)",
+            "f64 CPU reference::step",
+            t.median * 1e3,
+            t.min * 1e3,
+            t.max * 1e3,
+            c.batch as f64 / t.median,
+            t.runs
+        ),
+        ReferenceResult::Skipped(why) => println!("{:<34} {why}", "f64 CPU reference::step"),
+    }
+
+    if let Some(v) = &r.variants {
+        let (m, k, n) = v.mkn;
+        println!();
+        println!(
+            "{:<44} {:>11} {:>11} {:>11} {:>9}",
+            format!("forward matmul {m}·{k}→{n}"),
+            "µs",
+            "min µs",
+            "max µs",
+            "GFLOP/s"
+        );
+        for row in [&v.tiled, &v.default, &v.cpu] {
+            println!(
+                "{:<44} {:>11} {:>11} {:>11} {:>9}",
+                row.id,
+                us(row.time.median),
+                us(row.time.min),
+                us(row.time.max),
+                rate(row.gflops())
+            );
+        }
+        println!(
+            "   GFLOP/s ratios: default ({}) / tiled = {:.2}x   default / cpu sgemm (1 thread, the CPU's own figure) = {:.2}x",
+            v.default_name,
+            v.default.gflops() / v.tiled.gflops(),
+            v.default.gflops() / v.cpu.gflops()
+        );
+    }
+}
+
+fn measured_json(t: &Measured, scale: f64, unit: &str) -> Value {
+    json!({
+        format!("median_{unit}"): t.median * scale,
+        format!("min_{unit}"): t.min * scale,
+        format!("max_{unit}"): t.max * scale,
+        "reps": t.reps,
+        "runs": t.runs,
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+fn to_json(gpu: &Gpu, timer: &Timer, s: &Settings, validation: Value, results: &[CaseResult], elapsed: f64) -> Value {
+    let info = &gpu.info;
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let cases: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let step_s = r.step.time.median;
+            let kernels: Vec<Value> = r
+                .rows
+                .iter()
+                .map(|row| {
+                    let mut v = merge(
+                        json!({
+                            "id": row.row.id, "kernel": row.row.kernel, "shape": row.row.shape,
+                            "per_step": row.row.per_step, "flops": row.row.flops, "bytes": row.row.bytes,
+                            "gflops": row.gflops(), "gbps": row.gbps(), "share": row.time.median / step_s,
+                        }),
+                        measured_json(&row.time, 1e6, "us"),
+                    );
+                    if let Some((m, k, n)) = row.row.mkn {
+                        v = merge(v, json!({"m": m, "k": k, "n": n}));
+                    }
+                    v
+                })
+                .collect();
+            let st = &r.step;
+            let step = merge(
+                json!({
+                    "samples_per_s": st.samples_per_s, "dispatches_per_step": st.dispatches,
+                    "submits_per_step": st.submits, "round_trips_per_step": st.round_trips,
+                    "bytes_uploaded_per_step": st.bytes_uploaded, "counters": st.submits.is_some(),
+                }),
+                measured_json(&st.time, 1e3, "ms"),
+            );
+            let reference = match &r.reference {
+                ReferenceResult::Timed(t) => {
+                    merge(json!({"samples_per_s": r.case.batch as f64 / t.median}), measured_json(t, 1e3, "ms"))
+                }
+                ReferenceResult::Skipped(why) => json!({"skipped": why}),
+            };
+            let mut case = json!({
+                "name": r.case.name(), "preset": r.case.preset, "sizes": r.case.spec.sizes,
+                "code_layer": r.case.spec.code_layer, "batch": r.case.batch,
+                "requested_batch": r.case.requested_batch, "notes": r.case.notes,
+                "kernels": kernels,
+                "kernels_sum_us": r.rows.iter().map(|x| x.time.median).sum::<f64>() * 1e6,
+                "step": step, "reference": reference,
+            });
+            if let Some(v) = &r.variants {
+                let row = |x: &VariantRow| {
+                    merge(
+                        json!({"id": x.id, "gflops": x.gflops(), "flops": x.flops}),
+                        measured_json(&x.time, 1e6, "us"),
+                    )
+                };
+                let (m, k, n) = v.mkn;
+                case["matmul_variants"] = json!({
+                    "m": m, "k": k, "n": n, "default": v.default_name,
+                    "tiled": row(&v.tiled), "default_variant": row(&v.default), "cpu_sgemm": row(&v.cpu),
+                    "default_over_tiled": v.default.gflops() / v.tiled.gflops(),
+                    "default_over_cpu_sgemm": v.default.gflops() / v.cpu.gflops(),
+                });
+            }
+            case
+        })
+        .collect();
+    json!({
+        "sae_bench": 1,
+        "created_unix": created,
+        "adapter": {
+            "name": info.name, "backend": format!("{:?}", info.backend),
+            "device_type": format!("{:?}", info.device_type), "driver": info.driver,
+            "driver_info": info.driver_info, "vendor": info.vendor, "device": info.device,
+            "description": device::describe(info),
+            "timestamp_queries": timer.timestamps.is_some(),
+        },
+        "host": {
+            "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
+            "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+        "quick": s.quick,
+        "timing": {
+            "kernels": if timer.timestamps.is_some() { "gpu-timestamps" } else { "wall-clock" },
+            "step": "wall-clock", "warmups": s.warmups, "runs": s.runs, "pass_target_ms": s.pass_target * 1e3,
+        },
+        "validation": validation,
+        "cases": cases,
+        "total_seconds": elapsed,
+    })
+}
+
+/// The figures a comparison shows: (case, figure, value, smaller is better).
+fn figures(doc: &Value) -> Vec<(String, String, f64, bool)> {
+    let mut out = Vec::new();
+    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64);
+    for case in doc["cases"].as_array().into_iter().flatten() {
+        let name = case["name"].as_str().unwrap_or("?").to_string();
+        let mut push = |fig: String, v: Option<f64>, lower: bool| {
+            if let Some(v) = v {
+                out.push((name.clone(), fig, v, lower));
+            }
+        };
+        for k in case["kernels"].as_array().into_iter().flatten() {
+            let id = k["id"].as_str().unwrap_or("?");
+            push(format!("{id} µs/step"), num(k, "median_us"), true);
+        }
+        push("kernel rows sum µs".into(), num(case, "kernels_sum_us"), true);
+        let st = &case["step"];
+        push("step ms".into(), num(st, "median_ms"), true);
+        push("step samples/s".into(), num(st, "samples_per_s"), false);
+        push("step dispatches".into(), num(st, "dispatches_per_step"), true);
+        push("step round trips".into(), num(st, "round_trips_per_step"), true);
+        push("step bytes uploaded".into(), num(st, "bytes_uploaded_per_step"), true);
+        push("f64 reference step ms".into(), num(&case["reference"], "median_ms"), true);
+        let v = &case["matmul_variants"];
+        for (key, label) in [("tiled", "tiled16"), ("default_variant", "default variant"), ("cpu_sgemm", "cpu sgemm")] {
+            push(format!("fwd matmul {label} GFLOP/s"), num(&v[key], "gflops"), false);
+        }
+        push("fwd matmul default/tiled".into(), num(v, "default_over_tiled"), false);
+        push("fwd matmul default/cpu sgemm".into(), num(v, "default_over_cpu_sgemm"), false);
+    }
+    out
+}
+
+fn print_comparison(old: &Value, new: &Value, path: &Path) {
+    println!();
+    println!(
+        "compare with {} ({}, {})",
+        path.display(),
+        old["adapter"]["description"].as_str().unwrap_or("unknown adapter"),
+        if old["quick"].as_bool() == Some(true) { "--quick" } else { "full run" }
+    );
+    println!("ratio = NEW / OLD; for times below 1 is faster, for rates (samples/s, GFLOP/s) above 1 is faster");
+    let old_figs = figures(old);
+    let new_figs = figures(new);
+    let mut matched = 0;
+    let mut current = String::new();
+    for (case, fig, v, lower) in &new_figs {
+        let Some((_, _, o, _)) = old_figs.iter().find(|(c, f, _, _)| c == case && f == fig) else { continue };
+        if *case != current {
+            println!("{case}");
+            println!("  {:<40} {:>14} {:>14} {:>9}", "figure", "OLD", "NEW", "NEW/OLD");
+            current = case.clone();
+        }
+        matched += 1;
+        let ratio = if *o != 0.0 {
+            let r = v / o;
+            let better = if *lower { r < 0.95 } else { r > 1.05 };
+            let worse = if *lower { r > 1.05 } else { r < 0.95 };
+            format!(
+                "{r:.3}{}",
+                if better {
+                    " +"
+                } else if worse {
+                    " -"
+                } else {
+                    ""
+                }
+            )
+        } else if *v == 0.0 {
+            "=".to_string()
+        } else {
+            "n/a".to_string()
+        };
+        println!("  {:<40} {:>14.4} {:>14.4} {:>9}", fig, o, v, ratio);
+    }
+    let unmatched = new_figs.len() - matched;
+    println!(
+        "{matched} figures compared ('+' better, '-' worse by more than 5%){}",
+        if unmatched > 0 { format!("; {unmatched} not in OLD (other presets or batch sizes)") } else { String::new() }
+    );
+}
