@@ -113,6 +113,9 @@ struct TrainSettings {
     /// Log a `step` metrics line every N steps [default: only per epoch].
     #[arg(long, value_name = "N")]
     log_every: Option<usize>,
+    /// Step implementation: auto, fused (3-4 dispatches a step; every width <= 128) or layered [default: auto].
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
     /// Training steps recorded into one queue submission [default: up to 64, ending at log steps].
     #[arg(long, value_name = "N")]
     steps_per_submit: Option<usize>,
@@ -245,6 +248,7 @@ struct Resolved {
     shuffle: bool,
     init: Option<PathBuf>,
     log_every: Option<usize>,
+    path: String,
     steps_per_submit: Option<usize>,
     checkpoint_every: Option<usize>,
     validation_split: f64,
@@ -315,6 +319,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         init,
         out,
         log_every,
+        path,
         steps_per_submit,
         checkpoint_every,
         validation_split,
@@ -432,6 +437,9 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
     if s.log_every == Some(0) {
         return Err(BadInput("--log-every 0: must be at least 1 (omit it to log per epoch)".into()));
     }
+    if let Some(p) = &s.path {
+        sae_wgpu::trainer::Path::parse(p).map_err(|e| BadInput(format!("--path: {e}")))?;
+    }
     if s.steps_per_submit == Some(0) {
         return Err(BadInput("--steps-per-submit 0: must be at least 1".into()));
     }
@@ -470,6 +478,7 @@ fn plan(cli: TrainSettings) -> Result<Plan, Failure> {
             shuffle: !s.no_shuffle,
             init: s.init.clone(),
             log_every: s.log_every,
+            path: s.path.clone().unwrap_or_else(|| "auto".into()),
             steps_per_submit: s.steps_per_submit,
             checkpoint_every: s.checkpoint_every,
             validation_split,
@@ -542,6 +551,10 @@ fn train(cli: TrainSettings) -> Result<(), Failure> {
     let spec = resolved.model.clone();
     let mut trainer =
         Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init).map_err(|e| BadInput(e))?;
+    if let Some(path) = sae_wgpu::trainer::Path::parse(&resolved.path).map_err(BadInput)? {
+        trainer.set_path(path).map_err(|e| BadInput(format!("--path: {e}")))?;
+    }
+    resolved.path = format!("{:?}", trainer.path()).to_lowercase();
 
     // Outputs: config.json now, metrics.jsonl built in a temporary file and renamed when the
     // run ends, model.safetensors written atomically (every --checkpoint-every epochs and at the end).

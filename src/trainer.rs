@@ -140,6 +140,32 @@ pub enum Path {
     Fused,
 }
 
+impl Path {
+    /// The default: fused where it fits, except on CPU adapters for batches above 64. There
+    /// the fused kernels' per-row loops run near 1 GFLOP/s while the layered path's matmuls
+    /// do better, so the dispatches saved stop paying for themselves (measured on lavapipe,
+    /// seed model: fused 3.0 vs layered 3.6 ms/step at batch 32; 12.6 vs 11.0 at batch 256).
+    /// A rule rather than a timing, so a seed reproduces a run bit for bit.
+    pub fn auto(spec: &ModelSpec, batch: usize, adapter: &wgpu::AdapterInfo) -> Path {
+        let fits = spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH);
+        let cpu = adapter.device_type == wgpu::DeviceType::Cpu;
+        if fits && (!cpu || batch <= 64) {
+            Path::Fused
+        } else {
+            Path::Layered
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Option<Path>, String> {
+        match s {
+            "auto" => Ok(None),
+            "fused" => Ok(Some(Path::Fused)),
+            "layered" => Ok(Some(Path::Layered)),
+            other => Err(format!("unknown path '{other}': use auto, fused or layered")),
+        }
+    }
+}
+
 /// Trains one model on one device. Every buffer is allocated in `new` (the resident data in
 /// `set_data`); nothing is allocated per step.
 pub struct Trainer {
@@ -270,7 +296,7 @@ impl Trainer {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let path = if spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH) { Path::Fused } else { Path::Layered };
+        let path = Path::auto(spec, batch_capacity, &gpu.info);
         let mut trainer = Trainer {
             table: View::whole(&gpu.storage("layer table", 1)),
             kernels,
@@ -546,6 +572,32 @@ impl Trainer {
     pub fn dispatches_per_step(&mut self, m: usize) -> usize {
         self.ensure_schedule(m, Source::Resident);
         self.schedules[&(m, Source::Resident)].step.iter().map(Launch::dispatch_count).sum()
+    }
+
+    /// Wall-clock seconds per launch of each kernel of a resident step of `m` rows, each run
+    /// `reps` times in one submit, alone. For benchmarks: it trains on whatever the buffers
+    /// hold, so the parameters change.
+    pub fn time_step_kernels(&mut self, m: usize, reps: usize) -> Vec<(&'static str, f64)> {
+        self.ensure_schedule(m, Source::Resident);
+        let launches = self.schedules[&(m, Source::Resident)].step.clone();
+        let gpu = self.kernels.gpu.clone();
+        let cursor = self.cursor.clone();
+        launches
+            .iter()
+            .map(|launch| {
+                let run = |n: usize| {
+                    gpu.queue.write_buffer(&cursor.buffer, 0, bytemuck::cast_slice(&[0u32]));
+                    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                    record(&mut encoder, &vec![launch.clone(); n]);
+                    gpu.queue.submit([encoder.finish()]);
+                    gpu.wait();
+                };
+                run(1);
+                let t0 = std::time::Instant::now();
+                run(reps);
+                (launch.name, t0.elapsed().as_secs_f64() / reps as f64)
+            })
+            .collect()
     }
 
     fn record(&mut self, encoder: &mut wgpu::CommandEncoder, launches: &[Launch]) {
