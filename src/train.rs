@@ -94,6 +94,32 @@ pub fn split_validation(data: &Dataset, fraction: f64, seed: u64) -> (Dataset, O
     (take(train), Some(take(val)))
 }
 
+/// One epoch with host-uploaded minibatches (data too large to keep on the device).
+fn stream_epoch(
+    trainer: &mut Trainer,
+    train: &Dataset,
+    order: &[u32],
+    batch_size: usize,
+    log_every: Option<usize>,
+    batch: &mut Vec<f32>,
+    on_step: &mut impl FnMut(u64, &StepMetrics) -> Result<(), String>,
+) -> Result<(), String> {
+    for rows in order.chunks(batch_size) {
+        batch.clear();
+        for &i in rows {
+            batch.extend_from_slice(train.row(i as usize));
+        }
+        let step = trainer.steps_done + 1;
+        if log_every.is_some_and(|n| n > 0 && step % n as u64 == 0) {
+            let metrics = trainer.step_with_metrics(batch)?;
+            on_step(step, &metrics)?;
+        } else {
+            trainer.step(batch)?;
+        }
+    }
+    Ok(())
+}
+
 /// Trains for `opts.epochs` epochs; returns the last epoch's metrics on the training set.
 pub fn fit(
     trainer: &mut Trainer,
@@ -107,8 +133,15 @@ pub fn fit(
     let val_means = validation.map(|v| feature_means(&v.values, width));
     let mut rng = Rng::new(opts.seed);
     let mut order: Vec<u32> = (0..train.rows as u32).collect();
-    // The data goes to the device once; each epoch uploads only its order of rows.
-    trainer.set_data(&train.values).map_err(TrainError::Engine)?;
+    // The data goes to the device once and each epoch uploads only its order of rows; data
+    // larger than one storage binding is streamed instead, a minibatch upload per step.
+    let resident = trainer.fits_resident(train.values.len());
+    if resident {
+        trainer.set_data(&train.values).map_err(TrainError::Engine)?;
+    } else {
+        log::warn!("the training data exceeds one storage binding: uploading each minibatch instead");
+    }
+    let mut batch = Vec::new();
     let epoch_opts = EpochOptions { log_every: opts.log_every, steps_per_submit: opts.steps_per_submit };
     let mut last_finite = trainer.steps_done;
     let mut last = None;
@@ -118,17 +151,22 @@ pub fn fit(
         }
         let mut diverged = None;
         let mut observer_error = None;
-        let result = trainer.train_epoch(&order, epoch_opts, |step, metrics| {
+        let mut on_step = |step: u64, metrics: &StepMetrics| {
             if !metrics.loss.is_finite() {
                 diverged = Some(TrainError::Diverged { at_step: step, after_step: last_finite });
-                return Err("diverged".into());
+                return Err("diverged".to_string());
             }
             last_finite = step - 1;
             on_event(Event::Step { epoch, step, metrics }).map_err(|e| {
                 observer_error = Some(TrainError::Observer(e));
                 "observer failed".to_string()
             })
-        });
+        };
+        let result = if resident {
+            trainer.train_epoch(&order, epoch_opts, on_step)
+        } else {
+            stream_epoch(trainer, train, &order, opts.batch_size, opts.log_every, &mut batch, &mut on_step)
+        };
         if let Some(e) = diverged.or(observer_error) {
             return Err(e);
         }

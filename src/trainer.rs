@@ -203,6 +203,9 @@ pub struct Trainer {
     schedules: HashMap<(usize, Source), Schedule>,
     pub steps_done: u64,
     pub stats: Stats,
+    /// Largest training set `fit` keeps on the device: the adapter's largest storage binding
+    /// (tests lower it to exercise streaming).
+    pub max_resident_bytes: usize,
 }
 
 /// Host-device traffic, cumulative since the trainer was made: the structural figures that
@@ -324,6 +327,7 @@ impl Trainer {
             schedules: HashMap::new(),
             steps_done: 0,
             stats: Stats::default(),
+            max_resident_bytes: max_binding,
         };
         trainer.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&trainer.layer_table()));
         Ok(trainer)
@@ -644,6 +648,11 @@ impl Trainer {
         self.steps_done += 1;
         let raw = self.read_metrics();
         Ok(self.step_metrics(&raw, m))
+    }
+
+    /// Whether `len` floats of training data fit in one storage binding (`set_data`).
+    pub fn fits_resident(&self, len: usize) -> bool {
+        len * 4 <= self.max_resident_bytes
     }
 
     /// Makes `data` (`n x n_0`, row-major) resident on the device for `train_epoch`.

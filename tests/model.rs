@@ -170,3 +170,40 @@ fn same_seed_gives_bit_identical_parameters() {
     assert_eq!(bits(&a), bits(&b), "two runs with the same seed differ");
     assert_ne!(bits(&a), bits(&Params::init(&spec, 9)), "training changed nothing");
 }
+
+/// `fit` streams minibatches from the host when the data does not fit on the device; the
+/// result is the same, bit for bit, as with the data resident.
+#[test]
+fn streamed_training_equals_resident_training() {
+    use sae_wgpu::data::Dataset;
+    use sae_wgpu::train::{fit, TrainOptions};
+    let gpu = gpu();
+    let spec = ModelSpec::seed();
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+    let mut rng = Rng::new(8);
+    let data = Dataset { rows: 90, cols: 20, values: random(&mut rng, 90 * 20, 0.0, 1.0) };
+    let opts =
+        TrainOptions { epochs: 2, batch_size: 16, seed: 4, shuffle: true, log_every: Some(5), steps_per_submit: None };
+    let run = |streamed: bool| {
+        let mut t = Trainer::new(&gpu, &spec, cfg, 0.5, 16, &Params::init(&spec, 1)).unwrap();
+        if streamed {
+            t.max_resident_bytes = 0;
+        }
+        let mut logged = Vec::new();
+        let m = fit(&mut t, &data, None, &opts, |e| {
+            if let sae_wgpu::train::Event::Step { step, metrics, .. } = e {
+                logged.push((step, metrics.loss));
+            }
+            Ok(())
+        })
+        .unwrap();
+        (t.params(), m, logged, t.stats.bytes_uploaded)
+    };
+    let (p_res, m_res, log_res, up_res) = run(false);
+    let (p_str, m_str, log_str, up_str) = run(true);
+    assert_eq!(p_res, p_str, "streamed and resident training differ");
+    assert_eq!(m_res, m_str);
+    assert_eq!(log_res, log_str);
+    assert_eq!(log_res.iter().map(|l| l.0).collect::<Vec<_>>(), vec![5, 10]);
+    assert!(up_str > up_res, "streaming should upload every minibatch ({up_str} vs {up_res} bytes)");
+}
