@@ -69,7 +69,7 @@ pub fn run_all(kernels: &mut Kernels) -> Vec<Row> {
     let mut rows = Vec::new();
     for (kernel, check) in CHECKS {
         let variants: Vec<Option<MatmulVariant>> =
-            if is_matmul(kernel) { MatmulVariant::ALL.iter().map(|v| Some(*v)).collect() } else { vec![None] };
+            if is_matmul(kernel) { kernels.matmul_variants().into_iter().map(Some).collect() } else { vec![None] };
         for variant in variants {
             kernels.matmul_variant = variant.unwrap_or(default_variant);
             for (case, &(m, k, n, max_groups)) in CASES.iter().enumerate() {

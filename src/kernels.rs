@@ -17,6 +17,7 @@ use wgpu::util::DeviceExt;
 pub mod source {
     pub const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
     pub const MATMUL_BLOCKED: &str = include_str!("../shaders/matmul_blocked.wgsl");
+    pub const MATMUL_SUBGROUP: &str = include_str!("../shaders/matmul_subgroup.wgsl");
     pub const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
     pub const SPARSITY: &str = include_str!("../shaders/sparsity.wgsl");
     pub const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
@@ -38,36 +39,55 @@ pub enum MatmulVariant {
     /// 4x4 outputs per invocation from registers, no workgroup memory
     /// (`shaders/matmul_blocked.wgsl`): much faster on CPU-emulated adapters.
     Blocked,
+    /// 32x4 outputs per invocation, workgroups of one 8-lane subgroup sharing rows of L with
+    /// `subgroupBroadcast` (`shaders/matmul_subgroup.wgsl`): many FMAs per load, for
+    /// CPU-emulated adapters. Needs [`wgpu::Features::SUBGROUP`]; see [`Self::available`].
+    Subgroup,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Tiled, MatmulVariant::Blocked];
+    /// Every variant; not all run everywhere (see [`Self::available`] and
+    /// [`Kernels::matmul_variants`]).
+    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Tiled, MatmulVariant::Blocked, MatmulVariant::Subgroup];
     fn source(self) -> &'static str {
         match self {
             MatmulVariant::Tiled => source::MATMUL,
             MatmulVariant::Blocked => source::MATMUL_BLOCKED,
+            MatmulVariant::Subgroup => source::MATMUL_SUBGROUP,
         }
     }
-    /// Output rows/columns one workgroup covers.
+    /// Output rows/columns one workgroup covers (square for every variant).
     fn tile(self) -> usize {
         match self {
             MatmulVariant::Tiled => 16,
             MatmulVariant::Blocked => 32,
+            MatmulVariant::Subgroup => 32,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             MatmulVariant::Tiled => "tiled16",
             MatmulVariant::Blocked => "blocked4x4",
+            MatmulVariant::Subgroup => "subgroup",
         }
     }
-    /// The default for an adapter: register blocks on CPU adapters, where they measured
-    /// several times faster; shared-memory tiles elsewhere.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
-        if info.device_type == wgpu::DeviceType::Cpu {
-            MatmulVariant::Blocked
-        } else {
+    /// Whether a device with `features` can run this variant.
+    pub fn available(self, features: wgpu::Features) -> bool {
+        match self {
+            MatmulVariant::Tiled | MatmulVariant::Blocked => true,
+            MatmulVariant::Subgroup => features.contains(wgpu::Features::SUBGROUP),
+        }
+    }
+    /// The default for an adapter whose device has `features`: on CPU adapters the subgroup
+    /// kernel where subgroups are enabled (lavapipe), else register blocks, each measured
+    /// several times faster than the one after it there; shared-memory tiles elsewhere.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Self {
+        if info.device_type != wgpu::DeviceType::Cpu {
             MatmulVariant::Tiled
+        } else if MatmulVariant::Subgroup.available(features) {
+            MatmulVariant::Subgroup
+        } else {
+            MatmulVariant::Blocked
         }
     }
 }
@@ -287,7 +307,8 @@ impl Kernels {
         let pipelines: HashMap<_, _> =
             ENTRY_POINTS.iter().chain(&STEP_ENTRY_POINTS).map(|&(entry, src)| (entry, pipeline(entry, src))).collect();
         let mut matmul_pipelines = HashMap::new();
-        for variant in MatmulVariant::ALL {
+        // Variants the device cannot run (no SUBGROUP, e.g. the GL backend) are left out.
+        for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu.features)) {
             for entry in MATMUL_ENTRY_POINTS {
                 matmul_pipelines.insert((variant, entry), pipeline(entry, variant.source()));
             }
@@ -299,9 +320,17 @@ impl Kernels {
             gpu: gpu.clone(),
             pipelines,
             matmul_pipelines,
-            matmul_variant: MatmulVariant::for_adapter(&gpu.info),
+            matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
+    }
+
+    /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.
+    pub fn matmul_variants(&self) -> Vec<MatmulVariant> {
+        MatmulVariant::ALL
+            .into_iter()
+            .filter(|v| self.matmul_pipelines.contains_key(&(*v, MATMUL_ENTRY_POINTS[0])))
+            .collect()
     }
 
     /// Builds a launch of `name` over a `groups` grid of workgroups, split into dispatches of

@@ -22,10 +22,11 @@ use sae_wgpu::kernels::{Kernels, MatmulVariant};
 use sae_wgpu::model::Rng;
 
 fn run(name: &str, check: check::Check) {
-    let variants: Vec<Option<MatmulVariant>> =
-        if check::is_matmul(name) { MatmulVariant::ALL.iter().map(|v| Some(*v)).collect() } else { vec![None] };
     for gpu in gpus() {
         let mut kernels = Kernels::new(&gpu).expect("kernels compile");
+        // Every matmul variant this device runs (the subgroup one needs Features::SUBGROUP).
+        let variants: Vec<Option<MatmulVariant>> =
+            if check::is_matmul(name) { kernels.matmul_variants().into_iter().map(Some).collect() } else { vec![None] };
         for variant in &variants {
             if let Some(v) = variant {
                 kernels.matmul_variant = *v;

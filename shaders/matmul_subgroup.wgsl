@@ -1,0 +1,239 @@
+// Subgroup matmul for CPU-emulated adapters (lavapipe): each invocation computes 32 rows x 4
+// columns of outputs, with no workgroup memory; a workgroup is one subgroup of 8 invocations
+// covering a 32x32 output tile. Same entry points, bindings and layouts as matmul.wgsl:
+//
+//   matmul_forward          Z[m,n]  = A[m,k] · W[n,k]^T      (rows=m, cols=n, inner=k)
+//   matmul_backward_weight  dW[n,k] = delta[m,n]^T · A[m,k]  (rows=n, cols=k, inner=m)
+//   matmul_backward_input   G[m,k]  = delta[m,n] · W[n,k]    (rows=m, cols=k, inner=n)
+//
+// Why: llvmpipe runs 8 invocations as the lanes of one SIMD vector and turns every load whose
+// address differs per lane into a loop over the lanes, so speed follows FMAs per load. At each
+// step p of the inner sum, lane s loads 4 values of L (rows 4s..4s+3 of the tile) and 4 of R
+// (its own 4 columns), then takes the 32 rows of L from the 8 lanes with subgroupBroadcast
+// (a register shuffle there): 8 loads for 128 FMAs, against 8 for 16 in matmul_blocked.wgsl.
+//
+// Needs wgpu::Features::SUBGROUP (no `enable subgroups;`: naga takes the device feature). The
+// broadcast is only used when the workgroup is exactly one subgroup of 8 lanes with ids 0..7
+// (checked at run time, uniformly for the workgroup); otherwise (another subgroup size) each
+// invocation loads the 32 rows itself, which gives the same result, bit for bit: the sum for
+// every output runs over p in order with one fma per step on either path (deterministic).
+// Rows and columns past the edge load a clamped (valid) index and are not written; every
+// invocation reaches the subgroup operations (no early return).
+
+struct Grid {
+    // Workgroup offset of this dispatch, for grids split across several dispatches.
+    offset: vec4<u32>,
+}
+
+struct Matmul {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> grid: Grid;
+@group(0) @binding(1) var<uniform> mm: Matmul;
+@group(0) @binding(2) var<storage, read> lhs: array<f32>;
+@group(0) @binding(3) var<storage, read> rhs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+// 8 invocations per workgroup; each covers all 32 rows of the tile and 4 of its 32 columns.
+const LANES: u32 = 8u;
+const ROWS: u32 = 32u;
+const COLS: u32 = 4u;
+
+// One step of the sum for the 32 rows of an invocation: row 4t+i += bt[i] * rv, 4 columns.
+// Every index is a constant (here and below), so the accumulators stay in registers: with a
+// loop index into `acc` (a store loop over i, say) llvmpipe keeps the array in memory and the
+// kernel measured 8x slower.
+fn fma_rows(
+    acc: ptr<function, array<vec4<f32>, 32>>,
+    b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>,
+    b4: vec4<f32>, b5: vec4<f32>, b6: vec4<f32>, b7: vec4<f32>,
+    rv: vec4<f32>,
+) {
+    (*acc)[0] = fma(vec4<f32>(b0.x), rv, (*acc)[0]);
+    (*acc)[1] = fma(vec4<f32>(b0.y), rv, (*acc)[1]);
+    (*acc)[2] = fma(vec4<f32>(b0.z), rv, (*acc)[2]);
+    (*acc)[3] = fma(vec4<f32>(b0.w), rv, (*acc)[3]);
+    (*acc)[4] = fma(vec4<f32>(b1.x), rv, (*acc)[4]);
+    (*acc)[5] = fma(vec4<f32>(b1.y), rv, (*acc)[5]);
+    (*acc)[6] = fma(vec4<f32>(b1.z), rv, (*acc)[6]);
+    (*acc)[7] = fma(vec4<f32>(b1.w), rv, (*acc)[7]);
+    (*acc)[8] = fma(vec4<f32>(b2.x), rv, (*acc)[8]);
+    (*acc)[9] = fma(vec4<f32>(b2.y), rv, (*acc)[9]);
+    (*acc)[10] = fma(vec4<f32>(b2.z), rv, (*acc)[10]);
+    (*acc)[11] = fma(vec4<f32>(b2.w), rv, (*acc)[11]);
+    (*acc)[12] = fma(vec4<f32>(b3.x), rv, (*acc)[12]);
+    (*acc)[13] = fma(vec4<f32>(b3.y), rv, (*acc)[13]);
+    (*acc)[14] = fma(vec4<f32>(b3.z), rv, (*acc)[14]);
+    (*acc)[15] = fma(vec4<f32>(b3.w), rv, (*acc)[15]);
+    (*acc)[16] = fma(vec4<f32>(b4.x), rv, (*acc)[16]);
+    (*acc)[17] = fma(vec4<f32>(b4.y), rv, (*acc)[17]);
+    (*acc)[18] = fma(vec4<f32>(b4.z), rv, (*acc)[18]);
+    (*acc)[19] = fma(vec4<f32>(b4.w), rv, (*acc)[19]);
+    (*acc)[20] = fma(vec4<f32>(b5.x), rv, (*acc)[20]);
+    (*acc)[21] = fma(vec4<f32>(b5.y), rv, (*acc)[21]);
+    (*acc)[22] = fma(vec4<f32>(b5.z), rv, (*acc)[22]);
+    (*acc)[23] = fma(vec4<f32>(b5.w), rv, (*acc)[23]);
+    (*acc)[24] = fma(vec4<f32>(b6.x), rv, (*acc)[24]);
+    (*acc)[25] = fma(vec4<f32>(b6.y), rv, (*acc)[25]);
+    (*acc)[26] = fma(vec4<f32>(b6.z), rv, (*acc)[26]);
+    (*acc)[27] = fma(vec4<f32>(b6.w), rv, (*acc)[27]);
+    (*acc)[28] = fma(vec4<f32>(b7.x), rv, (*acc)[28]);
+    (*acc)[29] = fma(vec4<f32>(b7.y), rv, (*acc)[29]);
+    (*acc)[30] = fma(vec4<f32>(b7.z), rv, (*acc)[30]);
+    (*acc)[31] = fma(vec4<f32>(b7.w), rv, (*acc)[31]);
+}
+
+// The 4 rows of L that lane `s` loads at step p: L(row0 + 4s + i, p), rows clamped.
+fn lhs4(row0: u32, s: u32, lp: u32, l_r: u32) -> vec4<f32> {
+    let last = mm.rows - 1u;
+    let r = row0 + s * 4u;
+    return vec4<f32>(
+        lhs[min(r, last) * l_r + lp],
+        lhs[min(r + 1u, last) * l_r + lp],
+        lhs[min(r + 2u, last) * l_r + lp],
+        lhs[min(r + 3u, last) * l_r + lp],
+    );
+}
+
+// Writes out[r, c0..c0+4], the columns and the row that exist.
+fn store4(r: u32, c0: u32, v: vec4<f32>) {
+    if (r < mm.rows) {
+        let at = r * mm.cols + c0;
+        if (c0 < mm.cols) {
+            out[at] = v.x;
+        }
+        if (c0 + 1u < mm.cols) {
+            out[at + 1u] = v.y;
+        }
+        if (c0 + 2u < mm.cols) {
+            out[at + 2u] = v.z;
+        }
+        if (c0 + 3u < mm.cols) {
+            out[at + 3u] = v.w;
+        }
+    }
+}
+
+// L(r,p) = lhs[r * l_r + p * l_p], R(p,c) = rhs[p * r_p + c * r_c]
+fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u32) {
+    // One subgroup of exactly 8 active lanes with ids below 8 is the whole workgroup, ids 0..7.
+    // The same answer for every invocation of the workgroup (uniform), so all of them take the
+    // same branch below and all reach the broadcasts.
+    let members = subgroupAdd(1u);
+    let ids_below = subgroupAll(sgid < LANES);
+    let whole = (members == LANES) & ids_below & (sg_size >= LANES);
+    let s = select(lid, sgid, whole);
+    let row0 = (wid.y + grid.offset.y) * ROWS;
+    let c0 = ((wid.x + grid.offset.x) * LANES + s) * COLS;
+    let last_c = mm.cols - 1u;
+    let rcol = vec4<u32>(min(c0, last_c), min(c0 + 1u, last_c), min(c0 + 2u, last_c), min(c0 + 3u, last_c)) * r_c;
+    var acc: array<vec4<f32>, 32>;
+    if (whole) {
+        for (var p = 0u; p < mm.inner; p++) {
+            let rp = p * r_p;
+            let rv = vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]);
+            let own = lhs4(row0, s, p * l_p, l_r);
+            fma_rows(
+                &acc,
+                subgroupBroadcast(own, 0u),
+                subgroupBroadcast(own, 1u),
+                subgroupBroadcast(own, 2u),
+                subgroupBroadcast(own, 3u),
+                subgroupBroadcast(own, 4u),
+                subgroupBroadcast(own, 5u),
+                subgroupBroadcast(own, 6u),
+                subgroupBroadcast(own, 7u),
+                rv,
+            );
+        }
+    } else {
+        // Another subgroup layout: every invocation loads the 32 rows itself (same sums).
+        for (var p = 0u; p < mm.inner; p++) {
+            let rp = p * r_p;
+            let lp = p * l_p;
+            let rv = vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]);
+            fma_rows(
+                &acc,
+                lhs4(row0, 0u, lp, l_r),
+                lhs4(row0, 1u, lp, l_r),
+                lhs4(row0, 2u, lp, l_r),
+                lhs4(row0, 3u, lp, l_r),
+                lhs4(row0, 4u, lp, l_r),
+                lhs4(row0, 5u, lp, l_r),
+                lhs4(row0, 6u, lp, l_r),
+                lhs4(row0, 7u, lp, l_r),
+                rv,
+            );
+        }
+    }
+    // Written out, not a loop: constant indices only (see fma_rows).
+    store4(row0 + 0u, c0, acc[0]);
+    store4(row0 + 1u, c0, acc[1]);
+    store4(row0 + 2u, c0, acc[2]);
+    store4(row0 + 3u, c0, acc[3]);
+    store4(row0 + 4u, c0, acc[4]);
+    store4(row0 + 5u, c0, acc[5]);
+    store4(row0 + 6u, c0, acc[6]);
+    store4(row0 + 7u, c0, acc[7]);
+    store4(row0 + 8u, c0, acc[8]);
+    store4(row0 + 9u, c0, acc[9]);
+    store4(row0 + 10u, c0, acc[10]);
+    store4(row0 + 11u, c0, acc[11]);
+    store4(row0 + 12u, c0, acc[12]);
+    store4(row0 + 13u, c0, acc[13]);
+    store4(row0 + 14u, c0, acc[14]);
+    store4(row0 + 15u, c0, acc[15]);
+    store4(row0 + 16u, c0, acc[16]);
+    store4(row0 + 17u, c0, acc[17]);
+    store4(row0 + 18u, c0, acc[18]);
+    store4(row0 + 19u, c0, acc[19]);
+    store4(row0 + 20u, c0, acc[20]);
+    store4(row0 + 21u, c0, acc[21]);
+    store4(row0 + 22u, c0, acc[22]);
+    store4(row0 + 23u, c0, acc[23]);
+    store4(row0 + 24u, c0, acc[24]);
+    store4(row0 + 25u, c0, acc[25]);
+    store4(row0 + 26u, c0, acc[26]);
+    store4(row0 + 27u, c0, acc[27]);
+    store4(row0 + 28u, c0, acc[28]);
+    store4(row0 + 29u, c0, acc[29]);
+    store4(row0 + 30u, c0, acc[30]);
+    store4(row0 + 31u, c0, acc[31]);
+}
+
+@compute @workgroup_size(8)
+fn matmul_forward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
+    subgroup_matmul(lid, sgid, sg_size, wid.xy, mm.inner, 1u, 1u, mm.inner);
+}
+
+@compute @workgroup_size(8)
+fn matmul_backward_weight(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = cols)
+    subgroup_matmul(lid, sgid, sg_size, wid.xy, 1u, mm.rows, mm.cols, 1u);
+}
+
+@compute @workgroup_size(8)
+fn matmul_backward_input(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
+    subgroup_matmul(lid, sgid, sg_size, wid.xy, mm.inner, 1u, mm.cols, 1u);
+}
