@@ -141,15 +141,15 @@ pub enum Path {
 }
 
 impl Path {
-    /// The default: fused where it fits, except on CPU adapters for batches above 64. There
-    /// the fused kernels' per-row loops run near 1 GFLOP/s while the layered path's matmuls
-    /// do better, so the dispatches saved stop paying for themselves (measured on lavapipe,
-    /// seed model: fused 3.0 vs layered 3.6 ms/step at batch 32; 12.6 vs 11.0 at batch 256).
-    /// A rule rather than a timing, so a seed reproduces a run bit for bit.
-    pub fn auto(spec: &ModelSpec, batch: usize, adapter: &wgpu::AdapterInfo) -> Path {
+    /// The default: fused where it fits, on GPUs; layered on CPU adapters. There the fused
+    /// kernels' per-row loops over private arrays run near 1 GFLOP/s (llvmpipe turns each
+    /// per-lane array access into a loop over lanes), while the layered path's subgroup
+    /// matmuls reach 5-20, so the 35 dispatches saved do not pay for themselves (measured on
+    /// lavapipe, seed model, ms/step fused vs layered: 3.2 vs 3.0 at batch 32, 18.9 vs 8.3 at
+    /// 256). A rule rather than a timing, so a seed reproduces a run bit for bit.
+    pub fn auto(spec: &ModelSpec, _batch: usize, adapter: &wgpu::AdapterInfo) -> Path {
         let fits = spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH);
-        let cpu = adapter.device_type == wgpu::DeviceType::Cpu;
-        if fits && (!cpu || batch <= 64) {
+        if fits && adapter.device_type != wgpu::DeviceType::Cpu {
             Path::Fused
         } else {
             Path::Layered

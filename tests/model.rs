@@ -207,3 +207,35 @@ fn streamed_training_equals_resident_training() {
     assert_eq!(log_res.iter().map(|l| l.0).collect::<Vec<_>>(), vec![5, 10]);
     assert!(up_str > up_res, "streaming should upload every minibatch ({up_str} vs {up_res} bytes)");
 }
+
+/// A whole step whose grids are split across dispatches (the per-dispatch workgroup limit
+/// lowered to 2) computes the same parameters, bit for bit, as with the adapter's limit.
+#[test]
+fn split_dispatches_change_nothing() {
+    use sae_wgpu::kernels::Kernels;
+    let gpu = gpu();
+    let spec = ModelSpec::seed();
+    let cfg = LossConfig { weight_decay: 1e-3, sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5 } };
+    let m = 200; // 7 row tiles of 32, 4 row groups of 64: more than 2 everywhere
+    let mut rng = Rng::new(12);
+    let batches: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, m * 20, 0.0, 1.0)).collect();
+    for path in [Path::Layered, Path::Fused] {
+        let run = |max_groups: Option<u32>| {
+            let mut kernels = Kernels::new(&gpu).unwrap();
+            if let Some(g) = max_groups {
+                kernels.max_groups = g;
+            }
+            let mut t = Trainer::with_kernels(kernels, &spec, cfg, 0.3, m, &Params::init(&spec, 6)).unwrap();
+            t.set_path(path).unwrap();
+            for b in &batches {
+                t.step(b).unwrap();
+            }
+            (t.params(), t.dispatches_per_step(m))
+        };
+        let (whole, d_whole) = run(None);
+        let (split, d_split) = run(Some(2));
+        println!("{path:?}: {d_whole} dispatches per step, {d_split} when split");
+        assert!(d_split > d_whole, "{path:?}: nothing was split");
+        assert_eq!(whole, split, "{path:?}: splitting changed the result");
+    }
+}
