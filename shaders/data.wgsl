@@ -4,10 +4,6 @@
 //   advance_cursor  cursor += rows, once per step, after every kernel that reads it
 // `order` is the epoch's shuffled sample order, uploaded once per epoch.
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Gather {
     rows: u32,
     cols: u32,
@@ -15,7 +11,6 @@ struct Gather {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> gp: Gather;
 @group(0) @binding(2) var<storage, read> data: array<f32>;
 @group(0) @binding(3) var<storage, read> order: array<u32>;

@@ -17,10 +17,6 @@
 // Buffers: Z, A and delta of every layer live in three buffers with the same layout: layer l
 // (0 = the input X) starts at table[l].out_off, row-major [rows, n_l].
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Net {
     layers: u32,
     // 0-based index in `table` of the code layer (SPEC layer c is table[c - 1]).
@@ -58,27 +54,8 @@ struct Layer {
 
 const MAX_WIDTH: u32 = 128u;
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> net: Net;
 @group(0) @binding(2) var<storage, read> table: array<Layer>;
-
-fn activate(act: u32, z: f32) -> f32 {
-    switch act {
-        case 1u: { return max(z, 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-z)); }
-        case 3u: { return tanh(z); }
-        default: { return z; }
-    }
-}
-
-fn activation_derivative(act: u32, z: f32, a: f32) -> f32 {
-    switch act {
-        case 1u: { return select(0.0, 1.0, z > 0.0); }
-        case 2u: { return a * (1.0 - a); }
-        case 3u: { return 1.0 - a * a; }
-        default: { return 1.0; }
-    }
-}
 
 fn row_index(lid: u32, wid: vec3<u32>) -> u32 {
     return (wid.x + grid.offset.x) * 64u + lid;

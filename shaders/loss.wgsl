@@ -7,10 +7,6 @@
 //                 sparsity       = beta sum_j KL(rho || rho_hat_j)
 //   loss_value runs as one workgroup: fixed-order strided sums and a fixed tree (deterministic).
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Loss {
     rows: u32,
     cols: u32,
@@ -26,21 +22,11 @@ struct Loss {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> ls: Loss;
 @group(0) @binding(2) var<storage, read> xhat: array<f32>;
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read> z_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> delta: array<f32>;
-
-fn activation_derivative(act: u32, zv: f32, av: f32) -> f32 {
-    switch act {
-        case 1u: { return select(0.0, 1.0, zv > 0.0); }
-        case 2u: { return av * (1.0 - av); }
-        case 3u: { return 1.0 - av * av; }
-        default: { return 1.0; }
-    }
-}
 
 @compute @workgroup_size(256)
 fn output_delta(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {

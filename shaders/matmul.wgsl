@@ -10,11 +10,6 @@
 // Out-of-range elements load as 0, so any size works; each output is written by exactly one
 // invocation, and the sum runs in a fixed order (deterministic).
 
-struct Grid {
-    // Workgroup offset of this dispatch, for grids split across several dispatches.
-    offset: vec4<u32>,
-}
-
 struct Matmul {
     rows: u32,
     cols: u32,
@@ -22,7 +17,6 @@ struct Matmul {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> mm: Matmul;
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;

@@ -12,10 +12,6 @@
 // reference. Rows and columns past the edge load a clamped (valid) index and are not written,
 // so the inner loop has no branches. Fixed summation order: deterministic.
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Matmul {
     rows: u32,
     cols: u32,
@@ -23,7 +19,6 @@ struct Matmul {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> mm: Matmul;
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;

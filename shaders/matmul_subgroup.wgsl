@@ -20,11 +20,6 @@
 // Rows and columns past the edge load a clamped (valid) index and are not written; every
 // invocation reaches the subgroup operations (no early return).
 
-struct Grid {
-    // Workgroup offset of this dispatch, for grids split across several dispatches.
-    offset: vec4<u32>,
-}
-
 struct Matmul {
     rows: u32,
     cols: u32,
@@ -32,7 +27,6 @@ struct Matmul {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> mm: Matmul;
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;

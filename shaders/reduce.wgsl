@@ -4,10 +4,6 @@
 // addresses. Used for rho_hat (scale 1/m), bias gradients (scale 1) and firing frequencies.
 // Transforms: 0 the value, 1 the hard firing indicator [x > 0], 2 sigmoid(x / T).
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Reduce {
     rows: u32,
     cols: u32,
@@ -19,7 +15,6 @@ struct Reduce {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> rd: Reduce;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

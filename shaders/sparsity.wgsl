@@ -5,10 +5,6 @@
 // KL'(q) = -rho/q + (1-rho)/(1-q) with q clamped to [eps, 1-eps]; the clamp passes the
 // gradient straight through, so a saturated unit is still pulled back.
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Kl {
     rows: u32,
     cols: u32,
@@ -20,22 +16,12 @@ struct Kl {
     eps: f32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> kl: Kl;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read> z: array<f32>;
 @group(0) @binding(4) var<storage, read> a: array<f32>;
 @group(0) @binding(5) var<storage, read> rho_hat: array<f32>;
 @group(0) @binding(6) var<storage, read_write> delta: array<f32>;
-
-fn activation_derivative(act: u32, zv: f32, av: f32) -> f32 {
-    switch act {
-        case 1u: { return select(0.0, 1.0, zv > 0.0); }
-        case 2u: { return av * (1.0 - av); }
-        case 3u: { return 1.0 - av * av; }
-        default: { return 1.0; }
-    }
-}
 
 @compute @workgroup_size(256)
 fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {

@@ -3,10 +3,6 @@
 //   p <- p - lr * g                  for the biases (the rest)
 // Parameters and gradients live in two flat buffers with the same layout.
 
-struct Grid {
-    offset: vec4<u32>,
-}
-
 struct Sgd {
     len: u32,
     weights_len: u32,
@@ -14,7 +10,6 @@ struct Sgd {
     lambda: f32,
 }
 
-@group(0) @binding(0) var<uniform> grid: Grid;
 @group(0) @binding(1) var<uniform> sgd: Sgd;
 @group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: array<f32>;

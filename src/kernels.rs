@@ -13,18 +13,23 @@ use bytemuck::{Pod, Zeroable};
 use std::collections::HashMap;
 use wgpu::util::DeviceExt;
 
-/// Shader sources, compiled into the binary.
+/// Shader sources, compiled into the binary; each starts with `shaders/common.wgsl` (the `Grid`
+/// binding and the activation functions), as WGSL has no include.
 pub mod source {
-    pub const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
-    pub const MATMUL_BLOCKED: &str = include_str!("../shaders/matmul_blocked.wgsl");
-    pub const MATMUL_SUBGROUP: &str = include_str!("../shaders/matmul_subgroup.wgsl");
-    pub const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
-    pub const SPARSITY: &str = include_str!("../shaders/sparsity.wgsl");
-    pub const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
-    pub const LOSS: &str = include_str!("../shaders/loss.wgsl");
-    pub const UPDATE: &str = include_str!("../shaders/update.wgsl");
-    pub const DATA: &str = include_str!("../shaders/data.wgsl");
-    pub const FUSED: &str = include_str!("../shaders/fused.wgsl");
+    pub const MATMUL: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul.wgsl"));
+    pub const MATMUL_BLOCKED: &str =
+        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul_blocked.wgsl"));
+    pub const MATMUL_SUBGROUP: &str =
+        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul_subgroup.wgsl"));
+    pub const ACTIVATION: &str =
+        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/activation.wgsl"));
+    pub const SPARSITY: &str =
+        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/sparsity.wgsl"));
+    pub const REDUCE: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/reduce.wgsl"));
+    pub const LOSS: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/loss.wgsl"));
+    pub const UPDATE: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/update.wgsl"));
+    pub const DATA: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/data.wgsl"));
+    pub const FUSED: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/fused.wgsl"));
 }
 
 /// The matmul entry points; each [`MatmulVariant`] implements all three.
