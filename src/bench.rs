@@ -25,10 +25,10 @@
 
 use crate::check;
 use crate::device::{self, AdapterRequest, Gpu};
-use crate::kernels::{align, Kernels, Launch, MatmulVariant, View};
+use crate::kernels::{align, Kernels, Launch, MatmulVariant, View, FUSED_MAX_WIDTH};
 use crate::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
 use crate::reference::{self, ColumnTransform};
-use crate::trainer::{EpochOptions, Trainer};
+use crate::trainer::{EpochOptions, Path as StepPath, Trainer};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -600,6 +600,8 @@ impl RowResult {
 }
 
 struct StepResult {
+    /// The step implementation timed.
+    path: StepPath,
     time: Measured,
     samples_per_s: f64,
     dispatches: f64,
@@ -638,6 +640,8 @@ struct CaseResult {
     case: Case,
     rows: Vec<RowResult>,
     step: StepResult,
+    /// The other step path, where the model fits the fused one (the trainer picks one per adapter).
+    other_path: Option<StepResult>,
     reference: ReferenceResult,
     variants: Option<VariantComparison>,
 }
@@ -664,12 +668,15 @@ pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) 
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<StepResult, Error> {
+fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng, path: Option<StepPath>) -> Result<StepResult, Error> {
     let spec = &case.spec;
     let m = case.batch;
     let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
     let init = Params::init(spec, 1);
     let mut trainer = Trainer::new(gpu, spec, loss, LR, m, &init).map_err(BadInput)?;
+    if let Some(p) = path {
+        trainer.set_path(p).map_err(Runtime)?;
+    }
     const RESIDENT_BATCHES: usize = 8;
     let data = random(rng, RESIDENT_BATCHES * m * spec.input_width(), 0.0, 1.0);
     trainer.set_data(&data).map_err(Runtime)?;
@@ -698,6 +705,7 @@ fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Ste
     }
     let time = Measured::from_runs(runs, steps);
     Ok(StepResult {
+        path: trainer.path(),
         samples_per_s: m as f64 / time.median,
         time,
         dispatches,
@@ -979,9 +987,12 @@ fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &S
     let mkn = (case.requested_batch, k, n);
     let variants = (case.preset == "mnist").then(|| bench_variants(kernels, timer, mkn, s));
     drop(ws);
-    let step = bench_step(gpu, &case, s, &mut rng)?;
+    let step = bench_step(gpu, &case, s, &mut rng, None)?;
+    let fits = case.spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH);
+    let other = if step.path == StepPath::Fused { StepPath::Layered } else { StepPath::Fused };
+    let other_path = if fits { Some(bench_step(gpu, &case, s, &mut rng, Some(other))?) } else { None };
     let reference = bench_reference(&case, s, &mut rng);
-    Ok(CaseResult { case, rows, step, reference, variants })
+    Ok(CaseResult { case, rows, step, other_path, reference, variants })
 }
 
 fn sizes(spec: &ModelSpec) -> String {
@@ -1059,17 +1070,26 @@ fn print_case(r: &CaseResult) {
         "{:<34} {:>10} {:>10} {:>10} {:>12} {:>11} {:>12} {:>14}",
         "whole step", "ms/step", "min ms", "max ms", "samples/s", "dispatches", "round trips", "bytes up/step"
     );
-    println!(
-        "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>11.1} {:>12} {:>14}",
-        format!("GPU train_epoch ({} x {} steps)", st.time.runs, st.time.reps),
-        st.time.median * 1e3,
-        st.time.min * 1e3,
-        st.time.max * 1e3,
-        st.samples_per_s,
-        st.dispatches,
-        opt(st.round_trips, 2),
-        opt(st.bytes_uploaded, 0)
-    );
+    for (st, chosen) in std::iter::once((st, true)).chain(r.other_path.iter().map(|o| (o, false))) {
+        println!(
+            "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>11.1} {:>12} {:>14}",
+            format!(
+                "GPU {} path{} ({}x{})",
+                format!("{:?}", st.path).to_lowercase(),
+                if chosen { " (default)" } else { "" },
+                st.time.runs,
+                st.time.reps
+            ),
+            st.time.median * 1e3,
+            st.time.min * 1e3,
+            st.time.max * 1e3,
+            st.samples_per_s,
+            st.dispatches,
+            opt(st.round_trips, 2),
+            opt(st.bytes_uploaded, 0)
+        );
+    }
+    println!("   (train_epoch: data resident on the device, up to 64 steps per submit, no read-back)");
     let launches: usize = r.rows.iter().map(|x| x.row.per_step).sum();
     if (st.dispatches - launches as f64).abs() > 0.5 {
         println!(
@@ -1167,14 +1187,19 @@ fn to_json(gpu: &Gpu, timer: &Timer, s: &Settings, validation: Value, results: &
                 })
                 .collect();
             let st = &r.step;
-            let step = merge(
-                json!({
-                    "samples_per_s": st.samples_per_s, "dispatches_per_step": st.dispatches,
-                    "submits_per_step": st.submits, "round_trips_per_step": st.round_trips,
-                    "bytes_uploaded_per_step": st.bytes_uploaded, "counters": st.submits.is_some(),
-                }),
-                measured_json(&st.time, 1e3, "ms"),
-            );
+            let step_json = |st: &StepResult| {
+                merge(
+                    json!({
+                        "path": format!("{:?}", st.path).to_lowercase(),
+                        "samples_per_s": st.samples_per_s, "dispatches_per_step": st.dispatches,
+                        "submits_per_step": st.submits, "round_trips_per_step": st.round_trips,
+                        "bytes_uploaded_per_step": st.bytes_uploaded, "counters": st.submits.is_some(),
+                    }),
+                    measured_json(&st.time, 1e3, "ms"),
+                )
+            };
+            let step = step_json(st);
+            let other_path = r.other_path.as_ref().map(step_json);
             let reference = match &r.reference {
                 ReferenceResult::Timed(t) => {
                     merge(json!({"samples_per_s": r.case.batch as f64 / t.median}), measured_json(t, 1e3, "ms"))
@@ -1187,7 +1212,7 @@ fn to_json(gpu: &Gpu, timer: &Timer, s: &Settings, validation: Value, results: &
                 "requested_batch": r.case.requested_batch, "notes": r.case.notes,
                 "kernels": kernels,
                 "kernels_sum_us": r.rows.iter().map(|x| x.time.median).sum::<f64>() * 1e6,
-                "step": step, "reference": reference,
+                "step": step, "step_other_path": other_path, "reference": reference,
             });
             if let Some(v) = &r.variants {
                 let row = |x: &VariantRow| {
