@@ -10,17 +10,8 @@
 // Out-of-range elements load as 0, so any size works; each output is written by exactly one
 // invocation, and the sum runs in a fixed order (deterministic).
 
-struct Matmul {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(1) var<uniform> mm: Matmul;
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const TILE: u32 = 16u;
 var<workgroup> tile_l: array<array<f32, 16>, 16>; // [r][p]
@@ -54,7 +45,7 @@ fn tiled_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_
         workgroupBarrier();
     }
     if (r < mm.rows && c < mm.cols) {
-        out[r * mm.cols + c] = acc;
+        store_output(r, c, acc);
     }
 }
 

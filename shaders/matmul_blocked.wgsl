@@ -12,17 +12,8 @@
 // reference. Rows and columns past the edge load a clamped (valid) index and are not written,
 // so the inner loop has no branches. Fixed summation order: deterministic.
 
-struct Matmul {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(1) var<uniform> mm: Matmul;
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 // A workgroup of 64 invocations as 8x8 blocks of 4x4: a 32x32 output tile.
 const BLOCK: u32 = 4u;
@@ -56,7 +47,7 @@ fn blocked_matmul(lid: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u
         if (r < mm.rows) {
             for (var j = 0u; j < BLOCK; j++) {
                 if (c0 + j < mm.cols) {
-                    out[r * mm.cols + c0 + j] = acc[i][j];
+                    store_output(r, c0 + j, acc[i][j]);
                 }
             }
         }

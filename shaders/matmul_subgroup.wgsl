@@ -20,17 +20,8 @@
 // Rows and columns past the edge load a clamped (valid) index and are not written; every
 // invocation reaches the subgroup operations (no early return).
 
-struct Matmul {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(1) var<uniform> mm: Matmul;
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 // 8 invocations per workgroup; each covers all 32 rows of the tile and 4 of its 32 columns.
 const LANES: u32 = 8u;
@@ -93,21 +84,20 @@ fn lhs4(row0: u32, s: u32, lp: u32, l_r: u32) -> vec4<f32> {
     );
 }
 
-// Writes out[r, c0..c0+4], the columns and the row that exist.
+// Stores outputs [r, c0..c0+4] (through the epilogue), the columns and the row that exist.
 fn store4(r: u32, c0: u32, v: vec4<f32>) {
     if (r < mm.rows) {
-        let at = r * mm.cols + c0;
         if (c0 < mm.cols) {
-            out[at] = v.x;
+            store_output(r, c0, v.x);
         }
         if (c0 + 1u < mm.cols) {
-            out[at + 1u] = v.y;
+            store_output(r, c0 + 1u, v.y);
         }
         if (c0 + 2u < mm.cols) {
-            out[at + 2u] = v.z;
+            store_output(r, c0 + 2u, v.z);
         }
         if (c0 + 3u < mm.cols) {
-            out[at + 3u] = v.w;
+            store_output(r, c0 + 3u, v.w);
         }
     }
 }

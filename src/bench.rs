@@ -668,7 +668,13 @@ pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) 
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng, path: Option<StepPath>) -> Result<StepResult, Error> {
+fn bench_step(
+    gpu: &Gpu,
+    case: &Case,
+    s: &Settings,
+    rng: &mut Rng,
+    path: Option<StepPath>,
+) -> Result<StepResult, Error> {
     let spec = &case.spec;
     let m = case.batch;
     let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };

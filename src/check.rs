@@ -27,10 +27,12 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 10] = [
+pub const CHECKS: [(&str, Check); 12] = [
     ("matmul_forward", matmul_forward),
+    ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
     ("matmul_backward_input", matmul_backward_input),
+    ("matmul_backward_input_activation", matmul_backward_input_activation),
     ("bias_activation", bias_activation),
     ("activation_backward", activation_backward),
     ("kl_backward", kl_backward),
@@ -460,4 +462,70 @@ pub fn training_steps(
         }
     }
     Ok(worst)
+}
+
+/// `matmul_forward_bias_activation` against its twin, for every activation. Z is judged like a
+/// matmul (relative to the sum of the magnitudes of its terms, bias included); A = f(Z) moves
+/// by at most |dZ| (every f' here is at most 1) plus f's own absolute error (a few 1e-8 near
+/// zero, as WGSL bounds exp and tanh), so A is judged against that scale plus 0.1.
+pub fn matmul_forward_bias_activation(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in Activation::ALL {
+        let a = random(rng, m * k, -1.0, 1.0);
+        let w = random(rng, n * k, -1.0, 1.0);
+        let b = random(rng, n, -0.5, 0.5);
+        let (z_out, a_out) = (poisoned(kern, m * n), poisoned(kern, m * n));
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        kern.gpu.run(&[kern.matmul_forward_bias_activation(
+            &up("a", &a),
+            &up("w", &w),
+            &up("b", &b),
+            &z_out,
+            &a_out,
+            m,
+            k,
+            n,
+            act,
+        )]);
+        let (want_z, want_a) = r::matmul_forward_bias_activation(&widen(&a), &widen(&w), &widen(&b), m, k, n, act);
+        let terms = r::matmul_forward(&abs(&a), &abs(&w), m, k, n);
+        let scale_z: Vec<f64> = (0..m * n).map(|i| terms[i] + (b[i % n] as f64).abs()).collect();
+        let scale_a: Vec<f64> = scale_z.iter().map(|s| s + 0.1).collect();
+        let got = kern.gpu.download_many(&[&z_out, &a_out]);
+        worst = worst.max(max_rel_err(&got[0], &want_z, &scale_z)).max(max_rel_err(&got[1], &want_a, &scale_a));
+    }
+    worst
+}
+
+/// `matmul_backward_input_activation` against its twin, for every activation: relative to the
+/// sum of the magnitudes of the product's terms times |f'|.
+pub fn matmul_backward_input_activation(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in Activation::ALL {
+        let delta = random(rng, m * n, -1.0, 1.0);
+        let w = random(rng, n * k, -1.0, 1.0);
+        let z = random(rng, m * k, -3.0, 3.0);
+        let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+        let out = poisoned(kern, m * k);
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        kern.gpu.run(&[kern.matmul_backward_input_activation(
+            &up("d", &delta),
+            &up("w", &w),
+            &up("z", &z),
+            &up("a", &a),
+            &out,
+            m,
+            n,
+            k,
+            act,
+        )]);
+        let want =
+            r::matmul_backward_input_activation(&widen(&delta), &widen(&w), &widen(&z), &widen(&a), m, n, k, act);
+        let terms = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
+        let scale: Vec<f64> = (0..m * k)
+            .map(|i| terms[i] * r::activation_derivative(act, z[i] as f64, a[i] as f64).abs() + 1e-30)
+            .collect();
+        worst = worst.max(max_rel_err(&kern.gpu.download(&out), &want, &scale));
+    }
+    worst
 }

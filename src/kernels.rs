@@ -13,27 +13,40 @@ use bytemuck::{Pod, Zeroable};
 use std::collections::HashMap;
 use wgpu::util::DeviceExt;
 
-/// Shader sources, compiled into the binary; each starts with `shaders/common.wgsl` (the `Grid`
-/// binding and the activation functions), as WGSL has no include.
+/// A shader's source: `shaders/common.wgsl` (the `Grid` binding and the activation functions),
+/// then the named files, joined at compile time since WGSL has no include.
+macro_rules! shader {
+    ($($file:literal),+) => {
+        concat!(include_str!("../shaders/common.wgsl"), $(include_str!(concat!("../shaders/", $file))),+)
+    };
+}
+
+/// Shader sources, compiled into the binary.
 pub mod source {
-    pub const MATMUL: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul.wgsl"));
-    pub const MATMUL_BLOCKED: &str =
-        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul_blocked.wgsl"));
-    pub const MATMUL_SUBGROUP: &str =
-        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul_subgroup.wgsl"));
-    pub const ACTIVATION: &str =
-        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/activation.wgsl"));
-    pub const SPARSITY: &str =
-        concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/sparsity.wgsl"));
-    pub const REDUCE: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/reduce.wgsl"));
-    pub const LOSS: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/loss.wgsl"));
-    pub const UPDATE: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/update.wgsl"));
-    pub const DATA: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/data.wgsl"));
-    pub const FUSED: &str = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/fused.wgsl"));
+    pub const MATMUL: &str = shader!("matmul_epilogue.wgsl", "matmul.wgsl");
+    pub const MATMUL_BLOCKED: &str = shader!("matmul_epilogue.wgsl", "matmul_blocked.wgsl");
+    pub const MATMUL_SUBGROUP: &str = shader!("matmul_epilogue.wgsl", "matmul_subgroup.wgsl");
+    pub const ACTIVATION: &str = shader!("activation.wgsl");
+    pub const SPARSITY: &str = shader!("sparsity.wgsl");
+    pub const REDUCE: &str = shader!("reduce.wgsl");
+    pub const LOSS: &str = shader!("loss.wgsl");
+    pub const UPDATE: &str = shader!("update.wgsl");
+    pub const DATA: &str = shader!("data.wgsl");
+    pub const FUSED: &str = shader!("fused.wgsl");
 }
 
 /// The matmul entry points; each [`MatmulVariant`] implements all three.
 pub const MATMUL_ENTRY_POINTS: [&str; 3] = ["matmul_forward", "matmul_backward_weight", "matmul_backward_input"];
+
+/// The epilogues (`EPILOGUE` in `shaders/matmul_epilogue.wgsl`) each matmul entry point is
+/// built with: 0 plain, 1 bias + activation, 2 activation derivative.
+fn epilogues(entry: &str) -> &'static [u32] {
+    match entry {
+        "matmul_forward" => &[0, 1],
+        "matmul_backward_input" => &[0, 2],
+        _ => &[0],
+    }
+}
 
 /// Interchangeable implementations of the matmul family, same entry points and results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,7 +219,8 @@ struct Matmul {
     rows: u32,
     cols: u32,
     inner: u32,
-    _pad: u32,
+    act: u32,
+    _pad: [u32; 4],
 }
 
 #[repr(C)]
@@ -277,9 +291,15 @@ pub const LOSS_SLOTS: usize = 5;
 pub struct Kernels {
     pub gpu: Gpu,
     pipelines: HashMap<&'static str, wgpu::ComputePipeline>,
-    matmul_pipelines: HashMap<(MatmulVariant, &'static str), wgpu::ComputePipeline>,
+    /// Per variant, entry point and epilogue (a pipeline-overridable constant, so each
+    /// pipeline compiles only its own epilogue).
+    matmul_pipelines: HashMap<(MatmulVariant, &'static str, u32), wgpu::ComputePipeline>,
     /// Which matmul implementation the launchers use.
     pub matmul_variant: MatmulVariant,
+    /// One-element buffers bound where an entry point's binding is unused (a read-only and a
+    /// read-write one: one buffer cannot be both in a dispatch).
+    placeholder_ro: View,
+    placeholder_rw: View,
     /// Most workgroups one dispatch may have along a dimension. The adapter's limit by
     /// default; tests lower it to exercise splitting without huge inputs.
     pub max_groups: u32,
@@ -291,7 +311,7 @@ impl Kernels {
         // Capture validation errors (a shader an adapter rejects) instead of panicking.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules: HashMap<*const u8, wgpu::ShaderModule> = HashMap::new();
-        let mut pipeline = |entry: &'static str, src: &'static str| {
+        let mut pipeline = |entry: &'static str, src: &'static str, constants: &[(&str, f64)]| {
             let module = modules.entry(src.as_ptr()).or_insert_with(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(entry),
@@ -305,23 +325,31 @@ impl Kernels {
                 layout: None,
                 module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
                 cache: None,
             })
         };
-        let pipelines: HashMap<_, _> =
-            ENTRY_POINTS.iter().chain(&STEP_ENTRY_POINTS).map(|&(entry, src)| (entry, pipeline(entry, src))).collect();
+        let pipelines: HashMap<_, _> = ENTRY_POINTS
+            .iter()
+            .chain(&STEP_ENTRY_POINTS)
+            .map(|&(entry, src)| (entry, pipeline(entry, src, &[])))
+            .collect();
         let mut matmul_pipelines = HashMap::new();
         // Variants the device cannot run (no SUBGROUP, e.g. the GL backend) are left out.
         for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu.features)) {
             for entry in MATMUL_ENTRY_POINTS {
-                matmul_pipelines.insert((variant, entry), pipeline(entry, variant.source()));
+                for &epilogue in epilogues(entry) {
+                    let constants = [("EPILOGUE", epilogue as f64)];
+                    matmul_pipelines.insert((variant, entry, epilogue), pipeline(entry, variant.source(), &constants));
+                }
             }
         }
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(format!("shader compilation failed on {}: {err}", gpu.describe()));
         }
         Ok(Kernels {
+            placeholder_ro: View::whole(&gpu.storage("placeholder (read)", 1)),
+            placeholder_rw: View::whole(&gpu.storage("placeholder (read-write)", 1)),
             gpu: gpu.clone(),
             pipelines,
             matmul_pipelines,
@@ -334,7 +362,7 @@ impl Kernels {
     pub fn matmul_variants(&self) -> Vec<MatmulVariant> {
         MatmulVariant::ALL
             .into_iter()
-            .filter(|v| self.matmul_pipelines.contains_key(&(*v, MATMUL_ENTRY_POINTS[0])))
+            .filter(|v| self.matmul_pipelines.contains_key(&(*v, MATMUL_ENTRY_POINTS[0], 0)))
             .collect()
     }
 
@@ -396,43 +424,93 @@ impl Kernels {
         [len.div_ceil(256), 1]
     }
 
+    /// A matmul launch; `epilogue` is 0 (plain), 1 (bias + activation) or 2 (activation
+    /// derivative), see `shaders/matmul_epilogue.wgsl`; `extra` are its bindings 5-8
+    /// (bias, a_out, z_in, a_in), placeholders where the epilogue does not use them.
+    #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         name: &'static str,
         lhs: &View,
         rhs: &View,
         out: &View,
-        rows: usize,
-        cols: usize,
-        inner: usize,
+        (rows, cols, inner): (usize, usize, usize),
+        epilogue: u32,
+        act: Activation,
+        extra: [&View; 4],
     ) -> Launch {
         assert!(out.len >= rows * cols, "{name}: output too small");
-        let params = Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, _pad: 0 };
+        let params =
+            Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), _pad: [0; 4] };
         let variant = self.matmul_variant;
-        let pipeline = self.matmul_pipelines[&(variant, name)].clone();
+        let pipeline = self.matmul_pipelines[&(variant, name, epilogue)].clone();
         let tile = variant.tile();
+        let [bias, a_out, z_in, a_in] = extra;
         self.launch_with(
             name,
             pipeline,
             params,
-            &[(2, lhs), (3, rhs), (4, out)],
+            &[(2, lhs), (3, rhs), (4, out), (5, bias), (6, a_out), (7, z_in), (8, a_in)],
             [cols.div_ceil(tile), rows.div_ceil(tile)],
         )
     }
 
+    /// Placeholders for the epilogue bindings a plain matmul does not use.
+    fn plain(&self) -> [&View; 4] {
+        [&self.placeholder_ro, &self.placeholder_rw, &self.placeholder_ro, &self.placeholder_ro]
+    }
+
     /// `Z[m,n] = A[m,k] W[n,k]^T`
     pub fn matmul_forward(&self, a: &View, w: &View, z: &View, m: usize, k: usize, n: usize) -> Launch {
-        self.matmul("matmul_forward", a, w, z, m, n, k)
+        self.matmul("matmul_forward", a, w, z, (m, n, k), 0, Activation::Identity, self.plain())
+    }
+
+    /// `Z[m,n] = A[m,k] W[n,k]^T + 1 b^T`, `A_out = f(Z)`: matmul_forward with the bias and
+    /// activation in its epilogue (one dispatch instead of two).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_bias_activation(
+        &self,
+        a: &View,
+        w: &View,
+        b: &View,
+        z: &View,
+        a_out: &View,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let extra = [b, a_out, &self.placeholder_ro, &self.placeholder_ro];
+        self.matmul("matmul_forward", a, w, z, (m, n, k), 1, act, extra)
     }
 
     /// `dW[n,k] = delta[m,n]^T A[m,k]`
     pub fn matmul_backward_weight(&self, delta: &View, a: &View, dw: &View, m: usize, n: usize, k: usize) -> Launch {
-        self.matmul("matmul_backward_weight", delta, a, dw, n, k, m)
+        self.matmul("matmul_backward_weight", delta, a, dw, (n, k, m), 0, Activation::Identity, self.plain())
     }
 
     /// `G[m,k] = delta[m,n] W[n,k]`
     pub fn matmul_backward_input(&self, delta: &View, w: &View, g: &View, m: usize, n: usize, k: usize) -> Launch {
-        self.matmul("matmul_backward_input", delta, w, g, m, k, n)
+        self.matmul("matmul_backward_input", delta, w, g, (m, k, n), 0, Activation::Identity, self.plain())
+    }
+
+    /// `delta_out[m,k] = (delta[m,n] W[n,k]) ⊙ f'(Z, A)`: matmul_backward_input with the
+    /// activation derivative of the layer below in its epilogue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_input_activation(
+        &self,
+        delta: &View,
+        w: &View,
+        z: &View,
+        a: &View,
+        delta_out: &View,
+        m: usize,
+        n: usize,
+        k: usize,
+        act: Activation,
+    ) -> Launch {
+        let extra = [&self.placeholder_ro, &self.placeholder_rw, z, a];
+        self.matmul("matmul_backward_input", delta, w, delta_out, (m, k, n), 2, act, extra)
     }
 
     /// `Z += 1 b^T` (in place), `A = f(Z)`, over `[m, n]`.

@@ -43,6 +43,38 @@ pub fn matmul_backward_input(delta: &[f64], w: &[f64], m: usize, n: usize, k: us
     g
 }
 
+/// `Z = A W^T + 1 b^T`, `A_out = f(Z)` (twin of `matmul_forward_bias_activation`, the matmul
+/// with bias and activation in its epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_bias_activation(
+    a: &[f64],
+    w: &[f64],
+    b: &[f64],
+    m: usize,
+    k: usize,
+    n: usize,
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut z = matmul_forward(a, w, m, k, n);
+    let a_out = bias_activation(&mut z, b, act, n);
+    (z, a_out)
+}
+
+/// `(delta W) ⊙ f'(Z, A)` (twin of `matmul_backward_input_activation`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_input_activation(
+    delta: &[f64],
+    w: &[f64],
+    z: &[f64],
+    a: &[f64],
+    m: usize,
+    n: usize,
+    k: usize,
+    act: Activation,
+) -> Vec<f64> {
+    activation_backward(&matmul_backward_input(delta, w, m, n, k), z, a, act)
+}
+
 pub fn activate(act: Activation, z: f64) -> f64 {
     match act {
         Activation::Identity => z,

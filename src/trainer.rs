@@ -110,6 +110,56 @@ struct MetricsLayout {
     len: usize,
 }
 
+/// Z, A and delta of every layer l = 0..=L (layer 0 is X; Z_0 and delta_0 are unused), `[rows, n_l]`
+/// row-major. The fused path addresses all layers of one kind through one buffer (`all`, layer l
+/// at `offsets[l]`); the layered path gives each layer buffers of its own, so a matmul can read
+/// A_{l-1} while its epilogue writes A_l (WebGPU forbids one buffer being read-only and
+/// read-write in the same dispatch).
+struct Activations {
+    z: Vec<View>,
+    a: Vec<View>,
+    delta: Vec<View>,
+    offsets: Vec<usize>,
+    all: Option<[View; 3]>,
+}
+
+impl Activations {
+    fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, path: Path) -> Self {
+        let lens: Vec<usize> = spec.sizes.iter().map(|&n| align(m * n)).collect();
+        match path {
+            Path::Fused => {
+                let offsets: Vec<usize> =
+                    lens.iter().scan(0, |at, len| Some(std::mem::replace(at, *at + len))).collect();
+                let total: usize = lens.iter().sum();
+                let all = ["z", "a", "delta"].map(|name| View::whole(&gpu.storage(name, total)));
+                let per_layer = |v: &View| offsets.iter().zip(&lens).map(|(&at, &len)| v.slice(at, len)).collect();
+                Activations {
+                    z: per_layer(&all[0]),
+                    a: per_layer(&all[1]),
+                    delta: per_layer(&all[2]),
+                    offsets,
+                    all: Some(all),
+                }
+            }
+            Path::Layered => {
+                let per_layer = |name: &str| {
+                    lens.iter()
+                        .enumerate()
+                        .map(|(l, &len)| View::whole(&gpu.storage(&format!("{name}{l}"), len)))
+                        .collect()
+                };
+                Activations {
+                    z: per_layer("z"),
+                    a: per_layer("a"),
+                    delta: per_layer("delta"),
+                    offsets: vec![0; lens.len()],
+                    all: None,
+                }
+            }
+        }
+    }
+}
+
 /// The launches of one step for one batch size and one source of minibatches.
 struct Schedule {
     /// forward, backward, update.
@@ -179,12 +229,8 @@ pub struct Trainer {
     path: Path,
     params: View,
     grads: View,
-    /// Z, A and delta of every layer, in three buffers with one layout: layer l (0 = X)
-    /// starts at `act_offsets[l]`, row-major `[rows, n_l]`.
-    act_offsets: Vec<usize>,
-    z_all: View,
-    a_all: View,
-    delta_all: View,
+    /// Z, A and delta of every layer (laid out for the path: see `Activations`).
+    acts: Activations,
     /// G, the gradient w.r.t. a layer's input, shared by all layers (layered path).
     g: View,
     /// Host-written minibatch.
@@ -269,12 +315,7 @@ impl Trainer {
         let gpu = kernels.gpu.clone();
         let max_binding = gpu.limits.max_storage_buffer_binding_size as usize;
         let m = batch_capacity;
-        let mut act_offsets = Vec::new();
-        let mut act_len = 0;
-        for &n in &spec.sizes {
-            act_offsets.push(act_len);
-            act_len += align(m * n);
-        }
+        let act_len: usize = spec.sizes.iter().map(|&n| align(m * n)).sum();
         if act_len * 4 > max_binding {
             return Err(format!(
                 "a batch of {m} needs {} bytes of activations, more than this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size",
@@ -311,10 +352,7 @@ impl Trainer {
             path,
             params,
             grads,
-            z_all: View::whole(&gpu.storage("z", act_len)),
-            a_all: View::whole(&gpu.storage("a", act_len)),
-            delta_all: View::whole(&gpu.storage("delta", act_len)),
-            act_offsets,
+            acts: Activations::new(&gpu, spec, m, path),
             g: View::whole(&gpu.storage("g", m * widest)),
             x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
             data: View::whole(&gpu.storage("data", 1)),
@@ -346,8 +384,12 @@ impl Trainer {
         if path == Path::Fused && self.spec.sizes.iter().any(|&n| n > FUSED_MAX_WIDTH) {
             return Err(format!("the fused path takes layers up to {FUSED_MAX_WIDTH} wide"));
         }
-        self.path = path;
-        self.schedules.clear();
+        if path != self.path {
+            self.path = path;
+            self.acts = Activations::new(&self.kernels.gpu, &self.spec, self.batch_capacity, path);
+            self.table = self.kernels.gpu.upload_bytes("layer table", bytemuck::cast_slice(&self.layer_table()));
+            self.schedules.clear();
+        }
         Ok(())
     }
 
@@ -363,8 +405,8 @@ impl Trainer {
                     act: self.spec.activation(l).code(),
                     w_off: self.layout.weights[l - 1].0 as u32,
                     b_off: self.layout.biases[l - 1].0 as u32,
-                    in_off: self.act_offsets[l - 1] as u32,
-                    out_off: self.act_offsets[l] as u32,
+                    in_off: self.acts.offsets[l - 1] as u32,
+                    out_off: self.acts.offsets[l] as u32,
                     param_start: start as u32,
                 };
                 start += n * k + n;
@@ -398,9 +440,9 @@ impl Trainer {
     fn loss_out(&self) -> View {
         self.metrics.slice(self.metrics_layout.loss, LOSS_SLOTS)
     }
-    /// Rows `0..m` of layer `l` in one of the activation buffers.
-    fn rows(&self, all: &View, l: usize, m: usize) -> View {
-        all.slice(self.act_offsets[l], m * self.spec.sizes[l])
+    /// Rows `0..m` of layer `l` of one of `acts.z`, `acts.a`, `acts.delta`.
+    fn rows(&self, per_layer: &[View], l: usize, m: usize) -> View {
+        per_layer[l].slice(0, m * self.spec.sizes[l])
     }
 
     /// The dispatches of one training step on a minibatch of `m` rows: SPEC.md section 4.
@@ -411,9 +453,9 @@ impl Trainer {
         let c = spec.code_layer;
         let nc = spec.code_width();
         let n0 = spec.sizes[0];
-        let z = |l: usize| self.rows(&self.z_all, l, m);
-        let a = |l: usize| self.rows(&self.a_all, l, m);
-        let delta = |l: usize| self.rows(&self.delta_all, l, m);
+        let z = |l: usize| self.rows(&self.acts.z, l, m);
+        let a = |l: usize| self.rows(&self.acts.a, l, m);
+        let delta = |l: usize| self.rows(&self.acts.delta, l, m);
         let g = |n: usize| self.g.slice(0, m * n);
         let inv_m = 1.0 / m as f64;
         let (data, gather) = match source {
@@ -453,8 +495,18 @@ impl Trainer {
                 let mut forward = vec![k.gather_rows(data, &self.order, &self.cursor, &a(0), m, n0, gather)];
                 for l in 1..=layers {
                     let (n, kk) = spec.shape(l);
-                    forward.push(k.matmul_forward(&a(l - 1), &self.w(l), &z(l), m, kk, n));
-                    forward.push(k.bias_activation(&self.b(l), &z(l), &a(l), m, n, spec.activation(l)));
+                    let act = spec.activation(l);
+                    forward.push(k.matmul_forward_bias_activation(
+                        &a(l - 1),
+                        &self.w(l),
+                        &self.b(l),
+                        &z(l),
+                        &a(l),
+                        m,
+                        kk,
+                        n,
+                        act,
+                    ));
                 }
                 forward.extend(rho_hat);
 
@@ -469,10 +521,11 @@ impl Trainer {
                     if l == 1 {
                         break;
                     }
-                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) (+ the KL term at the code layer)
-                    backward.push(k.matmul_backward_input(&delta(l), &self.w(l), &g(kk), m, n, kk));
+                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}), one dispatch, or at the
+                    // code layer with a penalty, G then the KL term
                     let act = spec.activation(l - 1);
                     if l - 1 == c && self.loss.sparsity != Sparsity::None {
+                        backward.push(k.matmul_backward_input(&delta(l), &self.w(l), &g(kk), m, n, kk));
                         backward.push(k.kl_backward(
                             &g(kk),
                             &z(c),
@@ -485,7 +538,17 @@ impl Trainer {
                             self.loss.sparsity,
                         ));
                     } else {
-                        backward.push(k.activation_backward(&g(kk), &z(l - 1), &a(l - 1), &delta(l - 1), m, kk, act));
+                        backward.push(k.matmul_backward_input_activation(
+                            &delta(l),
+                            &self.w(l),
+                            &z(l - 1),
+                            &a(l - 1),
+                            &delta(l - 1),
+                            m,
+                            n,
+                            kk,
+                            act,
+                        ));
                     }
                 }
 
@@ -500,14 +563,15 @@ impl Trainer {
             Path::Fused => {
                 // The same equations, a row per invocation (see shaders/fused.wgsl).
                 let net = self.fused_net(m, gather);
+                let all = self.acts.all.as_ref().expect("the fused path lays activations out in one buffer each");
                 let buffers = FusedBuffers {
                     table: self.table.clone(),
                     params: self.params.clone(),
                     order: self.order.clone(),
                     cursor: self.cursor.clone(),
-                    z: self.z_all.clone(),
-                    a: self.a_all.clone(),
-                    delta: self.delta_all.clone(),
+                    z: all[0].clone(),
+                    a: all[1].clone(),
+                    delta: all[2].clone(),
                     rho_hat: self.rho_hat.clone(),
                 };
                 let mut forward = vec![k.fused_forward(&net, &buffers, data)];
@@ -913,7 +977,7 @@ impl Trainer {
             self.record(&mut encoder, &launches);
             self.submit(encoder);
             self.stats.readbacks += 1;
-            out.extend(self.kernels.gpu.download(&self.rows(&self.a_all, l, m)));
+            out.extend(self.kernels.gpu.download(&self.rows(&self.acts.a, l, m)));
         }
         Ok(out)
     }
