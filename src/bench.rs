@@ -839,7 +839,7 @@ fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value), Error> 
     kernels.matmul_variant = default;
     let step_tol = 1e-4;
     let cfg = LossConfig { weight_decay: 1e-3, sparsity: SPARSITY };
-    let step_err = check::training_steps(gpu, &ModelSpec::seed(), cfg, m, 0.5, 2).map_err(Runtime)?;
+    let step_err = check::training_steps(gpu, &ModelSpec::seed(), cfg, m, 0.5, 2, None).map_err(Runtime)?.max_rel_err;
     if step_err.is_nan() || step_err >= step_tol {
         failures.push(format!("2 training steps of the seed model: max rel err {step_err:.2e} > {step_tol:.0e}"));
     }

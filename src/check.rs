@@ -431,9 +431,18 @@ pub fn sgd_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -
     worst
 }
 
-/// A whole training step: `steps` SGD steps of `spec` on the GPU and on the f64 reference from
-/// the same init and minibatches; returns the largest parameter difference relative to each
-/// tensor's size (max |reference|).
+/// What `training_steps` found.
+#[derive(Clone, Copy, Debug)]
+pub struct StepsCheck {
+    /// Largest parameter difference, relative to each tensor's size (max |reference|).
+    pub max_rel_err: f64,
+    /// Weights that moved from their init (zero would mean the comparison proves nothing).
+    pub moved: usize,
+}
+
+/// A whole training step: `steps` SGD steps of `spec` on the GPU (on `path`, or the trainer's
+/// default) and on the f64 reference, from the same init and minibatches.
+#[allow(clippy::too_many_arguments)]
 pub fn training_steps(
     gpu: &crate::Gpu,
     spec: &crate::ModelSpec,
@@ -441,9 +450,13 @@ pub fn training_steps(
     m: usize,
     lr: f64,
     steps: usize,
-) -> Result<f64, String> {
+    path: Option<crate::trainer::Path>,
+) -> Result<StepsCheck, String> {
     let init = crate::Params::init(spec, 5);
     let mut trainer = crate::Trainer::new(gpu, spec, cfg, lr, m, &init)?;
+    if let Some(p) = path {
+        trainer.set_path(p)?;
+    }
     let mut model = r::Model::new(spec, &init);
     let mut rng = Rng::new(77);
     for _ in 0..steps {
@@ -461,7 +474,8 @@ pub fn training_steps(
             worst = worst.max(e);
         }
     }
-    Ok(worst)
+    let moved = got.weights.iter().flatten().zip(init.weights.iter().flatten()).filter(|(a, b)| a != b).count();
+    Ok(StepsCheck { max_rel_err: worst, moved })
 }
 
 /// `matmul_forward_bias_activation` against its twin, for every activation. Z is judged like a

@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
+use sae_wgpu::check;
 use sae_wgpu::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
-use sae_wgpu::reference as r;
 use sae_wgpu::trainer::{EpochOptions, Path};
 use sae_wgpu::Trainer;
 
@@ -24,32 +24,10 @@ fn compare(spec: &ModelSpec, cfg: LossConfig, m: usize, lr: f64, label: &str) {
 }
 
 fn compare_on(spec: &ModelSpec, cfg: LossConfig, m: usize, lr: f64, label: &str, path: Path) {
-    let gpu = gpu();
-    let init = Params::init(spec, 5);
-    let mut trainer = Trainer::new(&gpu, spec, cfg, lr, m, &init).unwrap();
-    trainer.set_path(path).unwrap();
-    let mut model = r::Model::new(spec, &init);
-    let mut rng = Rng::new(77);
-    for _ in 0..STEPS {
-        let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);
-        trainer.step(&x).unwrap();
-        r::step(&mut model, &cfg, &widen(&x), m, lr);
-    }
-    let got = trainer.params();
-    let want = model.to_params();
-    let mut worst: f64 = 0.0;
-    for (g, w) in got.weights.iter().chain(&got.biases).zip(want.weights.iter().chain(&want.biases)) {
-        let size = w.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64)).max(1e-3);
-        for (a, b) in g.iter().zip(w) {
-            let e = if a.is_finite() { (*a as f64 - *b as f64).abs() / size } else { f64::INFINITY };
-            worst = worst.max(e);
-        }
-    }
-    // The parameters must have moved, or the comparison proves nothing.
-    let moved = got.weights.iter().flatten().zip(init.weights.iter().flatten()).filter(|(a, b)| a != b).count();
-    println!("{label:<56} m={m:<4} max rel err after {STEPS} steps {worst:.2e} ({moved} weights moved)");
-    assert!(moved > 0, "{label}: no weight moved");
-    assert!(worst < TOL, "{label}: max relative error {worst:e} >= {TOL:e}");
+    let r = check::training_steps(&gpu(), spec, cfg, m, lr, STEPS, Some(path)).unwrap();
+    println!("{label:<56} m={m:<4} max rel err after {STEPS} steps {:.2e} ({} weights moved)", r.max_rel_err, r.moved);
+    assert!(r.moved > 0, "{label}: no weight moved");
+    assert!(r.max_rel_err < TOL, "{label}: max relative error {:e} >= {TOL:e}", r.max_rel_err);
 }
 
 fn modes(code: Activation) -> Vec<(&'static str, LossConfig)> {

@@ -31,25 +31,3 @@ pub fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
 pub fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
-
-/// Largest `|gpu - reference| / scale` over all elements; NaN (an element never written, since
-/// outputs are poisoned with NaN first) makes it infinite so it can never pass.
-pub fn max_rel_err(gpu: &[f32], reference: &[f64], scale: &[f64]) -> f64 {
-    assert_eq!(gpu.len(), reference.len(), "length mismatch");
-    let mut worst: f64 = 0.0;
-    for i in 0..gpu.len() {
-        let g = gpu[i] as f64;
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        let err = (g - reference[i]).abs() / scale[i].max(1e-30);
-        worst = worst.max(err);
-    }
-    worst
-}
-
-/// Element-wise magnitudes `max(|r|, floor)`: a relative error with a floor for values that
-/// are zero by construction (relu outputs).
-pub fn magnitudes(reference: &[f64], floor: f64) -> Vec<f64> {
-    reference.iter().map(|r| r.abs().max(floor)).collect()
-}
