@@ -246,6 +246,8 @@ pub struct Trainer {
     rho_hat: View,
     metrics_layout: MetricsLayout,
     metrics_staging: wgpu::Buffer,
+    /// Staging buffers for step metrics in flight, reused across log points.
+    metrics_pool: Vec<wgpu::Buffer>,
     schedules: HashMap<(usize, Source), Schedule>,
     pub steps_done: u64,
     pub stats: Stats,
@@ -362,6 +364,7 @@ impl Trainer {
             rho_hat: View::whole(&gpu.storage("rho_hat", nc)),
             metrics_layout,
             metrics_staging,
+            metrics_pool: Vec::new(),
             schedules: HashMap::new(),
             steps_done: 0,
             stats: Stats::default(),
@@ -668,7 +671,16 @@ impl Trainer {
             .collect()
     }
 
-    fn record(&mut self, encoder: &mut wgpu::CommandEncoder, launches: &[Launch]) {
+    /// Records one part of the schedule for `m` rows from `source` (no copies of it per step).
+    fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        m: usize,
+        source: Source,
+        part: fn(&Schedule) -> &[Launch],
+    ) {
+        self.ensure_schedule(m, source);
+        let launches = part(&self.schedules[&(m, source)]);
         record(encoder, launches);
         self.stats.dispatches += launches.iter().map(|l| l.dispatch_count() as u64).sum::<u64>();
     }
@@ -691,8 +703,7 @@ impl Trainer {
         let staging = self.x_staging.clone();
         self.upload(&staging, bytemuck::cast_slice(x));
         let mut encoder = self.kernels.gpu.device.create_command_encoder(&Default::default());
-        let launches = self.schedules[&(m, Source::Host)].step.clone();
-        self.record(&mut encoder, &launches);
+        self.record(&mut encoder, m, Source::Host, |s| &s.step);
         self.submit(encoder);
         self.steps_done += 1;
         Ok(())
@@ -705,8 +716,7 @@ impl Trainer {
         let staging = self.x_staging.clone();
         self.upload(&staging, bytemuck::cast_slice(x));
         let mut encoder = self.kernels.gpu.device.create_command_encoder(&Default::default());
-        let launches = self.schedules[&(m, Source::Host)].step_with_metrics.clone();
-        self.record(&mut encoder, &launches);
+        self.record(&mut encoder, m, Source::Host, |s| &s.step_with_metrics);
         self.copy_metrics(&mut encoder, &self.metrics_staging, 0);
         self.submit(encoder);
         self.steps_done += 1;
@@ -772,19 +782,19 @@ impl Trainer {
             let step = self.steps_done + 1;
             let log = log_every.is_some_and(|k| step % k == 0);
             if log {
-                let launches = self.schedules[&(m, Source::Resident)].step_with_metrics.clone();
-                self.record(&mut encoder, &launches);
-                let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("step metrics"),
-                    size: (self.metrics_layout.len * 4) as u64,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
+                self.record(&mut encoder, m, Source::Resident, |s| &s.step_with_metrics);
+                let staging = self.metrics_pool.pop().unwrap_or_else(|| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("step metrics"),
+                        size: (self.metrics_layout.len * 4) as u64,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
                 });
                 self.copy_metrics(&mut encoder, &staging, 0);
                 pending.push_back(Pending { step, m, staging, ready: Arc::new(AtomicBool::new(false)) });
             } else {
-                let launches = self.schedules[&(m, Source::Resident)].step.clone();
-                self.record(&mut encoder, &launches);
+                self.record(&mut encoder, m, Source::Resident, |s| &s.step);
             }
             self.steps_done += 1;
             in_encoder += 1;
@@ -829,6 +839,7 @@ impl Trainer {
             let p = pending.pop_front().expect("non-empty");
             let raw: Vec<f32> = bytemuck::cast_slice(&p.staging.slice(..).get_mapped_range().expect("mapped")).to_vec();
             p.staging.unmap();
+            self.metrics_pool.push(p.staging);
             self.stats.readbacks += 1;
             let metrics = self.step_metrics(&raw, p.m);
             on_step(p.step, &metrics)?;
@@ -891,8 +902,7 @@ impl Trainer {
             let staging = self.x_staging.clone();
             self.upload(&staging, bytemuck::cast_slice(rows));
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            let launches = self.schedules[&(m, Source::Host)].evaluate.clone();
-            self.record(&mut encoder, &launches);
+            self.record(&mut encoder, m, Source::Host, |s| &s.evaluate);
             self.copy_metrics(&mut encoder, &results, slot * bi as u64);
             self.submit(encoder);
         }
@@ -972,9 +982,8 @@ impl Trainer {
             self.ensure_schedule(m, Source::Host);
             let staging = self.x_staging.clone();
             self.upload(&staging, bytemuck::cast_slice(rows));
-            let launches = self.schedules[&(m, Source::Host)].evaluate.clone();
             let mut encoder = self.kernels.gpu.device.create_command_encoder(&Default::default());
-            self.record(&mut encoder, &launches);
+            self.record(&mut encoder, m, Source::Host, |s| &s.evaluate);
             self.submit(encoder);
             self.stats.readbacks += 1;
             out.extend(self.kernels.gpu.download(&self.rows(&self.acts.a, l, m)));
