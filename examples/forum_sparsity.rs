@@ -7,7 +7,7 @@
 //!     cargo run --release --example forum_sparsity [-- EPOCHS BATCH LR]
 
 use sae_wgpu::model::{LossConfig, ModelSpec, Params, Sparsity};
-use sae_wgpu::train::{fit, TrainOptions};
+use sae_wgpu::train::{defaults, fit, TrainOptions};
 use sae_wgpu::trainer::EvalMetrics;
 use sae_wgpu::{synthetic, AdapterRequest, Gpu, Trainer};
 
@@ -15,13 +15,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: f64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (epochs, batch, lr) = (arg(0, 20.0) as usize, arg(1, 32.0) as usize, arg(2, 0.5));
+    let (epochs, batch, lr) = (
+        arg(0, defaults::EPOCHS as f64) as usize,
+        arg(1, defaults::BATCH_SIZE as f64) as usize,
+        arg(2, defaults::LR),
+    );
     let gpu = Gpu::new(&AdapterRequest::default())?;
     println!("adapter: {}", gpu.describe());
     let data = synthetic::context_vectors(synthetic::DEFAULT_SAMPLES, 0);
     let spec = ModelSpec::seed();
-    let rho = 0.05;
-    let runs = [("beta = 0 (no penalty)", 0.0), ("beta = 3 (mean-activation KL)", 3.0)];
+    let rho = defaults::RHO;
+    let runs = [("beta = 0 (no penalty)", 0.0), ("beta = 3 (mean-activation KL)", defaults::BETA)];
     let mut results: Vec<(&str, EvalMetrics)> = Vec::new();
     for (label, beta) in runs {
         let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho, beta } };
