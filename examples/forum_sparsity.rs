@@ -15,11 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: f64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (epochs, batch, lr) = (
-        arg(0, defaults::EPOCHS as f64) as usize,
-        arg(1, defaults::BATCH_SIZE as f64) as usize,
-        arg(2, defaults::LR),
-    );
+    let (epochs, batch, lr) =
+        (arg(0, defaults::EPOCHS as f64) as usize, arg(1, defaults::BATCH_SIZE as f64) as usize, arg(2, defaults::LR));
     let gpu = Gpu::new(&AdapterRequest::default())?;
     println!("adapter: {}", gpu.describe());
     let data = synthetic::context_vectors(synthetic::DEFAULT_SAMPLES, 0);

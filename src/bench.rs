@@ -460,14 +460,24 @@ struct Row {
     bytes: f64,
 }
 
-fn matmul_row(kernel: &'static str, l: usize, m: usize, k: usize, n: usize, launch: Launch) -> Row {
-    let (read, written) = match kernel {
+/// A matmul row; `epilogue` names what the launch does with its outputs ("", "+bias_act":
+/// bias and activation, A written too; "+act'": times the activation derivative, Z and A read).
+fn matmul_row(kernel: &'static str, epilogue: &str, l: usize, m: usize, k: usize, n: usize, launch: Launch) -> Row {
+    let (mut read, mut written) = match kernel {
         "matmul_forward" => (m * k + n * k, m * n),
         "matmul_backward_weight" => (m * n + m * k, n * k),
         _ => (m * n + n * k, m * k),
     };
+    match epilogue {
+        "+bias_act" => {
+            read += n;
+            written += m * n;
+        }
+        "+act'" => read += 2 * m * k,
+        _ => {}
+    }
     Row {
-        id: format!("{kernel} L{l}"),
+        id: format!("{kernel}{epilogue} L{l}"),
         kernel,
         shape: format!("{m}·{k}→{n}"),
         mkn: Some((m, k, n)),
@@ -503,48 +513,41 @@ fn kernel_rows(kern: &Kernels, ws: &Workspace, spec: &ModelSpec, m: usize) -> Ve
     let size = |l: usize| spec.sizes[l];
     let rows_of = |v: &View, n: usize| v.slice(0, m * n);
     let mut rows = Vec::new();
+    // The launches of the trainer's layered step: bias + activation in the forward matmul's
+    // epilogue, the activation derivative in the input-gradient matmul's.
     for l in 1..=layers {
         let (n, k) = spec.shape(l);
-        let launch = kern.matmul_forward(&ws.a[l - 1], &ws.w(l), &ws.z[l], m, k, n);
-        rows.push(matmul_row("matmul_forward", l, m, k, n, launch));
+        let act = spec.activation(l);
+        let launch =
+            kern.matmul_forward_bias_activation(&ws.a[l - 1], &ws.w(l), &ws.b(l), &ws.z[l], &ws.a[l], m, k, n, act);
+        rows.push(matmul_row("matmul_forward", "+bias_act", l, m, k, n, launch));
     }
     for l in 1..=layers {
         let (n, k) = spec.shape(l);
         let launch = kern.matmul_backward_weight(&ws.delta[l], &ws.a[l - 1], &ws.dw(l), m, n, k);
-        rows.push(matmul_row("matmul_backward_weight", l, m, k, n, launch));
+        rows.push(matmul_row("matmul_backward_weight", "", l, m, k, n, launch));
     }
     for l in 2..=layers {
         let (n, k) = spec.shape(l);
-        let launch = kern.matmul_backward_input(&ws.delta[l], &ws.w(l), &rows_of(&ws.g, k), m, n, k);
-        rows.push(matmul_row("matmul_backward_input", l, m, k, n, launch));
-    }
-    let all = format!("{m} x {layers} layers");
-    let bias_act = (1..=layers)
-        .map(|l| {
-            let n = size(l);
-            (kern.bias_activation(&ws.b(l), &ws.z[l], &ws.a[l], m, n, spec.activation(l)), m * n, n + 3 * m * n)
-        })
-        .collect();
-    rows.push(elementwise_row("bias_activation", all.clone(), bias_act));
-    let act_back: Vec<_> = (2..=layers)
-        .filter(|&l| l - 1 != c)
-        .map(|l| {
-            let k = size(l - 1);
-            let launch = kern.activation_backward(
-                &rows_of(&ws.g, k),
+        if l - 1 == c {
+            // At the code layer G goes to kl_backward (below).
+            let launch = kern.matmul_backward_input(&ws.delta[l], &ws.w(l), &rows_of(&ws.g, k), m, n, k);
+            rows.push(matmul_row("matmul_backward_input", "", l, m, k, n, launch));
+        } else {
+            let act = spec.activation(l - 1);
+            let launch = kern.matmul_backward_input_activation(
+                &ws.delta[l],
+                &ws.w(l),
                 &ws.z[l - 1],
                 &ws.a[l - 1],
                 &ws.delta[l - 1],
                 m,
+                n,
                 k,
-                spec.activation(l - 1),
+                act,
             );
-            (launch, m * k, 4 * m * k)
-        })
-        .collect();
-    if !act_back.is_empty() {
-        let shape = format!("{m} x {} layers", act_back.len());
-        rows.push(elementwise_row("activation_backward", shape, act_back));
+            rows.push(matmul_row("matmul_backward_input", "+act'", l, m, k, n, launch));
+        }
     }
     if c < layers {
         let launch = kern.kl_backward(
@@ -1036,7 +1039,7 @@ fn print_case(r: &CaseResult) {
         println!("   note: {note}");
     }
     println!(
-        "{:<26} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>6}",
+        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>6}",
         "kernel", "shape (m·k→n)", "×step", "µs/step", "min µs", "max µs", "GFLOP/s", "GB/s", "share"
     );
     let step = r.step.time.median;
@@ -1044,7 +1047,7 @@ fn print_case(r: &CaseResult) {
     for row in &r.rows {
         sum += row.time.median;
         println!(
-            "{:<26} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
+            "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
             row.row.id,
             row.row.shape,
             row.row.per_step,
@@ -1057,7 +1060,7 @@ fn print_case(r: &CaseResult) {
         );
     }
     println!(
-        "{:<26} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
+        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
         "sum of kernel rows",
         "",
         r.rows.iter().map(|x| x.row.per_step).sum::<usize>(),
@@ -1096,11 +1099,13 @@ fn print_case(r: &CaseResult) {
         );
     }
     println!("   (train_epoch: data resident on the device, up to 64 steps per submit, no read-back)");
-    let launches: usize = r.rows.iter().map(|x| x.row.per_step).sum();
-    if (st.dispatches - launches as f64).abs() > 0.5 {
+    // The layered step also gathers its minibatch and advances the cursor: 2 launches the rows
+    // leave out.
+    let launches: usize = r.rows.iter().map(|x| x.row.per_step).sum::<usize>() + 2;
+    if st.path == StepPath::Layered && (st.dispatches - launches as f64).abs() > 0.5 {
         println!(
-            "   note: the training step ran {:.0} dispatches per step, the kernel rows {launches} launches: the trainer fuses, adds \
-             or splits kernels, so the shares compare the rows with a step that runs other launches",
+            "   note: the training step ran {:.0} dispatches per step, the kernel rows and gather/cursor {launches} launches \
+             (split grids count once per part)",
             st.dispatches
         );
     }
