@@ -150,8 +150,10 @@ struct EncodeArgs {
     /// Rows per forward pass.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     batch_size: usize,
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
     #[arg(long)]
     backend: Option<String>,
+    /// Use the adapter whose name contains this [default: $WGPU_ADAPTER_NAME, else the best].
     #[arg(long)]
     adapter: Option<String>,
 }
@@ -161,14 +163,17 @@ struct CheckArgs {
     /// Check every adapter present instead of the selected one.
     #[arg(long)]
     all: bool,
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
     #[arg(long)]
     backend: Option<String>,
+    /// Use the adapter whose name contains this [default: $WGPU_ADAPTER_NAME, else the best].
     #[arg(long)]
     adapter: Option<String>,
 }
 
 #[derive(Args)]
 struct AdapterArgs {
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
     #[arg(long)]
     backend: Option<String>,
 }
@@ -193,8 +198,10 @@ struct BenchArgs {
     /// Print the ratio of each figure to a previous `--json` run.
     #[arg(long, value_name = "OLD.json")]
     compare: Option<PathBuf>,
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
     #[arg(long)]
     backend: Option<String>,
+    /// Use the adapter whose name contains this [default: $WGPU_ADAPTER_NAME, else the best].
     #[arg(long)]
     adapter: Option<String>,
 }
