@@ -402,6 +402,14 @@ fn epochs_and_intervals_zero() {
     train_flags_rejected("epochs_zero", &["--epochs", "0"], &["--epochs"]);
     train_flags_rejected("log_every_zero", &["--log-every", "0"], &["--log-every"]);
     train_flags_rejected("checkpoint_every_zero", &["--checkpoint-every", "0"], &["--checkpoint-every"]);
+    train_flags_rejected("steps_per_submit_zero", &["--steps-per-submit", "0"], &["--steps-per-submit"]);
+}
+
+#[test]
+fn unknown_or_impossible_path() {
+    train_flags_rejected("unknown_path", &["--path", "diagonal"], &["--path", "diagonal"]);
+    // The fused path takes layers up to 128 wide.
+    train_flags_rejected("fused_too_wide", &["--path", "fused", "--layers", "20,200,4"], &["--path", "128"]);
 }
 
 #[test]
@@ -810,6 +818,19 @@ fn adapters_lists_at_least_one() {
 }
 
 #[test]
+fn check_passes_and_prints_a_row_per_kernel() {
+    let t = Tmp::new("check");
+    let out = t.sae(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for (kernel, _) in sae_wgpu::check::CHECKS {
+        assert!(text.lines().any(|l| l.starts_with(kernel) && l.ends_with("pass")), "no passing {kernel} row:\n{text}");
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("training: 5 steps") && text.trim_end().ends_with("all checks passed"), "{text}");
+}
+
+#[test]
 fn help_mentions_every_command_and_flag() {
     let t = Tmp::new("help");
     let out = t.sae(&["--help"]);
@@ -847,6 +868,8 @@ fn help_mentions_every_command_and_flag() {
         "--config",
         "--checkpoint-every",
         "--samples",
+        "--path",
+        "--steps-per-submit",
     ] {
         assert!(help.contains(flag), "`sae train --help` mentions {flag}");
     }
