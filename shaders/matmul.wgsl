@@ -35,7 +35,11 @@ fn tiled_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_
         let p_r = t * TILE + lid.y;
         var v_r = 0.0;
         if (p_r < mm.inner && c < mm.cols) {
-            v_r = rhs[p_r * r_p + c * r_c];
+            if (EPILOGUE == 3u && c == mm.cols - 1u) {
+                v_r = 1.0; // the ones column of [A | 1] (see matmul_epilogue.wgsl)
+            } else {
+                v_r = rhs[p_r * r_p + c * r_c];
+            }
         }
         tile_r[lid.y][lid.x] = v_r;
         workgroupBarrier();
@@ -57,8 +61,8 @@ fn matmul_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
 
 @compute @workgroup_size(16, 16)
 fn matmul_backward_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = cols)
-    tiled_matmul(lid.xy, wid.xy, 1u, mm.rows, mm.cols, 1u);
+    // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
+    tiled_matmul(lid.xy, wid.xy, 1u, mm.rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(16, 16)

@@ -5,6 +5,8 @@
 //   1  out = Z = v + b[c], a_out = f(Z)              matmul_forward with bias + activation
 //   2  out = v * f'(z_in, a_in)                      matmul_backward_input with the activation
 //                                                    derivative: delta_{l-1} = (delta_l W_l) ⊙ f'
+//   3  out = dW, a_out = db                          matmul_backward_weight over [A | 1]: the last
+//                                                    output column (R = 1) is the bias gradient
 // Fusing these saves a dispatch and a round trip of the matrix through memory per layer.
 // Bindings 5-8 are bound in every mode (to a one-element placeholder where unused).
 
@@ -28,6 +30,24 @@ struct Matmul {
 @group(0) @binding(7) var<storage, read> z_in: array<f32>;
 @group(0) @binding(8) var<storage, read> a_in: array<f32>;
 
+// With epilogue 3 the right operand has an extra last column of ones (columns past the edge
+// also read 1 there: their outputs are never stored).
+fn ones_column(rv: vec4<f32>, c0: u32) -> vec4<f32> {
+    if (EPILOGUE == 3u) {
+        return select(rv, vec4<f32>(1.0), vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u) >= vec4<u32>(mm.cols - 1u));
+    }
+    return rv;
+}
+
+// Row stride of A in matmul_backward_weight: the output has one more column than A with
+// epilogue 3 (the ones column is not stored in A).
+fn a_cols() -> u32 {
+    if (EPILOGUE == 3u) {
+        return mm.cols - 1u;
+    }
+    return mm.cols;
+}
+
 fn store_output(r: u32, c: u32, v: f32) {
     let at = r * mm.cols + c;
     switch EPILOGUE {
@@ -38,6 +58,13 @@ fn store_output(r: u32, c: u32, v: f32) {
         }
         case 2u: {
             out[at] = v * activation_derivative(mm.act, z_in[at], a_in[at]);
+        }
+        case 3u: {
+            if (c == mm.cols - 1u) {
+                a_out[r] = v;
+            } else {
+                out[r * (mm.cols - 1u) + c] = v;
+            }
         }
         default: {
             out[at] = v;

@@ -119,7 +119,7 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
     if (whole) {
         for (var p = 0u; p < mm.inner; p++) {
             let rp = p * r_p;
-            let rv = vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]);
+            let rv = ones_column(vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]), c0);
             let own = lhs4(row0, s, p * l_p, l_r);
             fma_rows(
                 &acc,
@@ -139,7 +139,7 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
         for (var p = 0u; p < mm.inner; p++) {
             let rp = p * r_p;
             let lp = p * l_p;
-            let rv = vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]);
+            let rv = ones_column(vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]), c0);
             fma_rows(
                 &acc,
                 lhs4(row0, 0u, lp, l_r),
@@ -207,8 +207,8 @@ fn matmul_backward_weight(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
-    // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = cols)
-    subgroup_matmul(lid, sgid, sg_size, wid.xy, 1u, mm.rows, mm.cols, 1u);
+    // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
+    subgroup_matmul(lid, sgid, sg_size, wid.xy, 1u, mm.rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(8)

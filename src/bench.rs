@@ -461,7 +461,8 @@ struct Row {
 }
 
 /// A matmul row; `epilogue` names what the launch does with its outputs ("", "+bias_act":
-/// bias and activation, A written too; "+act'": times the activation derivative, Z and A read).
+/// bias and activation, A written too; "+act'": times the activation derivative, Z and A read;
+/// "+db": the bias gradient as one more output column).
 fn matmul_row(kernel: &'static str, epilogue: &str, l: usize, m: usize, k: usize, n: usize, launch: Launch) -> Row {
     let (mut read, mut written) = match kernel {
         "matmul_forward" => (m * k + n * k, m * n),
@@ -474,6 +475,7 @@ fn matmul_row(kernel: &'static str, epilogue: &str, l: usize, m: usize, k: usize
             written += m * n;
         }
         "+act'" => read += 2 * m * k,
+        "+db" => written += n,
         _ => {}
     }
     Row {
@@ -524,8 +526,8 @@ fn kernel_rows(kern: &Kernels, ws: &Workspace, spec: &ModelSpec, m: usize) -> Ve
     }
     for l in 1..=layers {
         let (n, k) = spec.shape(l);
-        let launch = kern.matmul_backward_weight(&ws.delta[l], &ws.a[l - 1], &ws.dw(l), m, n, k);
-        rows.push(matmul_row("matmul_backward_weight", "", l, m, k, n, launch));
+        let launch = kern.matmul_backward_weight_bias(&ws.delta[l], &ws.a[l - 1], &ws.dw(l), &ws.db(l), m, n, k);
+        rows.push(matmul_row("matmul_backward_weight", "+db", l, m, k, n, launch));
     }
     for l in 2..=layers {
         let (n, k) = spec.shape(l);
@@ -563,17 +565,13 @@ fn kernel_rows(kern: &Kernels, ws: &Workspace, spec: &ModelSpec, m: usize) -> Ve
         );
         rows.push(elementwise_row("kl_backward", format!("{m}x{nc}"), vec![(launch, m * nc, 4 * m * nc + nc)]));
     }
-    // rho_hat of the code layer, then the bias gradient of every layer.
-    let mut sums = vec![(
+    // rho_hat of the code layer (the bias gradients come with the weight gradients).
+    let sums = vec![(
         kern.column_sum(&ws.a[c], &ws.rho_hat, m, nc, ColumnTransform::Value, 1.0 / m as f64),
         m * nc,
         m * nc + nc,
     )];
-    for l in 1..=layers {
-        let n = size(l);
-        sums.push((kern.column_sum(&ws.delta[l], &ws.db(l), m, n, ColumnTransform::Value, 1.0), m * n, m * n + n));
-    }
-    rows.push(elementwise_row("column_sum", format!("{m} x {} sums", layers + 1), sums));
+    rows.push(elementwise_row("column_sum", format!("{m}x{nc} (rho_hat)"), sums));
     let n0 = size(0);
     let out =
         kern.output_delta(&ws.a[layers], &ws.a[0], &ws.z[layers], &ws.delta[layers], m, n0, spec.activation(layers));

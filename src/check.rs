@@ -27,10 +27,11 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 12] = [
+pub const CHECKS: [(&str, Check); 13] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
+    ("matmul_backward_weight_bias", matmul_backward_weight_bias),
     ("matmul_backward_input", matmul_backward_input),
     ("matmul_backward_input_activation", matmul_backward_input_activation),
     ("bias_activation", bias_activation),
@@ -542,4 +543,19 @@ pub fn matmul_backward_input_activation(kern: &Kernels, rng: &mut Rng, m: usize,
         worst = worst.max(max_rel_err(&kern.gpu.download(&out), &want, &scale));
     }
     worst
+}
+
+/// `matmul_backward_weight_bias` against its twin: dW like a matmul, db like a column sum
+/// (relative to the sum of the magnitudes of the terms).
+pub fn matmul_backward_weight_bias(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let delta = random(rng, m * n, -1.0, 1.0);
+    let a = random(rng, m * k, -1.0, 1.0);
+    let (dw, db) = (poisoned(kern, n * k), poisoned(kern, n));
+    let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+    kern.gpu.run(&[kern.matmul_backward_weight_bias(&up("d", &delta), &up("a", &a), &dw, &db, m, n, k)]);
+    let (want_w, want_b) = r::matmul_backward_weight_bias(&widen(&delta), &widen(&a), m, n, k);
+    let scale_w = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
+    let scale_b = r::column_sum(&abs(&delta), m, n, ColumnTransform::Value, 1.0);
+    let got = kern.gpu.download_many(&[&dw, &db]);
+    max_rel_err(&got[0], &want_w, &scale_w).max(max_rel_err(&got[1], &want_b, &scale_b))
 }

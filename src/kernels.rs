@@ -44,6 +44,7 @@ fn epilogues(entry: &str) -> &'static [u32] {
     match entry {
         "matmul_forward" => &[0, 1],
         "matmul_backward_input" => &[0, 2],
+        "matmul_backward_weight" => &[0, 3],
         _ => &[0],
     }
 }
@@ -439,7 +440,9 @@ impl Kernels {
         act: Activation,
         extra: [&View; 4],
     ) -> Launch {
-        assert!(out.len >= rows * cols, "{name}: output too small");
+        // With epilogue 3 the last of the `cols` columns goes to a_out (the bias gradient).
+        let stored_cols = if epilogue == 3 { cols - 1 } else { cols };
+        assert!(out.len >= rows * stored_cols, "{name}: output too small");
         let params =
             Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), _pad: [0; 4] };
         let variant = self.matmul_variant;
@@ -487,6 +490,23 @@ impl Kernels {
     /// `dW[n,k] = delta[m,n]^T A[m,k]`
     pub fn matmul_backward_weight(&self, delta: &View, a: &View, dw: &View, m: usize, n: usize, k: usize) -> Launch {
         self.matmul("matmul_backward_weight", delta, a, dw, (n, k, m), 0, Activation::Identity, self.plain())
+    }
+
+    /// `dW[n,k] = delta[m,n]^T A[m,k]` and `db[n] = sum_i delta[i,:]`: matmul_backward_weight over
+    /// `[A | 1]`, whose last column of outputs is the bias gradient (one dispatch instead of two).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_weight_bias(
+        &self,
+        delta: &View,
+        a: &View,
+        dw: &View,
+        db: &View,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Launch {
+        let extra = [&self.placeholder_ro, db, &self.placeholder_ro, &self.placeholder_ro];
+        self.matmul("matmul_backward_weight", delta, a, dw, (n, k + 1, m), 3, Activation::Identity, extra)
     }
 
     /// `G[m,k] = delta[m,n] W[n,k]`

@@ -60,6 +60,11 @@ pub fn matmul_forward_bias_activation(
     (z, a_out)
 }
 
+/// `(dW, db) = (delta^T A, column sums of delta)` (twin of `matmul_backward_weight_bias`).
+pub fn matmul_backward_weight_bias(delta: &[f64], a: &[f64], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    (matmul_backward_weight(delta, a, m, n, k), column_sum(delta, m, n, ColumnTransform::Value, 1.0))
+}
+
 /// `(delta W) ⊙ f'(Z, A)` (twin of `matmul_backward_input_activation`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_input_activation(

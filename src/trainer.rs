@@ -518,9 +518,17 @@ impl Trainer {
                     vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
                 for l in (1..=layers).rev() {
                     let (n, kk) = spec.shape(l);
-                    // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l
-                    backward.push(k.matmul_backward_weight(&delta(l), &a(l - 1), &self.dw(l), m, n, kk));
-                    backward.push(k.column_sum(&delta(l), &self.db(l), m, n, ColumnTransform::Value, 1.0));
+                    // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
+                    // one dispatch
+                    backward.push(k.matmul_backward_weight_bias(
+                        &delta(l),
+                        &a(l - 1),
+                        &self.dw(l),
+                        &self.db(l),
+                        m,
+                        n,
+                        kk,
+                    ));
                     if l == 1 {
                         break;
                     }

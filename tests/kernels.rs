@@ -67,6 +67,11 @@ fn matmul_backward_input_activation() {
 }
 
 #[test]
+fn matmul_backward_weight_bias() {
+    run("matmul_backward_weight_bias", check::matmul_backward_weight_bias);
+}
+
+#[test]
 fn matmul_backward_weight() {
     run("matmul_backward_weight", check::matmul_backward_weight);
 }
