@@ -72,7 +72,7 @@ fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("serialize wrote valid JSON");
     // serde_json's map is ordered by key (no preserve_order feature).
     let mut json = serde_json::to_vec(&header).expect("JSON value serialises");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);

@@ -158,7 +158,7 @@ impl View {
         View { buffer: buffer.clone(), offset: 0, len: (buffer.size() / 4) as usize }
     }
     pub fn slice(&self, offset: usize, len: usize) -> View {
-        assert!(offset % ALIGN_FLOATS == 0 && offset + len <= self.len);
+        assert!(offset.is_multiple_of(ALIGN_FLOATS) && offset + len <= self.len);
         View { buffer: self.buffer.clone(), offset: self.offset + offset, len }
     }
     pub fn byte_offset(&self) -> u64 {
@@ -540,6 +540,7 @@ impl Kernels {
     }
 
     /// `delta = G ⊙ f'(Z)`, over `[m, n]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn activation_backward(
         &self,
         g: &View,
@@ -619,6 +620,7 @@ impl Kernels {
     }
 
     /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` over `[m, n]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn output_delta(
         &self,
         xhat: &View,

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a sparse autoencoder (with no flags: the 20-80-40-4 seed model on the built-in dataset).
-    Train(TrainSettings),
+    Train(Box<TrainSettings>),
     /// Write code-layer activations (or reconstructions) of a data file with a trained model.
     Encode(EncodeArgs),
     /// Run every kernel and a few training steps against the f64 CPU reference on an adapter.
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(s) => train(s),
+        Command::Train(s) => train(*s),
         Command::Encode(a) => encode(a),
         Command::Check(a) => check_cmd(a),
         Command::Adapters(a) => adapters(a),
@@ -557,7 +557,7 @@ fn train(cli: TrainSettings) -> Result<(), Failure> {
     let (train_set, val_set) = split_validation(&dataset, resolved.validation_split, resolved.seed);
     let spec = resolved.model.clone();
     let mut trainer =
-        Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init).map_err(|e| BadInput(e))?;
+        Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init).map_err(BadInput)?;
     if let Some(path) = sae_wgpu::trainer::Path::parse(&resolved.path).map_err(BadInput)? {
         trainer.set_path(path).map_err(|e| BadInput(format!("--path: {e}")))?;
     }
@@ -694,7 +694,7 @@ fn encode(a: EncodeArgs) -> Result<(), Failure> {
     input.check_width(spec.input_width(), &a.data).map_err(|e| BadInput(e.to_string()))?;
     let gpu = open_gpu(&AdapterRequest { backend: a.backend, adapter_name: a.adapter })?;
     let batch = a.batch_size.min(input.rows);
-    let mut trainer = Trainer::new(&gpu, &spec, LossConfig::default(), 1.0, batch, &params).map_err(|e| BadInput(e))?;
+    let mut trainer = Trainer::new(&gpu, &spec, LossConfig::default(), 1.0, batch, &params).map_err(BadInput)?;
     let layer = if a.reconstruct { spec.layers() } else { spec.code_layer };
     let values = trainer.activations(&input.values, layer).map_err(Runtime)?;
     let out = Dataset { rows: input.rows, cols: spec.sizes[layer], values };

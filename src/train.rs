@@ -110,7 +110,7 @@ fn stream_epoch(
             batch.extend_from_slice(train.row(i as usize));
         }
         let step = trainer.steps_done + 1;
-        if log_every.is_some_and(|n| n > 0 && step % n as u64 == 0) {
+        if log_every.is_some_and(|n| n > 0 && step.is_multiple_of(n as u64)) {
             let metrics = trainer.step_with_metrics(batch)?;
             on_step(step, &metrics)?;
         } else {

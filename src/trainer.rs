@@ -634,7 +634,7 @@ impl Trainer {
 
     fn check_batch(&self, x: &[f32]) -> Result<usize, String> {
         let n0 = self.spec.input_width();
-        if x.is_empty() || x.len() % n0 != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(n0) {
             return Err(format!(
                 "a minibatch must be a non-empty multiple of the input width {n0}, got {} values",
                 x.len()
@@ -740,7 +740,7 @@ impl Trainer {
     /// Makes `data` (`n x n_0`, row-major) resident on the device for `train_epoch`.
     pub fn set_data(&mut self, data: &[f32]) -> Result<(), String> {
         let n0 = self.spec.input_width();
-        if data.is_empty() || data.len() % n0 != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(n0) {
             return Err(format!("training data must be a non-empty multiple of the input width {n0}"));
         }
         let max = self.kernels.gpu.limits.max_storage_buffer_binding_size as usize;
@@ -788,7 +788,7 @@ impl Trainer {
             let m = rows.len();
             self.ensure_schedule(m, Source::Resident);
             let step = self.steps_done + 1;
-            let log = log_every.is_some_and(|k| step % k == 0);
+            let log = log_every.is_some_and(|k| step.is_multiple_of(k));
             if log {
                 self.record(&mut encoder, m, Source::Resident, |s| &s.step_with_metrics);
                 let staging = self.metrics_pool.pop().unwrap_or_else(|| {
@@ -890,7 +890,7 @@ impl Trainer {
         let n0 = self.spec.input_width();
         let nc = self.spec.code_width();
         let n = data.len() / n0;
-        if n == 0 || data.len() % n0 != 0 {
+        if n == 0 || !data.len().is_multiple_of(n0) {
             return Err(format!("evaluation data must be a non-empty multiple of the input width {n0}"));
         }
         let cap = self.batch_capacity;
