@@ -663,6 +663,13 @@ fn print_summary(r: &Resolved, m: &EvalMetrics, val: Option<&EvalMetrics>, secs:
         println!("{:<6} {:>10} {:>20.4} {:>12.4}", j, target, m.rho_hat[j], m.freq[j]);
     }
     println!("train: mse {:.6}  fvu {:.4}  loss {:.6}", m.mse, m.fvu, m.loss);
+    let silent = m.freq.iter().filter(|&&f| f == 0.0).count();
+    if matches!(r.loss.sparsity, Sparsity::KlFreq { .. }) && silent > 0 {
+        println!(
+            "note: {silent} code unit(s) never fire (hard frequency 0): the soft frequency can meet rho with every z just \
+             below 0, and a ReLU unit that is off gets no reconstruction gradient; try a smaller --beta (0.1 keeps some units firing on the built-in data)"
+        );
+    }
     if let Some(v) = val {
         println!("validation: mse {:.6}  fvu {:.4}  loss {:.6}", v.mse, v.fvu, v.loss);
     }
