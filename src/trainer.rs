@@ -317,15 +317,23 @@ impl Trainer {
         let gpu = kernels.gpu.clone();
         let max_binding = gpu.limits.max_storage_buffer_binding_size as usize;
         let m = batch_capacity;
-        let act_len: usize = spec.sizes.iter().map(|&n| align(m * n)).sum();
-        if act_len * 4 > max_binding {
+        let widest = *spec.sizes.iter().max().unwrap();
+        // Each layer's [m, n_l] activations are one binding on the layered path (all layers
+        // together on the fused one, which falls back to layered when they do not fit), and so
+        // are the parameters.
+        if m * widest * 4 > max_binding {
             return Err(format!(
-                "a batch of {m} needs {} bytes of activations, more than this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size",
-                act_len * 4
+                "a batch of {m} x {widest} activations ({} bytes) exceeds this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size",
+                m * widest * 4
             ));
         }
-        let widest = *spec.sizes.iter().max().unwrap();
         let layout = ParamLayout::new(spec);
+        if layout.len * 4 > max_binding {
+            return Err(format!(
+                "the model's {} parameters exceed this adapter's largest storage binding ({max_binding} bytes)",
+                spec.parameter_count()
+            ));
+        }
         let params = gpu.upload("params", &layout.flatten(init));
         let grads = View::whole(&gpu.storage("grads", layout.len));
         let nc = spec.code_width();
@@ -342,7 +350,8 @@ impl Trainer {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let path = Path::auto(spec, batch_capacity, &gpu.info);
+        let fused_fits = spec.sizes.iter().map(|&n| align(m * n)).sum::<usize>() * 4 <= max_binding;
+        let path = if fused_fits { Path::auto(spec, batch_capacity, &gpu.info) } else { Path::Layered };
         let mut trainer = Trainer {
             table: View::whole(&gpu.storage("layer table", 1)),
             kernels,
@@ -386,6 +395,12 @@ impl Trainer {
     pub fn set_path(&mut self, path: Path) -> Result<(), String> {
         if path == Path::Fused && self.spec.sizes.iter().any(|&n| n > FUSED_MAX_WIDTH) {
             return Err(format!("the fused path takes layers up to {FUSED_MAX_WIDTH} wide"));
+        }
+        let all_layers = self.spec.sizes.iter().map(|&n| align(self.batch_capacity * n)).sum::<usize>() * 4;
+        if path == Path::Fused && all_layers > self.kernels.gpu.limits.max_storage_buffer_binding_size as usize {
+            return Err(format!(
+                "the fused path keeps a batch's activations in one binding: {all_layers} bytes is too many here"
+            ));
         }
         if path != self.path {
             self.path = path;
