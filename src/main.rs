@@ -733,7 +733,7 @@ fn check_cmd(a: CheckArgs) -> Result<(), Failure> {
         println!("adapter: {}", gpu.describe());
         let mut kernels = sae_wgpu::kernels::Kernels::new(gpu).map_err(Runtime)?;
         println!(
-            "{:<24} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13} {:>9}  result",
+            "{:<34} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13} {:>9}  result",
             "kernel", "variant", "m", "k", "n", "max groups", "max rel err", "tolerance"
         );
         for row in check::run_all(&mut kernels) {
@@ -743,7 +743,7 @@ fn check_cmd(a: CheckArgs) -> Result<(), Failure> {
                 row.max_groups.to_string()
             };
             println!(
-                "{:<24} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13.2e} {:>9.0e}  {}",
+                "{:<34} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13.2e} {:>9.0e}  {}",
                 row.kernel,
                 row.variant,
                 row.m,
