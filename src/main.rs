@@ -577,6 +577,7 @@ fn train(cli: TrainSettings) -> Result<(), Failure> {
 
     let steps_per_epoch = train_set.rows.div_ceil(resolved.batch_size) as u64;
     let bar = indicatif::ProgressBar::new(steps_per_epoch * resolved.epochs as u64);
+    bar.set_prefix("1");
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} epoch {prefix} step {pos}/{len} {msg} [{elapsed_precise}]")
             .expect("template"),
@@ -601,8 +602,9 @@ fn train(cli: TrainSettings) -> Result<(), Failure> {
             }
             Event::Epoch { epoch, step, train, validation, .. } => {
                 bar.set_position(*step);
-                bar.set_prefix(epoch.to_string());
-                bar.set_message(format!("loss {:.5} fvu {:.3}", train.loss, train.fvu));
+                // The epoch now running; the message is the one just finished.
+                bar.set_prefix((epoch + 1).min(resolved.epochs).to_string());
+                bar.set_message(format!("loss {:.5} fvu {:.3} (epoch {epoch})", train.loss, train.fvu));
                 last_val = validation.map(|v| (*v).clone());
                 epoch_json(*epoch, *step, train, *validation)
             }
