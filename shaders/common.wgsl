@@ -1,5 +1,5 @@
 // Shared by every kernel file: the host prepends this file to each of them at compile time
-// (`concat!` in src/kernels.rs), since WGSL has no include.
+// (`shader!` in src/kernels/mod.rs), since WGSL has no include.
 
 struct Grid {
     // Workgroup offset of this dispatch, for grids split across several dispatches.
@@ -12,7 +12,7 @@ struct Grid {
 fn activate(act: u32, z: f32) -> f32 {
     switch act {
         case 1u: { return max(z, 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-z)); }
+        case 2u: { return sigmoid(z); }
         case 3u: { return tanh(z); }
         default: { return z; }
     }
@@ -26,4 +26,40 @@ fn activation_derivative(act: u32, z: f32, a: f32) -> f32 {
         case 3u: { return 1.0 - a * a; }
         default: { return 1.0; }
     }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// The step state (StepState in src/layout.rs; docs/design.md section 5): words of a small
+// storage buffer that the kernels read and advance, so each of many steps recorded into one
+// submit sees its own values. The learning rate is stored as the bits of an f32.
+const STATE_CURSOR: u32 = 0u;
+const STATE_STEP: u32 = 1u;
+const STATE_LR: u32 = 2u;
+
+// rho_hat clamped to [eps, 1 - eps] for KL and its derivative (docs/design.md section 3); 1 - q
+// is clamped on its own, since 1 - (1 - eps) is not eps in f32. The clamp passes the gradient
+// straight through, so a saturated unit is still pulled back.
+fn clamped_q(rho_hat_j: f32, eps: f32) -> f32 {
+    return clamp(rho_hat_j, eps, 1.0 - eps);
+}
+
+fn clamped_one_minus_q(rho_hat_j: f32, eps: f32) -> f32 {
+    return clamp(1.0 - rho_hat_j, eps, 1.0 - eps);
+}
+
+// KL(rho || q) = rho log(rho/q) + (1-rho) log((1-rho)/(1-q))
+fn kl_divergence(rho: f32, rho_hat_j: f32, eps: f32) -> f32 {
+    let q = clamped_q(rho_hat_j, eps);
+    let one_minus_q = clamped_one_minus_q(rho_hat_j, eps);
+    return rho * log(rho / q) + (1.0 - rho) * log((1.0 - rho) / one_minus_q);
+}
+
+// KL'(q) = -rho/q + (1-rho)/(1-q)
+fn kl_derivative(rho: f32, rho_hat_j: f32, eps: f32) -> f32 {
+    let q = clamped_q(rho_hat_j, eps);
+    let one_minus_q = clamped_one_minus_q(rho_hat_j, eps);
+    return -rho / q + (1.0 - rho) / one_minus_q;
 }

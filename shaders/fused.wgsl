@@ -19,7 +19,7 @@
 
 struct Net {
     layers: u32,
-    // 0-based index in `table` of the code layer (SPEC layer c is table[c - 1]).
+    // 0-based index in `table` of the code layer (layer c of docs/design.md is table[c - 1]).
     code: u32,
     rows: u32,
     n0: u32,
@@ -29,14 +29,14 @@ struct Net {
     beta_over_m: f32,
     temperature: f32,
     inv_m: f32,
-    lr: f32,
     lambda: f32,
     eps: f32,
     total_params: u32,
-    // 1: rows are gathered from `data` through `order[cursor + i]`; 0: row i of `data`.
+    // Where row i comes from: 0 row i of `data`; 1 row order[cursor + i]; 2 row cursor + i.
     gather: u32,
-    x_off: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct Layer {
@@ -66,7 +66,7 @@ fn row_index(lid: u32, wid: vec3<u32>) -> u32 {
 @group(0) @binding(3) var<storage, read> params_ro: array<f32>;
 @group(0) @binding(4) var<storage, read> data: array<f32>;
 @group(0) @binding(5) var<storage, read> order: array<u32>;
-@group(0) @binding(6) var<storage, read> cursor_ro: array<u32>;
+@group(0) @binding(6) var<storage, read> state_ro: array<u32>;
 @group(0) @binding(7) var<storage, read_write> z_fwd: array<f32>;
 @group(0) @binding(8) var<storage, read_write> a_fwd: array<f32>;
 @group(0) @binding(9) var<storage, read_write> delta_fwd: array<f32>;
@@ -79,12 +79,14 @@ fn fused_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     }
     var src = i;
     if (net.gather == 1u) {
-        src = order[cursor_ro[0] + i];
+        src = order[state_ro[STATE_CURSOR] + i];
+    } else if (net.gather == 2u) {
+        src = state_ro[STATE_CURSOR] + i;
     }
     var h: array<f32, MAX_WIDTH>;
     var next: array<f32, MAX_WIDTH>;
     for (var f = 0u; f < net.n0; f++) {
-        let v = data[net.x_off + src * net.n0 + f];
+        let v = data[src * net.n0 + f];
         h[f] = v;
         a_fwd[table[0].in_off + i * net.n0 + f] = v;
     }
@@ -153,13 +155,11 @@ fn fused_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
             let fp = activation_derivative(below.act, z, a);
             var v = g[p] * fp;
             if (l - 1u == net.code && net.sparsity != 0u) {
-                let q = clamp(rho_hat[p], net.eps, 1.0 - net.eps);
-                let one_minus_q = clamp(1.0 - rho_hat[p], net.eps, 1.0 - net.eps);
-                let dkl = net.beta_over_m * (-net.rho / q + (1.0 - net.rho) / one_minus_q);
+                let dkl = net.beta_over_m * kl_derivative(net.rho, rho_hat[p], net.eps);
                 if (net.sparsity == 1u) {
                     v = (g[p] + dkl) * fp;
                 } else {
-                    let s = 1.0 / (1.0 + exp(-z / net.temperature));
+                    let s = sigmoid(z / net.temperature);
                     v = g[p] * fp + dkl * s * (1.0 - s) / net.temperature;
                 }
             }
@@ -174,15 +174,18 @@ fn fused_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 @group(0) @binding(14) var<storage, read> delta_upd: array<f32>;
 @group(0) @binding(15) var<storage, read> a_upd: array<f32>;
 @group(0) @binding(16) var<storage, read_write> params_rw: array<f32>;
-@group(0) @binding(17) var<storage, read_write> cursor_rw: array<u32>;
+@group(0) @binding(17) var<storage, read_write> state_rw: array<u32>;
 
 @compute @workgroup_size(64)
 fn fused_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = row_index(lid, wid);
     if (t == 0u) {
-        // The next step's minibatch starts after this one's rows.
-        cursor_rw[0] = cursor_rw[0] + net.rows;
+        // The next step's minibatch starts after this one's rows (other invocations read only
+        // the learning rate, another word).
+        state_rw[STATE_CURSOR] = state_rw[STATE_CURSOR] + net.rows;
+        state_rw[STATE_STEP] = state_rw[STATE_STEP] + 1u;
     }
+    let lr = bitcast<f32>(state_rw[STATE_LR]);
     if (t >= net.total_params) {
         return;
     }
@@ -202,7 +205,7 @@ fn fused_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             s = fma(delta_upd[ly.out_off + i * ly.n_out + j], a_upd[ly.in_off + i * ly.n_in + p], s);
         }
         let at = ly.w_off + local;
-        params_rw[at] = params_rw[at] - net.lr * (s + net.lambda * params_rw[at]);
+        params_rw[at] = params_rw[at] - lr * (s + net.lambda * params_rw[at]);
     } else {
         // db[j] = sum_i delta_l[i,j]
         let j = local - nw;
@@ -211,6 +214,6 @@ fn fused_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             s += delta_upd[ly.out_off + i * ly.n_out + j];
         }
         let at = ly.b_off + j;
-        params_rw[at] = params_rw[at] - net.lr * s;
+        params_rw[at] = params_rw[at] - lr * s;
     }
 }

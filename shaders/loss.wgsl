@@ -57,13 +57,6 @@ fn tree_sum(lid: u32, v: f32) -> f32 {
     return partial[0];
 }
 
-fn kl_divergence(rho: f32, rho_hat_j: f32) -> f32 {
-    // 1 - q is clamped on its own: 1 - (1 - eps) is not eps in f32.
-    let q = clamp(rho_hat_j, ls.eps, 1.0 - ls.eps);
-    let one_minus_q = clamp(1.0 - rho_hat_j, ls.eps, 1.0 - ls.eps);
-    return rho * log(rho / q) + (1.0 - rho) * log((1.0 - rho) / one_minus_q);
-}
-
 @compute @workgroup_size(256)
 fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
     _ = grid.offset; // one workgroup, never split; the binding is kept for a uniform layout
@@ -82,7 +75,7 @@ fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
     var kl = 0.0;
     if (ls.sparsity != 0u) {
         for (var j = t; j < ls.code_width; j += WG) {
-            kl += kl_divergence(ls.rho, rho_hat[j]);
+            kl += kl_divergence(ls.rho, rho_hat[j], ls.eps);
         }
     }
     let sum_kl = tree_sum(t, kl);

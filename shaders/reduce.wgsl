@@ -22,7 +22,7 @@ struct Reduce {
 fn transform(v: f32) -> f32 {
     switch rd.transform {
         case 1u: { return select(0.0, 1.0, v > 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-v / rd.temperature)); }
+        case 2u: { return sigmoid(v / rd.temperature); }
         default: { return v; }
     }
 }

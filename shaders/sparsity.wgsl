@@ -1,9 +1,8 @@
-// The KL sparsity gradient at the code layer (SPEC.md section 4), element-wise over [rows, cols]:
+// The KL sparsity gradient at the code layer (docs/design.md section 4), element-wise over [rows, cols]:
 //   mode 1, mean-activation KL:  delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z)
 //   mode 2, firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
 //                                s = sigmoid(Z/T)
-// KL'(q) = -rho/q + (1-rho)/(1-q) with q clamped to [eps, 1-eps]; the clamp passes the
-// gradient straight through, so a saturated unit is still pulled back.
+// KL'(q) (kl_derivative in common.wgsl) with q clamped to [eps, 1-eps].
 
 struct Kl {
     rows: u32,
@@ -30,15 +29,12 @@ fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         return;
     }
     let j = i % kl.cols;
-    // 1 - q is clamped on its own: 1 - (1 - eps) is not eps in f32.
-    let q = clamp(rho_hat[j], kl.eps, 1.0 - kl.eps);
-    let one_minus_q = clamp(1.0 - rho_hat[j], kl.eps, 1.0 - kl.eps);
-    let dkl = kl.beta_over_m * (-kl.rho / q + (1.0 - kl.rho) / one_minus_q);
+    let dkl = kl.beta_over_m * kl_derivative(kl.rho, rho_hat[j], kl.eps);
     let fprime = activation_derivative(kl.act, z[i], a[i]);
     if (kl.mode == 1u) {
         delta[i] = (g[i] + dkl) * fprime;
     } else {
-        let s = 1.0 / (1.0 + exp(-z[i] / kl.temperature));
+        let s = sigmoid(z[i] / kl.temperature);
         delta[i] = g[i] * fprime + dkl * s * (1.0 - s) / kl.temperature;
     }
 }

@@ -1,4 +1,4 @@
-// SGD with weight decay over every parameter in one dispatch:
+// SGD with weight decay over every parameter in one dispatch, lr from the step state:
 //   p <- p - lr * (g + lambda * p)   for the weights (the first weights_len elements)
 //   p <- p - lr * g                  for the biases (the rest)
 // Parameters and gradients live in two flat buffers with the same layout.
@@ -6,13 +6,15 @@
 struct Sgd {
     len: u32,
     weights_len: u32,
-    lr: f32,
     lambda: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(1) var<uniform> sgd: Sgd;
 @group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: array<f32>;
+// The step state (common.wgsl): the learning rate of this step.
+@group(0) @binding(4) var<storage, read> state: array<u32>;
 
 @compute @workgroup_size(256)
 fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -21,5 +23,6 @@ fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         return;
     }
     let decay = select(0.0, sgd.lambda, i < sgd.weights_len);
-    params[i] = params[i] - sgd.lr * (grads[i] + decay * params[i]);
+    let lr = bitcast<f32>(state[STATE_LR]);
+    params[i] = params[i] - lr * (grads[i] + decay * params[i]);
 }

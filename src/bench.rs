@@ -5,7 +5,9 @@
 //! * Validate first: every kernel (every matmul variant the adapter runs) is checked once against its f64 twin at
 //!   a small size (`check::*`), and two whole training steps against the f64 reference; any
 //!   failure stops the benchmark before anything is timed.
-//! * A kernel row is timed as one compute pass holding R repetitions of its launch(es), R chosen
+//! * The kernel rows are the launches of one step as the trainer's schedule builds them
+//!   (`Trainer::step_launches`), each labelled, shaped and costed by its launcher.
+//! * A kernel row is timed as one compute pass holding R repetitions of its launch, R chosen
 //!   from a first (warm-up) pass so that a pass takes at least ~2 ms, and divided by R. The pass
 //!   is timed with GPU timestamp queries (written at the beginning and end of the pass) where the
 //!   adapter offers `TIMESTAMP_QUERY`; otherwise by the wall clock around submit and a final wait
@@ -17,18 +19,18 @@
 //! * Napkin math, from the shapes: a matmul is `2 m k n` FLOPs and moves `4 (inputs + output)`
 //!   bytes, each read or written once; an element-wise kernel moves the bytes of every tensor it
 //!   binds (in-place tensors twice) and counts a nominal few FLOPs per element (see
-//!   [`elementwise_flops`]), so its GFLOP/s is indicative and its GB/s is what bounds it.
+//!   `kernels::elementwise`), so its GFLOP/s is indicative and its GB/s is what bounds it.
 //!   Comparing GFLOP/s and GB/s with the adapter's peaks shows the gap to the roofline.
 //! * The same step on the f64 CPU reference is printed for scale (skipped when one step would
 //!   take more than a few seconds), and for the `mnist` preset the first forward matmul is also
 //!   timed with the plain 16x16 tile kernel and with `matrixmultiply::sgemm` on one CPU thread.
 
-use crate::check;
+use crate::check::{self, random};
 use crate::device::{self, AdapterRequest, Gpu};
-use crate::kernels::{align, Kernels, Launch, MatmulVariant, View, FUSED_MAX_WIDTH};
+use crate::kernels::{Kernels, Launch, MatmulVariant, View};
 use crate::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
-use crate::reference::{self, ColumnTransform};
-use crate::trainer::{EpochOptions, Path as StepPath, Trainer};
+use crate::reference;
+use crate::trainer::{EpochOptions, StepPath, Trainer};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,14 +51,8 @@ pub struct Options {
     pub adapter: Option<String>,
 }
 
-/// Bad input (exit 2) or a failure while running (exit 1).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Error {
-    BadInput(String),
-    Runtime(String),
-}
-
-use Error::{BadInput, Runtime};
+use crate::error::Error::{Input as BadInput, Runtime};
+use crate::error::Result;
 
 /// Preset names, in the order `all` runs them.
 pub const PRESETS: [&str; 3] = ["seed", "mnist", "dictionary"];
@@ -113,29 +109,16 @@ fn quick_step_flops(info: &wgpu::AdapterInfo) -> f64 {
     }
 }
 
-fn parse_widths(s: &str) -> Result<Vec<usize>, Error> {
-    let widths = s
-        .split(',')
-        .map(|t| {
-            t.trim().parse::<usize>().map_err(|_| {
-                BadInput(format!(
-                    "--layers {s}: '{}' is not a whole number; give widths like 784,1024,256,64",
-                    t.trim()
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+fn parse_widths(s: &str) -> Result<Vec<usize>> {
+    let widths = crate::model::parse_widths("--layers", s).map_err(BadInput)?;
     if widths.len() < 2 {
         return Err(BadInput(format!("--layers {s}: give at least an input width and a code width (e.g. 768,8192)")));
-    }
-    if widths.contains(&0) {
-        return Err(BadInput(format!("--layers {s}: every width must be at least 1")));
     }
     Ok(widths)
 }
 
 /// Resolves the presets and flags into cases (no device needed): all bad input is found here.
-pub fn plan(opts: &Options) -> Result<Vec<Case>, Error> {
+pub fn plan(opts: &Options) -> Result<Vec<Case>> {
     let layers = opts.layers.as_deref().map(parse_widths).transpose()?;
     if opts.batch_size == Some(0) {
         return Err(BadInput("--batch-size 0: must be at least 1".into()));
@@ -344,13 +327,14 @@ impl Timer {
         let start = Instant::now();
         gpu.queue.submit([encoder.finish()]);
         let ticks = match &self.timestamps {
-            Some(t) => {
-                let bytes = gpu.map_read(&t.readback);
-                let at = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap());
-                Some((at(0), at(1), t.period_ns))
-            }
+            // A lost device shows up at the trainer's next read-back; here it only costs the
+            // timestamps (the wall clock is used instead).
+            Some(t) => gpu.map_read(&t.readback).ok().map(|bytes| {
+                let at = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap_or_default());
+                (at(0), at(1), t.period_ns)
+            }),
             None => {
-                gpu.wait();
+                let _ = gpu.wait();
                 None
             }
         };
@@ -364,239 +348,22 @@ impl Timer {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kernel rows
-// ---------------------------------------------------------------------------------------------
-
-/// Nominal FLOPs per element of each element-wise kernel (napkin math: one per add, multiply
-/// or transcendental).
-pub fn elementwise_flops(kernel: &str) -> f64 {
-    match kernel {
-        "bias_activation" => 2.0,     // z + b, f(z)
-        "activation_backward" => 2.0, // f'(z), g * f'
-        "kl_backward" => 6.0,         // the KL derivative, f'(z), a multiply-add
-        "column_sum" => 1.0,
-        "output_delta" => 3.0, // difference, f'(z), scale
-        "sgd_update" => 4.0,   // g + lambda p, times lr, subtract
-        _ => 1.0,
-    }
-}
-
-/// Device tensors for one case, filled with random values of a realistic range.
-struct Workspace {
-    a: Vec<View>,
-    z: Vec<View>,
-    delta: Vec<View>,
-    g: View,
-    params: View,
-    grads: View,
-    weights: Vec<(usize, usize)>,
-    biases: Vec<(usize, usize)>,
-    weights_len: usize,
-    rho_hat: View,
-}
-
-fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
-    (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
-}
-
-impl Workspace {
-    fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, rng: &mut Rng) -> Workspace {
-        let layers = spec.layers();
-        let mut up = |label: &str, len: usize, lo: f64, hi: f64| gpu.upload(label, &random(rng, len, lo, hi));
-        let a: Vec<View> = (0..=layers).map(|l| up("a", m * spec.sizes[l], 0.0, 1.0)).collect();
-        let z: Vec<View> =
-            (0..=layers).map(|l| up("z", if l == 0 { 1 } else { m * spec.sizes[l] }, -2.0, 2.0)).collect();
-        let delta: Vec<View> =
-            (0..=layers).map(|l| up("delta", if l == 0 { 1 } else { m * spec.sizes[l] }, -1e-3, 1e-3)).collect();
-        let widest = *spec.sizes.iter().max().unwrap();
-        let g = up("g", m * widest, -1e-2, 1e-2);
-        let mut at = 0;
-        let mut weights = Vec::new();
-        for l in 1..=layers {
-            let (n, k) = spec.shape(l);
-            weights.push((at, n * k));
-            at += align(n * k);
-        }
-        let weights_len = at;
-        let mut biases = Vec::new();
-        for l in 1..=layers {
-            biases.push((at, spec.sizes[l]));
-            at += align(spec.sizes[l]);
-        }
-        let params = up("params", at, -0.05, 0.05);
-        let grads = up("grads", at, -1e-3, 1e-3);
-        let rho_hat = up("rho_hat", spec.code_width(), 0.02, 0.5);
-        Workspace { a, z, delta, g, params, grads, weights, biases, weights_len, rho_hat }
-    }
-    fn w(&self, l: usize) -> View {
-        let (at, len) = self.weights[l - 1];
-        self.params.slice(at, len)
-    }
-    fn b(&self, l: usize) -> View {
-        let (at, len) = self.biases[l - 1];
-        self.params.slice(at, len)
-    }
-    fn dw(&self, l: usize) -> View {
-        let (at, len) = self.weights[l - 1];
-        self.grads.slice(at, len)
-    }
-    fn db(&self, l: usize) -> View {
-        let (at, len) = self.biases[l - 1];
-        self.grads.slice(at, len)
-    }
-}
-
-/// One row of the kernel table: launches timed together as one unit, per step.
-struct Row {
-    id: String,
-    kernel: &'static str,
-    shape: String,
-    /// (m, k, n) of a matmul row.
-    mkn: Option<(usize, usize, usize)>,
-    /// Launches of this kernel in one step (all of them are in `launches`).
-    per_step: usize,
-    launches: Vec<Launch>,
-    flops: f64,
-    bytes: f64,
-}
-
-/// A matmul row; `epilogue` names what the launch does with its outputs ("", "+bias_act":
-/// bias and activation, A written too; "+act'": times the activation derivative, Z and A read;
-/// "+db": the bias gradient as one more output column).
-fn matmul_row(kernel: &'static str, epilogue: &str, l: usize, m: usize, k: usize, n: usize, launch: Launch) -> Row {
-    let (mut read, mut written) = match kernel {
-        "matmul_forward" => (m * k + n * k, m * n),
-        "matmul_backward_weight" => (m * n + m * k, n * k),
-        _ => (m * n + n * k, m * k),
-    };
-    match epilogue {
-        "+bias_act" => {
-            read += n;
-            written += m * n;
-        }
-        "+act'" => read += 2 * m * k,
-        "+db" => written += n,
-        _ => {}
-    }
-    Row {
-        id: format!("{kernel}{epilogue} L{l}"),
-        kernel,
-        shape: format!("{m}·{k}→{n}"),
-        mkn: Some((m, k, n)),
-        per_step: 1,
-        launches: vec![launch],
-        flops: 2.0 * (m * k * n) as f64,
-        bytes: 4.0 * (read + written) as f64,
-    }
-}
-
-/// Element-wise rows: every launch of `kernel` in a step, with (elements, bytes) each.
-fn elementwise_row(kernel: &'static str, shape: String, parts: Vec<(Launch, usize, usize)>) -> Row {
-    let elements: usize = parts.iter().map(|p| p.1).sum();
-    let bytes: usize = parts.iter().map(|p| p.2).sum();
-    Row {
-        id: kernel.to_string(),
-        kernel,
-        shape,
-        mkn: None,
-        per_step: parts.len(),
-        launches: parts.into_iter().map(|p| p.0).collect(),
-        flops: elementwise_flops(kernel) * elements as f64,
-        bytes: 4.0 * bytes as f64,
-    }
-}
-
-/// The launches of one training step (as `Trainer::schedule` lists them), grouped into rows:
-/// each matmul at each layer, and each element-wise kernel over all its layers.
-fn kernel_rows(kern: &Kernels, ws: &Workspace, spec: &ModelSpec, m: usize) -> Vec<Row> {
-    let layers = spec.layers();
-    let c = spec.code_layer;
-    let nc = spec.code_width();
-    let size = |l: usize| spec.sizes[l];
-    let rows_of = |v: &View, n: usize| v.slice(0, m * n);
-    let mut rows = Vec::new();
-    // The launches of the trainer's layered step: bias + activation in the forward matmul's
-    // epilogue, the activation derivative in the input-gradient matmul's.
-    for l in 1..=layers {
-        let (n, k) = spec.shape(l);
-        let act = spec.activation(l);
-        let launch =
-            kern.matmul_forward_bias_activation(&ws.a[l - 1], &ws.w(l), &ws.b(l), &ws.z[l], &ws.a[l], m, k, n, act);
-        rows.push(matmul_row("matmul_forward", "+bias_act", l, m, k, n, launch));
-    }
-    for l in 1..=layers {
-        let (n, k) = spec.shape(l);
-        let launch = kern.matmul_backward_weight_bias(&ws.delta[l], &ws.a[l - 1], &ws.dw(l), &ws.db(l), m, n, k);
-        rows.push(matmul_row("matmul_backward_weight", "+db", l, m, k, n, launch));
-    }
-    for l in 2..=layers {
-        let (n, k) = spec.shape(l);
-        if l - 1 == c {
-            // At the code layer G goes to kl_backward (below).
-            let launch = kern.matmul_backward_input(&ws.delta[l], &ws.w(l), &rows_of(&ws.g, k), m, n, k);
-            rows.push(matmul_row("matmul_backward_input", "", l, m, k, n, launch));
-        } else {
-            let act = spec.activation(l - 1);
-            let launch = kern.matmul_backward_input_activation(
-                &ws.delta[l],
-                &ws.w(l),
-                &ws.z[l - 1],
-                &ws.a[l - 1],
-                &ws.delta[l - 1],
-                m,
-                n,
-                k,
-                act,
-            );
-            rows.push(matmul_row("matmul_backward_input", "+act'", l, m, k, n, launch));
-        }
-    }
-    if c < layers {
-        let launch = kern.kl_backward(
-            &rows_of(&ws.g, nc),
-            &ws.z[c],
-            &ws.a[c],
-            &ws.rho_hat,
-            &ws.delta[c],
-            m,
-            nc,
-            spec.activation(c),
-            SPARSITY,
-        );
-        rows.push(elementwise_row("kl_backward", format!("{m}x{nc}"), vec![(launch, m * nc, 4 * m * nc + nc)]));
-    }
-    // rho_hat of the code layer (the bias gradients come with the weight gradients).
-    let sums = vec![(
-        kern.column_sum(&ws.a[c], &ws.rho_hat, m, nc, ColumnTransform::Value, 1.0 / m as f64),
-        m * nc,
-        m * nc + nc,
-    )];
-    rows.push(elementwise_row("column_sum", format!("{m}x{nc} (rho_hat)"), sums));
-    let n0 = size(0);
-    let out =
-        kern.output_delta(&ws.a[layers], &ws.a[0], &ws.z[layers], &ws.delta[layers], m, n0, spec.activation(layers));
-    rows.push(elementwise_row("output_delta", format!("{m}x{n0}"), vec![(out, m * n0, 4 * m * n0)]));
-    let len = ws.params.len;
-    let update = kern.sgd_update(&ws.grads, &ws.params, ws.weights_len, LR, 0.0);
-    rows.push(elementwise_row("sgd_update", format!("{len} params"), vec![(update, len, 3 * len)]));
-    rows
-}
-
-// ---------------------------------------------------------------------------------------------
 // Results
 // ---------------------------------------------------------------------------------------------
 
+/// One launch of the trainer's step, timed alone; its label, shape, FLOPs and bytes come from
+/// the launch itself (`kernels::Cost`).
 struct RowResult {
-    row: Row,
+    launch: Launch,
     time: Measured,
 }
 
 impl RowResult {
     fn gflops(&self) -> f64 {
-        self.row.flops / self.time.median * 1e-9
+        self.launch.cost.flops / self.time.median * 1e-9
     }
     fn gbps(&self) -> f64 {
-        self.row.bytes / self.time.median * 1e-9
+        self.launch.cost.bytes / self.time.median * 1e-9
     }
 }
 
@@ -653,10 +420,10 @@ struct CaseResult {
 
 /// Runs `steps` training steps on the minibatches in `data` (cycling through them), then waits
 /// for the device; returns the seconds taken. The whole-step loop lives only here.
-pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) -> Result<f64, String> {
+pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) -> Result<f64> {
     // The training loop's fast path: data resident on the device, minibatches gathered there,
     // up to 64 steps per submit, no read-back (the default between log points).
-    let m = trainer.batch_capacity;
+    let m = trainer.batch_capacity();
     let start = Instant::now();
     let mut left = steps;
     while left > 0 {
@@ -665,40 +432,59 @@ pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) 
         trainer.train_epoch(&order, EpochOptions::default(), |_, _| Ok(()))?;
         left -= k;
     }
-    trainer.gpu().wait();
+    trainer.gpu().wait()?;
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn bench_step(
-    gpu: &Gpu,
-    case: &Case,
-    s: &Settings,
-    rng: &mut Rng,
-    path: Option<StepPath>,
-) -> Result<StepResult, Error> {
+/// Minibatches of training data kept on the device while timing.
+const RESIDENT_BATCHES: usize = 8;
+
+/// A trainer for `case` on `path` (or the adapter's default) with random resident data.
+fn case_trainer(gpu: &Gpu, case: &Case, rng: &mut Rng, path: Option<StepPath>) -> Result<Trainer> {
     let spec = &case.spec;
     let m = case.batch;
     let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
-    let init = Params::init(spec, 1);
-    let mut trainer = Trainer::new(gpu, spec, loss, LR, m, &init).map_err(BadInput)?;
+    let mut trainer = Trainer::new(gpu, spec, loss, LR, m, &Params::init(spec, 1))?;
     if let Some(p) = path {
-        trainer.set_path(p).map_err(Runtime)?;
+        trainer.set_path(p).map_err(|e| Runtime(e.to_string()))?;
     }
-    const RESIDENT_BATCHES: usize = 8;
     let data = random(rng, RESIDENT_BATCHES * m * spec.input_width(), 0.0, 1.0);
-    trainer.set_data(&data).map_err(Runtime)?;
-    let mut time = |steps: usize| time_steps(&mut trainer, RESIDENT_BATCHES, steps).map_err(Runtime);
+    trainer.set_data(&data)?;
+    Ok(trainer)
+}
+
+/// The launches of one step of the trainer's default path, each timed alone after a few steps
+/// have given its buffers realistic values (a trainer of its own: timing a launch thousands of
+/// times moves the parameters).
+fn bench_rows(gpu: &Gpu, timer: &Timer, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Vec<RowResult>> {
+    let mut trainer = case_trainer(gpu, case, rng, None)?;
+    time_steps(&mut trainer, RESIDENT_BATCHES, RESIDENT_BATCHES)?;
+    let rows = trainer
+        .step_launches(case.batch)
+        .into_iter()
+        .map(|launch| {
+            let time = measure(|reps| timer.pass(std::slice::from_ref(&launch), reps), s, s.pass_target, s.max_reps);
+            RowResult { launch, time }
+        })
+        .collect();
+    Ok(rows)
+}
+
+fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng, path: Option<StepPath>) -> Result<StepResult> {
+    let m = case.batch;
+    let mut trainer = case_trainer(gpu, case, rng, path)?;
+    let mut time = |steps: usize| time_steps(&mut trainer, RESIDENT_BATCHES, steps);
     let first = time(1)?.max(1e-9);
     let steps = ((s.step_target / first).ceil() as usize).clamp(1, s.max_steps);
     for _ in 1..s.warmups {
         time(steps)?;
     }
-    let before = trainer.stats;
+    let before = trainer.stats();
     let mut runs = Vec::new();
     for _ in 0..s.runs {
-        runs.push(time_steps(&mut trainer, RESIDENT_BATCHES, steps).map_err(Runtime)? / steps as f64);
+        runs.push(time_steps(&mut trainer, RESIDENT_BATCHES, steps)? / steps as f64);
     }
-    let after = trainer.stats;
+    let after = trainer.stats();
     let total = (steps * s.runs) as f64;
     let counting = after.submits > before.submits;
     let per_step = |d: u64| counting.then_some(d as f64 / total);
@@ -707,7 +493,7 @@ fn bench_step(
     } else {
         trainer.dispatches_per_step(m) as f64
     };
-    if !trainer.params().all_finite() {
+    if !trainer.params()?.all_finite() {
         return Err(Runtime(format!("{}: the parameters went non-finite while timing steps", case.name())));
     }
     let time = Measured::from_runs(runs, steps);
@@ -818,7 +604,7 @@ fn bench_variants(
 
 /// Every kernel once at a small size against the f64 reference (every matmul variant), and two
 /// training steps; returns a one-line summary, or a runtime error naming what failed.
-fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value), Error> {
+fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value)> {
     let (m, k, n) = (37, 53, 29);
     let default = kernels.matmul_variant;
     let mut worst: f64 = 0.0;
@@ -840,7 +626,7 @@ fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value), Error> 
     kernels.matmul_variant = default;
     let step_tol = 1e-4;
     let cfg = LossConfig { weight_decay: 1e-3, sparsity: SPARSITY };
-    let step_err = check::training_steps(gpu, &ModelSpec::seed(), cfg, m, 0.5, 2, None).map_err(Runtime)?.max_rel_err;
+    let step_err = check::training_steps(gpu, &ModelSpec::seed(), cfg, m, 0.5, 2, None)?.max_rel_err;
     if step_err.is_nan() || step_err >= step_tol {
         failures.push(format!("2 training steps of the seed model: max rel err {step_err:.2e} > {step_tol:.0e}"));
     }
@@ -864,7 +650,7 @@ fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value), Error> 
 // Running, printing, JSON
 // ---------------------------------------------------------------------------------------------
 
-fn load_json(path: &Path) -> Result<Value, Error> {
+fn load_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| BadInput(format!("--compare {}: cannot read it: {e}", path.display())))?;
     let doc: Value =
@@ -876,7 +662,7 @@ fn load_json(path: &Path) -> Result<Value, Error> {
 }
 
 /// Runs the benchmark as `opts` asks, printing tables to stdout.
-pub fn run(opts: &Options) -> Result<(), Error> {
+pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
     let mut cases = plan(opts)?;
     let old = opts.compare.as_deref().map(load_json).transpose()?;
@@ -894,8 +680,7 @@ pub fn run(opts: &Options) -> Result<(), Error> {
     if let Some(b) = &opts.backend {
         device::parse_backends(b).map_err(|e| BadInput(format!("--backend: {e}")))?;
     }
-    let gpu = Gpu::new(&AdapterRequest { backend: opts.backend.clone(), adapter_name: opts.adapter.clone() })
-        .map_err(|e| Runtime(e.to_string()))?;
+    let gpu = Gpu::new(&AdapterRequest { backend: opts.backend.clone(), adapter_name: opts.adapter.clone() })?;
     let info = &gpu.info;
     let timer = Timer::new(&gpu);
     let s = Settings::new(opts.quick, timer.timestamps.is_some());
@@ -931,21 +716,14 @@ pub fn run(opts: &Options) -> Result<(), Error> {
         }
     }
 
-    let mut kernels = Kernels::new(&gpu).map_err(Runtime)?;
+    let mut kernels = Kernels::new(&gpu)?;
     let (validation_line, validation_json) = validate(&gpu, &mut kernels)?;
     println!("{validation_line}");
 
     let mut results = Vec::new();
     for case in cases {
-        let widest = *case.spec.sizes.iter().max().unwrap();
-        let max_binding = gpu.limits.max_storage_buffer_binding_size as usize;
-        if case.batch * widest * 4 > max_binding {
-            return Err(BadInput(format!(
-                "{}: a batch of {} x {widest} floats exceeds this adapter's largest storage binding ({max_binding} bytes): use a smaller --batch-size",
-                case.name(),
-                case.batch
-            )));
-        }
+        crate::layout::ActivationLayout::check_layers(&case.spec, case.batch, &gpu.limits)
+            .map_err(|e| e.context(case.name()))?;
         eprintln!("timing {} ...", case.name());
         let result = bench_case(&gpu, &mut kernels, &timer, case, &s)?;
         print_case(&result);
@@ -978,26 +756,17 @@ pub fn run(opts: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &Settings) -> Result<CaseResult, Error> {
-    let m = case.batch;
+fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &Settings) -> Result<CaseResult> {
     let mut rng = Rng::new(42);
-    let ws = Workspace::new(gpu, &case.spec, m, &mut rng);
-    let rows = kernel_rows(kernels, &ws, &case.spec, m)
-        .into_iter()
-        .map(|row| {
-            let time = measure(|reps| timer.pass(&row.launches, reps), s, s.pass_target, s.max_reps);
-            RowResult { row, time }
-        })
-        .collect();
+    let rows = bench_rows(gpu, timer, &case, s, &mut rng)?;
     // At the batch asked for, even where --quick shrank the step's.
     let (n, k) = case.spec.shape(1);
     let mkn = (case.requested_batch, k, n);
     let variants = (case.preset == "mnist").then(|| bench_variants(kernels, timer, mkn, s));
-    drop(ws);
     let step = bench_step(gpu, &case, s, &mut rng, None)?;
-    let fits = case.spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH);
     let other = if step.path == StepPath::Fused { StepPath::Layered } else { StepPath::Fused };
-    let other_path = if fits { Some(bench_step(gpu, &case, s, &mut rng, Some(other))?) } else { None };
+    let other_path =
+        if StepPath::fused_fits(&case.spec) { Some(bench_step(gpu, &case, s, &mut rng, Some(other))?) } else { None };
     let reference = bench_reference(&case, s, &mut rng);
     Ok(CaseResult { case, rows, step, other_path, reference, variants })
 }
@@ -1046,9 +815,9 @@ fn print_case(r: &CaseResult) {
         sum += row.time.median;
         println!(
             "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
-            row.row.id,
-            row.row.shape,
-            row.row.per_step,
+            row.launch.cost.label,
+            row.launch.cost.shape,
+            1,
             us(row.time.median),
             us(row.time.min),
             us(row.time.max),
@@ -1061,7 +830,7 @@ fn print_case(r: &CaseResult) {
         "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
         "sum of kernel rows",
         "",
-        r.rows.iter().map(|x| x.row.per_step).sum::<usize>(),
+        r.rows.len(),
         us(sum),
         "",
         "",
@@ -1069,7 +838,10 @@ fn print_case(r: &CaseResult) {
         "",
         100.0 * sum / step
     );
-    println!("   (µs/step: all launches of the row in one step, each timed alone; share: of the whole step below)");
+    println!(
+        "   (the launches of one step of the {} path, each timed alone; share: of the whole step below)",
+        r.step.path.name()
+    );
 
     let st = &r.step;
     let opt = |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
@@ -1082,7 +854,7 @@ fn print_case(r: &CaseResult) {
             "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>11.1} {:>12} {:>14}",
             format!(
                 "GPU {} path{} ({}x{})",
-                format!("{:?}", st.path).to_lowercase(),
+                st.path.name(),
                 if chosen { " (default)" } else { "" },
                 st.time.runs,
                 st.time.reps
@@ -1097,13 +869,10 @@ fn print_case(r: &CaseResult) {
         );
     }
     println!("   (train_epoch: data resident on the device, up to 64 steps per submit, no read-back)");
-    // The layered step also gathers its minibatch and advances the cursor: 2 launches the rows
-    // leave out.
-    let launches: usize = r.rows.iter().map(|x| x.row.per_step).sum::<usize>() + 2;
-    if st.path == StepPath::Layered && (st.dispatches - launches as f64).abs() > 0.5 {
+    let launches = r.rows.len();
+    if (st.dispatches - launches as f64).abs() > 0.5 {
         println!(
-            "   note: the training step ran {:.0} dispatches per step, the kernel rows and gather/cursor {launches} launches \
-             (split grids count once per part)",
+            "   note: the training step ran {:.0} dispatches per step for its {launches} launches (split grids count once per part)",
             st.dispatches
         );
     }
@@ -1181,25 +950,22 @@ fn to_json(gpu: &Gpu, timer: &Timer, s: &Settings, validation: Value, results: &
                 .rows
                 .iter()
                 .map(|row| {
-                    let mut v = merge(
+                    let c = &row.launch.cost;
+                    merge(
                         json!({
-                            "id": row.row.id, "kernel": row.row.kernel, "shape": row.row.shape,
-                            "per_step": row.row.per_step, "flops": row.row.flops, "bytes": row.row.bytes,
+                            "id": c.label, "kernel": row.launch.name, "shape": c.shape,
+                            "per_step": 1, "flops": c.flops, "bytes": c.bytes,
                             "gflops": row.gflops(), "gbps": row.gbps(), "share": row.time.median / step_s,
                         }),
                         measured_json(&row.time, 1e6, "us"),
-                    );
-                    if let Some((m, k, n)) = row.row.mkn {
-                        v = merge(v, json!({"m": m, "k": k, "n": n}));
-                    }
-                    v
+                    )
                 })
                 .collect();
             let st = &r.step;
             let step_json = |st: &StepResult| {
                 merge(
                     json!({
-                        "path": format!("{:?}", st.path).to_lowercase(),
+                        "path": st.path.name(),
                         "samples_per_s": st.samples_per_s, "dispatches_per_step": st.dispatches,
                         "submits_per_step": st.submits, "round_trips_per_step": st.round_trips,
                         "bytes_uploaded_per_step": st.bytes_uploaded, "counters": st.submits.is_some(),

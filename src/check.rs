@@ -12,6 +12,7 @@
 //! ulp each), so their relative error must also be below 1e-5.
 
 use crate::kernels::{Kernels, MatmulVariant, View};
+use crate::layout::StepState;
 use crate::model::{Activation, Rng, Sparsity};
 use crate::reference::{self as r, ColumnTransform};
 
@@ -96,7 +97,8 @@ pub fn run_all(kernels: &mut Kernels) -> Vec<Row> {
     rows
 }
 
-fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
+/// `len` values uniform in `[lo, hi)`.
+pub fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
     (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
 }
 
@@ -128,129 +130,105 @@ fn magnitudes(reference: &[f64], floor: f64) -> Vec<f64> {
     reference.iter().map(|r| r.abs().max(floor)).collect()
 }
 
+/// A tensor's contents; a read-back that fails gives NaN, which fails the check.
+fn download(k: &Kernels, v: &View) -> Vec<f32> {
+    k.gpu.download(v).unwrap_or_else(|_| vec![f32::NAN; v.len])
+}
+
 fn poisoned(k: &Kernels, len: usize) -> View {
     k.gpu.upload("poisoned output", &vec![f32::NAN; len])
 }
 
 /// `matmul_forward` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
 pub fn matmul_forward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
-    let mut worst: f64 = 0.0;
-    let (_, err) = (|| {
-        let a = random(rng, m * k, -1.0, 1.0);
-        let w = random(rng, n * k, -1.0, 1.0);
-        let out = poisoned(kern, m * n);
-        kern.gpu.run(&[kern.matmul_forward(&kern.gpu.upload("a", &a), &kern.gpu.upload("w", &w), &out, m, k, n)]);
-        let want = r::matmul_forward(&widen(&a), &widen(&w), m, k, n);
-        let scale = r::matmul_forward(&abs(&a), &abs(&w), m, k, n);
-        ("matmul_forward", max_rel_err(&kern.gpu.download(&out), &want, &scale))
-    })();
-    worst = worst.max(err);
-    worst
+    let a = random(rng, m * k, -1.0, 1.0);
+    let w = random(rng, n * k, -1.0, 1.0);
+    let out = poisoned(kern, m * n);
+    kern.gpu.run(&[kern.matmul_forward(&kern.gpu.upload("a", &a), &kern.gpu.upload("w", &w), &out, m, k, n)]);
+    let want = r::matmul_forward(&widen(&a), &widen(&w), m, k, n);
+    let scale = r::matmul_forward(&abs(&a), &abs(&w), m, k, n);
+    max_rel_err(&download(kern, &out), &want, &scale)
 }
 
 /// `matmul_backward_weight` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
 pub fn matmul_backward_weight(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
-    let mut worst: f64 = 0.0;
-    let (_, err) = (|| {
-        let delta = random(rng, m * n, -1.0, 1.0);
-        let a = random(rng, m * k, -1.0, 1.0);
-        let out = poisoned(kern, n * k);
-        kern.gpu.run(&[kern.matmul_backward_weight(
-            &kern.gpu.upload("d", &delta),
-            &kern.gpu.upload("a", &a),
-            &out,
-            m,
-            n,
-            k,
-        )]);
-        let want = r::matmul_backward_weight(&widen(&delta), &widen(&a), m, n, k);
-        let scale = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
-        ("matmul_backward_weight", max_rel_err(&kern.gpu.download(&out), &want, &scale))
-    })();
-    worst = worst.max(err);
-    worst
+    let delta = random(rng, m * n, -1.0, 1.0);
+    let a = random(rng, m * k, -1.0, 1.0);
+    let out = poisoned(kern, n * k);
+    kern.gpu.run(&[kern.matmul_backward_weight(
+        &kern.gpu.upload("d", &delta),
+        &kern.gpu.upload("a", &a),
+        &out,
+        m,
+        n,
+        k,
+    )]);
+    let want = r::matmul_backward_weight(&widen(&delta), &widen(&a), m, n, k);
+    let scale = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
+    max_rel_err(&download(kern, &out), &want, &scale)
 }
 
 /// `matmul_backward_input` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
 pub fn matmul_backward_input(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
-    let mut worst: f64 = 0.0;
-    let (_, err) = (|| {
-        let delta = random(rng, m * n, -1.0, 1.0);
-        let w = random(rng, n * k, -1.0, 1.0);
-        let out = poisoned(kern, m * k);
-        kern.gpu.run(&[kern.matmul_backward_input(
-            &kern.gpu.upload("d", &delta),
-            &kern.gpu.upload("w", &w),
-            &out,
-            m,
-            n,
-            k,
-        )]);
-        let want = r::matmul_backward_input(&widen(&delta), &widen(&w), m, n, k);
-        let scale = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
-        ("matmul_backward_input", max_rel_err(&kern.gpu.download(&out), &want, &scale))
-    })();
-    worst = worst.max(err);
-    worst
+    let delta = random(rng, m * n, -1.0, 1.0);
+    let w = random(rng, n * k, -1.0, 1.0);
+    let out = poisoned(kern, m * k);
+    kern.gpu.run(&[kern.matmul_backward_input(
+        &kern.gpu.upload("d", &delta),
+        &kern.gpu.upload("w", &w),
+        &out,
+        m,
+        n,
+        k,
+    )]);
+    let want = r::matmul_backward_input(&widen(&delta), &widen(&w), m, n, k);
+    let scale = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
+    max_rel_err(&download(kern, &out), &want, &scale)
 }
 
 /// `bias_activation` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
-pub fn bias_activation(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+pub fn bias_activation(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     for act in Activation::ALL {
-        let (_, err) = (|| {
-            let z = random(rng, m * n, -3.0, 3.0);
-            let b = random(rng, n, -0.5, 0.5);
-            let zv = kern.gpu.upload("z", &z);
-            let out = poisoned(kern, m * n);
-            kern.gpu.run(&[kern.bias_activation(&kern.gpu.upload("b", &b), &zv, &out, m, n, act)]);
-            let mut zr = widen(&z);
-            let want = r::bias_activation(&mut zr, &widen(&b), act, n);
-            let (got_z, got_a) = {
-                let mut d = kern.gpu.download_many(&[&zv, &out]);
-                let a = d.pop().unwrap();
-                (d.pop().unwrap(), a)
-            };
-            // z + b is one f32 addition. WGSL bounds exp/tanh by ulps of their inputs and
-            // intermediates (tanh is "inherited from sinh/cosh"), i.e. an absolute error of a
-            // few 1e-8 near zero, so values below 0.1 are judged against 0.1 (relative 1e-5
-            // above it, absolute 1e-6 below).
-            let err_z = max_rel_err(&got_z, &zr, &magnitudes(&zr, 1e-3));
-            let err_a = max_rel_err(&got_a, &want, &magnitudes(&want, 0.1));
-            ("bias_activation", err_z.max(err_a))
-        })();
+        let z = random(rng, m * n, -3.0, 3.0);
+        let b = random(rng, n, -0.5, 0.5);
+        let zv = kern.gpu.upload("z", &z);
+        let out = poisoned(kern, m * n);
+        kern.gpu.run(&[kern.bias_activation(&kern.gpu.upload("b", &b), &zv, &out, m, n, act)]);
+        let mut zr = widen(&z);
+        let want = r::bias_activation(&mut zr, &widen(&b), act, n);
+        let (got_z, got_a) = { (download(kern, &zv), download(kern, &out)) };
+        // z + b is one f32 addition. WGSL bounds exp/tanh by ulps of their inputs and
+        // intermediates (tanh is "inherited from sinh/cosh"), i.e. an absolute error of a
+        // few 1e-8 near zero, so values below 0.1 are judged against 0.1 (relative 1e-5
+        // above it, absolute 1e-6 below).
+        let err_z = max_rel_err(&got_z, &zr, &magnitudes(&zr, 1e-3));
+        let err_a = max_rel_err(&got_a, &want, &magnitudes(&want, 0.1));
+        let err = err_z.max(err_a);
         worst = worst.max(err);
     }
     worst
 }
 
 /// `activation_backward` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
-pub fn activation_backward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+pub fn activation_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     for act in Activation::ALL {
-        let (_, err) = (|| {
-            let g = random(rng, m * n, -1.0, 1.0);
-            let z = random(rng, m * n, -3.0, 3.0);
-            let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
-            let out = poisoned(kern, m * n);
-            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
-            kern.gpu.run(&[kern.activation_backward(&up("g", &g), &up("z", &z), &up("a", &a), &out, m, n, act)]);
-            let want = r::activation_backward(&widen(&g), &widen(&z), &widen(&a), act);
-            ("activation_backward", max_rel_err(&kern.gpu.download(&out), &want, &magnitudes(&want, 1e-3)))
-        })();
+        let g = random(rng, m * n, -1.0, 1.0);
+        let z = random(rng, m * n, -3.0, 3.0);
+        let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+        let out = poisoned(kern, m * n);
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        kern.gpu.run(&[kern.activation_backward(&up("g", &g), &up("z", &z), &up("a", &a), &out, m, n, act)]);
+        let want = r::activation_backward(&widen(&g), &widen(&z), &widen(&a), act);
+        let err = max_rel_err(&download(kern, &out), &want, &magnitudes(&want, 1e-3));
         worst = worst.max(err);
     }
     worst
 }
 
 /// `kl_backward` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
-pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     let modes = [
         (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }),
@@ -259,58 +237,55 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) 
         (Activation::Tanh, Sparsity::KlFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }),
     ];
     for (act, sparsity) in modes {
-        let (_, err) = (|| {
-            let g = random(rng, m * n, -0.1, 0.1);
-            let z = random(rng, m * n, -3.0, 3.0);
-            let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
-            // Include rho_hat values beyond the clamp: the gradient must pass through it.
-            let mut rho_hat = random(rng, n, 0.01, 0.9);
-            rho_hat[0] = 0.0;
-            if n > 1 {
-                rho_hat[n - 1] = 1.0;
-            }
-            let out = poisoned(kern, m * n);
-            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
-            kern.gpu.run(&[kern.kl_backward(
-                &up("g", &g),
-                &up("z", &z),
-                &up("a", &a),
-                &up("rho_hat", &rho_hat),
-                &out,
-                m,
-                n,
-                act,
-                sparsity,
-            )]);
-            let want = r::kl_backward(&widen(&g), &widen(&z), &widen(&a), &widen(&rho_hat), act, sparsity, m);
-            // Scale: the same formula on magnitudes, so a cancellation between G and the KL
-            // term is judged against the size of the terms, not of their difference.
-            let abs_sparsity = match sparsity {
-                Sparsity::Kl { beta, .. } => (beta, 1.0),
-                Sparsity::KlFreq { beta, temperature, .. } => (beta, temperature),
-                Sparsity::None => unreachable!(),
-            };
-            let (rho, _) = sparsity.rho_beta();
-            let scale: Vec<f64> = (0..m * n)
-                .map(|i| {
-                    let j = i % n;
-                    let q = (rho_hat[j] as f64).clamp(1e-6, 1.0 - 1e-6);
-                    let dkl = abs_sparsity.0 / m as f64 * (rho / q + (1.0 - rho) / (1.0 - q));
-                    let fp = r::activation_derivative(act, z[i] as f64, a[i] as f64).abs();
-                    let s = r::sigmoid(z[i] as f64 / abs_sparsity.1);
-                    (g[i] as f64).abs() * fp + dkl * (fp + s * (1.0 - s) / abs_sparsity.1) + 1e-12
-                })
-                .collect();
-            ("kl_backward", max_rel_err(&kern.gpu.download(&out), &want, &scale))
-        })();
+        let g = random(rng, m * n, -0.1, 0.1);
+        let z = random(rng, m * n, -3.0, 3.0);
+        let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+        // Include rho_hat values beyond the clamp: the gradient must pass through it.
+        let mut rho_hat = random(rng, n, 0.01, 0.9);
+        rho_hat[0] = 0.0;
+        if n > 1 {
+            rho_hat[n - 1] = 1.0;
+        }
+        let out = poisoned(kern, m * n);
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        kern.gpu.run(&[kern.kl_backward(
+            &up("g", &g),
+            &up("z", &z),
+            &up("a", &a),
+            &up("rho_hat", &rho_hat),
+            &out,
+            m,
+            n,
+            act,
+            sparsity,
+        )]);
+        let want = r::kl_backward(&widen(&g), &widen(&z), &widen(&a), &widen(&rho_hat), act, sparsity, m);
+        // Scale: the same formula on magnitudes, so a cancellation between G and the KL
+        // term is judged against the size of the terms, not of their difference.
+        let abs_sparsity = match sparsity {
+            Sparsity::Kl { beta, .. } => (beta, 1.0),
+            Sparsity::KlFreq { beta, temperature, .. } => (beta, temperature),
+            Sparsity::None => unreachable!(),
+        };
+        let (rho, _) = sparsity.rho_beta();
+        let scale: Vec<f64> = (0..m * n)
+            .map(|i| {
+                let j = i % n;
+                let q = (rho_hat[j] as f64).clamp(1e-6, 1.0 - 1e-6);
+                let dkl = abs_sparsity.0 / m as f64 * (rho / q + (1.0 - rho) / (1.0 - q));
+                let fp = r::activation_derivative(act, z[i] as f64, a[i] as f64).abs();
+                let s = r::sigmoid(z[i] as f64 / abs_sparsity.1);
+                (g[i] as f64).abs() * fp + dkl * (fp + s * (1.0 - s) / abs_sparsity.1) + 1e-12
+            })
+            .collect();
+        let err = max_rel_err(&download(kern, &out), &want, &scale);
         worst = worst.max(err);
     }
     worst
 }
 
 /// `column_sum` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
-pub fn column_sum(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+pub fn column_sum(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     let transforms = [
         (ColumnTransform::Value, 1.0),
@@ -319,117 +294,105 @@ pub fn column_sum(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -
         (ColumnTransform::SoftFires { temperature: 0.3 }, 1.0),
     ];
     for (t, scale) in transforms {
-        let (_, err) = (|| {
-            // A fraction of exact zeros checks the strict `x > 0` of the firing indicator.
-            let mut x = random(rng, m * n, -1.0, 1.0);
-            for v in x.iter_mut().step_by(7) {
-                *v = 0.0;
-            }
-            let out = poisoned(kern, n);
-            kern.gpu.run(&[kern.column_sum(&kern.gpu.upload("x", &x), &out, m, n, t, scale)]);
-            let want = r::column_sum(&widen(&x), m, n, t, scale);
-            // Sum of m terms: judge against the sum of their magnitudes.
-            let mag = r::column_sum(&abs(&x), m, n, ColumnTransform::Value, scale.abs());
-            let sc: Vec<f64> = match t {
-                ColumnTransform::Value => mag,
-                _ => magnitudes(&want, scale / m as f64),
-            };
-            ("column_sum", max_rel_err(&kern.gpu.download(&out), &want, &sc))
-        })();
+        // A fraction of exact zeros checks the strict `x > 0` of the firing indicator.
+        let mut x = random(rng, m * n, -1.0, 1.0);
+        for v in x.iter_mut().step_by(7) {
+            *v = 0.0;
+        }
+        let out = poisoned(kern, n);
+        kern.gpu.run(&[kern.column_sum(&kern.gpu.upload("x", &x), &out, m, n, t, scale)]);
+        let want = r::column_sum(&widen(&x), m, n, t, scale);
+        // Sum of m terms: judge against the sum of their magnitudes.
+        let mag = r::column_sum(&abs(&x), m, n, ColumnTransform::Value, scale.abs());
+        let sc: Vec<f64> = match t {
+            ColumnTransform::Value => mag,
+            _ => magnitudes(&want, scale / m as f64),
+        };
+        let err = max_rel_err(&download(kern, &out), &want, &sc);
         worst = worst.max(err);
     }
     worst
 }
 
 /// `output_delta` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
-pub fn output_delta(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+pub fn output_delta(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     for act in [Activation::Sigmoid, Activation::Identity, Activation::Relu, Activation::Tanh] {
-        let (_, err) = (|| {
-            let x = random(rng, m * n, 0.0, 1.0);
-            let z = random(rng, m * n, -3.0, 3.0);
-            let xhat: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
-            let out = poisoned(kern, m * n);
-            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
-            kern.gpu.run(&[kern.output_delta(&up("xhat", &xhat), &up("x", &x), &up("z", &z), &out, m, n, act)]);
-            let want = r::output_delta(&widen(&xhat), &widen(&x), &widen(&z), act, m);
-            ("output_delta", max_rel_err(&kern.gpu.download(&out), &want, &magnitudes(&want, 1e-9)))
-        })();
+        let x = random(rng, m * n, 0.0, 1.0);
+        let z = random(rng, m * n, -3.0, 3.0);
+        let xhat: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
+        let out = poisoned(kern, m * n);
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        kern.gpu.run(&[kern.output_delta(&up("xhat", &xhat), &up("x", &x), &up("z", &z), &out, m, n, act)]);
+        let want = r::output_delta(&widen(&xhat), &widen(&x), &widen(&z), act, m);
+        let err = max_rel_err(&download(kern, &out), &want, &magnitudes(&want, 1e-9));
         worst = worst.max(err);
     }
     worst
 }
 
 /// `loss_value` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
-pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     use crate::model::{LossConfig, ModelSpec, Params};
     for sparsity in [Sparsity::None, Sparsity::Kl { rho: 0.05, beta: 3.0 }] {
-        let (_, err) = (|| {
-            let x = random(rng, m * n, 0.0, 1.0);
-            let xhat = random(rng, m * n, 0.0, 1.0);
-            // A one-layer model n -> n supplies the weights for the decay term.
-            let spec =
-                ModelSpec::new(&[n, n], &[n], Activation::Sigmoid, Activation::Sigmoid, Activation::Sigmoid).unwrap();
-            let mut params = Params::init(&spec, 7);
-            params.weights.iter_mut().flatten().for_each(|w| *w += 0.01);
-            let weights: Vec<f32> = params.weights.concat();
-            let code = n;
-            let rho_hat = random(rng, code, 0.01, 0.99);
-            let out = poisoned(kern, 5);
-            let cfg = LossConfig { weight_decay: 0.003, sparsity };
-            let up = |name, v: &[f32]| kern.gpu.upload(name, v);
-            kern.gpu.run(&[kern.loss_value(
-                &up("xhat", &xhat),
-                &up("x", &x),
-                &up("w", &weights),
-                &up("rho_hat", &rho_hat),
-                &out,
-                m,
-                n,
-                cfg.weight_decay,
-                sparsity,
-            )]);
-            let got = kern.gpu.download(&out);
-            let model = r::Model::new(&spec, &params);
-            let mut fwd = r::forward(&model, &cfg, &widen(&x), m);
-            // Evaluate the loss at the given xhat and rho_hat rather than a forward pass.
-            *fwd.a.last_mut().unwrap() = widen(&xhat);
-            fwd.rho_hat = if sparsity == Sparsity::None { Vec::new() } else { widen(&rho_hat) };
-            let parts = r::loss(&model, &cfg, &fwd, &widen(&x), r::Terms::ALL);
-            let sum_sq = 2.0 * parts.reconstruction * m as f64;
-            let want = [parts.total, parts.reconstruction, parts.weight_decay, parts.sparsity, sum_sq];
-            // Every term is a sum of non-negative values: plain relative error.
-            ("loss_value", max_rel_err(&got, &want, &magnitudes(&want, 1e-12)))
-        })();
+        let x = random(rng, m * n, 0.0, 1.0);
+        let xhat = random(rng, m * n, 0.0, 1.0);
+        // A one-layer model n -> n supplies the weights for the decay term.
+        let spec =
+            ModelSpec::new(&[n, n], &[n], Activation::Sigmoid, Activation::Sigmoid, Activation::Sigmoid).unwrap();
+        let mut params = Params::init(&spec, 7);
+        params.weights.iter_mut().flatten().for_each(|w| *w += 0.01);
+        let weights: Vec<f32> = params.weights.concat();
+        let code = n;
+        let rho_hat = random(rng, code, 0.01, 0.99);
+        let out = poisoned(kern, 5);
+        let cfg = LossConfig { weight_decay: 0.003, sparsity };
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        kern.gpu.run(&[kern.loss_value(
+            &up("xhat", &xhat),
+            &up("x", &x),
+            &up("w", &weights),
+            &up("rho_hat", &rho_hat),
+            &out,
+            m,
+            n,
+            cfg.weight_decay,
+            sparsity,
+        )]);
+        let got = download(kern, &out);
+        let model = r::Model::new(&spec, &params);
+        let mut fwd = r::forward(&model, &cfg, &widen(&x), m);
+        // Evaluate the loss at the given xhat and rho_hat rather than a forward pass.
+        *fwd.a.last_mut().unwrap() = widen(&xhat);
+        fwd.rho_hat = if sparsity == Sparsity::None { Vec::new() } else { widen(&rho_hat) };
+        let parts = r::loss(&model, &cfg, &fwd, &widen(&x), r::Terms::ALL);
+        let sum_sq = 2.0 * parts.reconstruction * m as f64;
+        let want = [parts.total, parts.reconstruction, parts.weight_decay, parts.sparsity, sum_sq];
+        // Every term is a sum of non-negative values: plain relative error.
+        let err = max_rel_err(&got, &want, &magnitudes(&want, 1e-12));
         worst = worst.max(err);
     }
     worst
 }
 
 /// `sgd_update` against its reference twin; returns the max relative error.
-#[allow(unused_variables, clippy::redundant_closure_call)]
 pub fn sgd_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
-    let mut worst: f64 = 0.0;
-    let (_, err) = (|| {
-        let len = m * k + n; // weights region, then biases
-        let weights_len = m * k;
-        let p = random(rng, len, -1.0, 1.0);
-        let g = random(rng, len, -1.0, 1.0);
-        let pv = kern.gpu.upload("p", &p);
-        let (lr, lambda) = (0.3, 0.01);
-        kern.gpu.run(&[kern.sgd_update(&kern.gpu.upload("g", &g), &pv, weights_len, lr, lambda)]);
-        let mut want = widen(&p);
-        r::sgd_update(&mut want[..weights_len], &widen(&g[..weights_len]), lr, lambda);
-        r::sgd_update(&mut want[weights_len..], &widen(&g[weights_len..]), lr, 0.0);
-        // p - lr (g + lambda p): judged against |p| + lr (|g| + lambda |p|).
-        let scale: Vec<f64> = (0..len).map(|i| (p[i].abs() + 0.3 * (g[i].abs() + 0.01 * p[i].abs())) as f64).collect();
-        ("sgd_update", max_rel_err(&kern.gpu.download(&pv), &want, &scale))
-    })();
-    worst = worst.max(err);
-    worst
+    let len = m * k + n; // weights region, then biases
+    let weights_len = m * k;
+    let p = random(rng, len, -1.0, 1.0);
+    let g = random(rng, len, -1.0, 1.0);
+    let pv = kern.gpu.upload("p", &p);
+    let (lr, lambda) = (0.3, 0.01);
+    let state = StepState { lr: lr as f32, ..Default::default() };
+    let state = kern.gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
+    kern.gpu.run(&[kern.sgd_update(&kern.gpu.upload("g", &g), &pv, &state, weights_len, lambda)]);
+    let mut want = widen(&p);
+    r::sgd_update(&mut want[..weights_len], &widen(&g[..weights_len]), lr, lambda);
+    r::sgd_update(&mut want[weights_len..], &widen(&g[weights_len..]), lr, 0.0);
+    // p - lr (g + lambda p): judged against |p| + lr (|g| + lambda |p|).
+    let scale: Vec<f64> = (0..len).map(|i| (p[i].abs() + 0.3 * (g[i].abs() + 0.01 * p[i].abs())) as f64).collect();
+    max_rel_err(&download(kern, &pv), &want, &scale)
 }
 
 /// What `training_steps` found.
@@ -451,8 +414,8 @@ pub fn training_steps(
     m: usize,
     lr: f64,
     steps: usize,
-    path: Option<crate::trainer::Path>,
-) -> Result<StepsCheck, String> {
+    path: Option<crate::trainer::StepPath>,
+) -> crate::Result<StepsCheck> {
     let init = crate::Params::init(spec, 5);
     let mut trainer = crate::Trainer::new(gpu, spec, cfg, lr, m, &init)?;
     if let Some(p) = path {
@@ -465,7 +428,7 @@ pub fn training_steps(
         trainer.step(&x)?;
         r::step(&mut model, &cfg, &widen(&x), m, lr);
     }
-    let got = trainer.params();
+    let got = trainer.params()?;
     let want = model.to_params();
     let mut worst: f64 = 0.0;
     for (g, w) in got.weights.iter().chain(&got.biases).zip(want.weights.iter().chain(&want.biases)) {
@@ -506,7 +469,7 @@ pub fn matmul_forward_bias_activation(kern: &Kernels, rng: &mut Rng, m: usize, k
         let terms = r::matmul_forward(&abs(&a), &abs(&w), m, k, n);
         let scale_z: Vec<f64> = (0..m * n).map(|i| terms[i] + (b[i % n] as f64).abs()).collect();
         let scale_a: Vec<f64> = scale_z.iter().map(|s| s + 0.1).collect();
-        let got = kern.gpu.download_many(&[&z_out, &a_out]);
+        let got = [download(kern, &z_out), download(kern, &a_out)];
         worst = worst.max(max_rel_err(&got[0], &want_z, &scale_z)).max(max_rel_err(&got[1], &want_a, &scale_a));
     }
     worst
@@ -540,7 +503,7 @@ pub fn matmul_backward_input_activation(kern: &Kernels, rng: &mut Rng, m: usize,
         let scale: Vec<f64> = (0..m * k)
             .map(|i| terms[i] * r::activation_derivative(act, z[i] as f64, a[i] as f64).abs() + 1e-30)
             .collect();
-        worst = worst.max(max_rel_err(&kern.gpu.download(&out), &want, &scale));
+        worst = worst.max(max_rel_err(&download(kern, &out), &want, &scale));
     }
     worst
 }
@@ -556,6 +519,6 @@ pub fn matmul_backward_weight_bias(kern: &Kernels, rng: &mut Rng, m: usize, k: u
     let (want_w, want_b) = r::matmul_backward_weight_bias(&widen(&delta), &widen(&a), m, n, k);
     let scale_w = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
     let scale_b = r::column_sum(&abs(&delta), m, n, ColumnTransform::Value, 1.0);
-    let got = kern.gpu.download_many(&[&dw, &db]);
+    let got = [download(kern, &dw), download(kern, &db)];
     max_rel_err(&got[0], &want_w, &scale_w).max(max_rel_err(&got[1], &want_b, &scale_b))
 }

@@ -1,8 +1,10 @@
 //! Checkpoints: safetensors, f32 little-endian, tensors named as a PyTorch module with
 //! attributes `enc1..encK`, `dec1..decK'` would name them (`enc1.weight` `[out, in]`,
 //! `enc1.bias` `[out]`), so `load_state_dict` reads them. The model spec rides in the metadata
-//! as JSON, so a checkpoint alone is enough to rebuild the model (SPEC.md section 6).
+//! as JSON, so a checkpoint alone is enough to rebuild the model (docs/design.md section 6).
 
+use crate::error::{Error, Result};
+use crate::layout::tensor_names;
 use crate::model::{ModelSpec, Params};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -17,20 +19,8 @@ fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
     items.into_iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
 }
 
-/// `(name, shape)` of every tensor in layer order: weight then bias, as `nn.Linear` has them.
-fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
-    let mut out = Vec::new();
-    for l in 1..=spec.layers() {
-        let (n_out, n_in) = spec.shape(l);
-        let name = spec.layer_name(l);
-        out.push((format!("{name}.weight"), vec![n_out, n_in]));
-        out.push((format!("{name}.bias"), vec![n_out]));
-    }
-    out
-}
-
 /// The checkpoint file's bytes. Refuses non-finite parameters: `load` would reject the file.
-pub fn to_bytes(spec: &ModelSpec, params: &Params) -> Result<Vec<u8>, String> {
+pub fn to_bytes(spec: &ModelSpec, params: &Params) -> std::result::Result<Vec<u8>, String> {
     spec.validate()?;
     params.check_shapes(spec)?;
     if !params.all_finite() {
@@ -38,7 +28,7 @@ pub fn to_bytes(spec: &ModelSpec, params: &Params) -> Result<Vec<u8>, String> {
                     retrain with a lower learning rate"
             .into());
     }
-    let named = layout(spec);
+    let named = tensor_names(spec);
     // Explicit little-endian bytes, whatever the host's byte order.
     let bytes: Vec<Vec<u8>> = (0..spec.layers())
         .flat_map(|i| [&params.weights[i], &params.biases[i]])
@@ -83,7 +73,7 @@ fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
 }
 
 /// Parses checkpoint bytes; `origin` (the file name) starts every error message.
-pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<(ModelSpec, Params), String> {
+pub fn from_bytes(bytes: &[u8], origin: &str) -> std::result::Result<(ModelSpec, Params), String> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         format!("{origin}: not a readable safetensors file ({e}): is it truncated or another format? Use a checkpoint written by sae train")
     })?;
@@ -98,7 +88,7 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<(ModelSpec, Params), Str
     spec.validate().map_err(|e| format!("{origin}: the model spec in the metadata is invalid: {e}"))?;
 
     let mut params = Params { weights: Vec::new(), biases: Vec::new() };
-    let expected = layout(&spec);
+    let expected = tensor_names(&spec);
     for (name, shape) in &expected {
         let t = st.tensor(name).map_err(|_| {
             format!("{origin}: tensor '{name}' is missing but the spec's {}-layer model needs it: the file does not match its spec", spec.layers())
@@ -138,17 +128,22 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<(ModelSpec, Params), Str
 }
 
 /// Writes the checkpoint atomically (temporary file + rename, like `data::save`).
-pub fn save(path: &Path, spec: &ModelSpec, params: &Params) -> Result<(), String> {
-    let bytes = to_bytes(spec, params).map_err(|e| format!("{}: {e}", path.display()))?;
+/// A failure here (non-finite parameters, a directory that cannot be written) is a runtime one.
+pub fn save(path: &Path, spec: &ModelSpec, params: &Params) -> Result<()> {
+    let bytes = to_bytes(spec, params).map_err(|e| Error::Runtime(format!("{}: {e}", path.display())))?;
     crate::data::write_atomic(path, &bytes).map_err(|e| {
-        format!("{}: cannot write the checkpoint ({e}): check the directory exists and is writable", path.display())
+        Error::Runtime(format!(
+            "{}: cannot write the checkpoint ({e}): check the directory exists and is writable",
+            path.display()
+        ))
     })
 }
 
-pub fn load(path: &Path) -> Result<(ModelSpec, Params), String> {
+/// A file that cannot be read or is not a checkpoint of this tool is bad input.
+pub fn load(path: &Path) -> Result<(ModelSpec, Params)> {
     let bytes = std::fs::read(path)
-        .map_err(|e| format!("{}: cannot read the checkpoint ({e}): check the path", path.display()))?;
-    from_bytes(&bytes, &path.display().to_string())
+        .map_err(|e| Error::Input(format!("{}: cannot read the checkpoint ({e}): check the path", path.display())))?;
+    from_bytes(&bytes, &path.display().to_string()).map_err(Error::Input)
 }
 
 #[cfg(test)]
@@ -217,6 +212,7 @@ mod tests {
         save(&path, &spec, &params).unwrap();
         assert_eq!(load(&path).unwrap(), (spec, params));
         let e = load(&dir.join("nope.safetensors")).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("nope.safetensors") && e.contains("cannot read"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,8 +1,9 @@
 //! Data files: `.npy` (f32/f64, 2-D) and `.csv` (numbers, optional header), one sample per row.
 //!
 //! Every error is one line naming the file, the 1-based row and column where they apply, and
-//! what to do, so a bad file is rejected before anything is trained on it (SPEC.md section 6).
+//! what to do, so a bad file is rejected before anything is trained on it (docs/design.md section 6).
 
+use crate::error::{Error, Result};
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -16,19 +17,9 @@ pub struct Dataset {
     pub values: Vec<f32>,
 }
 
-#[derive(Debug, Clone)]
-pub struct DataError(pub String);
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DataError {}
-
-fn fail<T>(path: &Path, msg: impl fmt::Display) -> Result<T, DataError> {
-    Err(DataError(format!("{}: {msg}", path.display())))
+/// Bad input naming the file.
+fn fail<T>(path: &Path, msg: impl fmt::Display) -> Result<T> {
+    Err(Error::Input(format!("{}: {msg}", path.display())))
 }
 
 impl Dataset {
@@ -37,7 +28,7 @@ impl Dataset {
     }
 
     /// Checks that the samples are as wide as the model's input.
-    pub fn check_width(&self, expected: usize, path: &Path) -> Result<(), DataError> {
+    pub fn check_width(&self, expected: usize, path: &Path) -> Result<()> {
         if self.cols == expected {
             return Ok(());
         }
@@ -59,7 +50,7 @@ enum Format {
     Csv,
 }
 
-fn format_of(path: &Path) -> Result<Format, DataError> {
+fn format_of(path: &Path) -> Result<Format> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext.to_ascii_lowercase().as_str() {
         "npy" => Ok(Format::Npy),
@@ -69,18 +60,18 @@ fn format_of(path: &Path) -> Result<Format, DataError> {
 }
 
 /// Loads a `.npy` or `.csv` file, chosen by extension (case-insensitive).
-pub fn load(path: &Path) -> Result<Dataset, DataError> {
+pub fn load(path: &Path) -> Result<Dataset> {
     match format_of(path)? {
         Format::Npy => load_npy(path),
         Format::Csv => load_csv(path),
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).or_else(|e| fail(path, format!("cannot read the file ({e}): check the path")))
 }
 
-fn not_finite(path: &Path, row: usize, col: usize, what: &str) -> Result<Dataset, DataError> {
+fn not_finite(path: &Path, row: usize, col: usize, what: &str) -> Result<Dataset> {
     fail(
         path,
         format!(
@@ -90,7 +81,7 @@ fn not_finite(path: &Path, row: usize, col: usize, what: &str) -> Result<Dataset
     )
 }
 
-fn empty(path: &Path) -> Result<Dataset, DataError> {
+fn empty(path: &Path) -> Result<Dataset> {
     fail(path, "the file holds no samples: it needs at least one row and one column of numbers")
 }
 
@@ -101,7 +92,7 @@ fn empty(path: &Path) -> Result<Dataset, DataError> {
 /// Comma-separated numbers. The first line is a header iff none of its cells parses as a
 /// number; cells are trimmed; blank lines at the end and `\r\n` line ends are accepted.
 /// Rows in errors are line numbers in the file.
-pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
+pub fn load_csv(path: &Path) -> Result<Dataset> {
     let bytes = read(path)?;
     let Ok(text) = String::from_utf8(bytes) else {
         return fail(path, "the file is not UTF-8 text: save it as plain CSV");
@@ -172,7 +163,7 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 /// A 2-D `.npy` array of f32 or f64 (little-endian). Fortran-order arrays are transposed to
 /// row-major rather than refused, so `np.asfortranarray` output loads as the same matrix.
 /// Rows in errors are 1-based sample indices.
-pub fn load_npy(path: &Path) -> Result<Dataset, DataError> {
+pub fn load_npy(path: &Path) -> Result<Dataset> {
     let bytes = read(path)?;
     let bad = |what: &str| fail::<Dataset>(path, format!("{what}: save the array with numpy.save (a .npy file)"));
     if bytes.is_empty() {
@@ -274,7 +265,7 @@ pub fn load_npy(path: &Path) -> Result<Dataset, DataError> {
 
 /// Writes `bytes` to `path` via a temporary file in the same directory and a rename, so a
 /// crash or error never leaves a half-written file under the real name.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -316,7 +307,7 @@ fn csv_bytes(data: &Dataset) -> Vec<u8> {
 }
 
 /// Saves as `.npy` or `.csv` by extension, atomically (see [`write_atomic`]).
-pub fn save(path: &Path, data: &Dataset) -> Result<(), DataError> {
+pub fn save(path: &Path, data: &Dataset) -> Result<()> {
     if data.values.len() != data.rows * data.cols {
         return fail(
             path,
@@ -327,8 +318,12 @@ pub fn save(path: &Path, data: &Dataset) -> Result<(), DataError> {
         Format::Npy => npy_bytes(data),
         Format::Csv => csv_bytes(data),
     };
-    write_atomic(path, &bytes)
-        .or_else(|e| fail(path, format!("cannot write the file ({e}): check the directory exists and is writable")))
+    write_atomic(path, &bytes).map_err(|e| {
+        Error::Runtime(format!(
+            "{}: cannot write the file ({e}): check the directory exists and is writable",
+            path.display()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -351,7 +346,7 @@ mod tests {
     }
 
     fn load_err(p: &Path) -> String {
-        let e = load(p).expect_err("expected an error").0;
+        let e = load(p).expect_err("expected an error").to_string();
         assert!(!e.contains('\n'), "one line: {e}");
         assert!(e.contains(&p.display().to_string()), "names the file: {e}");
         e
@@ -565,7 +560,7 @@ mod tests {
     fn check_width_message() {
         let ds = sample();
         assert!(ds.check_width(2, Path::new("x.csv")).is_ok());
-        let e = ds.check_width(20, Path::new("x.csv")).unwrap_err().0;
+        let e = ds.check_width(20, Path::new("x.csv")).unwrap_err().to_string();
         assert!(e.starts_with("x.csv:") && e.contains("2 columns") && e.contains("20 wide"), "{e}");
         assert!(e.contains("--layers starting with 2"), "{e}");
     }
@@ -574,7 +569,7 @@ mod tests {
     fn save_error_leaves_no_file() {
         let d = dir("save_error");
         let p = d.join("missing_dir").join("x.csv");
-        let e = save(&p, &sample()).unwrap_err().0;
+        let e = save(&p, &sample()).unwrap_err().to_string();
         assert!(e.contains("x.csv") && e.contains("cannot write"), "{e}");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
     }

@@ -4,7 +4,10 @@
 //! (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`), then a hardware GPU over a software one
 //! (Vulkan lavapipe, or GL llvmpipe through EGL).
 
+use crate::error::{Error, Result};
+use crate::kernels::{record, Launch, View};
 use std::fmt;
+use wgpu::util::DeviceExt;
 
 /// What the caller asks for; `None` fields fall back to the environment, then to "any".
 #[derive(Clone, Debug, Default)]
@@ -14,16 +17,6 @@ pub struct AdapterRequest {
     /// A case-insensitive substring of the adapter's name.
     pub adapter_name: Option<String>,
 }
-
-#[derive(Debug)]
-pub struct DeviceError(pub String);
-
-impl fmt::Display for DeviceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for DeviceError {}
 
 const HOW_TO_GET_ONE: &str = "no WebGPU adapter found. On Debian/Ubuntu, \
     `apt-get install mesa-vulkan-drivers` provides the Vulkan software adapter (lavapipe); \
@@ -57,14 +50,15 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?}, driver: {})", info.name, info.backend, info.device_type, driver)
 }
 
-pub fn parse_backends(name: &str) -> Result<wgpu::Backends, DeviceError> {
+/// A backend name as `--backend` and `WGPU_BACKEND` take it; an unknown one is bad input.
+pub fn parse_backends(name: &str) -> Result<wgpu::Backends> {
     match name.to_ascii_lowercase().as_str() {
         "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
         "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
         "metal" | "mtl" => Ok(wgpu::Backends::METAL),
         "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
         "all" | "any" => Ok(wgpu::Backends::all()),
-        other => Err(DeviceError(format!("unknown backend '{other}': use vulkan, gl, metal, dx12 or all"))),
+        other => Err(Error::input(format!("unknown backend '{other}': use vulkan, gl, metal, dx12 or all"))),
     }
 }
 
@@ -74,7 +68,7 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
-fn resolve(req: &AdapterRequest) -> Result<(wgpu::Backends, Option<String>), DeviceError> {
+fn resolve(req: &AdapterRequest) -> Result<(wgpu::Backends, Option<String>)> {
     let backend = req.backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
     let backends = match backend.as_deref() {
         Some(b) if !b.is_empty() => {
@@ -102,7 +96,7 @@ fn preference(t: wgpu::DeviceType) -> u8 {
 }
 
 /// Every adapter wgpu sees on the requested backends, best first.
-pub fn adapters(req: &AdapterRequest) -> Result<Vec<wgpu::Adapter>, DeviceError> {
+pub fn adapters(req: &AdapterRequest) -> Result<Vec<wgpu::Adapter>> {
     let (backends, name) = resolve(req)?;
     let inst = instance(backends);
     let mut found = pollster::block_on(inst.enumerate_adapters(backends));
@@ -116,8 +110,9 @@ pub fn adapters(req: &AdapterRequest) -> Result<Vec<wgpu::Adapter>, DeviceError>
 }
 
 impl Gpu {
-    /// The best adapter matching `req`.
-    pub fn new(req: &AdapterRequest) -> Result<Gpu, DeviceError> {
+    /// The best adapter matching `req`. No adapter is a runtime failure that says what to
+    /// install.
+    pub fn new(req: &AdapterRequest) -> Result<Gpu> {
         let found = adapters(req)?;
         let Some(adapter) = found.into_iter().next() else {
             let (backends, name) = resolve(req)?;
@@ -126,21 +121,21 @@ impl Gpu {
                 msg.push_str(&format!(", adapter name containing '{n}'"));
             }
             msg.push(')');
-            return Err(DeviceError(msg));
+            return Err(Error::Runtime(msg));
         };
         Gpu::from_adapter(adapter)
     }
 
     /// One device per adapter present (for tests that run every kernel on every adapter).
-    pub fn all(req: &AdapterRequest) -> Result<Vec<Gpu>, DeviceError> {
+    pub fn all(req: &AdapterRequest) -> Result<Vec<Gpu>> {
         let found = adapters(req)?;
         if found.is_empty() {
-            return Err(DeviceError(HOW_TO_GET_ONE.to_string()));
+            return Err(Error::runtime(HOW_TO_GET_ONE));
         }
         found.into_iter().map(Gpu::from_adapter).collect()
     }
 
-    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, DeviceError> {
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         // Ask for the adapter's own limits: large storage buffers and workgroup memory are
         // what a bigger model needs, and the defaults are lower than most adapters offer.
@@ -155,7 +150,7 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| DeviceError(format!("could not open {}: {e}", describe(&info))))?;
+        .map_err(|e| Error::runtime(format!("could not open {}: {e}", describe(&info))))?;
         Ok(Gpu { device, queue, info, limits, features })
     }
 
@@ -163,8 +158,102 @@ impl Gpu {
         describe(&self.info)
     }
 
-    /// Blocks until all submitted work has finished.
-    pub fn wait(&self) {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting");
+    /// Blocks until all submitted work has finished; a lost device is a runtime failure.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::runtime(format!("the device stopped responding ({}): {e}", self.describe())))
+    }
+
+    /// A storage buffer of `len` f32, zeroed, that kernels read and write and that can be
+    /// copied in and out.
+    pub fn storage(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (len.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `bytes` (f32 tensors, u32 tables and the like), as a view of
+    /// 4-byte words.
+    pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> View {
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: if bytes.is_empty() { &[0; 4] } else { bytes },
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        });
+        View { buffer, offset: 0, len: bytes.len() / 4 }
+    }
+
+    pub fn upload(&self, label: &str, data: &[f32]) -> View {
+        self.upload_bytes(label, bytemuck::cast_slice(data))
+    }
+
+    /// A buffer the host maps to read what the device copied into it.
+    pub fn staging(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            // MAP_READ buffers may only be COPY_DST: the device writes here, the host reads.
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Runs `launches` in one submit (without waiting).
+    pub fn run(&self, launches: &[Launch]) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        record(&mut encoder, launches);
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Copies `views` to one staging buffer in one submit, maps it, and returns their contents.
+    pub fn download_many(&self, views: &[&View]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = views.iter().map(|v| v.byte_len()).sum();
+        let staging = self.staging("download", total);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        let mut at = 0;
+        for v in views {
+            encoder.copy_buffer_to_buffer(&v.buffer, v.byte_offset(), &staging, at, v.byte_len());
+            at += v.byte_len();
+        }
+        self.queue.submit([encoder.finish()]);
+        let bytes = self.map_read(&staging)?;
+        let floats: &[f32] = bytemuck::cast_slice(&bytes);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for v in views {
+            out.push(floats[at..at + v.len].to_vec());
+            at += v.len;
+        }
+        Ok(out)
+    }
+
+    pub fn download(&self, view: &View) -> Result<Vec<f32>> {
+        Ok(self.download_many(&[view])?.swap_remove(0))
+    }
+
+    /// Maps a MAP_READ buffer after the submits that fill it, and returns a copy of its bytes.
+    /// This and [`Self::wait`] are the only places the host waits for the device. The
+    /// futures-intrusive oneshot carries the map callback's result to this thread.
+    pub fn map_read(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let slice = buffer.slice(..);
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        let lost = |what: &str| Error::runtime(format!("reading results back from {} failed: {what}", self.describe()));
+        match pollster::block_on(rx.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(lost(&e.to_string())),
+            None => return Err(lost("the map callback never ran")),
+        }
+        let bytes = slice.get_mapped_range().map_err(|e| lost(&e.to_string()))?.to_vec();
+        buffer.unmap();
+        Ok(bytes)
     }
 }

@@ -1,7 +1,7 @@
 //! The model: layer sizes, activations, the code layer, the loss settings and the parameters.
 //!
 //! Layout follows PyTorch's `nn.Linear`: `W_l` is `[n_l, n_{l-1}]` (out x in), row-major.
-//! Layers are numbered 1..=L in SPEC.md; in code layer `l` lives at index `l - 1`.
+//! Layers are numbered 1..=L in docs/design.md; in code layer `l` lives at index `l - 1`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -111,7 +111,7 @@ impl ModelSpec {
         Self::new(encoder, &decoder, hidden, code, output)
     }
 
-    /// SPEC.md's default ("seed") model: 20-80-40-4 mirrored, relu hidden, sigmoid code and output.
+    /// The default ("seed") model of docs/design.md section 2: 20-80-40-4 mirrored, relu hidden, sigmoid code and output.
     pub fn seed() -> Self {
         Self::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Sigmoid, Activation::Sigmoid)
             .expect("the seed model is valid")
@@ -168,16 +168,9 @@ impl ModelSpec {
             format!("dec{}", l - self.code_layer)
         }
     }
-    /// Encoder widths `[n_0..n_c]` and decoder widths `[n_{c+1}..n_L]`.
-    pub fn encoder_sizes(&self) -> &[usize] {
-        &self.sizes[..=self.code_layer]
-    }
-    pub fn decoder_sizes(&self) -> &[usize] {
-        &self.sizes[self.code_layer + 1..]
-    }
 }
 
-/// The sparsity penalty on the code layer (SPEC.md sections 1 and 3).
+/// The sparsity penalty on the code layer (docs/design.md sections 1 and 3).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Sparsity {
@@ -218,7 +211,7 @@ impl Sparsity {
     }
 }
 
-/// Everything the loss J of SPEC.md section 3 depends on besides the data and parameters.
+/// Everything the loss J of docs/design.md section 3 depends on besides the data and parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossConfig {
     /// lambda: `(lambda/2) * sum_l ||W_l||^2`.
@@ -232,33 +225,59 @@ impl Default for LossConfig {
     }
 }
 
-/// Clamp of rho_hat before KL and its derivative (SPEC.md section 3).
+/// Checks a learning rate (`--lr`): finite and > 0.
+pub fn check_lr(lr: f64) -> Result<(), String> {
+    if lr.is_finite() && lr > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("--lr {lr}: must be a finite number > 0"))
+    }
+}
+
+/// Parses comma-separated layer widths given to `flag` (e.g. `--layers 20,80,40,4`); each must
+/// be a whole number of at least 1.
+pub fn parse_widths(flag: &str, s: &str) -> Result<Vec<usize>, String> {
+    let widths = s
+        .split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{flag} {s}: '{}' is not a whole number; give widths like 20,80,40,4", t.trim()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = widths.iter().position(|&w| w == 0) {
+        return Err(format!("{flag} {s}: width {} is 0; every layer needs at least one unit", i + 1));
+    }
+    Ok(widths)
+}
+
+/// Clamp of rho_hat before KL and its derivative (docs/design.md section 3).
 pub const RHO_HAT_EPS: f64 = 1e-6;
 
 impl LossConfig {
     /// Checks the loss settings against the model; the message names the setting to change.
     pub fn validate(&self, spec: &ModelSpec) -> Result<(), String> {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("weight decay {} must be finite and >= 0", self.weight_decay));
+            return Err(format!("--weight-decay {}: must be a finite number >= 0", self.weight_decay));
         }
         match self.sparsity {
             Sparsity::None => Ok(()),
             Sparsity::Kl { rho, beta } | Sparsity::KlFreq { rho, beta, .. } => {
                 if !(rho > 0.0 && rho < 1.0) {
-                    return Err(format!("rho {rho} must lie strictly between 0 and 1"));
+                    return Err(format!("--rho {rho}: must lie strictly between 0 and 1"));
                 }
                 if !(beta.is_finite() && beta >= 0.0) {
-                    return Err(format!("beta {beta} must be finite and >= 0"));
+                    return Err(format!("--beta {beta}: must be a finite number >= 0"));
                 }
                 if let Sparsity::KlFreq { temperature, .. } = self.sparsity {
                     if !(temperature.is_finite() && temperature > 0.0) {
-                        return Err(format!("temperature {temperature} must be finite and > 0"));
+                        return Err(format!("--temperature {temperature}: must be a finite number > 0"));
                     }
                 }
                 let code = spec.activation(spec.code_layer);
                 if matches!(self.sparsity, Sparsity::Kl { .. }) && code != Activation::Sigmoid {
                     return Err(format!(
-                        "mean-activation KL ('kl') needs a sigmoid code layer, whose activations lie in (0, 1), \
+                        "--sparsity kl: mean-activation KL needs a sigmoid code layer, whose activations lie in (0, 1), \
                          but the code layer is {code}: use a sigmoid code layer, or firing-frequency KL \
                          ('kl-freq'), which works with any code activation"
                     ));
@@ -277,7 +296,7 @@ pub struct Params {
 }
 
 impl Params {
-    /// SPEC.md init: `W ~ U(-r, r)`, `r = sqrt(6 / (n_in + n_out + 1))`, `b = 0`.
+    /// The init of docs/design.md section 2: `W ~ U(-r, r)`, `r = sqrt(6 / (n_in + n_out + 1))`, `b = 0`.
     pub fn init(spec: &ModelSpec, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let mut weights = Vec::new();

@@ -1,6 +1,6 @@
 //! The f64 CPU reference: the same model, loss, gradients and SGD update as the GPU engine,
 //! written to be read. Each kernel in `shaders/` has a twin here with the same name; the whole
-//! step (`forward`, `loss`, `backward`, `update`) reads as SPEC.md sections 2-4.
+//! step (`forward`, `loss`, `backward`, `update`) reads as docs/design.md sections 2-4.
 //!
 //! Matrices are row-major `Vec<f64>` with their shape passed beside them.
 
@@ -89,7 +89,7 @@ pub fn activate(act: Activation, z: f64) -> f64 {
     }
 }
 
-/// `f'(z)`, from the output `a = f(z)` where that is cheaper (SPEC.md section 4).
+/// `f'(z)`, from the output `a = f(z)` where that is cheaper (docs/design.md section 4).
 pub fn activation_derivative(act: Activation, z: f64, a: f64) -> f64 {
     match act {
         Activation::Identity => 1.0,
@@ -288,7 +288,7 @@ impl Terms {
     pub const ALL: Terms = Terms { reconstruction: true, weight_decay: true, sparsity: true };
 }
 
-/// The terms of J (SPEC.md section 3) and their sum.
+/// The terms of J (docs/design.md section 3) and their sum.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossParts {
     /// `(1/m) sum_i 0.5 ||xhat_i - x_i||^2`
@@ -322,7 +322,7 @@ pub struct Grads {
     pub db: Vec<Vec<f64>>,
 }
 
-/// SPEC.md section 4, line by line. The weight-decay part `lambda W` of dW is added here so
+/// docs/design.md section 4, line by line. The weight-decay part `lambda W` of dW is added here so
 /// the gradient is complete; the GPU adds it inside `sgd_update` instead (same arithmetic).
 pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Terms) -> Grads {
     let spec = &model.spec;

@@ -2,8 +2,9 @@
 //! `log_every` steps, a whole-set evaluation at the end of each epoch, and divergence detection.
 
 use crate::data::Dataset;
+use crate::error::{Error, Result};
 use crate::model::Rng;
-use crate::trainer::{feature_means, EpochOptions, EvalMetrics, StepMetrics, Trainer};
+use crate::trainer::{Baseline, EpochOptions, EvalMetrics, StepMetrics, Trainer};
 
 /// Defaults of `sae train`, chosen so the seed model on the built-in dataset both meets the
 /// sparsity target and reconstructs well (FVU < 0.7) in well under a minute on a software
@@ -50,32 +51,14 @@ pub enum Event<'a> {
     },
 }
 
-#[derive(Debug)]
-pub enum TrainError {
-    /// The loss became NaN or infinite; `after_step` is the last step known to be finite.
-    Diverged {
-        at_step: u64,
-        after_step: u64,
-    },
-    /// An observer (metrics writer, checkpoint) failed.
-    Observer(String),
-    Engine(String),
+/// The message of a run whose loss stopped being finite at `at_step` (`after_step` is the
+/// last step known to be finite).
+fn diverged(at_step: u64, after_step: u64) -> Error {
+    Error::runtime(format!(
+        "training diverged: the loss is not finite at step {at_step} (last finite check: step {after_step}); \
+         lower --lr or --beta, or check the data's scale"
+    ))
 }
-
-impl std::fmt::Display for TrainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TrainError::Diverged { at_step, after_step } => write!(
-                f,
-                "training diverged: the loss is not finite at step {at_step} (last finite check: step {after_step}); \
-                 lower --lr or --beta, or check the data's scale"
-            ),
-            TrainError::Observer(e) | TrainError::Engine(e) => f.write_str(e),
-        }
-    }
-}
-
-impl std::error::Error for TrainError {}
 
 /// Splits off the last `fraction` of the rows (after a seeded shuffle) as a validation set.
 pub fn split_validation(data: &Dataset, fraction: f64, seed: u64) -> (Dataset, Option<Dataset>) {
@@ -102,14 +85,14 @@ fn stream_epoch(
     batch_size: usize,
     log_every: Option<usize>,
     batch: &mut Vec<f32>,
-    on_step: &mut impl FnMut(u64, &StepMetrics) -> Result<(), String>,
-) -> Result<(), String> {
+    on_step: &mut impl FnMut(u64, &StepMetrics) -> Result<()>,
+) -> Result<()> {
     for rows in order.chunks(batch_size) {
         batch.clear();
         for &i in rows {
             batch.extend_from_slice(train.row(i as usize));
         }
-        let step = trainer.steps_done + 1;
+        let step = trainer.steps_done() + 1;
         if log_every.is_some_and(|n| n > 0 && step.is_multiple_of(n as u64)) {
             let metrics = trainer.step_with_metrics(batch)?;
             on_step(step, &metrics)?;
@@ -121,75 +104,70 @@ fn stream_epoch(
 }
 
 /// Trains for `opts.epochs` epochs; returns the last epoch's metrics on the training set.
+/// Divergence, and an error from `on_event`, end the run with that error.
 pub fn fit(
     trainer: &mut Trainer,
     train: &Dataset,
     validation: Option<&Dataset>,
     opts: &TrainOptions,
-    mut on_event: impl FnMut(Event<'_>) -> Result<(), String>,
-) -> Result<EvalMetrics, TrainError> {
+    mut on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<EvalMetrics> {
     let width = train.cols;
-    let means = feature_means(&train.values, width);
-    let val_means = validation.map(|v| feature_means(&v.values, width));
+    let baseline = Baseline::of(&train.values, width);
+    let val_baseline = validation.map(|v| Baseline::of(&v.values, width));
     let mut rng = Rng::new(opts.seed);
     let mut order: Vec<u32> = (0..train.rows as u32).collect();
-    // The data goes to the device once and each epoch uploads only its order of rows; data
-    // larger than one storage binding is streamed instead, a minibatch upload per step.
+    // The data goes to the device once and each epoch uploads only its order of rows (and
+    // evaluation nothing); data larger than one storage binding is streamed instead, a
+    // minibatch upload per step.
     let resident = trainer.fits_resident(train.values.len());
     if resident {
-        trainer.set_data(&train.values).map_err(TrainError::Engine)?;
+        trainer.set_data(&train.values)?;
     } else {
         log::warn!("the training data exceeds one storage binding: uploading each minibatch instead");
     }
+    let evaluate_train = |trainer: &mut Trainer| {
+        if resident {
+            trainer.evaluate_resident(&baseline)
+        } else {
+            trainer.evaluate(&train.values, &baseline)
+        }
+    };
     let mut batch = Vec::new();
     let epoch_opts = EpochOptions { log_every: opts.log_every, steps_per_submit: opts.steps_per_submit };
-    let mut last_finite = trainer.steps_done;
+    let mut last_finite = trainer.steps_done();
     let mut last = None;
     for epoch in 1..=opts.epochs {
         if opts.shuffle {
             rng.shuffle(&mut order);
         }
-        let mut diverged = None;
-        let mut observer_error = None;
         let mut on_step = |step: u64, metrics: &StepMetrics| {
             if !metrics.loss.is_finite() {
-                diverged = Some(TrainError::Diverged { at_step: step, after_step: last_finite });
-                return Err("diverged".to_string());
+                return Err(diverged(step, last_finite));
             }
             last_finite = step - 1;
-            on_event(Event::Step { epoch, step, metrics }).map_err(|e| {
-                observer_error = Some(TrainError::Observer(e));
-                "observer failed".to_string()
-            })
+            on_event(Event::Step { epoch, step, metrics })
         };
-        let result = if resident {
-            trainer.train_epoch(&order, epoch_opts, on_step)
+        if resident {
+            trainer.train_epoch(&order, epoch_opts, on_step)?;
         } else {
-            stream_epoch(trainer, train, &order, opts.batch_size, opts.log_every, &mut batch, &mut on_step)
-        };
-        if let Some(e) = diverged.or(observer_error) {
-            return Err(e);
+            stream_epoch(trainer, train, &order, opts.batch_size, opts.log_every, &mut batch, &mut on_step)?;
         }
-        result.map_err(TrainError::Engine)?;
-        let step = trainer.steps_done;
-        let metrics = trainer.evaluate(&train.values, &means).map_err(TrainError::Engine)?;
+        let step = trainer.steps_done();
+        let metrics = evaluate_train(trainer)?;
         if !metrics.loss.is_finite() {
-            return Err(TrainError::Diverged { at_step: step, after_step: last_finite });
+            return Err(diverged(step, last_finite));
         }
         last_finite = step;
-        let val = match (validation, &val_means) {
-            (Some(v), Some(m)) => Some(trainer.evaluate(&v.values, m).map_err(TrainError::Engine)?),
+        let val = match (validation, &val_baseline) {
+            (Some(v), Some(b)) => Some(trainer.evaluate(&v.values, b)?),
             _ => None,
         };
-        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref(), trainer: &*trainer })
-            .map_err(TrainError::Observer)?;
+        on_event(Event::Epoch { epoch, step, train: &metrics, validation: val.as_ref(), trainer: &*trainer })?;
         last = Some(metrics);
     }
     match last {
         Some(m) => Ok(m),
-        None => {
-            let means = feature_means(&train.values, width);
-            trainer.evaluate(&train.values, &means).map_err(TrainError::Engine)
-        }
+        None => evaluate_train(trainer),
     }
 }

@@ -1,4 +1,4 @@
-//! The checkpoint contract (SPEC.md section 6), checked from outside: a file written by
+//! The checkpoint contract (docs/design.md section 6), checked from outside: a file written by
 //! `checkpoint::save` is read back with the `safetensors` crate alone, and a forward pass in
 //! PyTorch's `nn.Linear` convention (`y = x W^T + b`) over the raw tensors must match the
 //! reference model. This is what a PyTorch `load_state_dict` user relies on.
@@ -114,7 +114,7 @@ fn load_rejects_truncated_and_mismatched_files() {
     let truncated = dir.join("truncated.safetensors");
     let bytes = checkpoint::to_bytes(&spec, &params).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let e = checkpoint::load(&truncated).unwrap_err();
+    let e = checkpoint::load(&truncated).unwrap_err().to_string();
     assert!(e.contains("truncated.safetensors"), "{e}");
 
     // A spec that says the code is 5 wide beside tensors for a 4-wide code.
@@ -128,7 +128,7 @@ fn load_rejects_truncated_and_mismatched_files() {
     meta.insert(checkpoint::SPEC_KEY.into(), serde_json::to_string(&other).unwrap());
     let mismatched = dir.join("mismatched.safetensors");
     std::fs::write(&mismatched, safetensors::serialize(st.tensors(), Some(meta)).unwrap()).unwrap();
-    let e = checkpoint::load(&mismatched).unwrap_err();
+    let e = checkpoint::load(&mismatched).unwrap_err().to_string();
     assert!(e.contains("mismatched.safetensors") && e.contains("enc3.weight"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,4 +1,4 @@
-//! End-to-end tests of the `sae` binary (SPEC.md section 6): every bad input the CLI promises
+//! End-to-end tests of the `sae` binary (docs/design.md section 6): every bad input the CLI promises
 //! to reject exits 2 with one clear `error: ...` line naming the file/row/column or flag and
 //! leaves nothing in `--out`; runtime failures (divergence) exit 1; and the happy paths write
 //! the files they promise.

@@ -1,4 +1,4 @@
-//! Central-difference gradient check of the f64 CPU reference (SPEC.md section 4): every term
+//! Central-difference gradient check of the f64 CPU reference (docs/design.md section 4): every term
 //! of J alone and all together, on models with two or more hidden layers and a batch of 9.
 //! eps = 1e-6; the bound ||g_num - g|| / ||g_num + g|| < 1e-7 holds because the truncation
 //! error of central differences is O(eps^2) ~ 1e-12 relative and the round-off is about

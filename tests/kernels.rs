@@ -120,8 +120,9 @@ fn sgd_update() {
 fn every_kernel_is_checked() {
     // `sae check` and these tests share the list; make sure no entry point is left out.
     let checked: Vec<&str> = check::CHECKS.iter().map(|(n, _)| *n).collect();
-    let mut all: Vec<&str> = sae_wgpu::kernels::MATMUL_ENTRY_POINTS.to_vec();
-    all.extend(sae_wgpu::kernels::ENTRY_POINTS.iter().map(|(n, _)| *n));
+    use sae_wgpu::kernels::{Kernel, MatmulOp};
+    let mut all: Vec<&str> = MatmulOp::ALL.iter().map(|op| op.name()).collect();
+    all.extend(Kernel::ALL.iter().filter(|k| k.checked_alone()).map(|k| k.name()));
     for entry in all {
         assert!(checked.contains(&entry), "no check for {entry}");
     }

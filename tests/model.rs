@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use sae_wgpu::check;
 use sae_wgpu::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
-use sae_wgpu::trainer::{EpochOptions, Path};
+use sae_wgpu::trainer::{EpochOptions, StepPath as Path};
 use sae_wgpu::Trainer;
 
 const STEPS: usize = 5;
@@ -103,7 +103,7 @@ fn resident_epoch_equals_host_steps() {
         let mut dev = Trainer::new(&gpu, &spec, cfg, 0.5, m, &init).unwrap();
         dev.set_path(path).unwrap();
         dev.set_data(&data).unwrap();
-        let before = dev.stats;
+        let before = dev.stats();
         let mut dev_metrics = Vec::new();
         let opts = EpochOptions { log_every: Some(3), steps_per_submit: Some(4) };
         dev.train_epoch(&order, opts, |step, metrics| {
@@ -112,16 +112,20 @@ fn resident_epoch_equals_host_steps() {
             Ok(())
         })
         .unwrap();
-        let after = dev.stats;
+        let after = dev.stats();
         let bits = |p: &Params| p.weights.iter().chain(&p.biases).flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&host.params()), bits(&dev.params()), "{path:?}: resident epoch differs from host steps");
+        assert_eq!(
+            bits(&host.params().unwrap()),
+            bits(&dev.params().unwrap()),
+            "{path:?}: resident epoch differs from host steps"
+        );
         assert_eq!(host_metrics, dev_metrics, "{path:?}: step metrics differ");
-        assert_eq!(dev.steps_done, 7);
+        assert_eq!(dev.steps_done(), 7);
         // Only the order and the cursor were uploaded for the whole epoch.
         assert_eq!(after.bytes_uploaded - before.bytes_uploaded, (n * 4 + 4) as u64);
         println!(
             "{path:?}: {} steps in {} submits, {} dispatches, {} read-backs",
-            dev.steps_done,
+            dev.steps_done(),
             after.submits - before.submits,
             after.dispatches - before.dispatches,
             after.readbacks - before.readbacks
@@ -140,7 +144,7 @@ fn same_seed_gives_bit_identical_parameters() {
         for _ in 0..10 {
             t.step(&random(&mut rng, 64 * 20, 0.0, 1.0)).unwrap();
         }
-        t.params()
+        t.params().unwrap()
     };
     let (a, b) = (run(), run());
     assert!(a.weights.iter().flatten().all(|v| v.is_finite()));
@@ -165,7 +169,7 @@ fn streamed_training_equals_resident_training() {
     let run = |streamed: bool| {
         let mut t = Trainer::new(&gpu, &spec, cfg, 0.5, 16, &Params::init(&spec, 1)).unwrap();
         if streamed {
-            t.max_resident_bytes = 0;
+            t.set_max_resident_bytes(0);
         }
         let mut logged = Vec::new();
         let m = fit(&mut t, &data, None, &opts, |e| {
@@ -175,7 +179,7 @@ fn streamed_training_equals_resident_training() {
             Ok(())
         })
         .unwrap();
-        (t.params(), m, logged, t.stats.bytes_uploaded)
+        (t.params().unwrap(), m, logged, t.stats().bytes_uploaded)
     };
     let (p_res, m_res, log_res, up_res) = run(false);
     let (p_str, m_str, log_str, up_str) = run(true);
@@ -208,7 +212,7 @@ fn split_dispatches_change_nothing() {
             for b in &batches {
                 t.step(b).unwrap();
             }
-            (t.params(), t.dispatches_per_step(m))
+            (t.params().unwrap(), t.dispatches_per_step(m))
         };
         let (whole, d_whole) = run(None);
         let (split, d_split) = run(Some(2));

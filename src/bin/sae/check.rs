@@ -1,0 +1,84 @@
+//! `sae check`: every kernel and a few training steps against the f64 reference.
+
+use crate::adapter_request;
+use clap::Args;
+use sae_wgpu::check;
+use sae_wgpu::device::Gpu;
+use sae_wgpu::kernels::Kernels;
+use sae_wgpu::model::{Activation, LossConfig, ModelSpec, Sparsity};
+use sae_wgpu::{Error, Result};
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Check every adapter present instead of the selected one.
+    #[arg(long)]
+    all: bool,
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
+    #[arg(long)]
+    backend: Option<String>,
+    /// Use the adapter whose name contains this [default: $WGPU_ADAPTER_NAME, else the best].
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+pub fn run(a: CheckArgs) -> Result<()> {
+    let req = adapter_request(a.backend, a.adapter)?;
+    let gpus = if a.all { Gpu::all(&req)? } else { vec![Gpu::new(&req)?] };
+    let mut failures = 0;
+    for gpu in &gpus {
+        println!("adapter: {}", gpu.describe());
+        let mut kernels = Kernels::new(gpu)?;
+        println!(
+            "{:<34} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13} {:>9}  result",
+            "kernel", "variant", "m", "k", "n", "max groups", "max rel err", "tolerance"
+        );
+        for row in check::run_all(&mut kernels) {
+            let groups = if row.max_groups == gpu.limits.max_compute_workgroups_per_dimension {
+                "adapter".to_string()
+            } else {
+                row.max_groups.to_string()
+            };
+            println!(
+                "{:<34} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13.2e} {:>9.0e}  {}",
+                row.kernel,
+                row.variant,
+                row.m,
+                row.k,
+                row.n,
+                groups,
+                row.max_rel_err,
+                check::TOL,
+                if row.pass() { "pass" } else { "FAIL" }
+            );
+            failures += usize::from(!row.pass());
+        }
+        let step_tol = 1e-4;
+        let seed = ModelSpec::seed();
+        let relu = ModelSpec::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Relu, Activation::Sigmoid)
+            .expect("valid model");
+        let cases = [
+            ("seed, none", &seed, Sparsity::None),
+            ("seed, kl", &seed, Sparsity::Kl { rho: 0.05, beta: 3.0 }),
+            ("relu code, kl-freq", &relu, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5 }),
+        ];
+        println!(
+            "{:<40} {:>13} {:>9}  result",
+            "training: 5 steps, batch 37, params vs f64", "max rel err", "tolerance"
+        );
+        for (label, spec, sparsity) in cases {
+            let err = check::training_steps(gpu, spec, LossConfig { weight_decay: 1e-3, sparsity }, 37, 0.5, 5, None)?
+                .max_rel_err;
+            let pass = err < step_tol;
+            failures += usize::from(!pass);
+            println!("{:<40} {:>13.2e} {:>9.0e}  {}", label, err, step_tol, if pass { "pass" } else { "FAIL" });
+        }
+        println!();
+    }
+    if failures > 0 {
+        return Err(Error::Runtime(format!(
+            "{failures} check(s) failed: this adapter or driver computes wrong results"
+        )));
+    }
+    println!("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `sae encode`: codes or reconstructions of a data file with a trained model.
+
+use crate::{adapter_request, bad, open_gpu};
+use clap::Args;
+use sae_wgpu::checkpoint;
+use sae_wgpu::data::{self, Dataset};
+use sae_wgpu::encoder::Encoder;
+use sae_wgpu::Result;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    /// A checkpoint written by `sae train`.
+    #[arg(long, value_name = "FILE.safetensors")]
+    model: PathBuf,
+    /// Input data (.npy or .csv), as wide as the model's input.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Output file: .npy or .csv.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Write reconstructions (the output layer) instead of codes.
+    #[arg(long)]
+    reconstruct: bool,
+    /// Rows per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    batch_size: usize,
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
+    #[arg(long)]
+    backend: Option<String>,
+    /// Use the adapter whose name contains this [default: $WGPU_ADAPTER_NAME, else the best].
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+pub fn run(a: EncodeArgs) -> Result<()> {
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext != "npy" && ext != "csv" {
+        return Err(bad(format!("--out {}: use a .npy or .csv file name", a.out.display())));
+    }
+    if a.batch_size == 0 {
+        return Err(bad("--batch-size 0: must be at least 1"));
+    }
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(bad(format!("--out {}: the directory {} does not exist", a.out.display(), parent.display())));
+        }
+    }
+    let (spec, params) = checkpoint::load(&a.model)?;
+    let input = data::load(&a.data)?;
+    input.check_width(spec.input_width(), &a.data)?;
+    let gpu = open_gpu(&adapter_request(a.backend, a.adapter)?)?;
+    let mut encoder = Encoder::new(&gpu, &spec, &params, a.batch_size.min(input.rows))?;
+    let layer = if a.reconstruct { spec.layers() } else { spec.code_layer };
+    let values = encoder.activations(&input.values, layer)?;
+    let out = Dataset { rows: input.rows, cols: spec.sizes[layer], values };
+    data::save(&a.out, &out)?;
+    eprintln!(
+        "wrote {} ({} x {}: {} of layer {})",
+        a.out.display(),
+        out.rows,
+        out.cols,
+        if a.reconstruct { "reconstructions" } else { "codes" },
+        spec.layer_name(layer)
+    );
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `sae`: train, encode, check, bench and list adapters, headless. One file per command; the
+//! library validates what it is given, and its errors carry their kind.
+//!
+//! Exit codes: 0 success, 1 runtime failure (no adapter, divergence, I/O), 2 bad input (flags,
+//! config, data, checkpoint). Bad input is caught before any output file is written.
+
+mod adapters;
+mod bench;
+mod check;
+mod encode;
+mod train;
+
+use clap::{Parser, Subcommand};
+use sae_wgpu::device::{self, AdapterRequest, Gpu};
+use sae_wgpu::{Error, Result};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "sae",
+    version,
+    about = "Sparse autoencoders trained in WebGPU compute shaders, with a KL sparsity penalty that has a gradient"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a sparse autoencoder (with no flags: the 20-80-40-4 seed model on the built-in dataset).
+    Train(Box<train::TrainSettings>),
+    /// Write code-layer activations (or reconstructions) of a data file with a trained model.
+    Encode(encode::EncodeArgs),
+    /// Run every kernel and a few training steps against the f64 CPU reference on an adapter.
+    Check(check::CheckArgs),
+    /// List every adapter wgpu sees, with the limits that matter here.
+    Adapters(adapters::AdapterArgs),
+    /// Time every kernel and a whole training step on preset models (validates first).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(s) => train::run(*s),
+        Command::Encode(a) => encode::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Adapters(a) => adapters::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The adapter request of `--backend` and `--adapter`; an unknown backend is bad input.
+fn adapter_request(backend: Option<String>, adapter: Option<String>) -> Result<AdapterRequest> {
+    if let Some(b) = &backend {
+        device::parse_backends(b).map_err(|e| e.context("--backend"))?;
+    }
+    Ok(AdapterRequest { backend, adapter_name: adapter })
+}
+
+/// The device `req` asks for (no adapter is a runtime failure saying what to install).
+fn open_gpu(req: &AdapterRequest) -> Result<Gpu> {
+    Gpu::new(req)
+}
+
+/// Bad input from a message.
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Input(msg.into())
+}

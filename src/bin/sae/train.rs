@@ -1,0 +1,492 @@
+//! `sae train`: settings from flags over a config file over the defaults, resolved and
+//! validated before anything is written; then the run, its metrics and checkpoints.
+
+use crate::{adapter_request, bad, open_gpu};
+use clap::Args;
+use sae_wgpu::checkpoint;
+use sae_wgpu::data::{self, write_atomic, Dataset};
+use sae_wgpu::device::AdapterRequest;
+use sae_wgpu::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
+use sae_wgpu::synthetic;
+use sae_wgpu::train::{defaults, fit, split_validation, Event, TrainOptions};
+use sae_wgpu::trainer::{EvalMetrics, StepMetrics, StepPath, Trainer};
+use sae_wgpu::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Every training setting. The same keys (kebab-case) are accepted in a `--config` TOML or JSON
+/// file; flags given on the command line override the file.
+#[derive(Args, Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrainSettings {
+    /// Read settings from a TOML (.toml) or JSON (.json) file; flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Training data: .npy (f32/f64, 2-D) or .csv (optional header), one sample per row.
+    /// Default: the built-in synthetic context vectors (20 wide).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Size of the built-in dataset when no --data is given [default: 8192].
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
+    /// Encoder widths, input first, code last [default: 20,80,40,4].
+    #[arg(long, value_name = "N,N,..")]
+    layers: Option<String>,
+    /// Decoder widths after the code, ending at the input width [default: the encoder mirrored].
+    #[arg(long, value_name = "N,N,..")]
+    decoder_layers: Option<String>,
+    /// identity, relu, sigmoid or tanh [default: relu].
+    #[arg(long, value_name = "ACT")]
+    hidden_activation: Option<String>,
+    /// Activation of the code layer [default: sigmoid].
+    #[arg(long, value_name = "ACT")]
+    code_activation: Option<String>,
+    /// Activation of the output layer [default: sigmoid, for data in [0, 1]].
+    #[arg(long, value_name = "ACT")]
+    output_activation: Option<String>,
+    /// none, kl (mean-activation KL, sigmoid code) or kl-freq (firing-frequency KL, any code) [default: kl].
+    #[arg(long, value_name = "KIND")]
+    sparsity: Option<String>,
+    /// Target activation / firing frequency per code unit, in (0, 1) [default: 0.05].
+    #[arg(long, allow_negative_numbers = true)]
+    rho: Option<f64>,
+    /// Weight of the sparsity term, >= 0 [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    beta: Option<f64>,
+    /// Temperature T of kl-freq's sigmoid(z / T), > 0 [default: 0.5].
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f64>,
+    /// lambda of (lambda/2) sum ||W||^2, >= 0 [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// SGD learning rate, > 0 [default: 0.5].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// Minibatch size [default: 32].
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Passes over the training set [default: 10].
+    #[arg(long, value_name = "N")]
+    epochs: Option<usize>,
+    /// Seeds the init, the shuffle, the validation split and the built-in dataset [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Visit the training set in file order instead of a seeded shuffle each epoch.
+    #[arg(long)]
+    #[serde(default)]
+    no_shuffle: bool,
+    /// Start from the weights of a checkpoint (its model must match the run's).
+    #[arg(long, value_name = "FILE.safetensors")]
+    init: Option<PathBuf>,
+    /// Write model.safetensors, metrics.jsonl and config.json here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Log a `step` metrics line every N steps [default: only per epoch].
+    #[arg(long, value_name = "N")]
+    log_every: Option<usize>,
+    /// Step implementation: auto, fused (3-4 dispatches a step; every width <= 128) or layered [default: auto].
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
+    /// Training steps recorded into one queue submission [default: up to 64, ending at log steps].
+    #[arg(long, value_name = "N")]
+    steps_per_submit: Option<usize>,
+    /// Also write model.safetensors every N epochs during the run.
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Fraction of the data held out for validation, in [0, 1) [default: 0].
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    validation_split: Option<f64>,
+    /// vulkan, gl, metal or dx12 [default: $WGPU_BACKEND, else all].
+    #[arg(long)]
+    backend: Option<String>,
+    /// Use the adapter whose name contains this [default: $WGPU_ADAPTER_NAME, else the best].
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Every setting of a run, resolved and validated; written to `config.json`.
+#[derive(Serialize)]
+struct Resolved {
+    data: String,
+    samples: usize,
+    model: ModelSpec,
+    loss: LossConfig,
+    lr: f64,
+    batch_size: usize,
+    epochs: usize,
+    seed: u64,
+    shuffle: bool,
+    init: Option<PathBuf>,
+    log_every: Option<usize>,
+    path: String,
+    steps_per_submit: Option<usize>,
+    checkpoint_every: Option<usize>,
+    validation_split: f64,
+    adapter: String,
+}
+
+/// An activation name given to `flag`.
+fn parse_activation(flag: &str, s: &str) -> Result<Activation> {
+    Activation::parse(s).map_err(|e| bad(format!("{flag}: {e}")))
+}
+
+fn read_config(path: &Path) -> Result<TrainSettings> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(format!("--config {}: cannot read it: {e}", path.display())))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let parsed: Result<TrainSettings, String> = match ext.as_str() {
+        "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
+        "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        _ => return Err(bad(format!("--config {}: use a .toml or .json file", path.display()))),
+    };
+    parsed.map_err(|e| bad(format!("--config {}: {}", path.display(), e.trim().replace('\n', " "))))
+}
+
+/// Flags override the config file, which overrides the defaults.
+fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
+    macro_rules! pick {
+        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, config: cli.config } };
+    }
+    pick!(
+        data,
+        samples,
+        layers,
+        decoder_layers,
+        hidden_activation,
+        code_activation,
+        output_activation,
+        sparsity,
+        rho,
+        beta,
+        temperature,
+        weight_decay,
+        lr,
+        batch_size,
+        epochs,
+        seed,
+        init,
+        out,
+        log_every,
+        path,
+        steps_per_submit,
+        checkpoint_every,
+        validation_split,
+        backend,
+        adapter
+    )
+}
+
+struct Plan {
+    resolved: Resolved,
+    dataset: Dataset,
+    init: Params,
+    out: Option<PathBuf>,
+    request: AdapterRequest,
+}
+
+/// Resolves and validates every setting and loads the data and init checkpoint: all bad input
+/// is reported here, before anything is written.
+fn plan(cli: TrainSettings) -> Result<Plan> {
+    let file = match &cli.config {
+        Some(p) => read_config(p)?,
+        None => TrainSettings::default(),
+    };
+    let s = merge(cli, file);
+
+    let seed = s.seed.unwrap_or(0);
+    let (dataset, data_name) = match &s.data {
+        Some(p) => (data::load(p)?, p.display().to_string()),
+        None => {
+            let n = s.samples.unwrap_or(synthetic::DEFAULT_SAMPLES);
+            if n == 0 {
+                return Err(bad("--samples 0: the built-in dataset needs at least one sample"));
+            }
+            (synthetic::context_vectors(n, seed), format!("built-in context vectors (n={n}, seed={seed})"))
+        }
+    };
+
+    let init_ckpt = match &s.init {
+        Some(p) => Some(checkpoint::load(p)?),
+        None => None,
+    };
+    let model_flags = s.layers.is_some()
+        || s.decoder_layers.is_some()
+        || s.hidden_activation.is_some()
+        || s.code_activation.is_some()
+        || s.output_activation.is_some();
+    let spec = match (&init_ckpt, model_flags) {
+        // With --init and no model flags, the checkpoint defines the model.
+        (Some((spec, _)), false) => spec.clone(),
+        _ => {
+            let encoder = parse_widths("--layers", s.layers.as_deref().unwrap_or(defaults::LAYERS)).map_err(bad)?;
+            if encoder.len() < 2 {
+                return Err(bad("--layers: give at least an input and a code width, e.g. 20,4"));
+            }
+            let decoder = match &s.decoder_layers {
+                Some(d) => parse_widths("--decoder-layers", d).map_err(bad)?,
+                None => encoder.iter().rev().skip(1).copied().collect(),
+            };
+            let hidden = parse_activation("--hidden-activation", s.hidden_activation.as_deref().unwrap_or("relu"))?;
+            let code = parse_activation("--code-activation", s.code_activation.as_deref().unwrap_or("sigmoid"))?;
+            let output = parse_activation("--output-activation", s.output_activation.as_deref().unwrap_or("sigmoid"))?;
+            ModelSpec::new(&encoder, &decoder, hidden, code, output)
+                .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))?
+        }
+    };
+    if let Some((ckpt_spec, _)) = &init_ckpt {
+        if ckpt_spec != &spec {
+            return Err(bad(format!(
+                "--init {}: its model ({:?}) differs from the run's ({:?}); drop the model flags to train the checkpoint's model",
+                s.init.as_ref().unwrap().display(),
+                ckpt_spec.sizes,
+                spec.sizes
+            )));
+        }
+    }
+    if dataset.cols != spec.input_width() {
+        return Err(bad(format!(
+            "{data_name}: {} columns, but the model's input is {} wide; pass --layers starting with {}",
+            dataset.cols,
+            spec.input_width(),
+            dataset.cols
+        )));
+    }
+
+    // Every loss setting is checked once, by LossConfig::validate (the learning rate by
+    // check_lr), with messages that name the flag.
+    let rho = s.rho.unwrap_or(defaults::RHO);
+    let beta = s.beta.unwrap_or(defaults::BETA);
+    let temperature = s.temperature.unwrap_or(defaults::TEMPERATURE);
+    let weight_decay = s.weight_decay.unwrap_or(0.0);
+    let sparsity = match s.sparsity.as_deref().unwrap_or("kl") {
+        "none" => Sparsity::None,
+        "kl" => Sparsity::Kl { rho, beta },
+        "kl-freq" => Sparsity::KlFreq { rho, beta, temperature },
+        other => return Err(bad(format!("--sparsity {other}: use none, kl or kl-freq"))),
+    };
+    let loss = LossConfig { weight_decay, sparsity };
+    loss.validate(&spec).map_err(bad)?;
+    let lr = s.lr.unwrap_or(defaults::LR);
+    check_lr(lr).map_err(bad)?;
+    let batch_size = s.batch_size.unwrap_or(defaults::BATCH_SIZE);
+    if batch_size == 0 {
+        return Err(bad("--batch-size 0: must be at least 1"));
+    }
+    let epochs = s.epochs.unwrap_or(defaults::EPOCHS);
+    if epochs == 0 {
+        return Err(bad("--epochs 0: must be at least 1"));
+    }
+    if s.log_every == Some(0) {
+        return Err(bad("--log-every 0: must be at least 1 (omit it to log per epoch)"));
+    }
+    if let Some(p) = &s.path {
+        StepPath::parse(p).map_err(|e| bad(format!("--path: {e}")))?;
+    }
+    if s.steps_per_submit == Some(0) {
+        return Err(bad("--steps-per-submit 0: must be at least 1"));
+    }
+    if s.checkpoint_every == Some(0) {
+        return Err(bad("--checkpoint-every 0: must be at least 1"));
+    }
+    let validation_split = s.validation_split.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&validation_split) {
+        return Err(bad(format!("--validation-split {validation_split}: must be in [0, 1)")));
+    }
+    let held_out = (dataset.rows as f64 * validation_split).round() as usize;
+    if validation_split > 0.0 && (held_out == 0 || held_out >= dataset.rows) {
+        return Err(bad(format!(
+            "--validation-split {validation_split}: holds out {held_out} of {} samples, leaving {} set empty; choose a fraction that keeps both non-empty",
+            dataset.rows,
+            if held_out == 0 { "the validation" } else { "the training" }
+        )));
+    }
+    let request = adapter_request(s.backend.clone(), s.adapter.clone())?;
+    let init = match init_ckpt {
+        Some((_, params)) => params,
+        None => Params::init(&spec, seed),
+    };
+    Ok(Plan {
+        resolved: Resolved {
+            data: data_name,
+            samples: dataset.rows,
+            model: spec,
+            loss,
+            lr,
+            batch_size,
+            epochs,
+            seed,
+            shuffle: !s.no_shuffle,
+            init: s.init.clone(),
+            log_every: s.log_every,
+            path: s.path.clone().unwrap_or_else(|| "auto".into()),
+            steps_per_submit: s.steps_per_submit,
+            checkpoint_every: s.checkpoint_every,
+            validation_split,
+            adapter: String::new(),
+        },
+        dataset,
+        init,
+        out: s.out.clone(),
+        request,
+    })
+}
+
+/// A metrics JSON line (docs/design.md section 6).
+fn step_json(epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "step", "epoch": epoch, "step": step,
+        "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
+        "sparsity": m.sparsity, "weight_decay": m.weight_decay,
+        "rho_hat": m.rho_hat, "freq": m.freq,
+    })
+}
+
+fn eval_json(m: &EvalMetrics) -> serde_json::Value {
+    serde_json::json!({
+        "samples": m.samples, "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
+        "sparsity": m.sparsity, "weight_decay": m.weight_decay, "fvu": m.fvu,
+        "rho_hat": m.rho_hat, "freq": m.freq,
+    })
+}
+
+fn epoch_json(epoch: usize, step: u64, train: &EvalMetrics, val: Option<&EvalMetrics>) -> serde_json::Value {
+    let mut v = eval_json(train);
+    let obj = v.as_object_mut().unwrap();
+    obj.insert("kind".into(), "epoch".into());
+    obj.insert("epoch".into(), epoch.into());
+    obj.insert("step".into(), step.into());
+    if let Some(val) = val {
+        obj.insert("validation".into(), eval_json(val));
+    }
+    v
+}
+
+pub fn run(cli: TrainSettings) -> Result<()> {
+    let Plan { mut resolved, dataset, init, out, request } = plan(cli)?;
+    let gpu = open_gpu(&request)?;
+    resolved.adapter = gpu.describe();
+    eprintln!("adapter: {}", resolved.adapter);
+    eprintln!("data: {} ({} x {})", resolved.data, dataset.rows, dataset.cols);
+
+    let (train_set, val_set) = split_validation(&dataset, resolved.validation_split, resolved.seed);
+    let spec = resolved.model.clone();
+    let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
+    if let Some(path) = StepPath::parse(&resolved.path).map_err(bad)? {
+        trainer.set_path(path).map_err(|e| e.context("--path"))?;
+    }
+    resolved.path = trainer.path().name().to_string();
+
+    // Outputs: config.json now, metrics.jsonl built in a temporary file and renamed when the
+    // run ends, model.safetensors written atomically (every --checkpoint-every epochs and at the end).
+    let mut metrics_tmp = None;
+    if let Some(dir) = &out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Runtime(format!("--out {}: cannot create it: {e}", dir.display())))?;
+        let json = serde_json::to_vec_pretty(&resolved).expect("config serialises");
+        let target = dir.join("config.json");
+        write_atomic(&target, &json)
+            .map_err(|e| Error::Runtime(format!("{}: cannot write it: {e}", target.display())))?;
+        let tmp = dir.join(format!(".metrics.jsonl.tmp-{}", std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::Runtime(format!("{}: {e}", tmp.display())))?;
+        metrics_tmp = Some((tmp, std::io::BufWriter::new(file)));
+    }
+
+    let steps_per_epoch = train_set.rows.div_ceil(resolved.batch_size) as u64;
+    let bar = indicatif::ProgressBar::new(steps_per_epoch * resolved.epochs as u64);
+    bar.set_prefix("1");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} epoch {prefix} step {pos}/{len} {msg} [{elapsed_precise}]")
+            .expect("template"),
+    );
+    let opts = TrainOptions {
+        epochs: resolved.epochs,
+        batch_size: resolved.batch_size,
+        seed: resolved.seed,
+        shuffle: resolved.shuffle,
+        log_every: resolved.log_every,
+        steps_per_submit: resolved.steps_per_submit,
+    };
+    let started = std::time::Instant::now();
+    let mut last_val = None;
+    let result = fit(&mut trainer, &train_set, val_set.as_ref(), &opts, |event| {
+        let line = match &event {
+            Event::Step { epoch, step, metrics } => {
+                bar.set_position(*step);
+                bar.set_prefix(epoch.to_string());
+                bar.set_message(format!("loss {:.5}", metrics.loss));
+                step_json(*epoch, *step, metrics)
+            }
+            Event::Epoch { epoch, step, train, validation, .. } => {
+                bar.set_position(*step);
+                // The epoch now running; the message is the one just finished.
+                bar.set_prefix((epoch + 1).min(resolved.epochs).to_string());
+                bar.set_message(format!("loss {:.5} fvu {:.3} (epoch {epoch})", train.loss, train.fvu));
+                last_val = validation.map(|v| (*v).clone());
+                epoch_json(*epoch, *step, train, *validation)
+            }
+        };
+        if let Some((_, w)) = metrics_tmp.as_mut() {
+            writeln!(w, "{line}").map_err(|e| Error::Runtime(format!("writing metrics: {e}")))?;
+        }
+        if let (Event::Epoch { epoch, trainer, .. }, Some(dir), Some(n)) = (&event, &out, resolved.checkpoint_every) {
+            if epoch % n == 0 {
+                // Atomic (temporary file, then rename): a crash or a later divergence leaves
+                // the previous checkpoint intact.
+                checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
+            }
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    // Close the metrics file whatever happened: the lines in it are complete.
+    if let (Some((tmp, mut w)), Some(dir)) = (metrics_tmp, &out) {
+        w.flush().map_err(|e| Error::Runtime(format!("writing metrics: {e}")))?;
+        drop(w);
+        std::fs::rename(&tmp, dir.join("metrics.jsonl")).map_err(|e| Error::Runtime(format!("metrics.jsonl: {e}")))?;
+    }
+    let last = result?;
+    let params = trainer.params()?;
+    if let Some(dir) = &out {
+        checkpoint::save(&dir.join("model.safetensors"), &spec, &params)?;
+    }
+    print_summary(&resolved, &last, last_val.as_ref(), started.elapsed().as_secs_f64(), trainer.steps_done());
+    if let Some(dir) = &out {
+        println!("wrote {}/{{model.safetensors, metrics.jsonl, config.json}}", dir.display());
+    }
+    Ok(())
+}
+
+fn print_summary(r: &Resolved, m: &EvalMetrics, val: Option<&EvalMetrics>, secs: f64, steps: u64) {
+    let (rho, beta) = r.loss.sparsity.rho_beta();
+    println!(
+        "trained {:?} for {} epochs ({steps} steps, batch {}, lr {}) in {secs:.1} s; sparsity {} beta {beta}",
+        r.model.sizes,
+        r.epochs,
+        r.batch_size,
+        r.lr,
+        r.loss.sparsity.name()
+    );
+    let rho_col = match r.loss.sparsity {
+        Sparsity::KlFreq { .. } => "rho_hat (soft freq)",
+        Sparsity::Kl { .. } => "rho_hat (mean act.)",
+        Sparsity::None => "mean activation",
+    };
+    println!("{:<6} {:>10} {:>20} {:>12}", "unit", "target rho", rho_col, "hard freq");
+    for j in 0..m.rho_hat.len() {
+        let target = if r.loss.sparsity == Sparsity::None { "-".to_string() } else { format!("{rho:.4}") };
+        println!("{:<6} {:>10} {:>20.4} {:>12.4}", j, target, m.rho_hat[j], m.freq[j]);
+    }
+    println!("train: mse {:.6}  fvu {:.4}  loss {:.6}", m.mse, m.fvu, m.loss);
+    let silent = m.freq.iter().filter(|&&f| f == 0.0).count();
+    if matches!(r.loss.sparsity, Sparsity::KlFreq { .. }) && silent > 0 {
+        println!(
+            "note: {silent} code unit(s) never fire (hard frequency 0): the soft frequency can meet rho with every z just \
+             below 0, and a ReLU unit that is off gets no reconstruction gradient; try a smaller --beta (0.1 keeps some units firing on the built-in data)"
+        );
+    }
+    if let Some(v) = val {
+        println!("validation: mse {:.6}  fvu {:.4}  loss {:.6}", v.mse, v.fvu, v.loss);
+    }
+}

@@ -1,0 +1,247 @@
+//! Element-wise kernels and reductions: `shaders/activation.wgsl`, `sparsity.wgsl`,
+//! `reduce.wgsl`, `loss.wgsl` and `update.wgsl`. Their FLOP counts are napkin math, one per add,
+//! multiply or transcendental; what bounds them is the bytes they move.
+
+use super::{Cost, Kernel, Kernels, Launch, View};
+use crate::layout::LOSS_SLOTS;
+use crate::model::{Activation, Sparsity, RHO_HAT_EPS};
+use crate::reference::ColumnTransform;
+use bytemuck::{Pod, Zeroable};
+
+// Uniform blocks, laid out as the WGSL structs of the same name.
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Elementwise {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Kl {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    mode: u32,
+    rho: f32,
+    beta_over_m: f32,
+    temperature: f32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Reduce {
+    rows: u32,
+    cols: u32,
+    transform: u32,
+    _pad: u32,
+    scale: f32,
+    temperature: f32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Loss {
+    rows: u32,
+    cols: u32,
+    act: u32,
+    weights_len: u32,
+    inv_m: f32,
+    half_lambda: f32,
+    rho: f32,
+    beta: f32,
+    code_width: u32,
+    sparsity: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Sgd {
+    len: u32,
+    weights_len: u32,
+    lambda: f32,
+    _pad: u32,
+}
+
+/// The cost of an element-wise launch over `elements`, `flops_each` per element, moving
+/// `floats` values.
+fn cost(kernel: Kernel, shape: String, elements: usize, flops_each: f64, floats: usize) -> Cost {
+    Cost { label: kernel.name().to_string(), shape, flops: flops_each * elements as f64, bytes: 4.0 * floats as f64 }
+}
+
+/// The mode and settings of the KL uniform blocks (`shaders/sparsity.wgsl`, `shaders/fused.wgsl`):
+/// `(mode, rho, beta, temperature)`, mode 0 none, 1 mean-activation KL, 2 firing-frequency KL.
+pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
+    match sparsity {
+        Sparsity::None => (0, 0.05, 0.0, 1.0),
+        Sparsity::Kl { rho, beta } => (1, rho, beta, 1.0),
+        Sparsity::KlFreq { rho, beta, temperature } => (2, rho, beta, temperature),
+    }
+}
+
+impl Kernels {
+    /// `Z += 1 b^T` (in place), `A = f(Z)`, over `[m, n]`.
+    pub fn bias_activation(&self, b: &View, z: &View, a: &View, m: usize, n: usize, act: Activation) -> Launch {
+        let params = Elementwise { rows: m as u32, cols: n as u32, act: act.code(), _pad: 0 };
+        let cost = cost(Kernel::BiasActivation, format!("{m}x{n}"), m * n, 2.0, 3 * m * n + n);
+        self.launch(Kernel::BiasActivation, params, &[b, z, a], Self::elementwise_groups(m * n), cost)
+    }
+
+    /// `delta = G ⊙ f'(Z)`, over `[m, n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn activation_backward(
+        &self,
+        g: &View,
+        z: &View,
+        a: &View,
+        delta: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let params = Elementwise { rows: m as u32, cols: n as u32, act: act.code(), _pad: 0 };
+        let cost = cost(Kernel::ActivationBackward, format!("{m}x{n}"), m * n, 2.0, 4 * m * n);
+        self.launch(Kernel::ActivationBackward, params, &[g, z, a, delta], Self::elementwise_groups(m * n), cost)
+    }
+
+    /// The code layer's delta with the KL sparsity gradient (docs/design.md section 4).
+    /// `sparsity` is a KL penalty: without one the code layer takes the plain
+    /// activation-derivative epilogue instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kl_backward(
+        &self,
+        g: &View,
+        z: &View,
+        a: &View,
+        rho_hat: &View,
+        delta: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+        sparsity: Sparsity,
+    ) -> Launch {
+        let (mode, rho, beta, temperature) = kl_mode(sparsity);
+        assert!(mode != 0, "kl_backward without a sparsity penalty");
+        let params = Kl {
+            rows: m as u32,
+            cols: n as u32,
+            act: act.code(),
+            mode,
+            rho: rho as f32,
+            beta_over_m: (beta / m as f64) as f32,
+            temperature: temperature as f32,
+            eps: RHO_HAT_EPS as f32,
+        };
+        let cost = cost(Kernel::KlBackward, format!("{m}x{n}"), m * n, 6.0, 4 * m * n + n);
+        self.launch(Kernel::KlBackward, params, &[g, z, a, rho_hat, delta], Self::elementwise_groups(m * n), cost)
+    }
+
+    /// `out[j] = scale * sum_i t(x[i,j])` over `[m, n]`.
+    pub fn column_sum(&self, x: &View, out: &View, m: usize, n: usize, t: ColumnTransform, scale: f64) -> Launch {
+        let (transform, temperature) = match t {
+            ColumnTransform::Value => (0, 1.0),
+            ColumnTransform::Fires => (1, 1.0),
+            ColumnTransform::SoftFires { temperature } => (2, temperature),
+        };
+        let params = Reduce {
+            rows: m as u32,
+            cols: n as u32,
+            transform,
+            _pad: 0,
+            scale: scale as f32,
+            temperature: temperature as f32,
+            _pad1: 0,
+            _pad2: 0,
+        };
+        let cost = cost(Kernel::ColumnSum, format!("{m}x{n}"), m * n, 1.0, m * n + n);
+        self.launch(Kernel::ColumnSum, params, &[x, out], [n.div_ceil(64), 1], cost)
+    }
+
+    /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` over `[m, n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn output_delta(
+        &self,
+        xhat: &View,
+        x: &View,
+        z: &View,
+        delta: &View,
+        m: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let params = loss_params(m, n, act, 0, 0.0, Sparsity::None, 0);
+        let cost = cost(Kernel::OutputDelta, format!("{m}x{n}"), m * n, 3.0, 4 * m * n);
+        self.launch(Kernel::OutputDelta, params, &[xhat, x, z, delta], Self::elementwise_groups(m * n), cost)
+    }
+
+    /// `out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_value(
+        &self,
+        xhat: &View,
+        x: &View,
+        weights: &View,
+        rho_hat: &View,
+        out: &View,
+        m: usize,
+        n: usize,
+        weight_decay: f64,
+        sparsity: Sparsity,
+    ) -> Launch {
+        let params = loss_params(m, n, Activation::Identity, weights.len, weight_decay, sparsity, rho_hat.len);
+        let floats = 2 * m * n + weights.len + rho_hat.len + LOSS_SLOTS;
+        let cost = cost(Kernel::LossValue, format!("{m}x{n}"), 2 * m * n + 2 * weights.len, 1.0, floats);
+        self.launch(Kernel::LossValue, params, &[xhat, x, weights, rho_hat, out], [1, 1], cost)
+    }
+
+    /// `p <- p - lr (g + lambda p)` on the first `weights_len` elements, `p <- p - lr g` after,
+    /// with `lr` read from the step state (`layout::StepState`).
+    pub fn sgd_update(
+        &self,
+        grads: &View,
+        params: &View,
+        state: &View,
+        weights_len: usize,
+        weight_decay: f64,
+    ) -> Launch {
+        let len = params.len;
+        let uniform = Sgd { len: len as u32, weights_len: weights_len as u32, lambda: weight_decay as f32, _pad: 0 };
+        let cost = cost(Kernel::SgdUpdate, format!("{len} params"), len, 4.0, 3 * len);
+        self.launch(Kernel::SgdUpdate, uniform, &[grads, params, state], Self::elementwise_groups(len), cost)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn loss_params(
+    m: usize,
+    n: usize,
+    act: Activation,
+    weights_len: usize,
+    weight_decay: f64,
+    sparsity: Sparsity,
+    code_width: usize,
+) -> Loss {
+    let (mode, rho, beta, _) = kl_mode(sparsity);
+    Loss {
+        rows: m as u32,
+        cols: n as u32,
+        act: act.code(),
+        weights_len: weights_len as u32,
+        inv_m: (1.0 / m as f64) as f32,
+        half_lambda: (0.5 * weight_decay) as f32,
+        rho: rho as f32,
+        beta: beta as f32,
+        code_width: code_width as u32,
+        sparsity: u32::from(mode != 0),
+        eps: RHO_HAT_EPS as f32,
+        _pad: 0,
+    }
+}

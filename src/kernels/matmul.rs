@@ -1,0 +1,310 @@
+//! The matmul family (`shaders/matmul*.wgsl`): the three layouts a step needs, so nothing is
+//! ever transposed, each in three interchangeable variants, each with an epilogue chosen by the
+//! pipeline-overridable constant `EPILOGUE` (`shaders/matmul_epilogue.wgsl`).
+
+use super::{Access, Cost, Kernels, Launch, View};
+use crate::model::Activation;
+use bytemuck::{Pod, Zeroable};
+
+/// Shader sources, one per variant.
+pub mod source {
+    pub const TILED: &str = shader!("matmul_epilogue.wgsl", "matmul.wgsl");
+    pub const BLOCKED: &str = shader!("matmul_epilogue.wgsl", "matmul_blocked.wgsl");
+    pub const SUBGROUP: &str = shader!("matmul_epilogue.wgsl", "matmul_subgroup.wgsl");
+}
+
+/// The storage bindings of every matmul entry point: lhs, rhs, out, then the epilogue's bias,
+/// a_out, z_in and a_in (placeholders where the epilogue does not use them).
+pub const BINDINGS: [(u32, Access); 7] = [
+    (2, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+    (5, Access::Read),
+    (6, Access::ReadWrite),
+    (7, Access::Read),
+    (8, Access::Read),
+];
+
+/// The three layouts: `Z = A Wᵀ`, `dW = δᵀ A`, `G = δ W`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulOp {
+    Forward,
+    BackwardWeight,
+    BackwardInput,
+}
+
+impl MatmulOp {
+    pub const ALL: [MatmulOp; 3] = [MatmulOp::Forward, MatmulOp::BackwardWeight, MatmulOp::BackwardInput];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulOp::Forward => "matmul_forward",
+            MatmulOp::BackwardWeight => "matmul_backward_weight",
+            MatmulOp::BackwardInput => "matmul_backward_input",
+        }
+    }
+
+    /// The epilogues this operation is built with.
+    pub fn epilogues(self) -> &'static [Epilogue] {
+        match self {
+            MatmulOp::Forward => &[Epilogue::Plain, Epilogue::BiasActivation],
+            MatmulOp::BackwardWeight => &[Epilogue::Plain, Epilogue::BiasGradient],
+            MatmulOp::BackwardInput => &[Epilogue::Plain, Epilogue::ActivationDerivative],
+        }
+    }
+}
+
+/// What a matmul does with each output (`EPILOGUE` in `shaders/matmul_epilogue.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// Stores it.
+    Plain,
+    /// Adds the bias, stores Z, and stores A = f(Z) too.
+    BiasActivation,
+    /// Multiplies by the activation derivative of the layer below, from its Z and A.
+    ActivationDerivative,
+    /// Computes one more output column over `[A | 1]`: the bias gradient, stored apart.
+    BiasGradient,
+}
+
+impl Epilogue {
+    pub fn code(self) -> u32 {
+        match self {
+            Epilogue::Plain => 0,
+            Epilogue::BiasActivation => 1,
+            Epilogue::ActivationDerivative => 2,
+            Epilogue::BiasGradient => 3,
+        }
+    }
+
+    /// The suffix the launch's label gets.
+    fn suffix(self) -> &'static str {
+        match self {
+            Epilogue::Plain => "",
+            Epilogue::BiasActivation => "+bias_act",
+            Epilogue::ActivationDerivative => "+act'",
+            Epilogue::BiasGradient => "+db",
+        }
+    }
+}
+
+/// Interchangeable implementations of the matmul family, same entry points and results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// 16x16 output tiles staged through workgroup memory (`shaders/matmul.wgsl`): the
+    /// textbook GPU kernel.
+    Tiled,
+    /// 4x4 outputs per invocation from registers, no workgroup memory
+    /// (`shaders/matmul_blocked.wgsl`): much faster on CPU-emulated adapters.
+    Blocked,
+    /// 32x4 outputs per invocation, workgroups of one 8-lane subgroup sharing rows of L with
+    /// `subgroupBroadcast` (`shaders/matmul_subgroup.wgsl`): many FMAs per load, for
+    /// CPU-emulated adapters. Needs [`wgpu::Features::SUBGROUP`]; see [`Self::available`].
+    Subgroup,
+}
+
+impl MatmulVariant {
+    /// Every variant; not all run everywhere (see [`Self::available`] and
+    /// [`Kernels::matmul_variants`]).
+    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Tiled, MatmulVariant::Blocked, MatmulVariant::Subgroup];
+
+    pub(super) fn source(self) -> &'static str {
+        match self {
+            MatmulVariant::Tiled => source::TILED,
+            MatmulVariant::Blocked => source::BLOCKED,
+            MatmulVariant::Subgroup => source::SUBGROUP,
+        }
+    }
+
+    /// Output rows/columns one workgroup covers (square for every variant).
+    fn tile(self) -> usize {
+        match self {
+            MatmulVariant::Tiled => 16,
+            MatmulVariant::Blocked | MatmulVariant::Subgroup => 32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Tiled => "tiled16",
+            MatmulVariant::Blocked => "blocked4x4",
+            MatmulVariant::Subgroup => "subgroup",
+        }
+    }
+
+    /// Whether a device with `features` can run this variant.
+    pub fn available(self, features: wgpu::Features) -> bool {
+        match self {
+            MatmulVariant::Tiled | MatmulVariant::Blocked => true,
+            MatmulVariant::Subgroup => features.contains(wgpu::Features::SUBGROUP),
+        }
+    }
+
+    /// The default for an adapter whose device has `features`: on CPU adapters the subgroup
+    /// kernel where subgroups are enabled (lavapipe), else register blocks, each measured
+    /// several times faster than the one after it there; shared-memory tiles elsewhere.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, features: wgpu::Features) -> Self {
+        if info.device_type != wgpu::DeviceType::Cpu {
+            MatmulVariant::Tiled
+        } else if MatmulVariant::Subgroup.available(features) {
+            MatmulVariant::Subgroup
+        } else {
+            MatmulVariant::Blocked
+        }
+    }
+}
+
+/// `Matmul` in `shaders/matmul_epilogue.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Matmul {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    act: u32,
+    _pad: [u32; 4],
+}
+
+/// A matmul's tensors: the two operands, the output and the epilogue's extra bindings.
+struct Operands<'a> {
+    lhs: &'a View,
+    rhs: &'a View,
+    out: &'a View,
+    bias: Option<&'a View>,
+    a_out: Option<&'a View>,
+    z_in: Option<&'a View>,
+    a_in: Option<&'a View>,
+}
+
+impl Kernels {
+    /// A matmul launch over `(rows, cols, inner)` (the output's shape and the summed length).
+    /// The cost is stated in the caller's `(m, k, n)` of the layer.
+    fn matmul(
+        &self,
+        op: MatmulOp,
+        epilogue: Epilogue,
+        t: Operands<'_>,
+        (rows, cols, inner): (usize, usize, usize),
+        act: Activation,
+        (m, k, n): (usize, usize, usize),
+    ) -> Launch {
+        // With the bias-gradient epilogue the last of the `cols` columns goes to a_out.
+        let stored_cols = if epilogue == Epilogue::BiasGradient { cols - 1 } else { cols };
+        assert!(t.out.len >= rows * stored_cols, "{}: output too small", op.name());
+        let params =
+            Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), _pad: [0; 4] };
+        let variant = self.matmul_variant;
+        let pipeline = &self.matmul_pipelines[&(variant, op, epilogue)];
+        let (ro, rw) = (&self.placeholder_ro, &self.placeholder_rw);
+        let tensors = [
+            t.lhs,
+            t.rhs,
+            t.out,
+            t.bias.unwrap_or(ro),
+            t.a_out.unwrap_or(rw),
+            t.z_in.unwrap_or(ro),
+            t.a_in.unwrap_or(ro),
+        ];
+        let tile = variant.tile();
+        let cost = matmul_cost(op, epilogue, m, k, n);
+        self.launch_with(op.name(), pipeline, params, &tensors, [cols.div_ceil(tile), rows.div_ceil(tile)], cost)
+    }
+
+    /// `Z[m,n] = A[m,k] W[n,k]^T`
+    pub fn matmul_forward(&self, a: &View, w: &View, z: &View, m: usize, k: usize, n: usize) -> Launch {
+        let t = Operands { lhs: a, rhs: w, out: z, bias: None, a_out: None, z_in: None, a_in: None };
+        self.matmul(MatmulOp::Forward, Epilogue::Plain, t, (m, n, k), Activation::Identity, (m, k, n))
+    }
+
+    /// `Z[m,n] = A[m,k] W[n,k]^T + 1 b^T`, `A_out = f(Z)`: matmul_forward with the bias and
+    /// activation in its epilogue (one dispatch instead of two).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_bias_activation(
+        &self,
+        a: &View,
+        w: &View,
+        b: &View,
+        z: &View,
+        a_out: &View,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Activation,
+    ) -> Launch {
+        let t = Operands { lhs: a, rhs: w, out: z, bias: Some(b), a_out: Some(a_out), z_in: None, a_in: None };
+        self.matmul(MatmulOp::Forward, Epilogue::BiasActivation, t, (m, n, k), act, (m, k, n))
+    }
+
+    /// `dW[n,k] = delta[m,n]^T A[m,k]`
+    pub fn matmul_backward_weight(&self, delta: &View, a: &View, dw: &View, m: usize, n: usize, k: usize) -> Launch {
+        let t = Operands { lhs: delta, rhs: a, out: dw, bias: None, a_out: None, z_in: None, a_in: None };
+        self.matmul(MatmulOp::BackwardWeight, Epilogue::Plain, t, (n, k, m), Activation::Identity, (m, k, n))
+    }
+
+    /// `dW[n,k] = delta[m,n]^T A[m,k]` and `db[n] = sum_i delta[i,:]`: matmul_backward_weight over
+    /// `[A | 1]`, whose last column of outputs is the bias gradient (one dispatch instead of two).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_weight_bias(
+        &self,
+        delta: &View,
+        a: &View,
+        dw: &View,
+        db: &View,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Launch {
+        let t = Operands { lhs: delta, rhs: a, out: dw, bias: None, a_out: Some(db), z_in: None, a_in: None };
+        self.matmul(MatmulOp::BackwardWeight, Epilogue::BiasGradient, t, (n, k + 1, m), Activation::Identity, (m, k, n))
+    }
+
+    /// `G[m,k] = delta[m,n] W[n,k]`
+    pub fn matmul_backward_input(&self, delta: &View, w: &View, g: &View, m: usize, n: usize, k: usize) -> Launch {
+        let t = Operands { lhs: delta, rhs: w, out: g, bias: None, a_out: None, z_in: None, a_in: None };
+        self.matmul(MatmulOp::BackwardInput, Epilogue::Plain, t, (m, k, n), Activation::Identity, (m, k, n))
+    }
+
+    /// `delta_out[m,k] = (delta[m,n] W[n,k]) ⊙ f'(Z, A)`: matmul_backward_input with the
+    /// activation derivative of the layer below in its epilogue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_input_activation(
+        &self,
+        delta: &View,
+        w: &View,
+        z: &View,
+        a: &View,
+        delta_out: &View,
+        m: usize,
+        n: usize,
+        k: usize,
+        act: Activation,
+    ) -> Launch {
+        let t = Operands { lhs: delta, rhs: w, out: delta_out, bias: None, a_out: None, z_in: Some(z), a_in: Some(a) };
+        self.matmul(MatmulOp::BackwardInput, Epilogue::ActivationDerivative, t, (m, k, n), act, (m, k, n))
+    }
+}
+
+/// `2 m k n` FLOPs; the operands read once and the outputs written once, plus what the
+/// epilogue reads or writes.
+fn matmul_cost(op: MatmulOp, epilogue: Epilogue, m: usize, k: usize, n: usize) -> Cost {
+    let (mut read, mut written) = match op {
+        MatmulOp::Forward => (m * k + n * k, m * n),
+        MatmulOp::BackwardWeight => (m * n + m * k, n * k),
+        MatmulOp::BackwardInput => (m * n + n * k, m * k),
+    };
+    match epilogue {
+        Epilogue::BiasActivation => {
+            read += n;
+            written += m * n;
+        }
+        Epilogue::ActivationDerivative => read += 2 * m * k,
+        Epilogue::BiasGradient => written += n,
+        Epilogue::Plain => {}
+    }
+    Cost {
+        label: format!("{}{}", op.name(), epilogue.suffix()),
+        shape: format!("{m}·{k}→{n}"),
+        flops: 2.0 * (m * k * n) as f64,
+        bytes: 4.0 * (read + written) as f64,
+    }
+}

@@ -1,0 +1,426 @@
+//! The WGSL kernels and their Rust launchers, one host file per shader family:
+//! [`matmul`] (`shaders/matmul*.wgsl`), [`elementwise`] (activation, sparsity, reduce, loss and
+//! update shaders) and [`step`] (minibatch gathering and the fused small-MLP step). Each launcher
+//! has the name of its WGSL entry point and of its f64 twin in `reference.rs`, and returns a
+//! [`Launch`]: a pipeline with its bind groups, workgroup counts and napkin-math cost, built once
+//! and recorded into as many steps as needed.
+//!
+//! Pipelines are keyed by enums ([`Kernel`], and [`MatmulVariant`] x [`MatmulOp`] x
+//! [`Epilogue`] for the matmuls), so a missing pipeline cannot be asked for. Every kernel
+//! declares its bindings ([`Kernel::bindings`], [`matmul::BINDINGS`]) and its pipeline is built
+//! with that bind-group layout, so a shader that disagrees fails at creation with a message.
+//!
+//! Every kernel reads a `Grid` uniform (binding 0) holding the workgroup offset of its dispatch,
+//! so a grid larger than the adapter's `max_compute_workgroups_per_dimension` is split into
+//! several dispatches that each cover a part, never truncated. Binding 1 is the kernel's own
+//! uniform block.
+//!
+//! Adding a kernel: its entry point in a shader file, a [`Kernel`] variant with its source and
+//! bindings, a launcher here, an f64 twin of the same name in `reference.rs`, and a row in
+//! `check::CHECKS`.
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::layout::ALIGN_FLOATS;
+use bytemuck::{Pod, Zeroable};
+use std::collections::HashMap;
+use wgpu::util::DeviceExt;
+
+/// A shader's source: `shaders/common.wgsl` (the `Grid` binding, the step state, activation,
+/// sigmoid and KL functions), then the named files, joined at compile time since WGSL has no
+/// include.
+macro_rules! shader {
+    ($($file:literal),+) => {
+        concat!(include_str!("../../shaders/common.wgsl"), $(include_str!(concat!("../../shaders/", $file))),+)
+    };
+}
+
+pub mod elementwise;
+pub mod matmul;
+pub mod step;
+
+pub use matmul::{Epilogue, MatmulOp, MatmulVariant};
+pub use step::{FusedBuffers, FusedLayer, FusedNet, FUSED_MAX_WIDTH};
+
+/// Shader sources of the kernels that are not matmuls (those are in [`matmul::source`]).
+pub mod source {
+    pub const ACTIVATION: &str = shader!("activation.wgsl");
+    pub const SPARSITY: &str = shader!("sparsity.wgsl");
+    pub const REDUCE: &str = shader!("reduce.wgsl");
+    pub const LOSS: &str = shader!("loss.wgsl");
+    pub const UPDATE: &str = shader!("update.wgsl");
+    pub const DATA: &str = shader!("data.wgsl");
+    pub const FUSED: &str = shader!("fused.wgsl");
+}
+
+/// How a kernel uses a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read as R, ReadWrite as W};
+
+/// Every entry point that is not a matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    BiasActivation,
+    ActivationBackward,
+    KlBackward,
+    ColumnSum,
+    OutputDelta,
+    LossValue,
+    SgdUpdate,
+    GatherRows,
+    AdvanceCursor,
+    FusedForward,
+    FusedBackward,
+    FusedUpdate,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 12] = [
+        Kernel::BiasActivation,
+        Kernel::ActivationBackward,
+        Kernel::KlBackward,
+        Kernel::ColumnSum,
+        Kernel::OutputDelta,
+        Kernel::LossValue,
+        Kernel::SgdUpdate,
+        Kernel::GatherRows,
+        Kernel::AdvanceCursor,
+        Kernel::FusedForward,
+        Kernel::FusedBackward,
+        Kernel::FusedUpdate,
+    ];
+
+    /// The WGSL entry point, the Rust launcher and the f64 twin all have this name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::BiasActivation => "bias_activation",
+            Kernel::ActivationBackward => "activation_backward",
+            Kernel::KlBackward => "kl_backward",
+            Kernel::ColumnSum => "column_sum",
+            Kernel::OutputDelta => "output_delta",
+            Kernel::LossValue => "loss_value",
+            Kernel::SgdUpdate => "sgd_update",
+            Kernel::GatherRows => "gather_rows",
+            Kernel::AdvanceCursor => "advance_cursor",
+            Kernel::FusedForward => "fused_forward",
+            Kernel::FusedBackward => "fused_backward",
+            Kernel::FusedUpdate => "fused_update",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Kernel::BiasActivation | Kernel::ActivationBackward => source::ACTIVATION,
+            Kernel::KlBackward => source::SPARSITY,
+            Kernel::ColumnSum => source::REDUCE,
+            Kernel::OutputDelta | Kernel::LossValue => source::LOSS,
+            Kernel::SgdUpdate => source::UPDATE,
+            Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
+            Kernel::FusedForward | Kernel::FusedBackward | Kernel::FusedUpdate => source::FUSED,
+        }
+    }
+
+    /// The storage bindings (number, access) the entry point declares after the two uniforms,
+    /// in the order its launcher passes the tensors.
+    pub fn bindings(self) -> &'static [(u32, Access)] {
+        match self {
+            Kernel::BiasActivation => &[(2, R), (3, W), (4, W)],
+            Kernel::ActivationBackward => &[(5, R), (6, R), (7, R), (8, W)],
+            Kernel::KlBackward => &[(2, R), (3, R), (4, R), (5, R), (6, W)],
+            Kernel::ColumnSum => &[(2, R), (3, W)],
+            Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],
+            Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W)],
+            Kernel::SgdUpdate => &[(2, R), (3, W), (4, R)],
+            Kernel::GatherRows => &[(2, R), (3, R), (4, R), (5, W)],
+            Kernel::AdvanceCursor => &[(6, W)],
+            Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],
+            Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W)],
+            Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, W)],
+        }
+    }
+
+    /// Whether the kernel is checked on its own against its twin (`check::CHECKS`); the step
+    /// kernels are checked as whole training steps instead (`check::training_steps`).
+    pub fn checked_alone(self) -> bool {
+        !matches!(
+            self,
+            Kernel::GatherRows
+                | Kernel::AdvanceCursor
+                | Kernel::FusedForward
+                | Kernel::FusedBackward
+                | Kernel::FusedUpdate
+        )
+    }
+}
+
+/// A run of f32 elements inside a buffer: one tensor.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub buffer: wgpu::Buffer,
+    /// Offset in f32 elements (a multiple of [`ALIGN_FLOATS`]).
+    pub offset: usize,
+    /// Length in f32 elements.
+    pub len: usize,
+}
+
+impl View {
+    pub fn whole(buffer: &wgpu::Buffer) -> View {
+        View { buffer: buffer.clone(), offset: 0, len: (buffer.size() / 4) as usize }
+    }
+    pub fn slice(&self, offset: usize, len: usize) -> View {
+        assert!(offset.is_multiple_of(ALIGN_FLOATS) && offset + len <= self.len);
+        View { buffer: self.buffer.clone(), offset: self.offset + offset, len }
+    }
+    /// The first `len` elements.
+    pub fn head(&self, len: usize) -> View {
+        self.slice(0, len)
+    }
+    pub fn byte_offset(&self) -> u64 {
+        (self.offset * 4) as u64
+    }
+    pub fn byte_len(&self) -> u64 {
+        (self.len * 4) as u64
+    }
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.byte_offset(),
+            size: wgpu::BufferSize::new(self.byte_len().max(4)),
+        })
+    }
+}
+
+/// Napkin math of one launch, for the benchmark: what it is, its shape, the FLOPs it does and
+/// the bytes it moves (inputs read once, outputs written once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cost {
+    /// The entry point, with what its epilogue adds and the layer (e.g. `matmul_forward+bias_act L2`).
+    pub label: String,
+    pub shape: String,
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+/// One kernel launch: a pipeline and, per dispatch, a bind group and its workgroup counts.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub name: &'static str,
+    pub cost: Cost,
+    pipeline: wgpu::ComputePipeline,
+    dispatches: Vec<(wgpu::BindGroup, [u32; 2])>,
+}
+
+impl Launch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        for (bind_group, [x, y]) in &self.dispatches {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*x, *y, 1);
+        }
+    }
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+    /// The same launch, labelled with the layer it serves.
+    pub fn at_layer(mut self, l: usize) -> Launch {
+        self.cost.label = format!("{} L{l}", self.cost.label);
+        self
+    }
+    /// The same launch, with a note on what it computes (e.g. `rho_hat`).
+    pub fn noting(mut self, what: &str) -> Launch {
+        self.cost.shape = format!("{} ({what})", self.cost.shape);
+        self
+    }
+}
+
+/// Records launches into one compute pass of `encoder`.
+pub fn record(encoder: &mut wgpu::CommandEncoder, launches: &[Launch]) {
+    let mut pass =
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("sae step"), timestamp_writes: None });
+    for launch in launches {
+        launch.record(&mut pass);
+    }
+}
+
+/// `Grid` in `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Grid {
+    offset: [u32; 4],
+}
+
+/// A pipeline with the bind-group layout it was declared with.
+#[derive(Clone, Debug)]
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    bindings: &'static [(u32, Access)],
+}
+
+/// The compiled pipelines of every kernel, created once per device.
+pub struct Kernels {
+    pub gpu: Gpu,
+    pipelines: HashMap<Kernel, Pipeline>,
+    /// Per variant, operation and epilogue (a pipeline-overridable constant, so each pipeline
+    /// compiles only its own epilogue). Variants the device cannot run are absent.
+    matmul_pipelines: HashMap<(MatmulVariant, MatmulOp, Epilogue), Pipeline>,
+    /// Which matmul implementation the launchers use.
+    pub matmul_variant: MatmulVariant,
+    /// One-element buffers bound where an entry point's binding is unused (a read-only and a
+    /// read-write one: one buffer cannot be both in a dispatch).
+    placeholder_ro: View,
+    placeholder_rw: View,
+    /// Most workgroups one dispatch may have along a dimension. The adapter's limit by
+    /// default; tests lower it to exercise splitting without huge inputs.
+    pub max_groups: u32,
+}
+
+impl Kernels {
+    /// Compiles every pipeline. A shader or layout the adapter rejects is a runtime failure
+    /// naming the adapter.
+    pub fn new(gpu: &Gpu) -> Result<Kernels> {
+        let device = &gpu.device;
+        // Capture validation errors (a shader an adapter rejects) instead of panicking.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut modules: HashMap<*const u8, wgpu::ShaderModule> = HashMap::new();
+        let mut build =
+            |entry: &'static str, src: &'static str, bindings: &'static [(u32, Access)], constants: &[(&str, f64)]| {
+                let module = modules.entry(src.as_ptr()).or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(entry),
+                        source: wgpu::ShaderSource::Wgsl(src.into()),
+                    })
+                });
+                let layout = bind_group_layout(device, entry, bindings);
+                let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(entry),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+                    cache: None,
+                });
+                Pipeline { pipeline, layout, bindings }
+            };
+        let pipelines: HashMap<_, _> =
+            Kernel::ALL.iter().map(|&k| (k, build(k.name(), k.source(), k.bindings(), &[]))).collect();
+        let mut matmul_pipelines = HashMap::new();
+        // Variants the device cannot run (no SUBGROUP, e.g. the GL backend) are left out.
+        for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu.features)) {
+            for op in MatmulOp::ALL {
+                for &epilogue in op.epilogues() {
+                    let constants = [("EPILOGUE", epilogue.code() as f64)];
+                    let p = build(op.name(), variant.source(), &matmul::BINDINGS, &constants);
+                    matmul_pipelines.insert((variant, op, epilogue), p);
+                }
+            }
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::runtime(format!("shader compilation failed on {}: {err}", gpu.describe())));
+        }
+        Ok(Kernels {
+            placeholder_ro: View::whole(&gpu.storage("placeholder (read)", 1)),
+            placeholder_rw: View::whole(&gpu.storage("placeholder (read-write)", 1)),
+            gpu: gpu.clone(),
+            pipelines,
+            matmul_pipelines,
+            matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
+            max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+        })
+    }
+
+    /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.
+    pub fn matmul_variants(&self) -> Vec<MatmulVariant> {
+        MatmulVariant::ALL
+            .into_iter()
+            .filter(|v| self.matmul_pipelines.contains_key(&(*v, MatmulOp::Forward, Epilogue::Plain)))
+            .collect()
+    }
+
+    /// Builds a launch of `kernel` over a `groups` grid of workgroups; `tensors` are its
+    /// storage bindings in the order of [`Kernel::bindings`].
+    fn launch<P: Pod>(&self, kernel: Kernel, params: P, tensors: &[&View], groups: [usize; 2], cost: Cost) -> Launch {
+        let pipeline = &self.pipelines[&kernel];
+        self.launch_with(kernel.name(), pipeline, params, tensors, groups, cost)
+    }
+
+    /// A launch of `pipeline`, its grid split into dispatches of at most `max_groups` per
+    /// dimension.
+    fn launch_with<P: Pod>(
+        &self,
+        name: &'static str,
+        pipeline: &Pipeline,
+        params: P,
+        tensors: &[&View],
+        groups: [usize; 2],
+        cost: Cost,
+    ) -> Launch {
+        assert_eq!(tensors.len(), pipeline.bindings.len(), "{name}: the launcher passes a tensor per declared binding");
+        let device = &self.gpu.device;
+        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(name),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let max = self.max_groups as usize;
+        let mut dispatches = Vec::new();
+        for y0 in (0..groups[1].max(1)).step_by(max) {
+            for x0 in (0..groups[0].max(1)).step_by(max) {
+                let gx = (groups[0] - x0).min(max);
+                let gy = (groups[1] - y0).min(max);
+                if gx == 0 || gy == 0 {
+                    continue;
+                }
+                let grid = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("grid"),
+                    contents: bytemuck::bytes_of(&Grid { offset: [x0 as u32, y0 as u32, 0, 0] }),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+                let mut entries = vec![
+                    wgpu::BindGroupEntry { binding: 0, resource: grid.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
+                ];
+                for (&(binding, _), view) in pipeline.bindings.iter().zip(tensors) {
+                    entries.push(wgpu::BindGroupEntry { binding, resource: view.binding() });
+                }
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(name),
+                    layout: &pipeline.layout,
+                    entries: &entries,
+                });
+                dispatches.push((bind_group, [gx as u32, gy as u32]));
+            }
+        }
+        Launch { name, cost, pipeline: pipeline.pipeline.clone(), dispatches }
+    }
+
+    fn elementwise_groups(len: usize) -> [usize; 2] {
+        [len.div_ceil(256), 1]
+    }
+}
+
+/// The bind-group layout a kernel declares: the grid and its uniform block, then its storage
+/// bindings.
+fn bind_group_layout(device: &wgpu::Device, label: &str, bindings: &[(u32, Access)]) -> wgpu::BindGroupLayout {
+    let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    };
+    let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform), entry(1, wgpu::BufferBindingType::Uniform)];
+    for &(binding, access) in bindings {
+        entries.push(entry(binding, wgpu::BufferBindingType::Storage { read_only: access == Access::Read }));
+    }
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
+}

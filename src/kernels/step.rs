@@ -1,0 +1,133 @@
+//! The kernels of a whole step that have no twin of their own and are checked as whole
+//! training steps: minibatch gathering and the step state (`shaders/data.wgsl`), and the fused
+//! small-MLP step (`shaders/fused.wgsl`, whose twins are `reference::forward`, `backward` and
+//! `update`).
+
+use super::{Cost, Kernel, Kernels, Launch, View};
+use crate::layout::StepState;
+use bytemuck::{Pod, Zeroable};
+
+/// Widest layer the fused path takes (`MAX_WIDTH` in `shaders/fused.wgsl`).
+pub const FUSED_MAX_WIDTH: usize = 128;
+
+/// Where a step's rows come from (`gather` in the `Gather` and `Net` uniforms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rows {
+    /// Row `i` of the bound data: a minibatch the host wrote itself.
+    Host = 0,
+    /// Row `order[cursor + i]` of the resident data: a training step's shuffled minibatch.
+    Order = 1,
+    /// Row `cursor + i` of the resident data: evaluation in file order.
+    Contiguous = 2,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Gather {
+    rows: u32,
+    cols: u32,
+    gather: u32,
+    steps: u32,
+}
+
+/// The `Net` uniform of `shaders/fused.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FusedNet {
+    pub layers: u32,
+    pub code: u32,
+    pub rows: u32,
+    pub n0: u32,
+    pub sparsity: u32,
+    pub rho: f32,
+    pub beta_over_m: f32,
+    pub temperature: f32,
+    pub inv_m: f32,
+    pub lambda: f32,
+    pub eps: f32,
+    pub total_params: u32,
+    pub gather: u32,
+    pub _pad: [u32; 3],
+}
+
+/// One entry of the fused path's layer table (`Layer` in `shaders/fused.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FusedLayer {
+    pub n_out: u32,
+    pub n_in: u32,
+    pub act: u32,
+    pub w_off: u32,
+    pub b_off: u32,
+    pub in_off: u32,
+    pub out_off: u32,
+    pub param_start: u32,
+}
+
+/// Whole buffers the fused kernels bind.
+#[derive(Clone, Debug)]
+pub struct FusedBuffers {
+    pub table: View,
+    pub params: View,
+    pub order: View,
+    pub state: View,
+    pub z: View,
+    pub a: View,
+    pub delta: View,
+    pub rho_hat: View,
+}
+
+impl Kernels {
+    /// `x[i, :] = data[r(i), :]` for `rows` rows, `r` as [`Rows`] says (`cursor` is
+    /// `state[0]`, see `layout::StepState`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows(
+        &self,
+        data: &View,
+        order: &View,
+        state: &View,
+        x: &View,
+        rows: usize,
+        cols: usize,
+        from: Rows,
+    ) -> Launch {
+        let params = Gather { rows: rows as u32, cols: cols as u32, gather: from as u32, steps: 0 };
+        let n = rows * cols;
+        // Nominally one operation (the index arithmetic) per element copied.
+        let cost = Cost {
+            label: "gather_rows".into(),
+            shape: format!("{rows}x{cols}"),
+            flops: n as f64,
+            bytes: 4.0 * (2 * n + rows) as f64,
+        };
+        self.launch(Kernel::GatherRows, params, &[data, order, state, x], Self::elementwise_groups(n), cost)
+    }
+
+    /// `cursor += rows`, `step += steps`: the next minibatch starts after this one (`steps` is
+    /// 1 after a training step, 0 after an evaluation batch).
+    pub fn advance_cursor(&self, state: &View, rows: usize, steps: u32) -> Launch {
+        let params = Gather { rows: rows as u32, cols: 0, gather: 0, steps };
+        let words = StepState::WORDS;
+        let cost = Cost { label: "advance_cursor".into(), shape: "1".into(), flops: 2.0, bytes: 8.0 * words as f64 };
+        self.launch(Kernel::AdvanceCursor, params, &[state], [1, 1], cost)
+    }
+
+    /// The fused path's forward pass (see `shaders/fused.wgsl`): one invocation per row.
+    pub fn fused_forward(&self, net: &FusedNet, b: &FusedBuffers, data: &View, cost: Cost) -> Launch {
+        let tensors = [&b.table, &b.params, data, &b.order, &b.state, &b.z, &b.a, &b.delta];
+        self.launch(Kernel::FusedForward, *net, &tensors, [(net.rows as usize).div_ceil(64), 1], cost)
+    }
+
+    /// The fused path's backward pass: one invocation per row.
+    pub fn fused_backward(&self, net: &FusedNet, b: &FusedBuffers, cost: Cost) -> Launch {
+        let tensors = [&b.table, &b.params, &b.z, &b.a, &b.rho_hat, &b.delta];
+        self.launch(Kernel::FusedBackward, *net, &tensors, [(net.rows as usize).div_ceil(64), 1], cost)
+    }
+
+    /// The fused path's gradient and SGD update, `lr` from the step state: one invocation per
+    /// parameter.
+    pub fn fused_update(&self, net: &FusedNet, b: &FusedBuffers, cost: Cost) -> Launch {
+        let tensors = [&b.table, &b.delta, &b.a, &b.params, &b.state];
+        self.launch(Kernel::FusedUpdate, *net, &tensors, [(net.total_params as usize).div_ceil(64), 1], cost)
+    }
+}

@@ -1,0 +1,431 @@
+//! The training engine: device-resident buffers, allocated once, and the steps that run on them.
+//!
+//! * [`schedule`]: the dispatches of one step on either path (`Trainer::schedule` is the
+//!   function to read: docs/design.md sections 4 and 5, line by line).
+//! * [`metrics`]: step metrics read back without stalling the queue, and whole-set evaluation.
+//!
+//! With the data resident on the device (`set_data`, `train_epoch`) a step uploads nothing and
+//! many steps share one submit. Values that change between steps (the cursor, the step count,
+//! the learning rate) live in the step state buffer (`layout::StepState`), so recorded schedules
+//! stay valid when they change; the settings a schedule was built from are private and change
+//! only through methods that rebuild what depends on them.
+
+pub mod metrics;
+pub mod schedule;
+
+pub use metrics::{Baseline, EvalMetrics, StepMetrics};
+pub use schedule::StepPath;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::kernels::step::Rows;
+use crate::kernels::{record, Kernels, Launch, View};
+use crate::layout::{ActivationLayout, MetricsLayout, ParamLayout, StepState};
+use crate::model::{LossConfig, ModelSpec, Params};
+use metrics::Pending;
+use schedule::{Activations, Schedule};
+use std::collections::{HashMap, VecDeque};
+
+/// Host-device traffic, cumulative since the trainer was made: the structural figures that
+/// carry over from a software adapter to a real GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Queue submissions.
+    pub submits: u64,
+    /// Compute dispatches recorded (split grids count each part).
+    pub dispatches: u64,
+    /// Bytes written from the host to device buffers (minibatches, orders, parameters).
+    pub bytes_uploaded: u64,
+    /// Metric or parameter read-backs (device-to-host transfers the host waits for, at once
+    /// or later).
+    pub readbacks: u64,
+}
+
+/// Options of `Trainer::train_epoch`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpochOptions {
+    /// Step metrics every N steps (counted over the trainer's life, like `steps_done`).
+    pub log_every: Option<usize>,
+    /// Steps recorded into one submit; `None` chooses (up to 64, and a log step ends a submit).
+    pub steps_per_submit: Option<usize>,
+}
+
+/// The device buffers a trainer owns.
+pub(crate) struct Buffers {
+    /// Every parameter, laid out by `ParamLayout`; the gradients in the same layout.
+    pub params: View,
+    pub grads: View,
+    /// Z, A and delta of every layer (laid out for the path: see `Activations`).
+    pub acts: Activations,
+    /// G, the gradient w.r.t. a layer's input, shared by all layers (layered path).
+    pub g: View,
+    /// Host-written minibatch.
+    pub x_staging: View,
+    /// Resident training data and the epoch's order of its rows.
+    pub data: View,
+    pub order: View,
+    /// `layout::StepState`: cursor, step count, learning rate.
+    pub state: View,
+    /// The fused path's layer table.
+    pub table: View,
+    /// `MetricsLayout` up to rho_hat, and rho_hat.
+    pub metrics: View,
+    pub rho_hat: View,
+}
+
+/// Trains one model on one device. Every buffer is allocated in `new` (the resident data in
+/// `set_data`); nothing is allocated per step.
+pub struct Trainer {
+    kernels: Kernels,
+    spec: ModelSpec,
+    loss: LossConfig,
+    lr: f64,
+    /// Largest minibatch the buffers hold.
+    batch_capacity: usize,
+    layout: ParamLayout,
+    metrics_layout: MetricsLayout,
+    path: StepPath,
+    buffers: Buffers,
+    metrics_staging: wgpu::Buffer,
+    /// Staging buffers for step metrics in flight, reused across log points.
+    metrics_pool: Vec<wgpu::Buffer>,
+    schedules: HashMap<(usize, Rows), Schedule>,
+    steps_done: u64,
+    stats: Stats,
+    /// Largest training set `fit` keeps on the device: the adapter's largest storage binding
+    /// (tests lower it to exercise streaming).
+    max_resident_bytes: usize,
+}
+
+impl Trainer {
+    pub fn new(
+        gpu: &Gpu,
+        spec: &ModelSpec,
+        loss: LossConfig,
+        lr: f64,
+        batch_capacity: usize,
+        init: &Params,
+    ) -> Result<Self> {
+        Self::with_kernels(Kernels::new(gpu)?, spec, loss, lr, batch_capacity, init)
+    }
+
+    /// A trainer on kernels already compiled (tests lower their `max_groups`). Settings that
+    /// are wrong or do not fit the adapter are bad input.
+    pub fn with_kernels(
+        kernels: Kernels,
+        spec: &ModelSpec,
+        loss: LossConfig,
+        lr: f64,
+        batch_capacity: usize,
+        init: &Params,
+    ) -> Result<Self> {
+        spec.validate().map_err(Error::Input)?;
+        loss.validate(spec).map_err(Error::Input)?;
+        init.check_shapes(spec).map_err(Error::Input)?;
+        check_lr(lr)?;
+        if batch_capacity == 0 {
+            return Err(Error::input("batch size must be at least 1"));
+        }
+        let gpu = kernels.gpu.clone();
+        let m = batch_capacity;
+        // Each layer's [m, n_l] activations are one binding on the layered path (all layers
+        // together on the fused one, which falls back to layered when they do not fit), and so
+        // are the parameters.
+        ActivationLayout::check_layers(spec, m, &gpu.limits)?;
+        let layout = ParamLayout::new(spec);
+        layout.check(spec, &gpu.limits)?;
+        let metrics_layout = MetricsLayout::new(spec.code_width());
+        let path = if ActivationLayout::new(spec, m).fits_one_binding(&gpu.limits) {
+            StepPath::auto(spec, &gpu.info)
+        } else {
+            StepPath::Layered
+        };
+        let acts = Activations::new(&gpu, spec, m, path);
+        let state = StepState { lr: lr as f32, ..Default::default() };
+        let widest = spec.sizes.iter().copied().max().unwrap_or(1);
+        let buffers = Buffers {
+            params: gpu.upload("params", &layout.flatten(init)),
+            grads: View::whole(&gpu.storage("grads", layout.len)),
+            table: gpu
+                .upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts.layout))),
+            acts,
+            g: View::whole(&gpu.storage("g", m * widest)),
+            x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
+            data: View::whole(&gpu.storage("data", 1)),
+            order: View::whole(&gpu.storage("order", 1)),
+            state: gpu.upload_bytes("step state", bytemuck::bytes_of(&state)),
+            metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
+            rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
+        };
+        Ok(Trainer {
+            metrics_staging: gpu.staging("metrics staging", (metrics_layout.len * 4) as u64),
+            kernels,
+            spec: spec.clone(),
+            loss,
+            lr,
+            batch_capacity,
+            layout,
+            metrics_layout,
+            path,
+            buffers,
+            metrics_pool: Vec::new(),
+            schedules: HashMap::new(),
+            steps_done: 0,
+            stats: Stats::default(),
+            max_resident_bytes: gpu.limits.max_storage_buffer_binding_size as usize,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.kernels.gpu
+    }
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+    pub fn loss(&self) -> LossConfig {
+        self.loss
+    }
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+    pub fn batch_capacity(&self) -> usize {
+        self.batch_capacity
+    }
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    pub fn path(&self) -> StepPath {
+        self.path
+    }
+    /// Training steps taken so far.
+    pub fn steps_done(&self) -> u64 {
+        self.steps_done
+    }
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Sets the learning rate of the steps submitted from now on: one 4-byte write to the step
+    /// state, and recorded schedules stay valid.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_lr(lr)?;
+        self.lr = lr;
+        let state = self.buffers.state.buffer.clone();
+        self.kernels.gpu.queue.write_buffer(&state, StepState::LR_BYTE_OFFSET, bytemuck::bytes_of(&(lr as f32)));
+        self.stats.bytes_uploaded += 4;
+        Ok(())
+    }
+
+    /// Caps the training data `fit` keeps resident (tests set 0 to exercise streaming).
+    pub fn set_max_resident_bytes(&mut self, bytes: usize) {
+        self.max_resident_bytes = bytes;
+    }
+
+    /// Chooses the step path (the fused one only where every width, and a batch's activations
+    /// in one binding, fit).
+    pub fn set_path(&mut self, path: StepPath) -> Result<()> {
+        if path == StepPath::Fused && !StepPath::fused_fits(&self.spec) {
+            return Err(Error::input(format!(
+                "the fused path takes layers up to {} wide",
+                crate::kernels::FUSED_MAX_WIDTH
+            )));
+        }
+        let acts = ActivationLayout::new(&self.spec, self.batch_capacity);
+        if path == StepPath::Fused && !acts.fits_one_binding(&self.gpu().limits) {
+            return Err(Error::input(format!(
+                "the fused path keeps a batch's activations in one binding: {} bytes is too many here",
+                acts.total * 4
+            )));
+        }
+        if path != self.path {
+            let gpu = self.kernels.gpu.clone();
+            self.path = path;
+            self.buffers.acts = Activations::new(&gpu, &self.spec, self.batch_capacity, path);
+            let table = Self::layer_table(&self.spec, &self.layout, &self.buffers.acts.layout);
+            self.buffers.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&table));
+            self.schedules.clear();
+        }
+        Ok(())
+    }
+
+    /// Records one part of the schedule for `m` rows from `from` (no copies of it per step).
+    fn record(&mut self, encoder: &mut wgpu::CommandEncoder, m: usize, from: Rows, part: fn(&Schedule) -> &[Launch]) {
+        self.ensure_schedule(m, from);
+        let launches = part(&self.schedules[&(m, from)]);
+        record(encoder, launches);
+        self.stats.dispatches += launches.iter().map(|l| l.dispatch_count() as u64).sum::<u64>();
+    }
+
+    fn upload(&mut self, view: &View, bytes: &[u8]) {
+        self.kernels.gpu.queue.write_buffer(&view.buffer, view.byte_offset(), bytes);
+        self.stats.bytes_uploaded += bytes.len() as u64;
+    }
+
+    /// Puts the cursor of the step state at `at` (the rest of the state stays).
+    fn set_cursor(&mut self, at: u32) {
+        let state = self.buffers.state.clone();
+        self.upload(&state, bytemuck::bytes_of(&at));
+    }
+
+    fn submit(&mut self, encoder: wgpu::CommandEncoder) {
+        self.kernels.gpu.queue.submit([encoder.finish()]);
+        self.stats.submits += 1;
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.kernels.gpu.device.create_command_encoder(&Default::default())
+    }
+
+    /// Writes a host minibatch to the staging rows; returns its row count.
+    fn stage(&mut self, x: &[f32]) -> Result<usize> {
+        let m = self.check_batch(x)?;
+        let staging = self.buffers.x_staging.clone();
+        self.upload(&staging, bytemuck::cast_slice(x));
+        Ok(m)
+    }
+
+    /// One SGD step on a host minibatch `x` (row-major, `m x n_0`): one upload, one submit, no
+    /// wait. `train_epoch` is the fast way to train on a whole dataset.
+    pub fn step(&mut self, x: &[f32]) -> Result<()> {
+        let m = self.stage(x)?;
+        let mut encoder = self.encoder();
+        self.record(&mut encoder, m, Rows::Host, |s| &s.step);
+        self.submit(encoder);
+        self.steps_done += 1;
+        Ok(())
+    }
+
+    /// One SGD step on a host minibatch that also returns its metrics, measured before the update.
+    pub fn step_with_metrics(&mut self, x: &[f32]) -> Result<StepMetrics> {
+        let m = self.stage(x)?;
+        let mut encoder = self.encoder();
+        self.record(&mut encoder, m, Rows::Host, |s| &s.step_with_metrics);
+        self.copy_metrics(&mut encoder, &self.metrics_staging, 0);
+        self.submit(encoder);
+        self.steps_done += 1;
+        let raw = self.read_metrics()?;
+        Ok(self.step_metrics(&raw, m))
+    }
+
+    /// Whether `len` floats of training data fit in one storage binding (`set_data`).
+    pub fn fits_resident(&self, len: usize) -> bool {
+        len * 4 <= self.max_resident_bytes
+    }
+
+    /// Rows of resident data (`set_data`), 0 before any.
+    pub fn resident_rows(&self) -> usize {
+        self.buffers.data.len / self.spec.input_width()
+    }
+
+    /// Makes `data` (`n x n_0`, row-major) resident on the device for `train_epoch` and
+    /// `evaluate_resident`.
+    pub fn set_data(&mut self, data: &[f32]) -> Result<()> {
+        let n0 = self.spec.input_width();
+        if data.is_empty() || !data.len().is_multiple_of(n0) {
+            return Err(Error::input(format!("training data must be a non-empty multiple of the input width {n0}")));
+        }
+        crate::layout::check_binding(&self.gpu().limits, "the training data", data.len() * 4, "")?;
+        let gpu = self.kernels.gpu.clone();
+        self.buffers.data = gpu.upload("data", data);
+        self.buffers.order = View::whole(&gpu.storage("order", data.len() / n0));
+        self.stats.bytes_uploaded += (data.len() * 4) as u64;
+        // Bind groups of resident schedules point at the old buffers.
+        self.schedules.retain(|(_, from), _| *from == Rows::Host);
+        Ok(())
+    }
+
+    /// One epoch over the resident data (`set_data`) in the given order of rows: minibatches of
+    /// `batch_capacity` rows (the last one may be smaller) are gathered on the device, so the
+    /// epoch uploads only `order` and the cursor. Steps are recorded many to a submit; every
+    /// `log_every` steps the metrics of that step (before its update) are copied out and read
+    /// back without stalling the queue, and `on_step` sees them in order.
+    pub fn train_epoch(
+        &mut self,
+        order: &[u32],
+        opts: EpochOptions,
+        mut on_step: impl FnMut(u64, &StepMetrics) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.resident_rows();
+        if order.is_empty() || order.len() > n || order.iter().any(|&i| i as usize >= n) {
+            return Err(Error::input(format!("an epoch order must hold row indices below {n} (set_data first)")));
+        }
+        let order_view = self.buffers.order.clone();
+        self.upload(&order_view, bytemuck::cast_slice(order));
+        self.set_cursor(0);
+        let per_submit = opts.steps_per_submit.unwrap_or(64).max(1);
+        let log_every = opts.log_every.filter(|&k| k > 0).map(|k| k as u64);
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut encoder = self.encoder();
+        let mut in_encoder = 0;
+        for rows in order.chunks(self.batch_capacity) {
+            let m = rows.len();
+            let step = self.steps_done + 1;
+            let log = log_every.is_some_and(|k| step.is_multiple_of(k));
+            if log {
+                self.record(&mut encoder, m, Rows::Order, |s| &s.step_with_metrics);
+                let staging = self.metrics_buffer();
+                self.copy_metrics(&mut encoder, &staging, 0);
+                pending.push_back(Pending::new(step, m, staging));
+            } else {
+                self.record(&mut encoder, m, Rows::Order, |s| &s.step);
+            }
+            self.steps_done += 1;
+            in_encoder += 1;
+            if log || in_encoder == per_submit {
+                let full = std::mem::replace(&mut encoder, self.encoder());
+                self.submit(full);
+                in_encoder = 0;
+                if log {
+                    pending.back().expect("just queued").map();
+                }
+                // Collect finished read-backs without waiting for the rest of the queue.
+                let _ = self.kernels.gpu.device.poll(wgpu::PollType::Poll);
+                self.drain(&mut pending, false, &mut on_step)?;
+            }
+        }
+        if in_encoder > 0 {
+            self.submit(encoder);
+        }
+        self.drain(&mut pending, true, &mut on_step)
+    }
+
+    /// Current parameters (a read-back: call between steps, not inside a loop that must be fast).
+    pub fn params(&self) -> Result<Params> {
+        let flat = self.kernels.gpu.download(&self.buffers.params)?;
+        Ok(self.layout.unflatten(&flat))
+    }
+
+    /// Replaces the parameters (e.g. from a checkpoint).
+    pub fn set_params(&mut self, params: &Params) -> Result<()> {
+        params.check_shapes(&self.spec).map_err(Error::Input)?;
+        let flat = self.layout.flatten(params);
+        let view = self.buffers.params.clone();
+        self.upload(&view, bytemuck::cast_slice(&flat));
+        Ok(())
+    }
+
+    fn check_batch(&self, x: &[f32]) -> Result<usize> {
+        let n0 = self.spec.input_width();
+        if x.is_empty() || !x.len().is_multiple_of(n0) {
+            return Err(Error::input(format!(
+                "a minibatch must be a non-empty multiple of the input width {n0}, got {} values",
+                x.len()
+            )));
+        }
+        let m = x.len() / n0;
+        if m > self.batch_capacity {
+            return Err(Error::input(format!(
+                "minibatch of {m} rows exceeds the trainer's capacity {}",
+                self.batch_capacity
+            )));
+        }
+        Ok(m)
+    }
+}
+
+fn check_lr(lr: f64) -> Result<()> {
+    crate::model::check_lr(lr).map_err(Error::Input)
+}

@@ -1,0 +1,373 @@
+//! The schedule of a training step: [`Trainer::schedule`] lists the forward, backward and update
+//! dispatches of one step exactly as docs/design.md sections 4 and 5 write them, on either
+//! path. Schedules are built once per batch size and source of rows, then replayed.
+
+use super::Trainer;
+use crate::device::Gpu;
+use crate::kernels::step::Rows;
+use crate::kernels::FUSED_MAX_WIDTH;
+use crate::kernels::{elementwise::kl_mode, Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, View};
+use crate::layout::{ActivationLayout, ParamLayout, LOSS_SLOTS};
+use crate::model::{ModelSpec, Sparsity, RHO_HAT_EPS};
+use crate::reference::ColumnTransform;
+
+/// How a step is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepPath {
+    /// One kernel per operation of docs/design.md section 4, with epilogues (any width).
+    Layered,
+    /// Four dispatches per step (`shaders/fused.wgsl`), for layers up to [`FUSED_MAX_WIDTH`] wide.
+    Fused,
+}
+
+impl StepPath {
+    /// The default: fused where it fits, on GPUs; layered on CPU adapters. There the fused
+    /// kernels' per-row loops over private arrays run near 1 GFLOP/s (llvmpipe turns each
+    /// per-lane array access into a loop over lanes), while the layered path's subgroup
+    /// matmuls reach 5-20, so the 19 dispatches saved do not pay for themselves (measured on
+    /// lavapipe, seed model at batch 256: 23.5 ms/step fused vs 4.3 layered). A rule rather
+    /// than a timing, so a seed reproduces a run bit for bit.
+    pub fn auto(spec: &ModelSpec, adapter: &wgpu::AdapterInfo) -> StepPath {
+        if Self::fused_fits(spec) && adapter.device_type != wgpu::DeviceType::Cpu {
+            StepPath::Fused
+        } else {
+            StepPath::Layered
+        }
+    }
+
+    /// Whether every layer is narrow enough for the fused kernels.
+    pub fn fused_fits(spec: &ModelSpec) -> bool {
+        spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH)
+    }
+
+    /// `--path`: `auto` (None), `fused` or `layered`.
+    pub fn parse(s: &str) -> Result<Option<StepPath>, String> {
+        match s {
+            "auto" => Ok(None),
+            "fused" => Ok(Some(StepPath::Fused)),
+            "layered" => Ok(Some(StepPath::Layered)),
+            other => Err(format!("unknown path '{other}': use auto, fused or layered")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StepPath::Layered => "layered",
+            StepPath::Fused => "fused",
+        }
+    }
+}
+
+/// Z, A and delta of every layer l = 0..=L (layer 0 is X; Z_0 and delta_0 are unused),
+/// `[rows, n_l]` row-major. The fused path addresses all layers of one kind through one buffer
+/// (`all`, layer l at `layout.offsets[l]`); the layered path gives each layer buffers of its
+/// own, so a matmul can read A_{l-1} while its epilogue writes A_l (WebGPU forbids one buffer
+/// being read-only and read-write in the same dispatch).
+pub(crate) struct Activations {
+    pub z: Vec<View>,
+    pub a: Vec<View>,
+    pub delta: Vec<View>,
+    pub layout: ActivationLayout,
+    pub all: Option<[View; 3]>,
+}
+
+impl Activations {
+    pub fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, path: StepPath) -> Self {
+        let layout = ActivationLayout::new(spec, m);
+        let per_layer_of =
+            |v: &View| layout.offsets.iter().zip(&layout.lens).map(|(&at, &len)| v.slice(at, len)).collect();
+        match path {
+            StepPath::Fused => {
+                let all = ["z", "a", "delta"].map(|name| View::whole(&gpu.storage(name, layout.total)));
+                Activations {
+                    z: per_layer_of(&all[0]),
+                    a: per_layer_of(&all[1]),
+                    delta: per_layer_of(&all[2]),
+                    layout,
+                    all: Some(all),
+                }
+            }
+            StepPath::Layered => {
+                let per_layer = |name: &str| {
+                    layout
+                        .lens
+                        .iter()
+                        .enumerate()
+                        .map(|(l, &len)| View::whole(&gpu.storage(&format!("{name}{l}"), len)))
+                        .collect()
+                };
+                Activations { z: per_layer("z"), a: per_layer("a"), delta: per_layer("delta"), layout, all: None }
+            }
+        }
+    }
+}
+
+/// `W_l` or `b_l` (`l` from 1) in a buffer with the parameter layout (parameters or gradients).
+pub(crate) fn weight(buffer: &View, layout: &ParamLayout, l: usize) -> View {
+    let (at, len) = layout.weights[l - 1];
+    buffer.slice(at, len)
+}
+
+pub(crate) fn bias(buffer: &View, layout: &ParamLayout, l: usize) -> View {
+    let (at, len) = layout.biases[l - 1];
+    buffer.slice(at, len)
+}
+
+/// The layered forward pass, shared by training and inference:
+/// `X = the rows` ; `Z_l = A_{l-1} W_l^T + 1 b_l^T`, `A_l = f_l(Z_l)` in one dispatch a layer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layered_forward(
+    k: &Kernels,
+    spec: &ModelSpec,
+    params: &View,
+    layout: &ParamLayout,
+    acts: &Activations,
+    (data, order, state): (&View, &View, &View),
+    from: Rows,
+    m: usize,
+) -> Vec<Launch> {
+    let rows = |v: &[View], l: usize| v[l].head(m * spec.sizes[l]);
+    let mut forward = vec![k.gather_rows(data, order, state, &rows(&acts.a, 0), m, spec.sizes[0], from)];
+    for l in 1..=spec.layers() {
+        let (n, kk) = spec.shape(l);
+        forward.push(
+            k.matmul_forward_bias_activation(
+                &rows(&acts.a, l - 1),
+                &weight(params, layout, l),
+                &bias(params, layout, l),
+                &rows(&acts.z, l),
+                &rows(&acts.a, l),
+                m,
+                kk,
+                n,
+                spec.activation(l),
+            )
+            .at_layer(l),
+        );
+    }
+    forward
+}
+
+/// The launches of one step for one batch size and one source of rows.
+pub(crate) struct Schedule {
+    /// forward, backward, update.
+    pub step: Vec<Launch>,
+    /// forward, metrics, backward, update.
+    pub step_with_metrics: Vec<Launch>,
+    /// forward, metrics, and the cursor moved past the rows (no step counted).
+    pub evaluate: Vec<Launch>,
+}
+
+impl Trainer {
+    /// Rows `0..m` of layer `l` of one of `acts.z`, `acts.a`, `acts.delta`.
+    fn rows(&self, per_layer: &[View], l: usize, m: usize) -> View {
+        per_layer[l].head(m * self.spec.sizes[l])
+    }
+
+    /// The dispatches of one training step on a minibatch of `m` rows from `from`:
+    /// docs/design.md section 5.
+    pub(crate) fn schedule(&self, m: usize, from: Rows) -> Schedule {
+        let k = &self.kernels;
+        let spec = &self.spec;
+        let layers = spec.layers();
+        let c = spec.code_layer;
+        let nc = spec.code_width();
+        let n0 = spec.sizes[0];
+        let b = &self.buffers;
+        let z = |l: usize| self.rows(&b.acts.z, l, m);
+        let a = |l: usize| self.rows(&b.acts.a, l, m);
+        let delta = |l: usize| self.rows(&b.acts.delta, l, m);
+        let w = |l: usize| weight(&b.params, &self.layout, l);
+        let g = |n: usize| b.g.head(m * n);
+        let inv_m = 1.0 / m as f64;
+        let data = if from == Rows::Host { &b.x_staging } else { &b.data };
+        let sparsity = self.loss.sparsity;
+
+        // rho_hat of the current minibatch, before any backward dispatch.
+        let rho_hat = match sparsity {
+            Sparsity::None => None,
+            Sparsity::Kl { .. } => Some(k.column_sum(&a(c), &b.rho_hat, m, nc, ColumnTransform::Value, inv_m)),
+            Sparsity::KlFreq { temperature, .. } => {
+                Some(k.column_sum(&z(c), &b.rho_hat, m, nc, ColumnTransform::SoftFires { temperature }, inv_m))
+            }
+        }
+        .map(|l| l.noting("rho_hat"));
+
+        // Metrics (on request): loss terms, hard firing frequency, mean code activation.
+        let ml = &self.metrics_layout;
+        let metrics = vec![
+            k.column_sum(&z(c), &b.metrics.slice(ml.freq, nc), m, nc, ColumnTransform::Fires, inv_m).noting("freq"),
+            k.column_sum(&a(c), &b.metrics.slice(ml.mean, nc), m, nc, ColumnTransform::Value, inv_m).noting("mean"),
+            k.loss_value(
+                &a(layers),
+                &a(0),
+                &b.params.head(self.layout.weights_len),
+                &b.rho_hat,
+                &b.metrics.slice(ml.loss, LOSS_SLOTS),
+                m,
+                n0,
+                self.loss.weight_decay,
+                sparsity,
+            ),
+        ];
+
+        let (forward, backward, update) = match self.path {
+            StepPath::Layered => {
+                let mut forward =
+                    layered_forward(k, spec, &b.params, &self.layout, &b.acts, (data, &b.order, &b.state), from, m);
+                forward.extend(rho_hat);
+
+                // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
+                let mut backward =
+                    vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
+                for l in (1..=layers).rev() {
+                    let (n, kk) = spec.shape(l);
+                    // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
+                    // one dispatch
+                    let (dw, db) = (weight(&b.grads, &self.layout, l), bias(&b.grads, &self.layout, l));
+                    backward.push(k.matmul_backward_weight_bias(&delta(l), &a(l - 1), &dw, &db, m, n, kk).at_layer(l));
+                    if l == 1 {
+                        break;
+                    }
+                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}), one dispatch, or at the
+                    // code layer with a penalty, G then the KL term
+                    let act = spec.activation(l - 1);
+                    if l - 1 == c && sparsity != Sparsity::None {
+                        backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), m, n, kk).at_layer(l));
+                        backward.push(k.kl_backward(&g(kk), &z(c), &a(c), &b.rho_hat, &delta(c), m, kk, act, sparsity));
+                    } else {
+                        backward.push(
+                            k.matmul_backward_input_activation(
+                                &delta(l),
+                                &w(l),
+                                &z(l - 1),
+                                &a(l - 1),
+                                &delta(l - 1),
+                                m,
+                                n,
+                                kk,
+                                act,
+                            )
+                            .at_layer(l),
+                        );
+                    }
+                }
+
+                // Update: W <- W - lr (dW + lambda W), b <- b - lr db, every parameter in one
+                // dispatch, lr from the step state; then the cursor moves to the next minibatch.
+                let update = vec![
+                    k.sgd_update(&b.grads, &b.params, &b.state, self.layout.weights_len, self.loss.weight_decay),
+                    k.advance_cursor(&b.state, m, 1),
+                ];
+                (forward, backward, update)
+            }
+            StepPath::Fused => {
+                // The same equations, a row per invocation (see shaders/fused.wgsl).
+                let net = self.fused_net(m, from);
+                let all = b.acts.all.as_ref().expect("the fused path lays activations out in one buffer each");
+                let buffers = FusedBuffers {
+                    table: b.table.clone(),
+                    params: b.params.clone(),
+                    order: b.order.clone(),
+                    state: b.state.clone(),
+                    z: all[0].clone(),
+                    a: all[1].clone(),
+                    delta: all[2].clone(),
+                    rho_hat: b.rho_hat.clone(),
+                };
+                let [fwd, bwd, upd] = self.fused_costs(m);
+                let mut forward = vec![k.fused_forward(&net, &buffers, data, fwd)];
+                forward.extend(rho_hat);
+                (forward, vec![k.fused_backward(&net, &buffers, bwd)], vec![k.fused_update(&net, &buffers, upd)])
+            }
+        };
+        let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
+        let mut evaluate = concat(&[&forward, &metrics]);
+        evaluate.push(k.advance_cursor(&b.state, m, 0));
+        Schedule {
+            step: concat(&[&forward, &backward, &update]),
+            step_with_metrics: concat(&[&forward, &metrics, &backward, &update]),
+            evaluate,
+        }
+    }
+
+    /// Napkin math of the fused kernels: the same FLOPs as the layered matmuls they replace.
+    fn fused_costs(&self, m: usize) -> [Cost; 3] {
+        let spec = &self.spec;
+        let macs: usize = (1..=spec.layers()).map(|l| spec.shape(l).0 * spec.shape(l).1).sum();
+        let units: usize = spec.sizes.iter().sum();
+        let params = self.layout.len;
+        let cost = |label: &str, flops: usize, floats: usize| Cost {
+            label: label.into(),
+            shape: format!("{m} rows"),
+            flops: flops as f64,
+            bytes: 4.0 * floats as f64,
+        };
+        [
+            cost("fused_forward", 2 * m * macs, params + 3 * m * units),
+            cost("fused_backward", 2 * m * macs, params + 3 * m * units),
+            cost("fused_update", 2 * m * (macs + units), 2 * params + 2 * m * units),
+        ]
+    }
+
+    fn fused_net(&self, m: usize, from: Rows) -> FusedNet {
+        let (mode, rho, beta, temperature) = kl_mode(self.loss.sparsity);
+        FusedNet {
+            layers: self.spec.layers() as u32,
+            code: (self.spec.code_layer - 1) as u32,
+            rows: m as u32,
+            n0: self.spec.sizes[0] as u32,
+            sparsity: mode,
+            rho: rho as f32,
+            beta_over_m: (beta / m as f64) as f32,
+            temperature: temperature as f32,
+            inv_m: (1.0 / m as f64) as f32,
+            lambda: self.loss.weight_decay as f32,
+            eps: RHO_HAT_EPS as f32,
+            total_params: self.spec.parameter_count() as u32,
+            gather: from as u32,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The fused kernels' description of the layers (`Layer` in `shaders/fused.wgsl`).
+    pub(crate) fn layer_table(spec: &ModelSpec, layout: &ParamLayout, acts: &ActivationLayout) -> Vec<FusedLayer> {
+        let mut start = 0;
+        (1..=spec.layers())
+            .map(|l| {
+                let (n, k) = spec.shape(l);
+                let entry = FusedLayer {
+                    n_out: n as u32,
+                    n_in: k as u32,
+                    act: spec.activation(l).code(),
+                    w_off: layout.weights[l - 1].0 as u32,
+                    b_off: layout.biases[l - 1].0 as u32,
+                    in_off: acts.offsets[l - 1] as u32,
+                    out_off: acts.offsets[l] as u32,
+                    param_start: start as u32,
+                };
+                start += n * k + n;
+                entry
+            })
+            .collect()
+    }
+
+    pub(crate) fn ensure_schedule(&mut self, m: usize, from: Rows) {
+        if !self.schedules.contains_key(&(m, from)) {
+            let s = self.schedule(m, from);
+            self.schedules.insert((m, from), s);
+        }
+    }
+
+    /// The launches of one training step of `m` rows gathered from the resident data, as the
+    /// training loop records them (for the benchmark, which times each one).
+    pub fn step_launches(&mut self, m: usize) -> Vec<Launch> {
+        self.ensure_schedule(m, Rows::Order);
+        self.schedules[&(m, Rows::Order)].step.clone()
+    }
+
+    /// Dispatches (kernel launches, counting split ones) in one step of `m` rows.
+    pub fn dispatches_per_step(&mut self, m: usize) -> usize {
+        self.step_launches(m).iter().map(Launch::dispatch_count).sum()
+    }
+}
