@@ -28,15 +28,13 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 13] = [
+pub const CHECKS: [(&str, Check); 11] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
     ("matmul_backward_weight_bias", matmul_backward_weight_bias),
     ("matmul_backward_input", matmul_backward_input),
     ("matmul_backward_input_activation", matmul_backward_input_activation),
-    ("bias_activation", bias_activation),
-    ("activation_backward", activation_backward),
     ("kl_backward", kl_backward),
     ("column_sum", column_sum),
     ("output_delta", output_delta),
@@ -102,7 +100,8 @@ pub fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
     (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
 }
 
-fn widen(v: &[f32]) -> Vec<f64> {
+/// The same values in f64, as the reference takes them.
+pub fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
@@ -184,47 +183,6 @@ pub fn matmul_backward_input(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, 
     let want = r::matmul_backward_input(&widen(&delta), &widen(&w), m, n, k);
     let scale = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
     max_rel_err(&download(kern, &out), &want, &scale)
-}
-
-/// `bias_activation` against its reference twin; returns the max relative error.
-pub fn bias_activation(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
-    let mut worst: f64 = 0.0;
-    for act in Activation::ALL {
-        let z = random(rng, m * n, -3.0, 3.0);
-        let b = random(rng, n, -0.5, 0.5);
-        let zv = kern.gpu.upload("z", &z);
-        let out = poisoned(kern, m * n);
-        kern.gpu.run(&[kern.bias_activation(&kern.gpu.upload("b", &b), &zv, &out, m, n, act)]);
-        let mut zr = widen(&z);
-        let want = r::bias_activation(&mut zr, &widen(&b), act, n);
-        let (got_z, got_a) = { (download(kern, &zv), download(kern, &out)) };
-        // z + b is one f32 addition. WGSL bounds exp/tanh by ulps of their inputs and
-        // intermediates (tanh is "inherited from sinh/cosh"), i.e. an absolute error of a
-        // few 1e-8 near zero, so values below 0.1 are judged against 0.1 (relative 1e-5
-        // above it, absolute 1e-6 below).
-        let err_z = max_rel_err(&got_z, &zr, &magnitudes(&zr, 1e-3));
-        let err_a = max_rel_err(&got_a, &want, &magnitudes(&want, 0.1));
-        let err = err_z.max(err_a);
-        worst = worst.max(err);
-    }
-    worst
-}
-
-/// `activation_backward` against its reference twin; returns the max relative error.
-pub fn activation_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
-    let mut worst: f64 = 0.0;
-    for act in Activation::ALL {
-        let g = random(rng, m * n, -1.0, 1.0);
-        let z = random(rng, m * n, -3.0, 3.0);
-        let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
-        let out = poisoned(kern, m * n);
-        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
-        kern.gpu.run(&[kern.activation_backward(&up("g", &g), &up("z", &z), &up("a", &a), &out, m, n, act)]);
-        let want = r::activation_backward(&widen(&g), &widen(&z), &widen(&a), act);
-        let err = max_rel_err(&download(kern, &out), &want, &magnitudes(&want, 1e-3));
-        worst = worst.max(err);
-    }
-    worst
 }
 
 /// `kl_backward` against its reference twin; returns the max relative error.

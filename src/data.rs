@@ -284,14 +284,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// 64-byte boundary (magic + version + length + header, ending in a newline).
 fn npy_bytes(data: &Dataset) -> Vec<u8> {
     let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", data.rows, data.cols);
+    let values: Vec<u8> = data.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy_file(&dict, &values)
+}
+
+/// An npy v1.0 file with the header dict `dict` and the raw `data` after it, the header padded
+/// with spaces so the data starts at a multiple of 64 bytes. Public so tests can write files
+/// this loader must reject (another dtype, a 3-D shape).
+pub fn npy_file(dict: &str, data: &[u8]) -> Vec<u8> {
     let unpadded = NPY_MAGIC.len() + 4 + dict.len() + 1;
     let header = format!("{dict}{}\n", " ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    let mut out = Vec::with_capacity(unpadded + 64 + data.values.len() * 4);
+    let mut out = Vec::with_capacity(unpadded + 64 + data.len());
     out.extend_from_slice(NPY_MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend(data.values.iter().flat_map(|v| v.to_le_bytes()));
+    out.extend_from_slice(data);
     out
 }
 
@@ -352,18 +360,8 @@ mod tests {
         e
     }
 
-    /// An npy v1.0 file with the given header dict and raw data.
     fn npy(dict: &str, data: &[u8]) -> Vec<u8> {
-        let mut header = format!("{dict}\n");
-        while (10 + header.len()) % 64 != 0 {
-            header.insert(header.len() - 1, ' ');
-        }
-        let mut out = NPY_MAGIC.to_vec();
-        out.extend_from_slice(&[1, 0]);
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
+        npy_file(dict, data)
     }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {

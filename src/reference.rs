@@ -109,7 +109,7 @@ pub fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// `Z += 1 b^T` in place, returns `A = f(Z)` (twin of `bias_activation`).
+/// `Z += 1 b^T` in place, returns `A = f(Z)`: the epilogue of `matmul_forward_bias_activation`.
 pub fn bias_activation(z: &mut [f64], b: &[f64], act: Activation, n: usize) -> Vec<f64> {
     for (idx, v) in z.iter_mut().enumerate() {
         *v += b[idx % n];
@@ -117,7 +117,7 @@ pub fn bias_activation(z: &mut [f64], b: &[f64], act: Activation, n: usize) -> V
     z.iter().map(|&v| activate(act, v)).collect()
 }
 
-/// `delta = G ⊙ f'(Z)` (twin of `activation_backward`).
+/// `delta = G ⊙ f'(Z)`: the epilogue of `matmul_backward_input_activation`.
 pub fn activation_backward(g: &[f64], z: &[f64], a: &[f64], act: Activation) -> Vec<f64> {
     (0..g.len()).map(|i| g[i] * activation_derivative(act, z[i], a[i])).collect()
 }

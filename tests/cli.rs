@@ -152,16 +152,7 @@ fn csv_text(rows: usize, cols: usize) -> String {
 /// An npy v1.0 file: magic, version, u16 header length, the dict padded with spaces so the
 /// data starts at a multiple of 64, a newline, then `data`.
 fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let unpadded = 6 + 2 + 2 + dict.len() + 1;
-    let header = format!("{dict}{}\n", " ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    assert_eq!((10 + header.len()) % 64, 0);
-    let mut out = b"\x93NUMPY".to_vec();
-    out.extend_from_slice(&[1, 0]);
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
+    sae_wgpu::data::npy_file(&format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"), data)
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -178,6 +169,34 @@ fn train_on(t: &Tmp, data: &Path, extra: &[&str]) -> (Output, PathBuf) {
 
 /// Runs `sae train` on the built-in data (64 samples) with `flags`; asserts bad input naming
 /// `needles`, with nothing written to `--out`.
+/// `sae train` on a data file `name` holding `bytes` exits 2 with one line holding every needle,
+/// and writes nothing.
+fn data_rejected(test: &str, name: &str, bytes: impl AsRef<[u8]>, needles: &[&str]) {
+    let t = Tmp::new(test);
+    let p = t.write(name, bytes);
+    let (out, dir) = train_on(&t, &p, &[]);
+    assert_bad_input(&t, &out, &dir, needles);
+}
+
+/// `csv_text(4, 20)` with the cell at row 3, column 2 (1-based) replaced by `cell`.
+fn csv_with_cell(cell: &str) -> String {
+    let mut lines: Vec<String> = csv_text(4, 20).lines().map(String::from).collect();
+    let mut cells: Vec<&str> = lines[2].split(',').collect();
+    cells[1] = cell;
+    lines[2] = cells.join(",");
+    lines.join("\n")
+}
+
+/// `sae train --config` of a file `name` holding `text` exits 2 with one line holding every
+/// needle, and writes nothing.
+fn config_rejected(test: &str, name: &str, text: &str, needles: &[&str]) {
+    let t = Tmp::new(test);
+    let cfg = t.write(name, text);
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, needles);
+}
+
 fn train_flags_rejected(test: &str, flags: &[&str], needles: &[&str]) {
     let t = Tmp::new(test);
     let out_dir = t.path("out");
@@ -237,44 +256,26 @@ fn ragged_csv_row() {
 
 #[test]
 fn non_numeric_csv_cell() {
-    let t = Tmp::new("non_numeric_csv_cell");
-    let mut lines: Vec<String> = csv_text(4, 20).lines().map(String::from).collect();
-    let mut cells: Vec<&str> = lines[2].split(',').collect();
-    cells[1] = "abc";
-    lines[2] = cells.join(",");
-    let p = t.write("text.csv", lines.join("\n"));
-    let (out, dir) = train_on(&t, &p, &[]);
-    assert_bad_input(&t, &out, &dir, &["text.csv", "row 3, column 2", "\"abc\"", "not a number"]);
+    let needles = ["text.csv", "row 3, column 2", "\"abc\"", "not a number"];
+    data_rejected("non_numeric_csv_cell", "text.csv", csv_with_cell("abc"), &needles);
 }
 
 #[test]
 fn nan_in_csv() {
-    let t = Tmp::new("nan_in_csv");
-    let mut lines: Vec<String> = csv_text(4, 20).lines().map(String::from).collect();
-    let mut cells: Vec<&str> = lines[2].split(',').collect();
-    cells[1] = "NaN";
-    lines[2] = cells.join(",");
-    let p = t.write("nan.csv", lines.join("\n"));
-    let (out, dir) = train_on(&t, &p, &[]);
-    assert_bad_input(&t, &out, &dir, &["nan.csv", "row 3, column 2", "not a finite"]);
+    data_rejected("nan_in_csv", "nan.csv", csv_with_cell("NaN"), &["nan.csv", "row 3, column 2", "not a finite"]);
 }
 
 #[test]
 fn inf_in_npy() {
-    let t = Tmp::new("inf_in_npy");
     let mut values = vec![0.5f32; 4 * 20];
     values[2 * 20 + 1] = f32::INFINITY; // row 3, column 2 (1-based)
-    let p = t.write("inf.npy", npy_bytes("<f4", "(4, 20)", &f32_bytes(&values)));
-    let (out, dir) = train_on(&t, &p, &[]);
-    assert_bad_input(&t, &out, &dir, &["inf.npy", "row 3, column 2", "not a finite"]);
+    let npy = npy_bytes("<f4", "(4, 20)", &f32_bytes(&values));
+    data_rejected("inf_in_npy", "inf.npy", npy, &["inf.npy", "row 3, column 2", "not a finite"]);
 }
 
 #[test]
 fn width_mismatch() {
-    let t = Tmp::new("width_mismatch");
-    let p = t.write("five.csv", csv_text(8, 5));
-    let (out, dir) = train_on(&t, &p, &[]);
-    assert_bad_input(&t, &out, &dir, &["five.csv", "5 columns", "20", "--layers"]);
+    data_rejected("width_mismatch", "five.csv", csv_text(8, 5), &["five.csv", "5 columns", "20", "--layers"]);
 }
 
 #[test]
@@ -290,78 +291,46 @@ fn npy_wrong_rank() {
 
 #[test]
 fn npy_unsupported_dtype() {
-    let t = Tmp::new("npy_unsupported_dtype");
     let data: Vec<u8> = (0..4 * 20).flat_map(|i: i32| i.to_le_bytes()).collect();
-    let p = t.write("ints.npy", npy_bytes("<i4", "(4, 20)", &data));
-    let (out, dir) = train_on(&t, &p, &[]);
-    assert_bad_input(&t, &out, &dir, &["ints.npy", "'<i4'", "f32 or f64"]);
+    let npy = npy_bytes("<i4", "(4, 20)", &data);
+    data_rejected("npy_unsupported_dtype", "ints.npy", npy, &["ints.npy", "'<i4'", "f32 or f64"]);
 }
 
 #[test]
 fn unsupported_data_extension() {
-    let t = Tmp::new("unsupported_data_extension");
-    let p = t.write("data.txt", csv_text(4, 20));
-    let (out, dir) = train_on(&t, &p, &[]);
-    assert_bad_input(&t, &out, &dir, &["data.txt", ".npy", ".csv"]);
+    data_rejected("unsupported_data_extension", "data.txt", csv_text(4, 20), &["data.txt", ".npy", ".csv"]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Bad flags and config files
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn rho_zero() {
-    train_flags_rejected("rho_zero", &["--rho", "0"], &["--rho"]);
+/// One test per bad flag: `sae train` with the flags exits 2 with one line holding every needle.
+macro_rules! rejected {
+    ($($name:ident: $flags:expr => $needles:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                train_flags_rejected(stringify!($name), $flags, $needles);
+            }
+        )*
+    };
 }
 
-#[test]
-fn rho_above_one() {
-    train_flags_rejected("rho_above_one", &["--rho", "1.5"], &["--rho", "1.5"]);
-}
-
-#[test]
-fn beta_negative() {
-    train_flags_rejected("beta_negative", &["--beta=-1"], &["--beta", "-1"]);
-}
-
-#[test]
-fn lr_zero() {
-    train_flags_rejected("lr_zero", &["--lr", "0"], &["--lr"]);
-}
-
-#[test]
-fn lr_nan() {
-    train_flags_rejected("lr_nan", &["--lr", "nan"], &["--lr", "NaN"]);
-}
-
-#[test]
-fn lr_negative() {
-    train_flags_rejected("lr_negative", &["--lr=-0.1"], &["--lr", "-0.1"]);
-}
-
-#[test]
-fn batch_size_zero() {
-    train_flags_rejected("batch_size_zero", &["--batch-size", "0"], &["--batch-size"]);
-}
-
-#[test]
-fn temperature_zero() {
-    train_flags_rejected("temperature_zero", &["--sparsity", "kl-freq", "--temperature", "0"], &["--temperature"]);
-}
-
-#[test]
-fn temperature_inf() {
-    train_flags_rejected("temperature_inf", &["--sparsity", "kl-freq", "--temperature", "inf"], &["--temperature"]);
-}
-
-#[test]
-fn layers_zero_width() {
-    train_flags_rejected("layers_zero_width", &["--layers", "20,0,4"], &["--layers", "20,0,4", "0"]);
-}
-
-#[test]
-fn layers_not_a_number() {
-    train_flags_rejected("layers_not_a_number", &["--layers", "20,x,4"], &["--layers", "20,x,4", "'x'"]);
+rejected! {
+    rho_zero: &["--rho", "0"] => &["--rho"];
+    rho_above_one: &["--rho", "1.5"] => &["--rho", "1.5"];
+    beta_negative: &["--beta=-1"] => &["--beta", "-1"];
+    lr_zero: &["--lr", "0"] => &["--lr"];
+    lr_nan: &["--lr", "nan"] => &["--lr", "NaN"];
+    lr_negative: &["--lr=-0.1"] => &["--lr", "-0.1"];
+    batch_size_zero: &["--batch-size", "0"] => &["--batch-size"];
+    temperature_zero: &["--sparsity", "kl-freq", "--temperature", "0"] => &["--temperature"];
+    temperature_inf: &["--sparsity", "kl-freq", "--temperature", "inf"] => &["--temperature"];
+    layers_zero_width: &["--layers", "20,0,4"] => &["--layers", "20,0,4", "0"];
+    layers_not_a_number: &["--layers", "20,x,4"] => &["--layers", "20,x,4", "'x'"];
+    sparsity_unknown: &["--sparsity", "bogus"] => &["--sparsity", "bogus", "kl-freq"];
+    validation_split_too_large: &["--validation-split", "1.5"] => &["--validation-split", "1.5"];
 }
 
 #[test]
@@ -388,16 +357,6 @@ fn kl_needs_sigmoid_code() {
 }
 
 #[test]
-fn sparsity_unknown() {
-    train_flags_rejected("sparsity_unknown", &["--sparsity", "bogus"], &["--sparsity", "bogus", "kl-freq"]);
-}
-
-#[test]
-fn validation_split_too_large() {
-    train_flags_rejected("validation_split_too_large", &["--validation-split", "1.5"], &["--validation-split", "1.5"]);
-}
-
-#[test]
 fn epochs_and_intervals_zero() {
     train_flags_rejected("epochs_zero", &["--epochs", "0"], &["--epochs"]);
     train_flags_rejected("log_every_zero", &["--log-every", "0"], &["--log-every"]);
@@ -420,29 +379,27 @@ fn unknown_activation_and_backend() {
 
 #[test]
 fn config_toml_unknown_key() {
-    let t = Tmp::new("config_toml_unknown_key");
-    let cfg = t.write("settings.toml", "lr = 0.1\nlearning-rate = 0.2\n");
-    let out_dir = t.path("out");
-    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
-    assert_bad_input(&t, &out, &out_dir, &["--config", "settings.toml", "learning-rate"]);
+    config_rejected(
+        "config_toml_unknown_key",
+        "settings.toml",
+        "lr = 0.1\nlearning-rate = 0.2\n",
+        &["--config", "settings.toml", "learning-rate"],
+    );
 }
 
 #[test]
 fn config_json_malformed() {
-    let t = Tmp::new("config_json_malformed");
-    let cfg = t.write("settings.json", "{\"lr\": 0.1,, \"epochs\": 1");
-    let out_dir = t.path("out");
-    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
-    assert_bad_input(&t, &out, &out_dir, &["--config", "settings.json"]);
+    config_rejected(
+        "config_json_malformed",
+        "settings.json",
+        "{\"lr\": 0.1,, \"epochs\": 1",
+        &["--config", "settings.json"],
+    );
 }
 
 #[test]
 fn config_values_are_validated_like_flags() {
-    let t = Tmp::new("config_values_are_validated");
-    let cfg = t.write("settings.toml", "rho = 2.0\n");
-    let out_dir = t.path("out");
-    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg), "--out", s(&out_dir)]);
-    assert_bad_input(&t, &out, &out_dir, &["rho", "2"]);
+    config_rejected("config_values_are_validated", "settings.toml", "rho = 2.0\n", &["rho", "2"]);
 }
 
 #[test]

@@ -82,16 +82,6 @@ fn matmul_backward_input() {
 }
 
 #[test]
-fn bias_activation() {
-    run("bias_activation", check::bias_activation);
-}
-
-#[test]
-fn activation_backward() {
-    run("activation_backward", check::activation_backward);
-}
-
-#[test]
 fn kl_backward() {
     run("kl_backward", check::kl_backward);
 }

@@ -1,5 +1,5 @@
-//! Element-wise kernels and reductions: `shaders/activation.wgsl`, `sparsity.wgsl`,
-//! `reduce.wgsl`, `loss.wgsl` and `update.wgsl`. Their FLOP counts are napkin math, one per add,
+//! Element-wise kernels and reductions: `shaders/sparsity.wgsl`, `reduce.wgsl`, `loss.wgsl`
+//! and `update.wgsl`. Their FLOP counts are napkin math, one per add,
 //! multiply or transcendental; what bounds them is the bytes they move.
 
 use super::{Cost, Kernel, Kernels, Launch, View};
@@ -9,15 +9,6 @@ use crate::reference::ColumnTransform;
 use bytemuck::{Pod, Zeroable};
 
 // Uniform blocks, laid out as the WGSL structs of the same name.
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Elementwise {
-    rows: u32,
-    cols: u32,
-    act: u32,
-    _pad: u32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -88,30 +79,6 @@ pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
 }
 
 impl Kernels {
-    /// `Z += 1 b^T` (in place), `A = f(Z)`, over `[m, n]`.
-    pub fn bias_activation(&self, b: &View, z: &View, a: &View, m: usize, n: usize, act: Activation) -> Launch {
-        let params = Elementwise { rows: m as u32, cols: n as u32, act: act.code(), _pad: 0 };
-        let cost = cost(Kernel::BiasActivation, format!("{m}x{n}"), m * n, 2.0, 3 * m * n + n);
-        self.launch(Kernel::BiasActivation, params, &[b, z, a], Self::elementwise_groups(m * n), cost)
-    }
-
-    /// `delta = G ⊙ f'(Z)`, over `[m, n]`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn activation_backward(
-        &self,
-        g: &View,
-        z: &View,
-        a: &View,
-        delta: &View,
-        m: usize,
-        n: usize,
-        act: Activation,
-    ) -> Launch {
-        let params = Elementwise { rows: m as u32, cols: n as u32, act: act.code(), _pad: 0 };
-        let cost = cost(Kernel::ActivationBackward, format!("{m}x{n}"), m * n, 2.0, 4 * m * n);
-        self.launch(Kernel::ActivationBackward, params, &[g, z, a, delta], Self::elementwise_groups(m * n), cost)
-    }
-
     /// The code layer's delta with the KL sparsity gradient (docs/design.md section 4).
     /// `sparsity` is a KL penalty: without one the code layer takes the plain
     /// activation-derivative epilogue instead.

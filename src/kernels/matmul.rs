@@ -176,6 +176,13 @@ struct Operands<'a> {
     a_in: Option<&'a View>,
 }
 
+impl<'a> Operands<'a> {
+    /// The two operands and the output, no epilogue tensors.
+    fn plain(lhs: &'a View, rhs: &'a View, out: &'a View) -> Self {
+        Operands { lhs, rhs, out, bias: None, a_out: None, z_in: None, a_in: None }
+    }
+}
+
 impl Kernels {
     /// A matmul launch over `(rows, cols, inner)` (the output's shape and the summed length).
     /// The cost is stated in the caller's `(m, k, n)` of the layer.
@@ -212,7 +219,7 @@ impl Kernels {
 
     /// `Z[m,n] = A[m,k] W[n,k]^T`
     pub fn matmul_forward(&self, a: &View, w: &View, z: &View, m: usize, k: usize, n: usize) -> Launch {
-        let t = Operands { lhs: a, rhs: w, out: z, bias: None, a_out: None, z_in: None, a_in: None };
+        let t = Operands::plain(a, w, z);
         self.matmul(MatmulOp::Forward, Epilogue::Plain, t, (m, n, k), Activation::Identity, (m, k, n))
     }
 
@@ -231,13 +238,13 @@ impl Kernels {
         n: usize,
         act: Activation,
     ) -> Launch {
-        let t = Operands { lhs: a, rhs: w, out: z, bias: Some(b), a_out: Some(a_out), z_in: None, a_in: None };
+        let t = Operands { bias: Some(b), a_out: Some(a_out), ..Operands::plain(a, w, z) };
         self.matmul(MatmulOp::Forward, Epilogue::BiasActivation, t, (m, n, k), act, (m, k, n))
     }
 
     /// `dW[n,k] = delta[m,n]^T A[m,k]`
     pub fn matmul_backward_weight(&self, delta: &View, a: &View, dw: &View, m: usize, n: usize, k: usize) -> Launch {
-        let t = Operands { lhs: delta, rhs: a, out: dw, bias: None, a_out: None, z_in: None, a_in: None };
+        let t = Operands::plain(delta, a, dw);
         self.matmul(MatmulOp::BackwardWeight, Epilogue::Plain, t, (n, k, m), Activation::Identity, (m, k, n))
     }
 
@@ -254,13 +261,13 @@ impl Kernels {
         n: usize,
         k: usize,
     ) -> Launch {
-        let t = Operands { lhs: delta, rhs: a, out: dw, bias: None, a_out: Some(db), z_in: None, a_in: None };
+        let t = Operands { a_out: Some(db), ..Operands::plain(delta, a, dw) };
         self.matmul(MatmulOp::BackwardWeight, Epilogue::BiasGradient, t, (n, k + 1, m), Activation::Identity, (m, k, n))
     }
 
     /// `G[m,k] = delta[m,n] W[n,k]`
     pub fn matmul_backward_input(&self, delta: &View, w: &View, g: &View, m: usize, n: usize, k: usize) -> Launch {
-        let t = Operands { lhs: delta, rhs: w, out: g, bias: None, a_out: None, z_in: None, a_in: None };
+        let t = Operands::plain(delta, w, g);
         self.matmul(MatmulOp::BackwardInput, Epilogue::Plain, t, (m, k, n), Activation::Identity, (m, k, n))
     }
 
@@ -279,7 +286,7 @@ impl Kernels {
         k: usize,
         act: Activation,
     ) -> Launch {
-        let t = Operands { lhs: delta, rhs: w, out: delta_out, bias: None, a_out: None, z_in: Some(z), a_in: Some(a) };
+        let t = Operands { z_in: Some(z), a_in: Some(a), ..Operands::plain(delta, w, delta_out) };
         self.matmul(MatmulOp::BackwardInput, Epilogue::ActivationDerivative, t, (m, k, n), act, (m, k, n))
     }
 }

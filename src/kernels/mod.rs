@@ -44,7 +44,6 @@ pub use step::{FusedBuffers, FusedLayer, FusedNet, FUSED_MAX_WIDTH};
 
 /// Shader sources of the kernels that are not matmuls (those are in [`matmul::source`]).
 pub mod source {
-    pub const ACTIVATION: &str = shader!("activation.wgsl");
     pub const SPARSITY: &str = shader!("sparsity.wgsl");
     pub const REDUCE: &str = shader!("reduce.wgsl");
     pub const LOSS: &str = shader!("loss.wgsl");
@@ -65,8 +64,6 @@ use Access::{Read as R, ReadWrite as W};
 /// Every entry point that is not a matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    BiasActivation,
-    ActivationBackward,
     KlBackward,
     ColumnSum,
     OutputDelta,
@@ -80,9 +77,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
-        Kernel::BiasActivation,
-        Kernel::ActivationBackward,
+    pub const ALL: [Kernel; 10] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::OutputDelta,
@@ -98,8 +93,6 @@ impl Kernel {
     /// The WGSL entry point, the Rust launcher and the f64 twin all have this name.
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::BiasActivation => "bias_activation",
-            Kernel::ActivationBackward => "activation_backward",
             Kernel::KlBackward => "kl_backward",
             Kernel::ColumnSum => "column_sum",
             Kernel::OutputDelta => "output_delta",
@@ -115,7 +108,6 @@ impl Kernel {
 
     fn source(self) -> &'static str {
         match self {
-            Kernel::BiasActivation | Kernel::ActivationBackward => source::ACTIVATION,
             Kernel::KlBackward => source::SPARSITY,
             Kernel::ColumnSum => source::REDUCE,
             Kernel::OutputDelta | Kernel::LossValue => source::LOSS,
@@ -129,8 +121,6 @@ impl Kernel {
     /// in the order its launcher passes the tensors.
     pub fn bindings(self) -> &'static [(u32, Access)] {
         match self {
-            Kernel::BiasActivation => &[(2, R), (3, W), (4, W)],
-            Kernel::ActivationBackward => &[(5, R), (6, R), (7, R), (8, W)],
             Kernel::KlBackward => &[(2, R), (3, R), (4, R), (5, R), (6, W)],
             Kernel::ColumnSum => &[(2, R), (3, W)],
             Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],

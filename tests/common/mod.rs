@@ -1,8 +1,7 @@
 //! Shared helpers for the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use sae_wgpu::device::{AdapterRequest, Gpu};
-use sae_wgpu::model::Rng;
 
 /// Every adapter present. No adapter is a failure, with a message saying how to get one: a GPU
 /// test that quietly passes without a GPU would prove nothing.
@@ -23,11 +22,5 @@ pub fn gpu() -> Gpu {
     })
 }
 
-/// `len` values uniform in [lo, hi), never all zero.
-pub fn random(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
-    (0..len).map(|_| (lo + (hi - lo) * rng.next_f64()) as f32).collect()
-}
-
-pub fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
+/// `len` values uniform in [lo, hi), and the same in f64: the check module's helpers.
+pub use sae_wgpu::check::{random, widen};

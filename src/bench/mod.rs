@@ -25,15 +25,20 @@
 //!   take more than a few seconds), and for the `mnist` preset the first forward matmul is also
 //!   timed with the plain 16x16 tile kernel and with `matrixmultiply::sgemm` on one CPU thread.
 
+mod report;
+mod timing;
+
 use crate::check::{self, random};
 use crate::device::{self, AdapterRequest, Gpu};
 use crate::kernels::{Kernels, Launch, MatmulVariant, View};
 use crate::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
 use crate::reference;
 use crate::trainer::{EpochOptions, StepPath, Trainer};
+use report::{load_json, print_case, print_comparison, sizes, to_json};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use timing::{measure, Measured, Settings, Timer};
 
 /// What `sae bench` was asked for.
 #[derive(Clone, Debug, Default)]
@@ -163,255 +168,71 @@ pub fn plan(opts: &Options) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// How much to repeat: `--quick` or the full run.
-#[derive(Clone, Debug)]
-struct Settings {
-    quick: bool,
-    warmups: usize,
-    runs: usize,
-    /// Seconds one timed pass should last at least.
-    pass_target: f64,
-    max_reps: usize,
-    /// Seconds one run of N steps should last at least.
-    step_target: f64,
-    max_steps: usize,
-    /// Skip the f64 reference when one step is estimated to take longer (seconds).
-    reference_limit: f64,
-    /// Stop repeating the f64 reference step after this long (seconds).
-    reference_budget: f64,
-}
-
-impl Settings {
-    fn new(quick: bool, timestamps: bool) -> Settings {
-        // The wall clock includes a submit and a wake-up per pass: make passes longer.
-        let pass_target = if timestamps {
-            2e-3
-        } else if quick {
-            10e-3
-        } else {
-            20e-3
-        };
-        if quick {
-            Settings {
-                quick,
-                warmups: 1,
-                runs: 3,
-                pass_target,
-                max_reps: 500,
-                step_target: 0.05,
-                max_steps: 20,
-                reference_limit: 1.5,
-                reference_budget: 2.0,
-            }
-        } else {
-            Settings {
-                quick,
-                warmups: 2,
-                runs: 7,
-                pass_target,
-                max_reps: 2000,
-                step_target: 0.5,
-                max_steps: 500,
-                reference_limit: 5.0,
-                reference_budget: 20.0,
-            }
-        }
-    }
-}
-
-/// Median, min and max of several runs (seconds per unit), with the repetitions behind them.
-#[derive(Clone, Debug)]
-pub struct Measured {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    /// Repetitions per run (launches per pass, or steps per run).
-    pub reps: usize,
-    pub runs: usize,
-}
-
-impl Measured {
-    fn from_runs(mut per_unit: Vec<f64>, reps: usize) -> Measured {
-        per_unit.sort_by(|a, b| a.total_cmp(b));
-        let n = per_unit.len();
-        let median = if n % 2 == 1 { per_unit[n / 2] } else { 0.5 * (per_unit[n / 2 - 1] + per_unit[n / 2]) };
-        Measured { median, min: per_unit[0], max: per_unit[n - 1], reps, runs: n }
-    }
-}
-
-/// Times `pass(reps)` (which returns the seconds `reps` repetitions took): a first pass of one
-/// repetition warms up and picks `reps` so a pass lasts `target`; then warm-ups, then runs.
-fn measure(mut pass: impl FnMut(usize) -> f64, s: &Settings, target: f64, max_reps: usize) -> Measured {
-    let first = pass(1).max(1e-9);
-    let reps = ((target / first).ceil() as usize).clamp(1, max_reps);
-    for _ in 1..s.warmups {
-        pass(reps);
-    }
-    let runs = (0..s.runs).map(|_| pass(reps) / reps as f64).collect();
-    Measured::from_runs(runs, reps)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Timing passes on the device
-// ---------------------------------------------------------------------------------------------
-
-struct Timestamps {
-    set: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    readback: wgpu::Buffer,
-    period_ns: f64,
-}
-
-/// Runs compute passes and says how long they took: GPU timestamps or the wall clock.
-struct Timer {
-    gpu: Gpu,
-    timestamps: Option<Timestamps>,
-}
-
-impl Timer {
-    fn new(gpu: &Gpu) -> Timer {
-        let timestamps = gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
-            let device = &gpu.device;
-            let buffer = |label, usage| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size: 16,
-                    usage,
-                    mapped_at_creation: false,
-                })
-            };
-            Timestamps {
-                set: device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("bench timestamps"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2,
-                }),
-                resolve: buffer("timestamp resolve", wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
-                readback: buffer("timestamp readback", wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
-                period_ns: gpu.queue.get_timestamp_period() as f64,
-            }
-        });
-        Timer { gpu: gpu.clone(), timestamps }
-    }
-
-    fn method(&self) -> String {
-        match &self.timestamps {
-            Some(t) => format!("GPU timestamp queries around each pass ({} ns per tick)", t.period_ns),
-            None => "wall clock around submit + wait (this adapter has no timestamp queries)".into(),
-        }
-    }
-
-    /// Records `reps` repetitions of `launches` into one compute pass, submits it, waits, and
-    /// returns the seconds the pass took.
-    fn pass(&self, launches: &[Launch], reps: usize) -> f64 {
-        let gpu = &self.gpu;
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        {
-            let timestamp_writes = self.timestamps.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
-                query_set: &t.set,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
-            let mut pass =
-                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench"), timestamp_writes });
-            for _ in 0..reps {
-                for launch in launches {
-                    launch.record(&mut pass);
-                }
-            }
-        }
-        if let Some(t) = &self.timestamps {
-            encoder.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
-            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
-        }
-        let start = Instant::now();
-        gpu.queue.submit([encoder.finish()]);
-        let ticks = match &self.timestamps {
-            // A lost device shows up at the trainer's next read-back; here it only costs the
-            // timestamps (the wall clock is used instead).
-            Some(t) => gpu.map_read(&t.readback).ok().map(|bytes| {
-                let at = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap_or_default());
-                (at(0), at(1), t.period_ns)
-            }),
-            None => {
-                let _ = gpu.wait();
-                None
-            }
-        };
-        let wall = start.elapsed().as_secs_f64();
-        match ticks {
-            // A timestamp pair that goes backwards or reads zero is not trusted.
-            Some((begin, end, period)) if end > begin && period > 0.0 => (end - begin) as f64 * period * 1e-9,
-            _ => wall,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Results
 // ---------------------------------------------------------------------------------------------
 
 /// One launch of the trainer's step, timed alone; its label, shape, FLOPs and bytes come from
 /// the launch itself (`kernels::Cost`).
-struct RowResult {
-    launch: Launch,
-    time: Measured,
+pub(crate) struct RowResult {
+    pub(crate) launch: Launch,
+    pub(crate) time: Measured,
 }
 
 impl RowResult {
-    fn gflops(&self) -> f64 {
+    pub(crate) fn gflops(&self) -> f64 {
         self.launch.cost.flops / self.time.median * 1e-9
     }
-    fn gbps(&self) -> f64 {
+    pub(crate) fn gbps(&self) -> f64 {
         self.launch.cost.bytes / self.time.median * 1e-9
     }
 }
 
-struct StepResult {
+pub(crate) struct StepResult {
     /// The step implementation timed.
-    path: StepPath,
-    time: Measured,
-    samples_per_s: f64,
-    dispatches: f64,
+    pub(crate) path: StepPath,
+    pub(crate) time: Measured,
+    pub(crate) samples_per_s: f64,
+    pub(crate) dispatches: f64,
     /// `None` when the trainer's counters did not move (not counting).
-    submits: Option<f64>,
-    round_trips: Option<f64>,
-    bytes_uploaded: Option<f64>,
+    pub(crate) submits: Option<f64>,
+    pub(crate) round_trips: Option<f64>,
+    pub(crate) bytes_uploaded: Option<f64>,
 }
 
-enum ReferenceResult {
+pub(crate) enum ReferenceResult {
     Timed(Measured),
     Skipped(String),
 }
 
-struct VariantRow {
-    id: String,
-    time: Measured,
-    flops: f64,
+pub(crate) struct VariantRow {
+    pub(crate) id: String,
+    pub(crate) time: Measured,
+    pub(crate) flops: f64,
 }
 
 impl VariantRow {
-    fn gflops(&self) -> f64 {
+    pub(crate) fn gflops(&self) -> f64 {
         self.flops / self.time.median * 1e-9
     }
 }
 
-struct VariantComparison {
-    mkn: (usize, usize, usize),
-    tiled: VariantRow,
-    default: VariantRow,
-    default_name: &'static str,
-    cpu: VariantRow,
+pub(crate) struct VariantComparison {
+    pub(crate) mkn: (usize, usize, usize),
+    pub(crate) tiled: VariantRow,
+    pub(crate) default: VariantRow,
+    pub(crate) default_name: &'static str,
+    pub(crate) cpu: VariantRow,
 }
 
-struct CaseResult {
-    case: Case,
-    rows: Vec<RowResult>,
-    step: StepResult,
+pub(crate) struct CaseResult {
+    pub(crate) case: Case,
+    pub(crate) rows: Vec<RowResult>,
+    pub(crate) step: StepResult,
     /// The other step path, where the model fits the fused one (the trainer picks one per adapter).
-    other_path: Option<StepResult>,
-    reference: ReferenceResult,
-    variants: Option<VariantComparison>,
+    pub(crate) other_path: Option<StepResult>,
+    pub(crate) reference: ReferenceResult,
+    pub(crate) variants: Option<VariantComparison>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,7 +261,7 @@ pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) 
 const RESIDENT_BATCHES: usize = 8;
 
 /// A trainer for `case` on `path` (or the adapter's default) with random resident data.
-fn case_trainer(gpu: &Gpu, case: &Case, rng: &mut Rng, path: Option<StepPath>) -> Result<Trainer> {
+pub(crate) fn case_trainer(gpu: &Gpu, case: &Case, rng: &mut Rng, path: Option<StepPath>) -> Result<Trainer> {
     let spec = &case.spec;
     let m = case.batch;
     let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
@@ -456,7 +277,7 @@ fn case_trainer(gpu: &Gpu, case: &Case, rng: &mut Rng, path: Option<StepPath>) -
 /// The launches of one step of the trainer's default path, each timed alone after a few steps
 /// have given its buffers realistic values (a trainer of its own: timing a launch thousands of
 /// times moves the parameters).
-fn bench_rows(gpu: &Gpu, timer: &Timer, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Vec<RowResult>> {
+pub(crate) fn bench_rows(gpu: &Gpu, timer: &Timer, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Vec<RowResult>> {
     let mut trainer = case_trainer(gpu, case, rng, None)?;
     time_steps(&mut trainer, RESIDENT_BATCHES, RESIDENT_BATCHES)?;
     let rows = trainer
@@ -470,7 +291,13 @@ fn bench_rows(gpu: &Gpu, timer: &Timer, case: &Case, s: &Settings, rng: &mut Rng
     Ok(rows)
 }
 
-fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng, path: Option<StepPath>) -> Result<StepResult> {
+pub(crate) fn bench_step(
+    gpu: &Gpu,
+    case: &Case,
+    s: &Settings,
+    rng: &mut Rng,
+    path: Option<StepPath>,
+) -> Result<StepResult> {
     let m = case.batch;
     let mut trainer = case_trainer(gpu, case, rng, path)?;
     let mut time = |steps: usize| time_steps(&mut trainer, RESIDENT_BATCHES, steps);
@@ -508,7 +335,7 @@ fn bench_step(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng, path: Option<
     })
 }
 
-fn bench_reference(case: &Case, s: &Settings, rng: &mut Rng) -> ReferenceResult {
+pub(crate) fn bench_reference(case: &Case, s: &Settings, rng: &mut Rng) -> ReferenceResult {
     let spec = &case.spec;
     let cfg = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
     let mut model = reference::Model::new(spec, &Params::init(spec, 1));
@@ -540,7 +367,7 @@ fn bench_reference(case: &Case, s: &Settings, rng: &mut Rng) -> ReferenceResult 
 // The forward matmul three ways (mnist)
 // ---------------------------------------------------------------------------------------------
 
-fn bench_variants(
+pub(crate) fn bench_variants(
     kernels: &mut Kernels,
     timer: &Timer,
     (m, k, n): (usize, usize, usize),
@@ -604,7 +431,7 @@ fn bench_variants(
 
 /// Every kernel once at a small size against the f64 reference (every matmul variant), and two
 /// training steps; returns a one-line summary, or a runtime error naming what failed.
-fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value)> {
+pub(crate) fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value)> {
     let (m, k, n) = (37, 53, 29);
     let default = kernels.matmul_variant;
     let mut worst: f64 = 0.0;
@@ -649,17 +476,6 @@ fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value)> {
 // ---------------------------------------------------------------------------------------------
 // Running, printing, JSON
 // ---------------------------------------------------------------------------------------------
-
-fn load_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BadInput(format!("--compare {}: cannot read it: {e}", path.display())))?;
-    let doc: Value =
-        serde_json::from_str(&text).map_err(|e| BadInput(format!("--compare {}: not JSON: {e}", path.display())))?;
-    if !doc.get("cases").is_some_and(Value::is_array) {
-        return Err(BadInput(format!("--compare {}: not a `sae bench --json` file (no \"cases\")", path.display())));
-    }
-    Ok(doc)
-}
 
 /// Runs the benchmark as `opts` asks, printing tables to stdout.
 pub fn run(opts: &Options) -> Result<()> {
@@ -769,348 +585,4 @@ fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &S
         if StepPath::fused_fits(&case.spec) { Some(bench_step(gpu, &case, s, &mut rng, Some(other))?) } else { None };
     let reference = bench_reference(&case, s, &mut rng);
     Ok(CaseResult { case, rows, step, other_path, reference, variants })
-}
-
-fn sizes(spec: &ModelSpec) -> String {
-    spec.sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("-")
-}
-
-/// Microseconds with precision that suits their size.
-fn us(seconds: f64) -> String {
-    let v = seconds * 1e6;
-    if v >= 1000.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn rate(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn print_case(r: &CaseResult) {
-    let c = &r.case;
-    println!();
-    println!("== {}: {}, batch {} ==", c.name(), sizes(&c.spec), c.batch);
-    println!("   relu hidden, sigmoid code with KL sparsity (rho 0.05, beta 3), sigmoid output, SGD lr {LR}");
-    for note in &c.notes {
-        println!("   note: {note}");
-    }
-    println!(
-        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>6}",
-        "kernel", "shape (m·k→n)", "×step", "µs/step", "min µs", "max µs", "GFLOP/s", "GB/s", "share"
-    );
-    let step = r.step.time.median;
-    let mut sum = 0.0;
-    for row in &r.rows {
-        sum += row.time.median;
-        println!(
-            "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
-            row.launch.cost.label,
-            row.launch.cost.shape,
-            1,
-            us(row.time.median),
-            us(row.time.min),
-            us(row.time.max),
-            rate(row.gflops()),
-            rate(row.gbps()),
-            100.0 * row.time.median / step
-        );
-    }
-    println!(
-        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8} {:>5.1}%",
-        "sum of kernel rows",
-        "",
-        r.rows.len(),
-        us(sum),
-        "",
-        "",
-        "",
-        "",
-        100.0 * sum / step
-    );
-    println!(
-        "   (the launches of one step of the {} path, each timed alone; share: of the whole step below)",
-        r.step.path.name()
-    );
-
-    let st = &r.step;
-    let opt = |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
-    println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>12} {:>11} {:>12} {:>14}",
-        "whole step", "ms/step", "min ms", "max ms", "samples/s", "dispatches", "round trips", "bytes up/step"
-    );
-    for (st, chosen) in std::iter::once((st, true)).chain(r.other_path.iter().map(|o| (o, false))) {
-        println!(
-            "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>11.1} {:>12} {:>14}",
-            format!(
-                "GPU {} path{} ({}x{})",
-                st.path.name(),
-                if chosen { " (default)" } else { "" },
-                st.time.runs,
-                st.time.reps
-            ),
-            st.time.median * 1e3,
-            st.time.min * 1e3,
-            st.time.max * 1e3,
-            st.samples_per_s,
-            st.dispatches,
-            opt(st.round_trips, 2),
-            opt(st.bytes_uploaded, 0)
-        );
-    }
-    println!("   (train_epoch: data resident on the device, up to 64 steps per submit, no read-back)");
-    let launches = r.rows.len();
-    if (st.dispatches - launches as f64).abs() > 0.5 {
-        println!(
-            "   note: the training step ran {:.0} dispatches per step for its {launches} launches (split grids count once per part)",
-            st.dispatches
-        );
-    }
-    if st.submits.is_none() {
-        println!("   (Trainer::stats did not count: dispatches from dispatches_per_step; round trips and bytes n/a)");
-    }
-    match &r.reference {
-        ReferenceResult::Timed(t) => println!(
-            "{:<34} {:>10.3} {:>10.3} {:>10.3} {:>12.0}   <- CPU f64 reference, for scale ({} runs)",
-            "f64 CPU reference::step",
-            t.median * 1e3,
-            t.min * 1e3,
-            t.max * 1e3,
-            c.batch as f64 / t.median,
-            t.runs
-        ),
-        ReferenceResult::Skipped(why) => println!("{:<34} {why}", "f64 CPU reference::step"),
-    }
-
-    if let Some(v) = &r.variants {
-        let (m, k, n) = v.mkn;
-        println!();
-        println!(
-            "{:<44} {:>11} {:>11} {:>11} {:>9}",
-            format!("forward matmul {m}·{k}→{n}"),
-            "µs",
-            "min µs",
-            "max µs",
-            "GFLOP/s"
-        );
-        for row in [&v.tiled, &v.default, &v.cpu] {
-            println!(
-                "{:<44} {:>11} {:>11} {:>11} {:>9}",
-                row.id,
-                us(row.time.median),
-                us(row.time.min),
-                us(row.time.max),
-                rate(row.gflops())
-            );
-        }
-        println!(
-            "   GFLOP/s ratios: default ({}) / tiled = {:.2}x   default / cpu sgemm (1 thread, the CPU's own figure) = {:.2}x",
-            v.default_name,
-            v.default.gflops() / v.tiled.gflops(),
-            v.default.gflops() / v.cpu.gflops()
-        );
-    }
-}
-
-fn measured_json(t: &Measured, scale: f64, unit: &str) -> Value {
-    json!({
-        format!("median_{unit}"): t.median * scale,
-        format!("min_{unit}"): t.min * scale,
-        format!("max_{unit}"): t.max * scale,
-        "reps": t.reps,
-        "runs": t.runs,
-    })
-}
-
-fn merge(mut a: Value, b: Value) -> Value {
-    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
-    }
-    a
-}
-
-fn to_json(gpu: &Gpu, timer: &Timer, s: &Settings, validation: Value, results: &[CaseResult], elapsed: f64) -> Value {
-    let info = &gpu.info;
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let cases: Vec<Value> = results
-        .iter()
-        .map(|r| {
-            let step_s = r.step.time.median;
-            let kernels: Vec<Value> = r
-                .rows
-                .iter()
-                .map(|row| {
-                    let c = &row.launch.cost;
-                    merge(
-                        json!({
-                            "id": c.label, "kernel": row.launch.name, "shape": c.shape,
-                            "per_step": 1, "flops": c.flops, "bytes": c.bytes,
-                            "gflops": row.gflops(), "gbps": row.gbps(), "share": row.time.median / step_s,
-                        }),
-                        measured_json(&row.time, 1e6, "us"),
-                    )
-                })
-                .collect();
-            let st = &r.step;
-            let step_json = |st: &StepResult| {
-                merge(
-                    json!({
-                        "path": st.path.name(),
-                        "samples_per_s": st.samples_per_s, "dispatches_per_step": st.dispatches,
-                        "submits_per_step": st.submits, "round_trips_per_step": st.round_trips,
-                        "bytes_uploaded_per_step": st.bytes_uploaded, "counters": st.submits.is_some(),
-                    }),
-                    measured_json(&st.time, 1e3, "ms"),
-                )
-            };
-            let step = step_json(st);
-            let other_path = r.other_path.as_ref().map(step_json);
-            let reference = match &r.reference {
-                ReferenceResult::Timed(t) => {
-                    merge(json!({"samples_per_s": r.case.batch as f64 / t.median}), measured_json(t, 1e3, "ms"))
-                }
-                ReferenceResult::Skipped(why) => json!({"skipped": why}),
-            };
-            let mut case = json!({
-                "name": r.case.name(), "preset": r.case.preset, "sizes": r.case.spec.sizes,
-                "code_layer": r.case.spec.code_layer, "batch": r.case.batch,
-                "requested_batch": r.case.requested_batch, "notes": r.case.notes,
-                "kernels": kernels,
-                "kernels_sum_us": r.rows.iter().map(|x| x.time.median).sum::<f64>() * 1e6,
-                "step": step, "step_other_path": other_path, "reference": reference,
-            });
-            if let Some(v) = &r.variants {
-                let row = |x: &VariantRow| {
-                    merge(
-                        json!({"id": x.id, "gflops": x.gflops(), "flops": x.flops}),
-                        measured_json(&x.time, 1e6, "us"),
-                    )
-                };
-                let (m, k, n) = v.mkn;
-                case["matmul_variants"] = json!({
-                    "m": m, "k": k, "n": n, "default": v.default_name,
-                    "tiled": row(&v.tiled), "default_variant": row(&v.default), "cpu_sgemm": row(&v.cpu),
-                    "default_over_tiled": v.default.gflops() / v.tiled.gflops(),
-                    "default_over_cpu_sgemm": v.default.gflops() / v.cpu.gflops(),
-                });
-            }
-            case
-        })
-        .collect();
-    json!({
-        "sae_bench": 1,
-        "created_unix": created,
-        "adapter": {
-            "name": info.name, "backend": format!("{:?}", info.backend),
-            "device_type": format!("{:?}", info.device_type), "driver": info.driver,
-            "driver_info": info.driver_info, "vendor": info.vendor, "device": info.device,
-            "description": device::describe(info),
-            "timestamp_queries": timer.timestamps.is_some(),
-        },
-        "host": {
-            "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
-            "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        },
-        "quick": s.quick,
-        "timing": {
-            "kernels": if timer.timestamps.is_some() { "gpu-timestamps" } else { "wall-clock" },
-            "step": "wall-clock", "warmups": s.warmups, "runs": s.runs, "pass_target_ms": s.pass_target * 1e3,
-        },
-        "validation": validation,
-        "cases": cases,
-        "total_seconds": elapsed,
-    })
-}
-
-/// The figures a comparison shows: (case, figure, value, smaller is better).
-fn figures(doc: &Value) -> Vec<(String, String, f64, bool)> {
-    let mut out = Vec::new();
-    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64);
-    for case in doc["cases"].as_array().into_iter().flatten() {
-        let name = case["name"].as_str().unwrap_or("?").to_string();
-        let mut push = |fig: String, v: Option<f64>, lower: bool| {
-            if let Some(v) = v {
-                out.push((name.clone(), fig, v, lower));
-            }
-        };
-        for k in case["kernels"].as_array().into_iter().flatten() {
-            let id = k["id"].as_str().unwrap_or("?");
-            push(format!("{id} µs/step"), num(k, "median_us"), true);
-        }
-        push("kernel rows sum µs".into(), num(case, "kernels_sum_us"), true);
-        let st = &case["step"];
-        push("step ms".into(), num(st, "median_ms"), true);
-        push("step samples/s".into(), num(st, "samples_per_s"), false);
-        push("step dispatches".into(), num(st, "dispatches_per_step"), true);
-        push("step round trips".into(), num(st, "round_trips_per_step"), true);
-        push("step bytes uploaded".into(), num(st, "bytes_uploaded_per_step"), true);
-        push("f64 reference step ms".into(), num(&case["reference"], "median_ms"), true);
-        let v = &case["matmul_variants"];
-        for (key, label) in [("tiled", "tiled16"), ("default_variant", "default variant"), ("cpu_sgemm", "cpu sgemm")] {
-            push(format!("fwd matmul {label} GFLOP/s"), num(&v[key], "gflops"), false);
-        }
-        push("fwd matmul default/tiled".into(), num(v, "default_over_tiled"), false);
-        push("fwd matmul default/cpu sgemm".into(), num(v, "default_over_cpu_sgemm"), false);
-    }
-    out
-}
-
-fn print_comparison(old: &Value, new: &Value, path: &Path) {
-    println!();
-    println!(
-        "compare with {} ({}, {})",
-        path.display(),
-        old["adapter"]["description"].as_str().unwrap_or("unknown adapter"),
-        if old["quick"].as_bool() == Some(true) { "--quick" } else { "full run" }
-    );
-    println!("ratio = NEW / OLD; for times below 1 is faster, for rates (samples/s, GFLOP/s) above 1 is faster");
-    let old_figs = figures(old);
-    let new_figs = figures(new);
-    let mut matched = 0;
-    let mut current = String::new();
-    for (case, fig, v, lower) in &new_figs {
-        let Some((_, _, o, _)) = old_figs.iter().find(|(c, f, _, _)| c == case && f == fig) else { continue };
-        if *case != current {
-            println!("{case}");
-            println!("  {:<40} {:>14} {:>14} {:>9}", "figure", "OLD", "NEW", "NEW/OLD");
-            current = case.clone();
-        }
-        matched += 1;
-        let (ratio, mark) = if *o != 0.0 {
-            let r = v / o;
-            let better = if *lower { r < 0.95 } else { r > 1.05 };
-            let worse = if *lower { r > 1.05 } else { r < 0.95 };
-            (
-                format!("{r:.3}"),
-                if better {
-                    "better"
-                } else if worse {
-                    "worse"
-                } else {
-                    ""
-                },
-            )
-        } else if *v == 0.0 {
-            ("=".to_string(), "")
-        } else {
-            ("n/a".to_string(), "")
-        };
-        let line = format!("  {:<40} {:>14.4} {:>14.4} {:>9} {}", fig, o, v, ratio, mark);
-        println!("{}", line.trim_end());
-    }
-    let unmatched = new_figs.len() - matched;
-    println!(
-        "{matched} figures compared (better / worse: by more than 5%){}",
-        if unmatched > 0 { format!("; {unmatched} not in OLD (other presets or batch sizes)") } else { String::new() }
-    );
 }
