@@ -159,7 +159,7 @@ impl MetricsLayout {
 }
 
 /// The step state: values that change from step to step, kept in a small device buffer that
-/// the kernels read and advance (`StepState` in `shaders/common.wgsl`), so that many steps
+/// the kernels read and advance (the `STATE_*` words in `shaders/common.wgsl`), so that many steps
 /// recorded into one submit each see their own. The cursor is the position of the current
 /// minibatch's first row in the epoch's order; `step` counts steps taken; `lr` is the learning
 /// rate the update kernels apply. See docs/design.md section 5.

@@ -19,7 +19,7 @@ pub enum Activation {
 impl Activation {
     pub const ALL: [Activation; 4] = [Activation::Identity, Activation::Relu, Activation::Sigmoid, Activation::Tanh];
 
-    /// The number the WGSL kernels switch on (see `shaders/activation.wgsl`).
+    /// The number the WGSL kernels switch on (`activate` in `shaders/common.wgsl`).
     pub fn code(self) -> u32 {
         match self {
             Activation::Identity => 0,

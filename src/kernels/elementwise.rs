@@ -182,7 +182,8 @@ impl Kernels {
         let len = params.len;
         let uniform = Sgd { len: len as u32, weights_len: weights_len as u32, lambda: weight_decay as f32, _pad: 0 };
         let cost = cost(Kernel::SgdUpdate, format!("{len} params"), len, 4.0, 3 * len);
-        self.launch(Kernel::SgdUpdate, uniform, &[grads, params, state], Self::elementwise_groups(len), cost)
+        // PER_INVOCATION = 4 parameters per invocation (shaders/update.wgsl).
+        self.launch(Kernel::SgdUpdate, uniform, &[grads, params, state], [len.div_ceil(1024), 1], cost)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The WGSL kernels and their Rust launchers, one host file per shader family:
-//! [`matmul`] (`shaders/matmul*.wgsl`), [`elementwise`] (activation, sparsity, reduce, loss and
+//! [`matmul`] (`shaders/matmul*.wgsl`), [`elementwise`] (sparsity, reduce, loss and
 //! update shaders) and [`step`] (minibatch gathering and the fused small-MLP step). Each launcher
 //! has the name of its WGSL entry point and of its f64 twin in `reference.rs`, and returns a
 //! [`Launch`]: a pipeline with its bind groups, workgroup counts and napkin-math cost, built once
@@ -90,7 +90,9 @@ impl Kernel {
         Kernel::FusedUpdate,
     ];
 
-    /// The WGSL entry point, the Rust launcher and the f64 twin all have this name.
+    /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
+    /// `reference.rs` (`loss_value`'s is `reference::loss`, which also gives the terms apart;
+    /// the step kernels are checked as whole steps, see [`Kernel::checked_alone`]).
     pub fn name(self) -> &'static str {
         match self {
             Kernel::KlBackward => "kl_backward",

@@ -16,7 +16,8 @@ use crate::reference::ColumnTransform;
 pub enum StepPath {
     /// One kernel per operation of docs/design.md section 4, with epilogues (any width).
     Layered,
-    /// Four dispatches per step (`shaders/fused.wgsl`), for layers up to [`FUSED_MAX_WIDTH`] wide.
+    /// Three dispatches per step, four with a sparsity penalty (`shaders/fused.wgsl`), for
+    /// layers up to [`FUSED_MAX_WIDTH`] wide.
     Fused,
 }
 
