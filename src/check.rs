@@ -65,15 +65,15 @@ impl Row {
 }
 
 /// Runs every check at every case (and every matmul variant) on `kernels`' device.
-pub fn run_all(kernels: &mut Kernels) -> Vec<Row> {
+pub fn run_all(kernels: &mut Kernels) -> crate::Result<Vec<Row>> {
     let limit = kernels.gpu.limits.max_compute_workgroups_per_dimension;
-    let default_variant = kernels.matmul_variant;
+    let default_variant = kernels.matmul_variant();
     let mut rows = Vec::new();
     for (kernel, check) in CHECKS {
         let variants: Vec<Option<MatmulVariant>> =
             if is_matmul(kernel) { kernels.matmul_variants().into_iter().map(Some).collect() } else { vec![None] };
         for variant in variants {
-            kernels.matmul_variant = variant.unwrap_or(default_variant);
+            kernels.set_matmul_variant(variant.unwrap_or(default_variant))?;
             for (case, &(m, k, n, max_groups)) in CASES.iter().enumerate() {
                 kernels.max_groups = max_groups.min(limit);
                 let mut rng = Rng::new(1000 + case as u64);
@@ -90,9 +90,9 @@ pub fn run_all(kernels: &mut Kernels) -> Vec<Row> {
             }
         }
     }
-    kernels.matmul_variant = default_variant;
+    kernels.set_matmul_variant(default_variant)?;
     kernels.max_groups = limit;
-    rows
+    Ok(rows)
 }
 
 /// `len` values uniform in `[lo, hi)`.

@@ -29,7 +29,7 @@ fn run(name: &str, check: check::Check) {
             if check::is_matmul(name) { kernels.matmul_variants().into_iter().map(Some).collect() } else { vec![None] };
         for variant in &variants {
             if let Some(v) = variant {
-                kernels.matmul_variant = *v;
+                kernels.set_matmul_variant(*v).unwrap();
             }
             for (case, &(m, k, n, max_groups)) in CASES.iter().enumerate() {
                 kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);

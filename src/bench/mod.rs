@@ -372,23 +372,22 @@ pub(crate) fn bench_variants(
     timer: &Timer,
     (m, k, n): (usize, usize, usize),
     s: &Settings,
-) -> VariantComparison {
+) -> Result<VariantComparison> {
     let gpu = kernels.gpu.clone();
     let mut rng = Rng::new(3);
     let a = random(&mut rng, m * k, 0.0, 1.0);
     let w = random(&mut rng, n * k, -0.05, 0.05);
     let (a_view, w_view, z_view) = (gpu.upload("a", &a), gpu.upload("w", &w), View::whole(&gpu.storage("z", m * n)));
     let flops = 2.0 * (m * k * n) as f64;
-    let default = kernels.matmul_variant;
-    let mut time_variant = |variant: MatmulVariant, id: String| {
-        kernels.matmul_variant = variant;
+    let default = kernels.matmul_variant();
+    let mut time_variant = |variant: MatmulVariant, id: String| -> Result<VariantRow> {
+        kernels.set_matmul_variant(variant)?;
         let launches = [kernels.matmul_forward(&a_view, &w_view, &z_view, m, k, n)];
         let time = measure(|reps| timer.pass(&launches, reps), s, s.pass_target, s.max_reps);
-        VariantRow { id, time, flops }
+        Ok(VariantRow { id, time, flops })
     };
-    let tiled = time_variant(MatmulVariant::Tiled, format!("GPU {} (baseline)", MatmulVariant::Tiled.name()));
-    let default_row = time_variant(default, format!("GPU {} (default for this adapter)", default.name()));
-    kernels.matmul_variant = default;
+    let tiled = time_variant(MatmulVariant::Tiled, format!("GPU {} (baseline)", MatmulVariant::Tiled.name()))?;
+    let default_row = time_variant(default, format!("GPU {} (default for this adapter)", default.name()))?;
 
     // The CPU's own figure: the same product, Z = A W^T, with matrixmultiply on one thread.
     let mut z = vec![0.0f32; m * n];
@@ -422,7 +421,7 @@ pub(crate) fn bench_variants(
     };
     let cpu_time = measure(&mut sgemm, s, 20e-3, 1000);
     let cpu = VariantRow { id: "CPU matrixmultiply::sgemm, 1 thread".into(), time: cpu_time, flops };
-    VariantComparison { mkn: (m, k, n), tiled, default: default_row, default_name: default.name(), cpu }
+    Ok(VariantComparison { mkn: (m, k, n), tiled, default: default_row, default_name: default.name(), cpu })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,14 +432,14 @@ pub(crate) fn bench_variants(
 /// training steps; returns a one-line summary, or a runtime error naming what failed.
 pub(crate) fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Value)> {
     let (m, k, n) = (37, 53, 29);
-    let default = kernels.matmul_variant;
+    let default = kernels.matmul_variant();
     let mut worst: f64 = 0.0;
     let mut failures = Vec::new();
     let mut count = 0;
     for (name, run) in check::CHECKS {
         let variants = if check::is_matmul(name) { kernels.matmul_variants() } else { vec![default] };
         for variant in variants {
-            kernels.matmul_variant = variant;
+            kernels.set_matmul_variant(variant)?;
             let err = run(kernels, &mut Rng::new(1000), m, k, n);
             count += 1;
             worst = worst.max(err);
@@ -450,7 +449,7 @@ pub(crate) fn validate(gpu: &Gpu, kernels: &mut Kernels) -> Result<(String, Valu
             }
         }
     }
-    kernels.matmul_variant = default;
+    kernels.set_matmul_variant(default)?;
     let step_tol = 1e-4;
     let cfg = LossConfig { weight_decay: 1e-3, sparsity: SPARSITY };
     let step_err = check::training_steps(gpu, &ModelSpec::seed(), cfg, m, 0.5, 2, None)?.max_rel_err;
@@ -578,7 +577,7 @@ fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &S
     // At the batch asked for, even where --quick shrank the step's.
     let (n, k) = case.spec.shape(1);
     let mkn = (case.requested_batch, k, n);
-    let variants = (case.preset == "mnist").then(|| bench_variants(kernels, timer, mkn, s));
+    let variants = if case.preset == "mnist" { Some(bench_variants(kernels, timer, mkn, s)?) } else { None };
     let step = bench_step(gpu, &case, s, &mut rng, None)?;
     let other = if step.path == StepPath::Fused { StepPath::Layered } else { StepPath::Fused };
     let other_path =

@@ -261,8 +261,8 @@ pub struct Kernels {
     /// Per variant, operation and epilogue (a pipeline-overridable constant, so each pipeline
     /// compiles only its own epilogue). Variants the device cannot run are absent.
     matmul_pipelines: HashMap<(MatmulVariant, MatmulOp, Epilogue), Pipeline>,
-    /// Which matmul implementation the launchers use.
-    pub matmul_variant: MatmulVariant,
+    /// Which matmul implementation the launchers use (one this device runs).
+    matmul_variant: MatmulVariant,
     /// One-element buffers bound where an entry point's binding is unused (a read-only and a
     /// read-write one: one buffer cannot be both in a dispatch).
     placeholder_ro: View,
@@ -329,6 +329,25 @@ impl Kernels {
             matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
+    }
+
+    /// The matmul variant the launchers use.
+    pub fn matmul_variant(&self) -> MatmulVariant {
+        self.matmul_variant
+    }
+
+    /// Chooses the matmul variant the launchers use; one this device cannot run (see
+    /// [`Self::matmul_variants`]) is bad input.
+    pub fn set_matmul_variant(&mut self, variant: MatmulVariant) -> Result<()> {
+        if !self.matmul_variants().contains(&variant) {
+            return Err(Error::input(format!(
+                "the {} matmul variant does not run on {}",
+                variant.name(),
+                self.gpu.describe()
+            )));
+        }
+        self.matmul_variant = variant;
+        Ok(())
     }
 
     /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.

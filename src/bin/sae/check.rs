@@ -32,7 +32,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
             "{:<34} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13} {:>9}  result",
             "kernel", "variant", "m", "k", "n", "max groups", "max rel err", "tolerance"
         );
-        for row in check::run_all(&mut kernels) {
+        for row in check::run_all(&mut kernels)? {
             let groups = if row.max_groups == gpu.limits.max_compute_workgroups_per_dimension {
                 "adapter".to_string()
             } else {
