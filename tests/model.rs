@@ -207,7 +207,7 @@ fn split_dispatches_change_nothing() {
             if let Some(g) = max_groups {
                 kernels.max_groups = g;
             }
-            let mut t = Trainer::with_kernels(kernels, &spec, cfg, 0.3, m, &Params::init(&spec, 6)).unwrap();
+            let mut t = Trainer::new(kernels, &spec, cfg, 0.3, m, &Params::init(&spec, 6)).unwrap();
             t.set_path(path).unwrap();
             for b in &batches {
                 t.step(b).unwrap();

@@ -97,28 +97,36 @@ pub struct Trainer {
     max_resident_bytes: usize,
 }
 
-impl Trainer {
-    pub fn new(
-        gpu: &Gpu,
-        spec: &ModelSpec,
-        loss: LossConfig,
-        lr: f64,
-        batch_capacity: usize,
-        init: &Params,
-    ) -> Result<Self> {
-        Self::with_kernels(Kernels::new(gpu)?, spec, loss, lr, batch_capacity, init)
-    }
+/// What a trainer runs on: a device (its kernels are compiled for the trainer), or kernels
+/// already compiled (tests lower their `max_groups`).
+pub trait IntoKernels {
+    fn into_kernels(self) -> Result<Kernels>;
+}
 
-    /// A trainer on kernels already compiled (tests lower their `max_groups`). Settings that
-    /// are wrong or do not fit the adapter are bad input.
-    pub fn with_kernels(
-        kernels: Kernels,
+impl IntoKernels for &Gpu {
+    fn into_kernels(self) -> Result<Kernels> {
+        Kernels::new(self)
+    }
+}
+
+impl IntoKernels for Kernels {
+    fn into_kernels(self) -> Result<Kernels> {
+        Ok(self)
+    }
+}
+
+impl Trainer {
+    /// A trainer for `spec` on `device` from the parameters `init`. Settings that are wrong or
+    /// do not fit the adapter are bad input; kernels the adapter rejects, a runtime failure.
+    pub fn new(
+        device: impl IntoKernels,
         spec: &ModelSpec,
         loss: LossConfig,
         lr: f64,
         batch_capacity: usize,
         init: &Params,
     ) -> Result<Self> {
+        let kernels = device.into_kernels()?;
         spec.validate().map_err(Error::Input)?;
         loss.validate(spec).map_err(Error::Input)?;
         init.check_shapes(spec).map_err(Error::Input)?;
