@@ -34,10 +34,19 @@ fn sigmoid(x: f32) -> f32 {
 
 // The step state (StepState in src/layout.rs; docs/design.md section 5): words of a small
 // storage buffer that the kernels read and advance, so each of many steps recorded into one
-// submit sees its own values. The learning rate is stored as the bits of an f32.
+// submit sees its own values.
 const STATE_CURSOR: u32 = 0u;
 const STATE_STEP: u32 = 1u;
-const STATE_LR: u32 = 2u;
+
+// An entry of the step-values table (StepValues in src/layout.rs): what the update of step t
+// applies, computed on the host in f64. Entry t - 1, the last one for every later step.
+struct StepValues {
+    lr: f32,
+    // Adam: lr / (1 - beta1^t) and sqrt(1 - beta2^t)
+    step_size: f32,
+    bc2_sqrt: f32,
+    _pad: f32,
+}
 
 // rho_hat clamped to [eps, 1 - eps] for KL and its derivative (docs/design.md section 3); 1 - q
 // is clamped on its own, since 1 - (1 - eps) is not eps in f32. The clamp passes the gradient

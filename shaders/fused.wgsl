@@ -7,7 +7,10 @@
 //   column_sum      rho_hat over the batch (reduce.wgsl; only with a sparsity penalty)
 //   fused_backward  one row per invocation: G = delta_l W_l, delta_{l-1} (+ the KL term)
 //   fused_update    one parameter per invocation: dW = sum_i delta_l[i,j] A_{l-1}[i,p] (+ db),
-//                   then W <- W - lr (dW + lambda W), b <- b - lr db; also advances the cursor
+//                   then W <- W - lr (dW + lambda W), b <- b - lr db with this step's lr from the
+//                   step-values table; or, for another optimizer, only writes dW and db to
+//                   `grads_out` for the update kernel after it (update.wgsl)
+//   advance_cursor  (data.wgsl) the step state moves on
 //
 // Their f64 twins are reference::forward, reference::backward and reference::update. Every
 // sum runs over rows or inputs in a fixed order: deterministic. Parameter reads are the same
@@ -34,7 +37,9 @@ struct Net {
     total_params: u32,
     // Where row i comes from: 0 row i of `data`; 1 row order[cursor + i]; 2 row cursor + i.
     gather: u32,
-    _pad0: u32,
+    // 1: fused_update only writes the gradient to `grads_out` (another optimizer updates after
+    // it); 0: it applies SGD itself.
+    grads_only: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -174,18 +179,15 @@ fn fused_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 @group(0) @binding(14) var<storage, read> delta_upd: array<f32>;
 @group(0) @binding(15) var<storage, read> a_upd: array<f32>;
 @group(0) @binding(16) var<storage, read_write> params_rw: array<f32>;
-@group(0) @binding(17) var<storage, read_write> state_rw: array<u32>;
+@group(0) @binding(17) var<storage, read> state_upd: array<u32>;
+@group(0) @binding(18) var<storage, read_write> grads_out: array<f32>;
+@group(0) @binding(19) var<storage, read> step_values: array<StepValues>;
 
 @compute @workgroup_size(64)
 fn fused_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = row_index(lid, wid);
-    if (t == 0u) {
-        // The next step's minibatch starts after this one's rows (other invocations read only
-        // the learning rate, another word).
-        state_rw[STATE_CURSOR] = state_rw[STATE_CURSOR] + net.rows;
-        state_rw[STATE_STEP] = state_rw[STATE_STEP] + 1u;
-    }
-    let lr = bitcast<f32>(state_rw[STATE_LR]);
+    // This step's learning rate (advance_cursor moves the step on after this dispatch).
+    let lr = step_values[min(state_upd[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].lr;
     if (t >= net.total_params) {
         return;
     }
@@ -205,7 +207,11 @@ fn fused_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             s = fma(delta_upd[ly.out_off + i * ly.n_out + j], a_upd[ly.in_off + i * ly.n_in + p], s);
         }
         let at = ly.w_off + local;
-        params_rw[at] = params_rw[at] - lr * (s + net.lambda * params_rw[at]);
+        if (net.grads_only == 1u) {
+            grads_out[at] = s;
+        } else {
+            params_rw[at] = params_rw[at] - lr * (s + net.lambda * params_rw[at]);
+        }
     } else {
         // db[j] = sum_i delta_l[i,j]
         let j = local - nw;
@@ -214,6 +220,10 @@ fn fused_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             s += delta_upd[ly.out_off + i * ly.n_out + j];
         }
         let at = ly.b_off + j;
-        params_rw[at] = params_rw[at] - lr * s;
+        if (net.grads_only == 1u) {
+            grads_out[at] = s;
+        } else {
+            params_rw[at] = params_rw[at] - lr * s;
+        }
     }
 }

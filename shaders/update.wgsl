@@ -1,36 +1,103 @@
-// SGD with weight decay over every parameter in one dispatch, lr from the step state:
-//   p <- p - lr * (g + lambda * p)   for the weights (the first weights_len elements)
-//   p <- p - lr * g                  for the biases (the rest)
-// Parameters and gradients live in two flat buffers with the same layout.
+// The optimizers' updates, each over every parameter in one dispatch (docs/design.md section 4).
+// Parameters, gradients and the optimizer state (velocity; first and second moments) live in
+// flat buffers with the same layout, weights first: weight decay (lambda) applies below
+// weights_len only. The gradients hold no weight-decay term: these kernels add it, as an L2 term
+// (sgd, momentum, adam) or decoupled (adamw). Step t = step + 1 (the step state) applies entry
+// t - 1 of the step-values table: its learning rate and Adam's bias corrections.
+//   sgd_update       p <- p - lr (g + lambda p)
+//   momentum_update  v <- mu v + (g + lambda p);  p <- p - lr v
+//   adam_update      (adamw: p <- p (1 - lr lambda); d = g.  adam: d = g + lambda p)
+//                    m <- b1 m + (1 - b1) d;  v <- b2 v + (1 - b2) d^2
+//                    p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// (adamw's decay multiplies by 1 - lr lambda with this step's lr)
 
-struct Sgd {
+struct Update {
     len: u32,
     weights_len: u32,
     lambda: f32,
-    _pad: u32,
+    // adam_update: 1 for AdamW (decoupled weight decay)
+    decoupled: u32,
+    momentum: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
 }
 
-@group(0) @binding(1) var<uniform> sgd: Sgd;
+@group(0) @binding(1) var<uniform> up: Update;
 @group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: array<f32>;
-// The step state (common.wgsl): the learning rate of this step.
 @group(0) @binding(4) var<storage, read> state: array<u32>;
+@group(0) @binding(5) var<storage, read_write> moment1: array<f32>;
+@group(0) @binding(6) var<storage, read_write> moment2: array<f32>;
+@group(0) @binding(7) var<storage, read> step_values: array<StepValues>;
+
+// What this step (t = step + 1) applies.
+fn this_step() -> StepValues {
+    let t = state[STATE_STEP] + 1u;
+    return step_values[min(t, arrayLength(&step_values)) - 1u];
+}
+
+fn decay_at(i: u32) -> f32 {
+    return select(0.0, up.lambda, i < up.weights_len);
+}
 
 // Each invocation updates PER_INVOCATION parameters, 256 apart, so a workgroup covers 1024
-// contiguous ones and neighbouring invocations touch neighbouring addresses: the step state's
-// learning rate is loaded once per four parameters (on CPU adapters a load every invocation
-// makes is not free).
+// contiguous ones and neighbouring invocations touch neighbouring addresses: the step state is
+// read once per four parameters (on CPU adapters a load every invocation makes is not free).
 const PER_INVOCATION: u32 = 4u;
+
+fn first_index(lid: vec3<u32>, wid: vec3<u32>) -> u32 {
+    return (wid.x + grid.offset.x) * 256u * PER_INVOCATION + lid.x;
+}
 
 @compute @workgroup_size(256)
 fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lr = bitcast<f32>(state[STATE_LR]);
-    let first = (wid.x + grid.offset.x) * 256u * PER_INVOCATION + lid.x;
+    let lr = this_step().lr;
+    let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;
-        if (i < sgd.len) {
-            let decay = select(0.0, sgd.lambda, i < sgd.weights_len);
-            params[i] = params[i] - lr * (grads[i] + decay * params[i]);
+        if (i < up.len) {
+            params[i] = params[i] - lr * (grads[i] + decay_at(i) * params[i]);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn momentum_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lr = this_step().lr;
+    let first = first_index(lid, wid);
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        let i = first + j * 256u;
+        if (i < up.len) {
+            let v = up.momentum * moment1[i] + (grads[i] + decay_at(i) * params[i]);
+            moment1[i] = v;
+            params[i] = params[i] - lr * v;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn adam_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let values = this_step();
+    let lr = values.lr;
+    let step_size = values.step_size;
+    let bc2_sqrt = values.bc2_sqrt;
+    let first = first_index(lid, wid);
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        let i = first + j * 256u;
+        if (i < up.len) {
+            var p = params[i];
+            var d = grads[i];
+            if (up.decoupled == 1u) {
+                p = p * (1.0 - lr * decay_at(i));
+            } else {
+                d = d + decay_at(i) * p;
+            }
+            let m = up.beta1 * moment1[i] + (1.0 - up.beta1) * d;
+            let v = up.beta2 * moment2[i] + (1.0 - up.beta2) * d * d;
+            moment1[i] = m;
+            moment2[i] = v;
+            params[i] = p - step_size * m / (sqrt(v) / bc2_sqrt + up.eps);
         }
     }
 }

@@ -11,9 +11,11 @@
 //! practice. Element-wise kernels do a handful of f32 operations (exp, tanh, a division: a few
 //! ulp each), so their relative error must also be below 1e-5.
 
+use crate::kernels::elementwise::StepViews;
 use crate::kernels::{Kernels, MatmulVariant, View};
 use crate::layout::StepState;
 use crate::model::{Activation, Rng, Sparsity};
+use crate::optim::{self, LrSchedule, Optimizer, ScheduleKind, UpdateRule};
 use crate::reference::{self as r, ColumnTransform};
 
 /// Relative error every kernel must stay under (argued above).
@@ -28,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 11] = [
+pub const CHECKS: [(&str, Check); 13] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -40,6 +42,8 @@ pub const CHECKS: [(&str, Check); 11] = [
     ("output_delta", output_delta),
     ("loss_value", loss_value),
     ("sgd_update", sgd_update),
+    ("momentum_update", momentum_update),
+    ("adam_update", adam_update),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -334,23 +338,122 @@ pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
     worst
 }
 
-/// `sgd_update` against its reference twin; returns the max relative error.
-pub fn sgd_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
-    let len = m * k + n; // weights region, then biases
-    let weights_len = m * k;
+/// An update kernel against its twin: `m*k` weights then `n` biases at step `t` of `rule` with
+/// peak rate `lr`, from random parameters, gradients and optimizer state. Each output is judged
+/// against the magnitudes of the terms that make it: a parameter against `|p| + |change|`, a
+/// velocity or first moment against `mu |v| + |g + lambda p|`, a second moment (a sum of
+/// non-negative terms) against itself. The step-values table is the f64 schedule rounded to f32
+/// (relative 6e-8), and each update is a handful of f32 operations: well under 1e-5.
+fn update_check(
+    kern: &Kernels,
+    rng: &mut Rng,
+    (m, k, n): (usize, usize, usize),
+    rule: UpdateRule,
+    lr: f64,
+    t: u64,
+) -> f64 {
+    // The kernel gets its settings as f32: the twin takes the same values (1 - beta2 is 1e-3,
+    // and f32's rounding of 0.999 moves it by 1.3e-5 relative).
+    let f32_exact = |x: f64| x as f32 as f64;
+    let optimizer = match rule.optimizer {
+        Optimizer::Sgd => Optimizer::Sgd,
+        Optimizer::Momentum { momentum } => Optimizer::Momentum { momentum: f32_exact(momentum) },
+        Optimizer::Adam { beta1, beta2, eps } => {
+            Optimizer::Adam { beta1: f32_exact(beta1), beta2: f32_exact(beta2), eps: f32_exact(eps) }
+        }
+        Optimizer::AdamW { beta1, beta2, eps } => {
+            Optimizer::AdamW { beta1: f32_exact(beta1), beta2: f32_exact(beta2), eps: f32_exact(eps) }
+        }
+    };
+    let rule = UpdateRule { optimizer, weight_decay: f32_exact(rule.weight_decay), ..rule };
+    let len = m * k + n;
+    let wl = m * k;
     let p = random(rng, len, -1.0, 1.0);
     let g = random(rng, len, -1.0, 1.0);
-    let pv = kern.gpu.upload("p", &p);
-    let (lr, lambda) = (0.3, 0.01);
-    let state = StepState { lr: lr as f32, ..Default::default() };
+    let m1 = random(rng, len, -0.5, 0.5);
+    let m2 = random(rng, len, 0.0, 0.5);
+    let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+    let (pv, gv, m1v, m2v) = (up("p", &p), up("g", &g), up("m1", &m1), up("m2", &m2));
+    let state = StepState { step: (t - 1) as u32, ..Default::default() };
     let state = kern.gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
-    kern.gpu.run(&[kern.sgd_update(&kern.gpu.upload("g", &g), &pv, &state, weights_len, lambda)]);
-    let mut want = widen(&p);
-    r::sgd_update(&mut want[..weights_len], &widen(&g[..weights_len]), lr, lambda);
-    r::sgd_update(&mut want[weights_len..], &widen(&g[weights_len..]), lr, 0.0);
-    // p - lr (g + lambda p): judged against |p| + lr (|g| + lambda |p|).
-    let scale: Vec<f64> = (0..len).map(|i| (p[i].abs() + 0.3 * (g[i].abs() + 0.01 * p[i].abs())) as f64).collect();
-    max_rel_err(&download(kern, &pv), &want, &scale)
+    let values = optim::step_values(rule.optimizer, &rule.schedule, lr);
+    let values = kern.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
+    let steps = StepViews { state: &state, values: &values };
+    let launch = match rule.optimizer {
+        Optimizer::Sgd => kern.sgd_update(&gv, &pv, steps, wl, &rule),
+        Optimizer::Momentum { .. } => kern.momentum_update(&gv, &pv, steps, &m1v, wl, &rule),
+        Optimizer::Adam { .. } | Optimizer::AdamW { .. } => kern.adam_update(&gv, &pv, steps, &m1v, &m2v, wl, &rule),
+    };
+    kern.gpu.run(&[launch]);
+
+    let lr_t = r::scheduled_lr(&rule.schedule, lr, t);
+    let (mut wp, wg, mut wm1, mut wm2) = (widen(&p), widen(&g), widen(&m1), widen(&m2));
+    for (range, decay) in [(0..wl, rule.weight_decay), (wl..len, 0.0)] {
+        let (p, g) = (&mut wp[range.clone()], &wg[range.clone()]);
+        let (m1, m2) = (&mut wm1[range.clone()], &mut wm2[range]);
+        match rule.optimizer {
+            Optimizer::Sgd => r::sgd_update(p, g, lr_t, decay),
+            Optimizer::Momentum { momentum } => r::momentum_update(p, g, m1, lr_t, decay, momentum),
+            Optimizer::Adam { beta1, beta2, eps } => {
+                r::adam_update(p, g, m1, m2, lr_t, decay, (beta1, beta2, eps), t, false)
+            }
+            Optimizer::AdamW { beta1, beta2, eps } => {
+                r::adam_update(p, g, m1, m2, lr_t, decay, (beta1, beta2, eps), t, true)
+            }
+        }
+    }
+    let decay_at = |i: usize| if i < wl { rule.weight_decay } else { 0.0 };
+    let term = |i: usize| (g[i] as f64).abs() + decay_at(i) * (p[i] as f64).abs();
+    let scale_p: Vec<f64> = (0..len).map(|i| (p[i] as f64).abs() + (wp[i] - p[i] as f64).abs()).collect();
+    let mut worst = max_rel_err(&download(kern, &pv), &wp, &scale_p);
+    let keep = match rule.optimizer {
+        Optimizer::Sgd => 0.0,
+        Optimizer::Momentum { momentum } => momentum,
+        Optimizer::Adam { beta1, .. } | Optimizer::AdamW { beta1, .. } => beta1,
+    };
+    if rule.optimizer != Optimizer::Sgd {
+        let scale_m1: Vec<f64> = (0..len).map(|i| keep * (m1[i] as f64).abs() + term(i) + 1e-12).collect();
+        worst = worst.max(max_rel_err(&download(kern, &m1v), &wm1, &scale_m1));
+    }
+    if rule.optimizer.state_tensors() == 2 {
+        worst = worst.max(max_rel_err(&download(kern, &m2v), &wm2, &magnitudes(&wm2, 1e-12)));
+    }
+    worst
+}
+
+/// `sgd_update` against its reference twin, on a cosine schedule past its warm-up; returns the
+/// max relative error.
+pub fn sgd_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let schedule = LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 3, total_steps: 10, lr_min: 0.01 };
+    let rule = UpdateRule { optimizer: Optimizer::Sgd, weight_decay: 0.01, schedule };
+    update_check(kern, rng, (m, k, n), rule, 0.3, 5)
+}
+
+/// `momentum_update` against its twin, on a linear schedule, at a step of the warm-up and one
+/// after it.
+pub fn momentum_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let schedule = LrSchedule { kind: ScheduleKind::Linear, warmup_steps: 2, total_steps: 20, lr_min: 0.0 };
+    let rule = UpdateRule { optimizer: Optimizer::Momentum { momentum: 0.9 }, weight_decay: 0.01, schedule };
+    [1, 7].iter().map(|&t| update_check(kern, rng, (m, k, n), rule, 0.1, t)).fold(0.0, f64::max)
+}
+
+/// `adam_update` against its twin: Adam at the first step and a later one, AdamW (decoupled
+/// decay) during a warm-up and after it, with other betas and eps.
+pub fn adam_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let adam = UpdateRule {
+        optimizer: Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
+        weight_decay: 0.01,
+        schedule: LrSchedule::default(),
+    };
+    let adamw = UpdateRule {
+        optimizer: Optimizer::AdamW { beta1: 0.8, beta2: 0.99, eps: 1e-6 },
+        weight_decay: 0.05,
+        schedule: LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 4, total_steps: 50, lr_min: 1e-4 },
+    };
+    [(adam, 1), (adam, 9), (adamw, 3), (adamw, 30)]
+        .iter()
+        .map(|&(rule, t)| update_check(kern, rng, (m, k, n), rule, 0.01, t))
+        .fold(0.0, f64::max)
 }
 
 /// What `training_steps` found.
@@ -374,17 +477,34 @@ pub fn training_steps(
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
+    training_steps_with(gpu, spec, cfg, m, (lr, Optimizer::Sgd, LrSchedule::default()), steps, path)
+}
+
+/// The same with any optimizer and learning-rate schedule (`(lr, optimizer, schedule)`).
+#[allow(clippy::too_many_arguments)]
+pub fn training_steps_with(
+    gpu: &crate::Gpu,
+    spec: &crate::ModelSpec,
+    cfg: crate::LossConfig,
+    m: usize,
+    (lr, optimizer, schedule): (f64, Optimizer, LrSchedule),
+    steps: usize,
+    path: Option<crate::trainer::StepPath>,
+) -> crate::Result<StepsCheck> {
     let init = crate::Params::init(spec, 5);
     let mut trainer = crate::Trainer::new(gpu, spec, cfg, lr, m, &init)?;
     if let Some(p) = path {
         trainer.set_path(p)?;
     }
+    trainer.set_optimizer(optimizer)?;
+    trainer.set_lr_schedule(schedule)?;
     let mut model = r::Model::new(spec, &init);
+    let mut optim = r::Optim::new(&model, optimizer, schedule, lr, cfg.weight_decay);
     let mut rng = Rng::new(77);
     for _ in 0..steps {
         let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);
         trainer.step(&x)?;
-        r::step(&mut model, &cfg, &widen(&x), m, lr);
+        r::step_with(&mut model, &cfg, &widen(&x), m, &mut optim);
     }
     let got = trainer.params()?;
     let want = model.to_params();

@@ -158,23 +158,35 @@ impl MetricsLayout {
     }
 }
 
-/// The step state: values that change from step to step, kept in a small device buffer that
-/// the kernels read and advance (the `STATE_*` words in `shaders/common.wgsl`), so that many steps
-/// recorded into one submit each see their own. The cursor is the position of the current
-/// minibatch's first row in the epoch's order; `step` counts steps taken; `lr` is the learning
-/// rate the update kernels apply. See docs/design.md section 5.
+/// The step state: the position of the current minibatch's first row in the epoch's order (the
+/// cursor) and the steps taken, in a small device buffer that the kernels read and advance (the
+/// `STATE_*` words in `shaders/common.wgsl`), so that many steps recorded into one submit each
+/// see their own. See docs/design.md section 5.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct StepState {
     pub cursor: u32,
     pub step: u32,
-    pub lr: f32,
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 
 impl StepState {
     /// Elements (4-byte words) of the buffer.
     pub const WORDS: usize = 4;
-    /// Byte offset of `lr` (written by the host when the learning rate changes).
-    pub const LR_BYTE_OFFSET: u64 = 8;
+}
+
+/// What the update kernels apply at step `t` (1-based): entry `t - 1` of the step-values
+/// table, computed on the host in f64 for the whole run (the last entry serves every later
+/// step), so that a schedule's cosine and Adam's bias corrections do not depend on an adapter's
+/// `cos` and `pow`. See `optim::step_values` and docs/design.md section 5.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct StepValues {
+    /// The learning rate of the step.
+    pub lr: f32,
+    /// Adam: `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// Adam: `sqrt(1 - beta2^t)`.
+    pub bc2_sqrt: f32,
+    pub _pad: f32,
 }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod kernels;
 pub mod layout;
 pub mod model;
+pub mod optim;
 pub mod reference;
 pub mod synthetic;
 pub mod train;

@@ -5,6 +5,7 @@
 //! Matrices are row-major `Vec<f64>` with their shape passed beside them.
 
 use crate::model::{Activation, LossConfig, ModelSpec, Params, Sparsity, RHO_HAT_EPS};
+use crate::optim::{LrSchedule, Optimizer, ScheduleKind};
 
 // ---------------------------------------------------------------------------------------------
 // Kernel twins
@@ -205,6 +206,65 @@ pub fn sgd_update(p: &mut [f64], g: &[f64], lr: f64, decay: f64) {
     }
 }
 
+/// PyTorch's `SGD(momentum)`: `v <- mu v + (g + decay p)`, `p <- p - lr v` (twin of
+/// `momentum_update`).
+pub fn momentum_update(p: &mut [f64], g: &[f64], v: &mut [f64], lr: f64, decay: f64, momentum: f64) {
+    for i in 0..p.len() {
+        v[i] = momentum * v[i] + (g[i] + decay * p[i]);
+        p[i] -= lr * v[i];
+    }
+}
+
+/// PyTorch's `Adam` (`decoupled = false`: `decay p` joins the gradient) or `AdamW`
+/// (`decoupled`: `p <- p (1 - lr decay)` first), at step `t` (1-based) for the bias corrections
+/// (twin of `adam_update`).
+#[allow(clippy::too_many_arguments)]
+pub fn adam_update(
+    p: &mut [f64],
+    g: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    lr: f64,
+    decay: f64,
+    (beta1, beta2, eps): (f64, f64, f64),
+    t: u64,
+    decoupled: bool,
+) {
+    let bc1 = 1.0 - beta1.powf(t as f64);
+    let bc2 = 1.0 - beta2.powf(t as f64);
+    for i in 0..p.len() {
+        let mut d = g[i];
+        if decoupled {
+            p[i] *= 1.0 - lr * decay;
+        } else {
+            d += decay * p[i];
+        }
+        m[i] = beta1 * m[i] + (1.0 - beta1) * d;
+        v[i] = beta2 * v[i] + (1.0 - beta2) * d * d;
+        p[i] -= lr / bc1 * m[i] / (v[i].sqrt() / bc2.sqrt() + eps);
+    }
+}
+
+/// The learning rate of step `t` (1-based) under `schedule` from the peak rate `lr`: `lr t / w`
+/// during a warm-up of `w` steps, then `lr` (constant) or a decay to `lr_min` at the run's last
+/// step, `p = (t - w) / (total - w)` of the way: linear `lr_min + (lr - lr_min)(1 - p)`, cosine
+/// `lr_min + (lr - lr_min)(1 + cos(pi p)) / 2` (the twin of `scheduled_lr` in
+/// `shaders/update.wgsl`).
+pub fn scheduled_lr(schedule: &LrSchedule, lr: f64, t: u64) -> f64 {
+    let w = schedule.warmup_steps;
+    if t <= w {
+        return lr * t as f64 / w as f64;
+    }
+    let span = schedule.total_steps.max(w + 1) - w;
+    let p = ((t - w) as f64 / span as f64).min(1.0);
+    let lr_min = schedule.lr_min;
+    match schedule.kind {
+        ScheduleKind::Constant => lr,
+        ScheduleKind::Linear => lr_min + (lr - lr_min) * (1.0 - p),
+        ScheduleKind::Cosine => lr_min + (lr - lr_min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The model in f64
 // ---------------------------------------------------------------------------------------------
@@ -365,19 +425,73 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
     Grads { dw, db }
 }
 
-/// `W <- W - lr dW`, `b <- b - lr db` with dW already holding `lambda W` (see `backward`).
-pub fn update(model: &mut Model, grads: &Grads, lr: f64) {
-    for l in 0..model.w.len() {
-        sgd_update(&mut model.w[l], &grads.dw[l], lr, 0.0);
-        sgd_update(&mut model.b[l], &grads.db[l], lr, 0.0);
+/// An optimizer in f64 with its state: the twin of the device's update step. The state
+/// tensors are per parameter tensor, weights first (`W_1..W_L`, then `b_1..b_L`), as the
+/// device's parameter layout orders them.
+#[derive(Clone, Debug)]
+pub struct Optim {
+    pub optimizer: Optimizer,
+    pub schedule: LrSchedule,
+    /// The peak learning rate.
+    pub lr: f64,
+    /// lambda: an L2 term (in J and the gradient), or decoupled for AdamW.
+    pub weight_decay: f64,
+    /// Steps taken.
+    pub t: u64,
+    /// Velocity or first moment, and second moment, per tensor.
+    pub m: Vec<Vec<f64>>,
+    pub v: Vec<Vec<f64>>,
+}
+
+impl Optim {
+    pub fn new(model: &Model, optimizer: Optimizer, schedule: LrSchedule, lr: f64, weight_decay: f64) -> Optim {
+        let zeros: Vec<Vec<f64>> = model.w.iter().chain(&model.b).map(|t| vec![0.0; t.len()]).collect();
+        Optim { optimizer, schedule, lr, weight_decay, t: 0, m: zeros.clone(), v: zeros }
+    }
+
+    /// The loss settings J is computed with: AdamW's weight decay is not part of J.
+    pub fn loss_config(&self, cfg: &LossConfig) -> LossConfig {
+        let weight_decay = if self.optimizer.decoupled_weight_decay() { 0.0 } else { cfg.weight_decay };
+        LossConfig { weight_decay, ..*cfg }
+    }
+
+    /// One update from `grads`, which hold no weight-decay term (the update adds it, to the
+    /// weights only).
+    pub fn update(&mut self, model: &mut Model, grads: &Grads) {
+        self.t += 1;
+        let lr = scheduled_lr(&self.schedule, self.lr, self.t);
+        let layers = model.w.len();
+        let params = model.w.iter_mut().chain(model.b.iter_mut());
+        let gs = grads.dw.iter().chain(&grads.db);
+        for (i, ((p, g), (m, v))) in params.zip(gs).zip(self.m.iter_mut().zip(self.v.iter_mut())).enumerate() {
+            let decay = if i < layers { self.weight_decay } else { 0.0 };
+            match self.optimizer {
+                Optimizer::Sgd => sgd_update(p, g, lr, decay),
+                Optimizer::Momentum { momentum } => momentum_update(p, g, m, lr, decay, momentum),
+                Optimizer::Adam { beta1, beta2, eps } => {
+                    adam_update(p, g, m, v, lr, decay, (beta1, beta2, eps), self.t, false)
+                }
+                Optimizer::AdamW { beta1, beta2, eps } => {
+                    adam_update(p, g, m, v, lr, decay, (beta1, beta2, eps), self.t, true)
+                }
+            }
+        }
     }
 }
 
-/// One SGD step on the minibatch `x` (`m` rows); returns the loss before the update.
-pub fn step(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, lr: f64) -> (LossParts, Forward) {
-    let fwd = forward(model, cfg, x, m);
-    let parts = loss(model, cfg, &fwd, x, Terms::ALL);
-    let grads = backward(model, cfg, &fwd, x, Terms::ALL);
-    update(model, &grads, lr);
+/// One step of `optim` on the minibatch `x` (`m` rows); returns the loss before the update.
+pub fn step_with(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, optim: &mut Optim) -> (LossParts, Forward) {
+    let cfg = optim.loss_config(cfg);
+    let fwd = forward(model, &cfg, x, m);
+    let parts = loss(model, &cfg, &fwd, x, Terms::ALL);
+    let grads = backward(model, &LossConfig { weight_decay: 0.0, ..cfg }, &fwd, x, Terms::ALL);
+    optim.update(model, &grads);
     (parts, fwd)
+}
+
+/// One SGD step at a constant learning rate on the minibatch `x` (`m` rows); returns the loss
+/// before the update.
+pub fn step(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, lr: f64) -> (LossParts, Forward) {
+    let mut optim = Optim::new(model, Optimizer::Sgd, LrSchedule::default(), lr, cfg.weight_decay);
+    step_with(model, cfg, x, m, &mut optim)
 }

@@ -107,6 +107,16 @@ fn sgd_update() {
 }
 
 #[test]
+fn momentum_update() {
+    run("momentum_update", check::momentum_update);
+}
+
+#[test]
+fn adam_update() {
+    run("adam_update", check::adam_update);
+}
+
+#[test]
 fn every_kernel_is_checked() {
     // `sae check` and these tests share the list; make sure no entry point is left out.
     let checked: Vec<&str> = check::CHECKS.iter().map(|(n, _)| *n).collect();

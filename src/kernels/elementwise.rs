@@ -5,6 +5,7 @@
 use super::{Cost, Kernel, Kernels, Launch, View};
 use crate::layout::LOSS_SLOTS;
 use crate::model::{Activation, Sparsity, RHO_HAT_EPS};
+use crate::optim::{Optimizer, UpdateRule};
 use crate::reference::ColumnTransform;
 use bytemuck::{Pod, Zeroable};
 
@@ -55,11 +56,44 @@ struct Loss {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Sgd {
+struct Update {
     len: u32,
     weights_len: u32,
     lambda: f32,
-    _pad: u32,
+    decoupled: u32,
+    momentum: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+}
+
+impl Update {
+    fn new(len: usize, weights_len: usize, rule: &UpdateRule) -> Update {
+        let (momentum, (beta1, beta2, eps)) = match rule.optimizer {
+            Optimizer::Sgd => (0.0, (0.0, 0.0, 0.0)),
+            Optimizer::Momentum { momentum } => (momentum, (0.0, 0.0, 0.0)),
+            Optimizer::Adam { beta1, beta2, eps } | Optimizer::AdamW { beta1, beta2, eps } => {
+                (0.0, (beta1, beta2, eps))
+            }
+        };
+        Update {
+            len: len as u32,
+            weights_len: weights_len as u32,
+            lambda: rule.weight_decay as f32,
+            decoupled: u32::from(rule.optimizer.decoupled_weight_decay()),
+            momentum: momentum as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: eps as f32,
+        }
+    }
+}
+
+/// The step state and the step-values table, which every update kernel reads.
+#[derive(Clone, Copy)]
+pub struct StepViews<'a> {
+    pub state: &'a View,
+    pub values: &'a View,
 }
 
 /// The cost of an element-wise launch over `elements`, `flops_each` per element, moving
@@ -170,20 +204,66 @@ impl Kernels {
     }
 
     /// `p <- p - lr (g + lambda p)` on the first `weights_len` elements, `p <- p - lr g` after,
-    /// with `lr` read from the step state (`layout::StepState`).
+    /// with the learning rate of the step the step state (`layout::StepState`) is at, from the
+    /// step-values table (`layout::StepValues`).
     pub fn sgd_update(
         &self,
         grads: &View,
         params: &View,
-        state: &View,
+        steps: StepViews<'_>,
         weights_len: usize,
-        weight_decay: f64,
+        rule: &UpdateRule,
     ) -> Launch {
-        let len = params.len;
-        let uniform = Sgd { len: len as u32, weights_len: weights_len as u32, lambda: weight_decay as f32, _pad: 0 };
-        let cost = cost(Kernel::SgdUpdate, format!("{len} params"), len, 4.0, 3 * len);
+        self.update(Kernel::SgdUpdate, &[grads, params, steps.state, steps.values], weights_len, rule, 4.0, 3)
+    }
+
+    /// PyTorch's SGD with momentum: `v <- mu v + (g + lambda p)`, `p <- p - lr v`.
+    pub fn momentum_update(
+        &self,
+        grads: &View,
+        params: &View,
+        steps: StepViews<'_>,
+        velocity: &View,
+        weights_len: usize,
+        rule: &UpdateRule,
+    ) -> Launch {
+        let tensors = [grads, params, steps.state, steps.values, velocity];
+        self.update(Kernel::MomentumUpdate, &tensors, weights_len, rule, 5.0, 5)
+    }
+
+    /// PyTorch's Adam, or AdamW (`rule.optimizer` says which), with the learning rate and bias
+    /// corrections of the step the step state is at, from the step-values table.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam_update(
+        &self,
+        grads: &View,
+        params: &View,
+        steps: StepViews<'_>,
+        m: &View,
+        v: &View,
+        weights_len: usize,
+        rule: &UpdateRule,
+    ) -> Launch {
+        let tensors = [grads, params, steps.state, steps.values, m, v];
+        self.update(Kernel::AdamUpdate, &tensors, weights_len, rule, 12.0, 7)
+    }
+
+    /// An update kernel over `tensors[1]` (the parameters), `flops_each` and `floats_each`
+    /// moved per parameter.
+    fn update(
+        &self,
+        kernel: Kernel,
+        tensors: &[&View],
+        weights_len: usize,
+        rule: &UpdateRule,
+        flops_each: f64,
+        floats_each: usize,
+    ) -> Launch {
+        let len = tensors[1].len;
+        let uniform = Update::new(len, weights_len, rule);
+        let cost = cost(kernel, format!("{len} params"), len, flops_each, floats_each * len);
         // PER_INVOCATION = 4 parameters per invocation (shaders/update.wgsl).
-        self.launch(Kernel::SgdUpdate, uniform, &[grads, params, state], [len.div_ceil(1024), 1], cost)
+        self.launch(kernel, uniform, tensors, [len.div_ceil(1024), 1], cost)
     }
 }
 

@@ -69,6 +69,8 @@ pub enum Kernel {
     OutputDelta,
     LossValue,
     SgdUpdate,
+    MomentumUpdate,
+    AdamUpdate,
     GatherRows,
     AdvanceCursor,
     FusedForward,
@@ -77,12 +79,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::OutputDelta,
         Kernel::LossValue,
         Kernel::SgdUpdate,
+        Kernel::MomentumUpdate,
+        Kernel::AdamUpdate,
         Kernel::GatherRows,
         Kernel::AdvanceCursor,
         Kernel::FusedForward,
@@ -100,6 +104,8 @@ impl Kernel {
             Kernel::OutputDelta => "output_delta",
             Kernel::LossValue => "loss_value",
             Kernel::SgdUpdate => "sgd_update",
+            Kernel::MomentumUpdate => "momentum_update",
+            Kernel::AdamUpdate => "adam_update",
             Kernel::GatherRows => "gather_rows",
             Kernel::AdvanceCursor => "advance_cursor",
             Kernel::FusedForward => "fused_forward",
@@ -113,7 +119,7 @@ impl Kernel {
             Kernel::KlBackward => source::SPARSITY,
             Kernel::ColumnSum => source::REDUCE,
             Kernel::OutputDelta | Kernel::LossValue => source::LOSS,
-            Kernel::SgdUpdate => source::UPDATE,
+            Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate => source::UPDATE,
             Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
             Kernel::FusedForward | Kernel::FusedBackward | Kernel::FusedUpdate => source::FUSED,
         }
@@ -127,12 +133,14 @@ impl Kernel {
             Kernel::ColumnSum => &[(2, R), (3, W)],
             Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W)],
-            Kernel::SgdUpdate => &[(2, R), (3, W), (4, R)],
+            Kernel::SgdUpdate => &[(2, R), (3, W), (4, R), (7, R)],
+            Kernel::MomentumUpdate => &[(2, R), (3, W), (4, R), (7, R), (5, W)],
+            Kernel::AdamUpdate => &[(2, R), (3, W), (4, R), (7, R), (5, W), (6, W)],
             Kernel::GatherRows => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::AdvanceCursor => &[(6, W)],
             Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],
             Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W)],
-            Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, W)],
+            Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, R), (18, W), (19, R)],
         }
     }
 

@@ -47,7 +47,8 @@ pub struct FusedNet {
     pub eps: f32,
     pub total_params: u32,
     pub gather: u32,
-    pub _pad: [u32; 3],
+    pub grads_only: u32,
+    pub _pad: [u32; 2],
 }
 
 /// One entry of the fused path's layer table (`Layer` in `shaders/fused.wgsl`).
@@ -71,6 +72,8 @@ pub struct FusedBuffers {
     pub params: View,
     pub order: View,
     pub state: View,
+    pub step_values: View,
+    pub grads: View,
     pub z: View,
     pub a: View,
     pub delta: View,
@@ -124,10 +127,10 @@ impl Kernels {
         self.launch(Kernel::FusedBackward, *net, &tensors, [(net.rows as usize).div_ceil(64), 1], cost)
     }
 
-    /// The fused path's gradient and SGD update, `lr` from the step state: one invocation per
-    /// parameter.
+    /// The fused path's gradient and SGD update, `lr` from the step state (or, with
+    /// `net.grads_only`, the gradient alone): one invocation per parameter.
     pub fn fused_update(&self, net: &FusedNet, b: &FusedBuffers, cost: Cost) -> Launch {
-        let tensors = [&b.table, &b.delta, &b.a, &b.params, &b.state];
+        let tensors = [&b.table, &b.delta, &b.a, &b.params, &b.state, &b.grads, &b.step_values];
         self.launch(Kernel::FusedUpdate, *net, &tensors, [(net.total_params as usize).div_ceil(64), 1], cost)
     }
 }

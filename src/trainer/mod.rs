@@ -22,6 +22,7 @@ use crate::kernels::step::Rows;
 use crate::kernels::{record, Kernels, Launch, View};
 use crate::layout::{ActivationLayout, MetricsLayout, ParamLayout, StepState};
 use crate::model::{LossConfig, ModelSpec, Params};
+use crate::optim::{step_values, LrSchedule, Optimizer, UpdateRule};
 use metrics::Pending;
 use schedule::{Activations, Schedule};
 use std::collections::{HashMap, VecDeque};
@@ -64,13 +65,18 @@ pub(crate) struct Buffers {
     /// Resident training data and the epoch's order of its rows.
     pub data: View,
     pub order: View,
-    /// `layout::StepState`: cursor, step count, learning rate.
+    /// `layout::StepState`: the cursor and the step count.
     pub state: View,
+    /// `layout::StepValues` of every step of the run: learning rate, Adam's bias corrections.
+    pub step_values: View,
     /// The fused path's layer table.
     pub table: View,
     /// `MetricsLayout` up to rho_hat, and rho_hat.
     pub metrics: View,
     pub rho_hat: View,
+    /// The optimizer's state in the parameter layout: velocity, or first and second moments
+    /// (one-element placeholders where the optimizer has fewer).
+    pub moments: [View; 2],
 }
 
 /// Trains one model on one device. Every buffer is allocated in `new` (the resident data in
@@ -80,6 +86,8 @@ pub struct Trainer {
     spec: ModelSpec,
     loss: LossConfig,
     lr: f64,
+    optimizer: Optimizer,
+    schedule: LrSchedule,
     /// Largest minibatch the buffers hold.
     batch_capacity: usize,
     layout: ParamLayout,
@@ -149,7 +157,7 @@ impl Trainer {
             StepPath::Layered
         };
         let acts = Activations::new(&gpu, spec, m, path);
-        let state = StepState { lr: lr as f32, ..Default::default() };
+        let values = step_values(Optimizer::Sgd, &LrSchedule::default(), lr);
         let widest = spec.sizes.iter().copied().max().unwrap_or(1);
         let buffers = Buffers {
             params: gpu.upload("params", &layout.flatten(init)),
@@ -161,9 +169,11 @@ impl Trainer {
             x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
             data: View::whole(&gpu.storage("data", 1)),
             order: View::whole(&gpu.storage("order", 1)),
-            state: gpu.upload_bytes("step state", bytemuck::bytes_of(&state)),
+            state: gpu.upload_bytes("step state", bytemuck::bytes_of(&StepState::default())),
+            step_values: gpu.upload_bytes("step values", bytemuck::cast_slice(&values)),
             metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
             rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
+            moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
         };
         Ok(Trainer {
             metrics_staging: gpu.staging("metrics staging", (metrics_layout.len * 4) as u64),
@@ -171,6 +181,8 @@ impl Trainer {
             spec: spec.clone(),
             loss,
             lr,
+            optimizer: Optimizer::Sgd,
+            schedule: LrSchedule::default(),
             batch_capacity,
             layout,
             metrics_layout,
@@ -216,14 +228,70 @@ impl Trainer {
         self.stats
     }
 
-    /// Sets the learning rate of the steps submitted from now on: one 4-byte write to the step
-    /// state, and recorded schedules stay valid.
+    /// Sets the (peak) learning rate of the steps submitted from now on: the step-values table
+    /// is rewritten (4 bytes at a constant rate) and recorded schedules stay valid.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         check_lr(lr)?;
+        self.schedule.validate(lr).map_err(Error::Input)?;
         self.lr = lr;
-        let state = self.buffers.state.buffer.clone();
-        self.kernels.gpu.queue.write_buffer(&state, StepState::LR_BYTE_OFFSET, bytemuck::bytes_of(&(lr as f32)));
-        self.stats.bytes_uploaded += 4;
+        self.refresh_step_values();
+        Ok(())
+    }
+
+    /// Writes the step-values table for the current optimizer, schedule and rate: in place
+    /// when its length is unchanged, else in a new buffer (and the schedules that bind the old
+    /// one are dropped).
+    fn refresh_step_values(&mut self) {
+        let values = step_values(self.optimizer, &self.schedule, self.lr);
+        if values.len() == self.buffers.step_values.len / 4 {
+            let view = self.buffers.step_values.clone();
+            self.upload(&view, bytemuck::cast_slice(&values));
+        } else {
+            self.buffers.step_values = self.kernels.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
+            self.stats.bytes_uploaded += (values.len() * 16) as u64;
+            self.schedules.clear();
+        }
+    }
+
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer
+    }
+
+    pub fn lr_schedule(&self) -> LrSchedule {
+        self.schedule
+    }
+
+    /// The learning rate of step `t` (1-based), as the update kernels compute it.
+    pub fn lr_at(&self, t: u64) -> f64 {
+        self.schedule.lr_at(self.lr, t)
+    }
+
+    /// What the update kernels apply.
+    pub(crate) fn update_rule(&self) -> UpdateRule {
+        UpdateRule { optimizer: self.optimizer, weight_decay: self.loss.weight_decay, schedule: self.schedule }
+    }
+
+    /// Chooses the optimizer (SGD by default). Its state starts at zero, in buffers laid out as
+    /// the parameters; schedules are rebuilt.
+    pub fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
+        optimizer.validate().map_err(Error::Input)?;
+        let gpu = self.kernels.gpu.clone();
+        let len = self.layout.len;
+        let tensors = optimizer.state_tensors();
+        let sized = |i: usize, name: &str| View::whole(&gpu.storage(name, if i < tensors { len } else { 1 }));
+        self.buffers.moments = [sized(0, "moment 1"), sized(1, "moment 2")];
+        self.optimizer = optimizer;
+        self.schedules.clear();
+        self.refresh_step_values();
+        Ok(())
+    }
+
+    /// Sets the learning-rate schedule (constant by default); schedules are rebuilt.
+    pub fn set_lr_schedule(&mut self, schedule: LrSchedule) -> Result<()> {
+        schedule.validate(self.lr).map_err(Error::Input)?;
+        self.schedule = schedule;
+        self.schedules.clear();
+        self.refresh_step_values();
         Ok(())
     }
 

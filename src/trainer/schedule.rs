@@ -4,11 +4,13 @@
 
 use super::Trainer;
 use crate::device::Gpu;
+use crate::kernels::elementwise::{kl_mode, StepViews};
 use crate::kernels::step::Rows;
 use crate::kernels::FUSED_MAX_WIDTH;
-use crate::kernels::{elementwise::kl_mode, Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, View};
+use crate::kernels::{Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, View};
 use crate::layout::{ActivationLayout, ParamLayout, LOSS_SLOTS};
 use crate::model::{ModelSpec, Sparsity, RHO_HAT_EPS};
+use crate::optim::Optimizer;
 use crate::reference::ColumnTransform;
 
 /// How a step is computed.
@@ -183,6 +185,8 @@ impl Trainer {
         let inv_m = 1.0 / m as f64;
         let data = if from == Rows::Host { &b.x_staging } else { &b.data };
         let sparsity = self.loss.sparsity;
+        // The weight-decay term of J: none for AdamW, whose decay is decoupled.
+        let l2 = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
 
         // rho_hat of the current minibatch, before any backward dispatch.
         let rho_hat = match sparsity {
@@ -207,7 +211,7 @@ impl Trainer {
                 &b.metrics.slice(ml.loss, LOSS_SLOTS),
                 m,
                 n0,
-                self.loss.weight_decay,
+                l2,
                 sparsity,
             ),
         ];
@@ -254,23 +258,26 @@ impl Trainer {
                     }
                 }
 
-                // Update: W <- W - lr (dW + lambda W), b <- b - lr db, every parameter in one
-                // dispatch, lr from the step state; then the cursor moves to the next minibatch.
-                let update = vec![
-                    k.sgd_update(&b.grads, &b.params, &b.state, self.layout.weights_len, self.loss.weight_decay),
-                    k.advance_cursor(&b.state, m, 1),
-                ];
+                // Update: the optimizer's rule over every parameter in one dispatch (SGD:
+                // W <- W - lr (dW + lambda W), b <- b - lr db), lr from the step state; then the
+                // cursor moves to the next minibatch.
+                let update = vec![self.update_launch(), k.advance_cursor(&b.state, m, 1)];
                 (forward, backward, update)
             }
             StepPath::Fused => {
                 // The same equations, a row per invocation (see shaders/fused.wgsl).
-                let net = self.fused_net(m, from);
+                // fused_update applies SGD itself; any other rule runs as an update kernel after
+                // it. Then the step state moves on.
+                let inline_sgd = self.optimizer == Optimizer::Sgd;
+                let net = self.fused_net(m, from, inline_sgd);
                 let all = b.acts.all.as_ref().expect("the fused path lays activations out in one buffer each");
                 let buffers = FusedBuffers {
                     table: b.table.clone(),
                     params: b.params.clone(),
                     order: b.order.clone(),
                     state: b.state.clone(),
+                    step_values: b.step_values.clone(),
+                    grads: b.grads.clone(),
                     z: all[0].clone(),
                     a: all[1].clone(),
                     delta: all[2].clone(),
@@ -279,7 +286,12 @@ impl Trainer {
                 let [fwd, bwd, upd] = self.fused_costs(m);
                 let mut forward = vec![k.fused_forward(&net, &buffers, data, fwd)];
                 forward.extend(rho_hat);
-                (forward, vec![k.fused_backward(&net, &buffers, bwd)], vec![k.fused_update(&net, &buffers, upd)])
+                let mut update = vec![k.fused_update(&net, &buffers, upd)];
+                if !inline_sgd {
+                    update.push(self.update_launch());
+                }
+                update.push(k.advance_cursor(&b.state, m, 1));
+                (forward, vec![k.fused_backward(&net, &buffers, bwd)], update)
             }
         };
         let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
@@ -311,7 +323,22 @@ impl Trainer {
         ]
     }
 
-    fn fused_net(&self, m: usize, from: Rows) -> FusedNet {
+    /// The optimizer's update of every parameter from the gradients (one dispatch).
+    fn update_launch(&self) -> Launch {
+        let (k, b, rule) = (&self.kernels, &self.buffers, self.update_rule());
+        let wl = self.layout.weights_len;
+        let [m1, m2] = &b.moments;
+        let steps = StepViews { state: &b.state, values: &b.step_values };
+        match self.optimizer {
+            Optimizer::Sgd => k.sgd_update(&b.grads, &b.params, steps, wl, &rule),
+            Optimizer::Momentum { .. } => k.momentum_update(&b.grads, &b.params, steps, m1, wl, &rule),
+            Optimizer::Adam { .. } | Optimizer::AdamW { .. } => {
+                k.adam_update(&b.grads, &b.params, steps, m1, m2, wl, &rule)
+            }
+        }
+    }
+
+    fn fused_net(&self, m: usize, from: Rows, inline_sgd: bool) -> FusedNet {
         let (mode, rho, beta, temperature) = kl_mode(self.loss.sparsity);
         FusedNet {
             layers: self.spec.layers() as u32,
@@ -327,7 +354,8 @@ impl Trainer {
             eps: RHO_HAT_EPS as f32,
             total_params: self.spec.parameter_count() as u32,
             gather: from as u32,
-            _pad: [0; 3],
+            grads_only: u32::from(!inline_sgd),
+            _pad: [0; 2],
         }
     }
 
