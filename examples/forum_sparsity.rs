@@ -27,11 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (label, beta) in runs {
         let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho, beta } };
         let mut trainer = Trainer::new(&gpu, &spec, loss, lr, batch, &Params::init(&spec, 0))?;
+        trainer.set_optimizer(defaults::optimizer())?;
         let opts =
             TrainOptions { epochs, batch_size: batch, seed: 0, shuffle: true, log_every: None, steps_per_submit: None };
         let t0 = std::time::Instant::now();
         let m = fit(&mut trainer, &data, None, &opts, |_| Ok(()))?;
-        println!("{label}: {epochs} epochs, batch {batch}, lr {lr} in {:.1} s", t0.elapsed().as_secs_f64());
+        println!("{label}: {epochs} epochs, batch {batch}, adam lr {lr} in {:.1} s", t0.elapsed().as_secs_f64());
         results.push((label, m));
     }
     println!();

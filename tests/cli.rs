@@ -331,6 +331,47 @@ rejected! {
     layers_not_a_number: &["--layers", "20,x,4"] => &["--layers", "20,x,4", "'x'"];
     sparsity_unknown: &["--sparsity", "bogus"] => &["--sparsity", "bogus", "kl-freq"];
     validation_split_too_large: &["--validation-split", "1.5"] => &["--validation-split", "1.5"];
+    optimizer_unknown: &["--optimizer", "rmsprop"] => &["--optimizer", "rmsprop", "adamw"];
+    momentum_negative: &["--optimizer", "momentum", "--momentum=-0.1"] => &["--momentum", "-0.1"];
+    adam_beta_one: &["--optimizer", "adam", "--adam-betas", "0.9,1.0"] => &["--adam-betas", "[0, 1)"];
+    adam_beta_negative: &["--optimizer", "adamw", "--adam-betas=-0.1,0.999"] => &["--adam-betas"];
+    adam_betas_not_two: &["--adam-betas", "0.9"] => &["--adam-betas", "two numbers"];
+    adam_eps_negative: &["--optimizer", "adam", "--adam-eps=-1e-8"] => &["--adam-eps"];
+    lr_schedule_unknown: &["--lr-schedule", "step"] => &["--lr-schedule", "cosine"];
+    lr_min_above_lr: &["--lr-schedule", "linear", "--lr", "0.01", "--lr-min", "0.1"] => &["--lr-min", "0.1"];
+}
+
+/// Every metrics line carries the learning rate of its step: a linear warm-up over 4 steps, then
+/// a linear decay to --lr-min at the last step; a warm-up longer than the run is allowed, with a
+/// note.
+#[test]
+fn lr_schedule_reaches_metrics() {
+    let t = Tmp::new("lr_schedule_metrics");
+    let out_dir = t.path("out");
+    let flags = ["--samples", "64", "--batch-size", "8", "--epochs", "2", "--log-every", "1", "--lr", "0.02"];
+    let mut args = vec!["train", "--out", s(&out_dir), "--lr-schedule", "linear", "--warmup-steps", "4"];
+    args.extend_from_slice(&flags);
+    args.extend_from_slice(&["--lr-min", "0.004", "--optimizer", "momentum"]);
+    let out = t.sae(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let steps: Vec<(u64, f64)> = metrics(&out_dir)
+        .iter()
+        .filter(|l| l["kind"] == "step")
+        .map(|l| (l["step"].as_u64().unwrap(), l["lr"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(steps.len(), 16, "a step line per step");
+    for (step, lr) in steps {
+        // 16 steps: warm-up 1..=4, then p = (t - 4) / 12 of the way from 0.02 to 0.004.
+        let want = if step <= 4 { 0.02 * step as f64 / 4.0 } else { 0.004 + 0.016 * (1.0 - (step - 4) as f64 / 12.0) };
+        assert!((lr - want).abs() < 1e-12, "step {step}: lr {lr}, want {want}");
+    }
+    let beta = &metrics(&out_dir)[0]["beta"];
+    assert_eq!(beta.as_f64(), Some(3.0), "beta on every line");
+
+    let t = Tmp::new("lr_warmup_longer_than_run");
+    let out = t.sae(&["train", "--samples", "64", "--batch-size", "32", "--epochs", "1", "--warmup-steps", "10"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--warmup-steps 10") && stderr(&out).contains("2 steps"), "{}", stderr(&out));
 }
 
 #[test]
@@ -573,8 +614,8 @@ fn divergence_exits_1_and_names_the_step() {
 
 #[test]
 fn divergence_after_a_checkpoint_keeps_it_loadable() {
-    // Identity hidden/output layers with lr 0.5 stay finite through epoch 1 and overflow in
-    // epoch 2 on the built-in data (seed 0).
+    // Identity hidden/output layers with SGD at lr 0.5 stay finite through epoch 1 and overflow
+    // in epoch 2 on the built-in data (seed 0).
     let t = Tmp::new("divergence_after_checkpoint");
     let out_dir = t.path("out");
     let out = t.sae(&[
@@ -585,6 +626,8 @@ fn divergence_after_a_checkpoint_keeps_it_loadable() {
         "6",
         "--batch-size",
         "64",
+        "--optimizer",
+        "sgd",
         "--lr",
         "0.5",
         "--hidden-activation",
@@ -659,7 +702,9 @@ fn train_writes_model_config_and_metrics() {
     assert_eq!(cfg["log_every"], 2);
     assert_eq!(cfg["validation_split"], 0.25);
     assert_eq!(cfg["seed"], 0);
-    assert_eq!(cfg["lr"], 0.5);
+    assert_eq!(cfg["lr"], sae_wgpu::train::defaults::LR);
+    assert_eq!(cfg["optimizer"]["kind"], sae_wgpu::train::defaults::OPTIMIZER);
+    assert_eq!(cfg["lr_schedule"]["kind"], "constant");
     assert_eq!(cfg["shuffle"], true);
     assert_eq!(cfg["samples"], 256);
     assert_eq!(cfg["model"]["sizes"], serde_json::json!([20, 80, 40, 4, 40, 80, 20]));

@@ -7,6 +7,7 @@ use sae_wgpu::checkpoint;
 use sae_wgpu::data::{self, write_atomic, Dataset};
 use sae_wgpu::device::AdapterRequest;
 use sae_wgpu::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
+use sae_wgpu::optim::{self, LrSchedule, Optimizer, ScheduleKind};
 use sae_wgpu::synthetic;
 use sae_wgpu::train::{defaults, fit, split_validation, Event, TrainOptions};
 use sae_wgpu::trainer::{EvalMetrics, StepMetrics, StepPath, Trainer};
@@ -58,16 +59,39 @@ pub struct TrainSettings {
     /// Temperature T of kl-freq's sigmoid(z / T), > 0 [default: 0.5].
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
-    /// lambda of (lambda/2) sum ||W||^2, >= 0 [default: 0].
+    /// lambda of (lambda/2) sum ||W||^2 in J, >= 0 [default: 0]; with --optimizer adamw it is
+    /// decoupled (W -= lr*lambda*W each step, biases excluded) and not part of J.
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
-    /// SGD learning rate, > 0 [default: 0.5].
+    /// Learning rate (the peak of a schedule), > 0 [default: 0.01].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
+    /// sgd, momentum, adam or adamw, as PyTorch's SGD, SGD(momentum), Adam, AdamW [default: adam].
+    #[arg(long, value_name = "NAME")]
+    optimizer: Option<String>,
+    /// Momentum of --optimizer momentum, >= 0 [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Adam's beta1,beta2, each in [0, 1) [default: 0.9,0.999].
+    #[arg(long, value_name = "B1,B2", allow_negative_numbers = true)]
+    adam_betas: Option<String>,
+    /// Adam's eps, >= 0 [default: 1e-8].
+    #[arg(long, allow_negative_numbers = true)]
+    adam_eps: Option<f64>,
+    /// constant, linear or cosine: the learning rate after the warm-up, decaying to --lr-min at
+    /// the last step [default: constant].
+    #[arg(long, value_name = "KIND")]
+    lr_schedule: Option<String>,
+    /// Steps of linear warm-up from lr/N to lr [default: 0].
+    #[arg(long, value_name = "N")]
+    warmup_steps: Option<u64>,
+    /// Where linear and cosine schedules end, in [0, lr] [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_min: Option<f64>,
     /// Minibatch size [default: 32].
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
-    /// Passes over the training set [default: 10].
+    /// Passes over the training set [default: 3].
     #[arg(long, value_name = "N")]
     epochs: Option<usize>,
     /// Seeds the init, the shuffle, the validation split and the built-in dataset [default: 0].
@@ -114,6 +138,8 @@ struct Resolved {
     model: ModelSpec,
     loss: LossConfig,
     lr: f64,
+    optimizer: Optimizer,
+    lr_schedule: LrSchedule,
     batch_size: usize,
     epochs: usize,
     seed: u64,
@@ -163,6 +189,13 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         temperature,
         weight_decay,
         lr,
+        optimizer,
+        momentum,
+        adam_betas,
+        adam_eps,
+        lr_schedule,
+        warmup_steps,
+        lr_min,
         batch_size,
         epochs,
         seed,
@@ -270,6 +303,20 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     loss.validate(&spec).map_err(bad)?;
     let lr = s.lr.unwrap_or(defaults::LR);
     check_lr(lr).map_err(bad)?;
+    let betas = match &s.adam_betas {
+        None => optim::defaults::ADAM_BETAS,
+        Some(text) => match text.split(',').map(|b| b.trim().parse::<f64>()).collect::<Vec<_>>().as_slice() {
+            [Ok(b1), Ok(b2)] => (*b1, *b2),
+            _ => return Err(bad(format!("--adam-betas {text}: give two numbers, e.g. 0.9,0.999"))),
+        },
+    };
+    let optimizer = Optimizer::parse(
+        s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER),
+        s.momentum.unwrap_or(optim::defaults::MOMENTUM),
+        betas,
+        s.adam_eps.unwrap_or(optim::defaults::ADAM_EPS),
+    )
+    .map_err(bad)?;
     let batch_size = s.batch_size.unwrap_or(defaults::BATCH_SIZE);
     if batch_size == 0 {
         return Err(bad("--batch-size 0: must be at least 1"));
@@ -295,6 +342,16 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         return Err(bad(format!("--validation-split {validation_split}: must be in [0, 1)")));
     }
     let held_out = (dataset.rows as f64 * validation_split).round() as usize;
+    // The schedule spans the run: epochs of the training set after the split.
+    let steps_per_epoch =
+        (dataset.rows - if validation_split > 0.0 { held_out } else { 0 }).div_ceil(batch_size) as u64;
+    let lr_schedule = LrSchedule {
+        kind: ScheduleKind::parse(s.lr_schedule.as_deref().unwrap_or("constant")).map_err(bad)?,
+        warmup_steps: s.warmup_steps.unwrap_or(0),
+        total_steps: steps_per_epoch * epochs as u64,
+        lr_min: s.lr_min.unwrap_or(0.0),
+    };
+    lr_schedule.validate(lr).map_err(bad)?;
     if validation_split > 0.0 && (held_out == 0 || held_out >= dataset.rows) {
         return Err(bad(format!(
             "--validation-split {validation_split}: holds out {held_out} of {} samples, leaving {} set empty; choose a fraction that keeps both non-empty",
@@ -314,6 +371,8 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             model: spec,
             loss,
             lr,
+            optimizer,
+            lr_schedule,
             batch_size,
             epochs,
             seed,
@@ -333,10 +392,16 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     })
 }
 
+/// The learning rate and sparsity weight of step `step` (the last one taken, on epoch lines).
+fn rates(r: &Resolved, step: u64) -> (f64, f64) {
+    (r.lr_schedule.lr_at(r.lr, step.max(1)), r.loss.sparsity.rho_beta().1)
+}
+
 /// A metrics JSON line (docs/design.md section 6).
-fn step_json(epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
+fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
+    let (lr, beta) = rates(r, step);
     serde_json::json!({
-        "kind": "step", "epoch": epoch, "step": step,
+        "kind": "step", "epoch": epoch, "step": step, "lr": lr, "beta": beta,
         "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
         "sparsity": m.sparsity, "weight_decay": m.weight_decay,
         "rho_hat": m.rho_hat, "freq": m.freq,
@@ -351,12 +416,21 @@ fn eval_json(m: &EvalMetrics) -> serde_json::Value {
     })
 }
 
-fn epoch_json(epoch: usize, step: u64, train: &EvalMetrics, val: Option<&EvalMetrics>) -> serde_json::Value {
+fn epoch_json(
+    r: &Resolved,
+    epoch: usize,
+    step: u64,
+    train: &EvalMetrics,
+    val: Option<&EvalMetrics>,
+) -> serde_json::Value {
     let mut v = eval_json(train);
+    let (lr, beta) = rates(r, step);
     let obj = v.as_object_mut().unwrap();
     obj.insert("kind".into(), "epoch".into());
     obj.insert("epoch".into(), epoch.into());
     obj.insert("step".into(), step.into());
+    obj.insert("lr".into(), lr.into());
+    obj.insert("beta".into(), beta.into());
     if let Some(val) = val {
         obj.insert("validation".into(), eval_json(val));
     }
@@ -373,6 +447,15 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let (train_set, val_set) = split_validation(&dataset, resolved.validation_split, resolved.seed);
     let spec = resolved.model.clone();
     let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
+    trainer.set_optimizer(resolved.optimizer)?;
+    trainer.set_lr_schedule(resolved.lr_schedule)?;
+    let sched = &resolved.lr_schedule;
+    if sched.warmup_steps > sched.total_steps {
+        eprintln!(
+            "note: --warmup-steps {} is longer than the run ({} steps): the learning rate never reaches --lr {}",
+            sched.warmup_steps, sched.total_steps, resolved.lr
+        );
+    }
     if let Some(path) = StepPath::parse(&resolved.path).map_err(bad)? {
         trainer.set_path(path).map_err(|e| e.context("--path"))?;
     }
@@ -416,7 +499,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 bar.set_position(*step);
                 bar.set_prefix(epoch.to_string());
                 bar.set_message(format!("loss {:.5}", metrics.loss));
-                step_json(*epoch, *step, metrics)
+                step_json(&resolved, *epoch, *step, metrics)
             }
             Event::Epoch { epoch, step, train, validation, .. } => {
                 bar.set_position(*step);
@@ -424,7 +507,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 bar.set_prefix((epoch + 1).min(resolved.epochs).to_string());
                 bar.set_message(format!("loss {:.5} fvu {:.3} (epoch {epoch})", train.loss, train.fvu));
                 last_val = validation.map(|v| (*v).clone());
-                epoch_json(*epoch, *step, train, *validation)
+                epoch_json(&resolved, *epoch, *step, train, *validation)
             }
         };
         if let Some((_, w)) = metrics_tmp.as_mut() {
@@ -461,11 +544,20 @@ pub fn run(cli: TrainSettings) -> Result<()> {
 fn print_summary(r: &Resolved, m: &EvalMetrics, val: Option<&EvalMetrics>, secs: f64, steps: u64) {
     let (rho, beta) = r.loss.sparsity.rho_beta();
     println!(
-        "trained {:?} for {} epochs ({steps} steps, batch {}, lr {}) in {secs:.1} s; sparsity {} beta {beta}",
+        "trained {:?} for {} epochs ({steps} steps, batch {}, {} lr {}{}) in {secs:.1} s; sparsity {} beta {beta}",
         r.model.sizes,
         r.epochs,
         r.batch_size,
+        r.optimizer.name(),
         r.lr,
+        match r.lr_schedule.kind {
+            ScheduleKind::Constant if r.lr_schedule.warmup_steps == 0 => String::new(),
+            kind => {
+                let warmup = r.lr_schedule.warmup_steps;
+                let warmup = if warmup > 0 { format!(", warm-up {warmup}") } else { String::new() };
+                format!(" {}{warmup}", format!("{kind:?}").to_lowercase())
+            }
+        },
         r.loss.sparsity.name()
     );
     let rho_col = match r.loss.sparsity {
