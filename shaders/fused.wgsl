@@ -1,4 +1,4 @@
-// The fused small-MLP path: a whole training step in three or four dispatches when every layer
+// The fused small-MLP path: a whole training step in four to six dispatches when every layer
 // is at most MAX_WIDTH wide (the seed model is). Anchor: tiny-cuda-nn's fully fused MLPs; here
 // each invocation owns one sample (row) and keeps its activations in private arrays, so a
 // step is

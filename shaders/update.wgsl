@@ -31,10 +31,9 @@ struct Update {
 @group(0) @binding(6) var<storage, read_write> moment2: array<f32>;
 @group(0) @binding(7) var<storage, read> step_values: array<StepValues>;
 
-// What this step (t = step + 1) applies.
-fn this_step() -> StepValues {
-    let t = state[STATE_STEP] + 1u;
-    return step_values[min(t, arrayLength(&step_values)) - 1u];
+// The entry of this step (t = step + 1) in the step-values table.
+fn this_step() -> u32 {
+    return min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u;
 }
 
 fn decay_at(i: u32) -> f32 {
@@ -52,7 +51,7 @@ fn first_index(lid: vec3<u32>, wid: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(256)
 fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lr = this_step().lr;
+    let lr = step_values[this_step()].lr;
     let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;
@@ -64,7 +63,7 @@ fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
 
 @compute @workgroup_size(256)
 fn momentum_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let lr = this_step().lr;
+    let lr = step_values[this_step()].lr;
     let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;
@@ -78,10 +77,10 @@ fn momentum_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
 
 @compute @workgroup_size(256)
 fn adam_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let values = this_step();
-    let lr = values.lr;
-    let step_size = values.step_size;
-    let bc2_sqrt = values.bc2_sqrt;
+    let at = this_step();
+    let lr = step_values[at].lr;
+    let step_size = step_values[at].step_size;
+    let bc2_sqrt = step_values[at].bc2_sqrt;
     let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;

@@ -30,8 +30,8 @@ pub fn check_binding(limits: &wgpu::Limits, what: &str, bytes: usize, advice: &s
 }
 
 /// Where each tensor sits in the flat parameter buffer. Weights come first, biases after, each
-/// tensor aligned to 256 bytes; padding stays zero. Gradients use the same layout, and so will
-/// any per-parameter optimizer state, so one dispatch updates every parameter.
+/// tensor aligned to 256 bytes; padding stays zero. Gradients and the optimizer's state (velocity,
+/// moments) use the same layout, so one dispatch updates every parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {
     /// `(offset, len)` of `W_l` at index `l - 1`.

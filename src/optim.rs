@@ -1,7 +1,8 @@
-//! Optimizers and learning-rate schedules: the settings, their checks, and the schedule's
-//! learning rate at a step in f64 (the update kernels compute the same in f32 on the device;
-//! `reference::scheduled_lr` is their twin). The update rules are PyTorch's `SGD` (with and
-//! without momentum), `Adam` and `AdamW`; docs/design.md section 4 writes them out.
+//! Optimizers and learning-rate schedules: the settings, their checks, and the step-values table
+//! the update kernels read (each step's learning rate and Adam's bias corrections, computed here
+//! in f64 with `reference::scheduled_lr` and rounded to f32). The update rules are PyTorch's
+//! `SGD` (with and without momentum), `Adam` and `AdamW`; docs/design.md section 4 writes them
+//! out.
 
 use serde::{Deserialize, Serialize};
 
@@ -71,10 +72,12 @@ impl Optimizer {
                         return Err(format!("--adam-betas {beta1},{beta2}: each beta must lie in [0, 1)"));
                     }
                 }
-                if eps.is_finite() && eps >= 0.0 {
+                // eps > 0: the update also runs over the zero padding between tensors, where
+                // m = v = 0 and eps 0 would give 0/0.
+                if eps.is_finite() && eps > 0.0 {
                     Ok(())
                 } else {
-                    Err(format!("--adam-eps {eps}: must be a finite number >= 0"))
+                    Err(format!("--adam-eps {eps}: must be a finite number > 0"))
                 }
             }
         }

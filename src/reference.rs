@@ -1,4 +1,4 @@
-//! The f64 CPU reference: the same model, loss, gradients and SGD update as the GPU engine,
+//! The f64 CPU reference: the same model, loss, gradients and optimizer updates as the GPU engine,
 //! written to be read. Each kernel in `shaders/` has a twin here with the same name; the whole
 //! step (`forward`, `loss`, `backward`, `update`) reads as docs/design.md sections 2-4.
 //!
@@ -248,8 +248,9 @@ pub fn adam_update(
 /// The learning rate of step `t` (1-based) under `schedule` from the peak rate `lr`: `lr t / w`
 /// during a warm-up of `w` steps, then `lr` (constant) or a decay to `lr_min` at the run's last
 /// step, `p = (t - w) / (total - w)` of the way: linear `lr_min + (lr - lr_min)(1 - p)`, cosine
-/// `lr_min + (lr - lr_min)(1 + cos(pi p)) / 2` (the twin of `scheduled_lr` in
-/// `shaders/update.wgsl`).
+/// `lr_min + (lr - lr_min)(1 + cos(pi p)) / 2`. The device reads it, rounded to f32, from the
+/// step-values table (`optim::step_values`) rather than computing it with WGSL's `cos`, whose
+/// error bound is loose.
 pub fn scheduled_lr(schedule: &LrSchedule, lr: f64, t: u64) -> f64 {
     let w = schedule.warmup_steps;
     if t <= w {

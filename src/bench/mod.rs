@@ -30,8 +30,10 @@ mod timing;
 
 use crate::check::{self, random};
 use crate::device::{self, AdapterRequest, Gpu};
+use crate::kernels::elementwise::StepViews;
 use crate::kernels::{Kernels, Launch, MatmulVariant, View};
 use crate::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
+use crate::optim::{Optimizer, UpdateRule};
 use crate::reference;
 use crate::trainer::{EpochOptions, StepPath, Trainer};
 use report::{load_json, print_case, print_comparison, sizes, to_json};
@@ -233,6 +235,8 @@ pub(crate) struct CaseResult {
     pub(crate) other_path: Option<StepResult>,
     pub(crate) reference: ReferenceResult,
     pub(crate) variants: Option<VariantComparison>,
+    /// The update of every parameter by each optimizer, at the preset's parameter count.
+    pub(crate) updates: Vec<RowResult>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,6 +259,49 @@ pub fn time_steps(trainer: &mut Trainer, batches_resident: usize, steps: usize) 
     }
     trainer.gpu().wait()?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The update step of each optimizer over the preset's parameters (in the parameter layout), at
+/// step 10 of a run, each launch timed alone.
+fn bench_updates(kernels: &Kernels, timer: &Timer, case: &Case, s: &Settings, rng: &mut Rng) -> Vec<RowResult> {
+    let gpu = &kernels.gpu;
+    let layout = crate::layout::ParamLayout::new(&case.spec);
+    let len = layout.len;
+    let params = gpu.upload("params", &random(rng, len, -0.05, 0.05));
+    let grads = gpu.upload("grads", &random(rng, len, -1e-3, 1e-3));
+    let m1 = gpu.upload("moment 1", &random(rng, len, -1e-3, 1e-3));
+    let m2 = gpu.upload("moment 2", &random(rng, len, 0.0, 1e-6));
+    let state = crate::layout::StepState { step: 9, ..Default::default() };
+    let state = gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
+    let (beta1, beta2) = crate::optim::defaults::ADAM_BETAS;
+    let eps = crate::optim::defaults::ADAM_EPS;
+    let optimizers = [
+        Optimizer::Sgd,
+        Optimizer::Momentum { momentum: crate::optim::defaults::MOMENTUM },
+        Optimizer::Adam { beta1, beta2, eps },
+        Optimizer::AdamW { beta1, beta2, eps },
+    ];
+    optimizers
+        .into_iter()
+        .map(|optimizer| {
+            let rule = UpdateRule { optimizer, weight_decay: 1e-4, schedule: Default::default() };
+            let values = crate::optim::step_values(optimizer, &rule.schedule, LR);
+            let values = gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
+            let steps = StepViews { state: &state, values: &values };
+            let wl = layout.weights_len;
+            let launch = match optimizer {
+                Optimizer::Sgd => kernels.sgd_update(&grads, &params, steps, wl, &rule),
+                Optimizer::Momentum { .. } => kernels.momentum_update(&grads, &params, steps, &m1, wl, &rule),
+                Optimizer::Adam { .. } | Optimizer::AdamW { .. } => {
+                    kernels.adam_update(&grads, &params, steps, &m1, &m2, wl, &rule)
+                }
+            };
+            let mut launch = launch;
+            launch.cost.label = format!("{} ({})", launch.cost.label, optimizer.name());
+            let time = measure(|reps| timer.pass(std::slice::from_ref(&launch), reps), s, s.pass_target, s.max_reps);
+            RowResult { launch, time }
+        })
+        .collect()
 }
 
 /// Minibatches of training data kept on the device while timing.
@@ -583,5 +630,6 @@ fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &S
     let other_path =
         if StepPath::fused_fits(&case.spec) { Some(bench_step(gpu, &case, s, &mut rng, Some(other))?) } else { None };
     let reference = bench_reference(&case, s, &mut rng);
-    Ok(CaseResult { case, rows, step, other_path, reference, variants })
+    let updates = bench_updates(kernels, timer, &case, s, &mut rng);
+    Ok(CaseResult { case, rows, step, other_path, reference, variants, updates })
 }

@@ -85,6 +85,25 @@ pub(crate) fn print_case(r: &CaseResult) {
         r.step.path.name()
     );
 
+    println!(
+        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
+        "optimizer update", "", "", "µs", "min µs", "max µs", "GFLOP/s", "GB/s"
+    );
+    for row in &r.updates {
+        println!(
+            "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
+            row.launch.cost.label,
+            row.launch.cost.shape,
+            "",
+            us(row.time.median),
+            us(row.time.min),
+            us(row.time.max),
+            rate(row.gflops()),
+            rate(row.gbps())
+        );
+    }
+    println!("   (one update of every parameter, each optimizer's kernel timed alone)");
+
     let st = &r.step;
     let opt = |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
     println!(
@@ -237,6 +256,11 @@ pub(crate) fn to_json(
                 "kernels": kernels,
                 "kernels_sum_us": r.rows.iter().map(|x| x.time.median).sum::<f64>() * 1e6,
                 "step": step, "step_other_path": other_path, "reference": reference,
+                "updates": r.updates.iter().map(|row| merge(
+                    json!({"id": row.launch.cost.label, "shape": row.launch.cost.shape, "flops": row.launch.cost.flops,
+                           "bytes": row.launch.cost.bytes, "gbps": row.gbps()}),
+                    measured_json(&row.time, 1e6, "us"),
+                )).collect::<Vec<_>>(),
             });
             if let Some(v) = &r.variants {
                 let row = |x: &VariantRow| {
@@ -297,6 +321,9 @@ pub(crate) fn figures(doc: &Value) -> Vec<(String, String, f64, bool)> {
             push(format!("{id} µs/step"), num(k, "median_us"), true);
         }
         push("kernel rows sum µs".into(), num(case, "kernels_sum_us"), true);
+        for u in case["updates"].as_array().into_iter().flatten() {
+            push(format!("update {} µs", u["id"].as_str().unwrap_or("?")), num(u, "median_us"), true);
+        }
         let st = &case["step"];
         push("step ms".into(), num(st, "median_ms"), true);
         push("step samples/s".into(), num(st, "samples_per_s"), false);

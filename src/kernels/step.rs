@@ -127,7 +127,7 @@ impl Kernels {
         self.launch(Kernel::FusedBackward, *net, &tensors, [(net.rows as usize).div_ceil(64), 1], cost)
     }
 
-    /// The fused path's gradient and SGD update, `lr` from the step state (or, with
+    /// The fused path's gradient and SGD update, `lr` from the step-values table (or, with
     /// `net.grads_only`, the gradient alone): one invocation per parameter.
     pub fn fused_update(&self, net: &FusedNet, b: &FusedBuffers, cost: Cost) -> Launch {
         let tensors = [&b.table, &b.delta, &b.a, &b.params, &b.state, &b.grads, &b.step_values];

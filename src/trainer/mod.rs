@@ -5,10 +5,11 @@
 //! * [`metrics`]: step metrics read back without stalling the queue, and whole-set evaluation.
 //!
 //! With the data resident on the device (`set_data`, `train_epoch`) a step uploads nothing and
-//! many steps share one submit. Values that change between steps (the cursor, the step count,
-//! the learning rate) live in the step state buffer (`layout::StepState`), so recorded schedules
-//! stay valid when they change; the settings a schedule was built from are private and change
-//! only through methods that rebuild what depends on them.
+//! many steps share one submit. Values that change between steps live on the device: the cursor
+//! and the step count in the step state (`layout::StepState`), each step's learning rate and
+//! Adam's bias corrections in the step-values table (`layout::StepValues`), so recorded
+//! schedules stay valid as they change; the settings a schedule was built from are private and
+//! change only through methods that rebuild what depends on them.
 
 pub mod metrics;
 pub mod schedule;
@@ -229,20 +230,22 @@ impl Trainer {
     }
 
     /// Sets the (peak) learning rate of the steps submitted from now on: the step-values table
-    /// is rewritten (4 bytes at a constant rate) and recorded schedules stay valid.
+    /// is rewritten in place (16 bytes for SGD or momentum at a constant rate) and recorded
+    /// schedules stay valid.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         check_lr(lr)?;
         self.schedule.validate(lr).map_err(Error::Input)?;
         self.lr = lr;
-        self.refresh_step_values();
-        Ok(())
+        self.refresh_step_values()
     }
 
     /// Writes the step-values table for the current optimizer, schedule and rate: in place
     /// when its length is unchanged, else in a new buffer (and the schedules that bind the old
     /// one are dropped).
-    fn refresh_step_values(&mut self) {
+    fn refresh_step_values(&mut self) -> Result<()> {
         let values = step_values(self.optimizer, &self.schedule, self.lr);
+        let what = format!("a step-values table of {} steps", values.len());
+        crate::layout::check_binding(&self.gpu().limits, &what, values.len() * 16, "use fewer steps")?;
         if values.len() == self.buffers.step_values.len / 4 {
             let view = self.buffers.step_values.clone();
             self.upload(&view, bytemuck::cast_slice(&values));
@@ -251,6 +254,7 @@ impl Trainer {
             self.stats.bytes_uploaded += (values.len() * 16) as u64;
             self.schedules.clear();
         }
+        Ok(())
     }
 
     pub fn optimizer(&self) -> Optimizer {
@@ -261,7 +265,8 @@ impl Trainer {
         self.schedule
     }
 
-    /// The learning rate of step `t` (1-based), as the update kernels compute it.
+    /// The learning rate of step `t` (1-based), as the step-values table holds it (in f64; the
+    /// kernels apply it rounded to f32).
     pub fn lr_at(&self, t: u64) -> f64 {
         self.schedule.lr_at(self.lr, t)
     }
@@ -282,8 +287,7 @@ impl Trainer {
         self.buffers.moments = [sized(0, "moment 1"), sized(1, "moment 2")];
         self.optimizer = optimizer;
         self.schedules.clear();
-        self.refresh_step_values();
-        Ok(())
+        self.refresh_step_values()
     }
 
     /// Sets the learning-rate schedule (constant by default); schedules are rebuilt.
@@ -291,8 +295,7 @@ impl Trainer {
         schedule.validate(self.lr).map_err(Error::Input)?;
         self.schedule = schedule;
         self.schedules.clear();
-        self.refresh_step_values();
-        Ok(())
+        self.refresh_step_values()
     }
 
     /// Caps the training data `fit` keeps resident (tests set 0 to exercise streaming).

@@ -18,8 +18,8 @@ use crate::reference::ColumnTransform;
 pub enum StepPath {
     /// One kernel per operation of docs/design.md section 4, with epilogues (any width).
     Layered,
-    /// Three dispatches per step, four with a sparsity penalty (`shaders/fused.wgsl`), for
-    /// layers up to [`FUSED_MAX_WIDTH`] wide.
+    /// Four dispatches per step with SGD, five with a sparsity penalty, one more with another
+    /// optimizer (`shaders/fused.wgsl`), for layers up to [`FUSED_MAX_WIDTH`] wide.
     Fused,
 }
 
@@ -27,7 +27,7 @@ impl StepPath {
     /// The default: fused where it fits, on GPUs; layered on CPU adapters. There the fused
     /// kernels' per-row loops over private arrays run near 1 GFLOP/s (llvmpipe turns each
     /// per-lane array access into a loop over lanes), while the layered path's subgroup
-    /// matmuls reach 5-20, so the 19 dispatches saved do not pay for themselves (measured on
+    /// matmuls reach 5-20, so the 18 dispatches saved do not pay for themselves (measured on
     /// lavapipe, seed model at batch 256: 23.5 ms/step fused vs 4.3 layered). A rule rather
     /// than a timing, so a seed reproduces a run bit for bit.
     pub fn auto(spec: &ModelSpec, adapter: &wgpu::AdapterInfo) -> StepPath {
@@ -259,8 +259,8 @@ impl Trainer {
                 }
 
                 // Update: the optimizer's rule over every parameter in one dispatch (SGD:
-                // W <- W - lr (dW + lambda W), b <- b - lr db), lr from the step state; then the
-                // cursor moves to the next minibatch.
+                // W <- W - lr (dW + lambda W), b <- b - lr db), with this step's values from the
+                // step-values table; then the step state moves on to the next minibatch.
                 let update = vec![self.update_launch(), k.advance_cursor(&b.state, m, 1)];
                 (forward, backward, update)
             }

@@ -110,7 +110,7 @@ pub struct TrainSettings {
     /// Log a `step` metrics line every N steps [default: only per epoch].
     #[arg(long, value_name = "N")]
     log_every: Option<usize>,
-    /// Step implementation: auto, fused (3-4 dispatches a step; every width <= 128) or layered [default: auto].
+    /// Step implementation: auto, fused (4-6 dispatches a step; every width <= 128) or layered [default: auto].
     #[arg(long, value_name = "PATH")]
     path: Option<String>,
     /// Training steps recorded into one queue submission [default: up to 64, ending at log steps].
