@@ -45,7 +45,8 @@ struct StepValues {
     // Adam: lr / (1 - beta1^t) and sqrt(1 - beta2^t)
     step_size: f32,
     bc2_sqrt: f32,
-    _pad: f32,
+    // the share of the sparsity weight beta this step applies (a warm-up)
+    beta_scale: f32,
 }
 
 // rho_hat clamped to [eps, 1 - eps] for KL and its derivative (docs/design.md section 3); 1 - q

@@ -160,7 +160,8 @@ fn fused_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
             let fp = activation_derivative(below.act, z, a);
             var v = g[p] * fp;
             if (l - 1u == net.code && net.sparsity != 0u) {
-                let dkl = net.beta_over_m * kl_derivative(net.rho, rho_hat[p], net.eps);
+                let scale = step_values[min(state_ro[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
+                let dkl = net.beta_over_m * scale * kl_derivative(net.rho, rho_hat[p], net.eps);
                 if (net.sparsity == 1u) {
                     v = (g[p] + dkl) * fp;
                 } else {

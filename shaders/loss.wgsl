@@ -4,7 +4,7 @@
 //   loss_value:   out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]
 //                 reconstruction = (1/m) sum_i 0.5 ||xhat_i - x_i||^2
 //                 weight_decay   = (lambda/2) sum ||W||^2     (over the weight region only)
-//                 sparsity       = beta sum_j KL(rho || rho_hat_j)
+//                 sparsity       = beta sum_j KL(rho || rho_hat_j), beta this step's (warm-up)
 //   loss_value runs as one workgroup: fixed-order strided sums and a fixed tree (deterministic).
 
 struct Loss {
@@ -40,6 +40,9 @@ fn output_delta(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
 @group(0) @binding(6) var<storage, read> weights: array<f32>;
 @group(0) @binding(7) var<storage, read> rho_hat: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
+// The step state and the step-values table (common.wgsl): this step's share of beta.
+@group(0) @binding(9) var<storage, read> state: array<u32>;
+@group(0) @binding(10) var<storage, read> step_values: array<StepValues>;
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, 256>;
@@ -82,7 +85,8 @@ fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
     if (t == 0u) {
         let reconstruction = 0.5 * sum_sq * ls.inv_m;
         let weight_decay = ls.half_lambda * sum_ww;
-        let sparsity = ls.beta * sum_kl;
+        let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
+        let sparsity = ls.beta * scale * sum_kl;
         out[0] = reconstruction + weight_decay + sparsity;
         out[1] = reconstruction;
         out[2] = weight_decay;

@@ -1,4 +1,5 @@
 // The KL sparsity gradient at the code layer (docs/design.md section 4), element-wise over [rows, cols]:
+// (beta is this step's: times the step-values table's beta_scale during a warm-up)
 //   mode 1, mean-activation KL:  delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z)
 //   mode 2, firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
 //                                s = sigmoid(Z/T)
@@ -21,6 +22,9 @@ struct Kl {
 @group(0) @binding(4) var<storage, read> a: array<f32>;
 @group(0) @binding(5) var<storage, read> rho_hat: array<f32>;
 @group(0) @binding(6) var<storage, read_write> delta: array<f32>;
+// The step state and the step-values table (common.wgsl): this step's share of beta.
+@group(0) @binding(7) var<storage, read> state: array<u32>;
+@group(0) @binding(8) var<storage, read> step_values: array<StepValues>;
 
 @compute @workgroup_size(256)
 fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -29,7 +33,8 @@ fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         return;
     }
     let j = i % kl.cols;
-    let dkl = kl.beta_over_m * kl_derivative(kl.rho, rho_hat[j], kl.eps);
+    let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
+    let dkl = kl.beta_over_m * scale * kl_derivative(kl.rho, rho_hat[j], kl.eps);
     let fprime = activation_derivative(kl.act, z[i], a[i]);
     if (kl.mode == 1u) {
         delta[i] = (g[i] + dkl) * fprime;

@@ -13,7 +13,7 @@
 
 use crate::kernels::elementwise::StepViews;
 use crate::kernels::{Kernels, MatmulVariant, View};
-use crate::layout::StepState;
+use crate::layout::{StepState, StepValues};
 use crate::model::{Activation, Rng, Sparsity};
 use crate::optim::{self, LrSchedule, Optimizer, ScheduleKind, UpdateRule};
 use crate::reference::{self as r, ColumnTransform};
@@ -133,6 +133,14 @@ fn magnitudes(reference: &[f64], floor: f64) -> Vec<f64> {
     reference.iter().map(|r| r.abs().max(floor)).collect()
 }
 
+/// A step state at the first step and a step-values table whose `beta_scale` is `share` (the
+/// kernels that apply beta read it there).
+fn beta_share(k: &Kernels, share: f64) -> (View, View) {
+    let values = [StepValues { lr: 0.0, step_size: 0.0, bc2_sqrt: 1.0, beta_scale: share as f32 }];
+    let state = k.gpu.upload_bytes("step state", bytemuck::bytes_of(&StepState::default()));
+    (state, k.gpu.upload_bytes("step values", bytemuck::cast_slice(&values)))
+}
+
 /// A tensor's contents; a read-back that fails gives NaN, which fails the check.
 fn download(k: &Kernels, v: &View) -> Vec<f32> {
     k.gpu.download(v).unwrap_or_else(|_| vec![f32::NAN; v.len])
@@ -192,13 +200,19 @@ pub fn matmul_backward_input(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, 
 /// `kl_backward` against its reference twin; returns the max relative error.
 pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
+    // Each with a share of beta from the step-values table (a warm-up's), 1 or below.
     let modes = [
-        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }),
-        (Activation::Relu, Sparsity::KlFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }),
-        (Activation::Sigmoid, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }),
-        (Activation::Tanh, Sparsity::KlFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }),
+        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 1.0),
+        (Activation::Relu, Sparsity::KlFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }, 0.5),
+        (Activation::Sigmoid, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }, 1.0),
+        (Activation::Tanh, Sparsity::KlFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }, 0.25),
+        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 0.125),
     ];
-    for (act, sparsity) in modes {
+    for (act, penalty, share) in modes {
+        let (state, values) = beta_share(kern, share);
+        let steps = StepViews { state: &state, values: &values };
+        // What the twin computes with: this step's beta.
+        let sparsity = penalty.scaled(share);
         let g = random(rng, m * n, -0.1, 0.1);
         let z = random(rng, m * n, -3.0, 3.0);
         let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
@@ -219,7 +233,8 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
             m,
             n,
             act,
-            sparsity,
+            penalty,
+            steps,
         )]);
         let want = r::kl_backward(&widen(&g), &widen(&z), &widen(&a), &widen(&rho_hat), act, sparsity, m);
         // Scale: the same formula on magnitudes, so a cancellation between G and the KL
@@ -297,7 +312,11 @@ pub fn output_delta(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize
 pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     use crate::model::{LossConfig, ModelSpec, Params};
-    for sparsity in [Sparsity::None, Sparsity::Kl { rho: 0.05, beta: 3.0 }] {
+    let kl = Sparsity::Kl { rho: 0.05, beta: 3.0 };
+    for (penalty, share) in [(Sparsity::None, 1.0), (kl, 1.0), (kl, 0.375)] {
+        let (state, values) = beta_share(kern, share);
+        let steps = StepViews { state: &state, values: &values };
+        let sparsity = penalty.scaled(share);
         let x = random(rng, m * n, 0.0, 1.0);
         let xhat = random(rng, m * n, 0.0, 1.0);
         // A one-layer model n -> n supplies the weights for the decay term.
@@ -320,7 +339,8 @@ pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
             m,
             n,
             cfg.weight_decay,
-            sparsity,
+            penalty,
+            steps,
         )]);
         let got = download(kern, &out);
         let model = r::Model::new(&spec, &params);
@@ -376,7 +396,7 @@ fn update_check(
     let (pv, gv, m1v, m2v) = (up("p", &p), up("g", &g), up("m1", &m1), up("m2", &m2));
     let state = StepState { step: (t - 1) as u32, ..Default::default() };
     let state = kern.gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
-    let values = optim::step_values(rule.optimizer, &rule.schedule, lr);
+    let values = optim::step_values(rule.optimizer, &rule.schedule, lr, 0);
     let values = kern.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
     let steps = StepViews { state: &state, values: &values };
     let launch = match rule.optimizer {
@@ -477,17 +497,28 @@ pub fn training_steps(
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
-    training_steps_with(gpu, spec, cfg, m, (lr, Optimizer::Sgd, LrSchedule::default()), steps, path)
+    let setup = StepsSetup { lr, optimizer: Optimizer::Sgd, schedule: LrSchedule::default(), beta_warmup: 0 };
+    training_steps_with(gpu, spec, cfg, m, setup, steps, path)
 }
 
-/// The same with any optimizer and learning-rate schedule (`(lr, optimizer, schedule)`).
+/// How `training_steps_with` trains.
+#[derive(Clone, Copy, Debug)]
+pub struct StepsSetup {
+    pub lr: f64,
+    pub optimizer: Optimizer,
+    pub schedule: LrSchedule,
+    /// Steps of the sparsity weight's warm-up (0: none).
+    pub beta_warmup: u64,
+}
+
+/// The same with any optimizer, learning-rate schedule and beta warm-up.
 #[allow(clippy::too_many_arguments)]
 pub fn training_steps_with(
     gpu: &crate::Gpu,
     spec: &crate::ModelSpec,
     cfg: crate::LossConfig,
     m: usize,
-    (lr, optimizer, schedule): (f64, Optimizer, LrSchedule),
+    StepsSetup { lr, optimizer, schedule, beta_warmup }: StepsSetup,
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
@@ -498,8 +529,10 @@ pub fn training_steps_with(
     }
     trainer.set_optimizer(optimizer)?;
     trainer.set_lr_schedule(schedule)?;
+    trainer.set_beta_warmup(beta_warmup)?;
     let mut model = r::Model::new(spec, &init);
     let mut optim = r::Optim::new(&model, optimizer, schedule, lr, cfg.weight_decay);
+    optim.beta_warmup = beta_warmup;
     let mut rng = Rng::new(77);
     for _ in 0..steps {
         let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);

@@ -188,5 +188,6 @@ pub struct StepValues {
     pub step_size: f32,
     /// Adam: `sqrt(1 - beta2^t)`.
     pub bc2_sqrt: f32,
-    pub _pad: f32,
+    /// The share of the sparsity weight beta this step applies (`--beta-warmup-steps`).
+    pub beta_scale: f32,
 }

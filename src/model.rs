@@ -197,6 +197,15 @@ impl Sparsity {
         }
     }
     /// `(rho, beta)`, with beta = 0 when there is no penalty.
+    /// The same penalty with beta times `scale` (a warm-up's share).
+    pub fn scaled(&self, scale: f64) -> Sparsity {
+        match *self {
+            Sparsity::None => Sparsity::None,
+            Sparsity::Kl { rho, beta } => Sparsity::Kl { rho, beta: beta * scale },
+            Sparsity::KlFreq { rho, beta, temperature } => Sparsity::KlFreq { rho, beta: beta * scale, temperature },
+        }
+    }
+
     pub fn rho_beta(&self) -> (f64, f64) {
         match *self {
             Sparsity::None => (0.05, 0.0),

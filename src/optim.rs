@@ -170,12 +170,29 @@ pub struct UpdateRule {
     pub schedule: LrSchedule,
 }
 
+/// The share of the sparsity weight beta that step `t` (1-based) applies during a linear warm-up
+/// of `warmup` steps: `t / warmup` up to 1 (always 1 without a warm-up).
+pub fn beta_scale(warmup: u64, t: u64) -> f64 {
+    if t >= warmup {
+        1.0
+    } else {
+        t as f64 / warmup as f64
+    }
+}
+
 /// The step-values table of a run (`layout::StepValues`): one entry per step from 1 to the
 /// last step that differs from the one after it. A constant rate for SGD or momentum needs one
-/// entry; a schedule needs its `total_steps`; Adam needs enough steps for its bias corrections
+/// entry; a schedule needs its `total_steps`; a beta warm-up its length; Adam enough steps for
+/// its bias corrections
 /// to reach 1 in f32 (`beta^t < 2^-25`: about 17,000 steps for beta2 = 0.999).
-pub fn step_values(optimizer: Optimizer, schedule: &LrSchedule, lr: f64) -> Vec<crate::layout::StepValues> {
+pub fn step_values(
+    optimizer: Optimizer,
+    schedule: &LrSchedule,
+    lr: f64,
+    beta_warmup_steps: u64,
+) -> Vec<crate::layout::StepValues> {
     let mut len = if schedule.is_constant() { 1 } else { schedule.total_steps.max(schedule.warmup_steps).max(1) };
+    len = len.max(beta_warmup_steps);
     let betas = match optimizer {
         Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. } => Some((beta1, beta2)),
         _ => None,
@@ -197,7 +214,7 @@ pub fn step_values(optimizer: Optimizer, schedule: &LrSchedule, lr: f64) -> Vec<
                 lr: lr_t as f32,
                 step_size: step_size as f32,
                 bc2_sqrt: bc2_sqrt as f32,
-                _pad: 0.0,
+                beta_scale: beta_scale(beta_warmup_steps, t) as f32,
             }
         })
         .collect()

@@ -437,6 +437,8 @@ pub struct Optim {
     pub lr: f64,
     /// lambda: an L2 term (in J and the gradient), or decoupled for AdamW.
     pub weight_decay: f64,
+    /// Steps over which beta ramps up (0: none).
+    pub beta_warmup: u64,
     /// Steps taken.
     pub t: u64,
     /// Velocity or first moment, and second moment, per tensor.
@@ -447,13 +449,15 @@ pub struct Optim {
 impl Optim {
     pub fn new(model: &Model, optimizer: Optimizer, schedule: LrSchedule, lr: f64, weight_decay: f64) -> Optim {
         let zeros: Vec<Vec<f64>> = model.w.iter().chain(&model.b).map(|t| vec![0.0; t.len()]).collect();
-        Optim { optimizer, schedule, lr, weight_decay, t: 0, m: zeros.clone(), v: zeros }
+        Optim { optimizer, schedule, lr, weight_decay, beta_warmup: 0, t: 0, m: zeros.clone(), v: zeros }
     }
 
-    /// The loss settings J is computed with: AdamW's weight decay is not part of J.
+    /// The loss settings the next step's J is computed with: AdamW's weight decay is not part
+    /// of J, and beta is the next step's share during a warm-up.
     pub fn loss_config(&self, cfg: &LossConfig) -> LossConfig {
         let weight_decay = if self.optimizer.decoupled_weight_decay() { 0.0 } else { cfg.weight_decay };
-        LossConfig { weight_decay, ..*cfg }
+        let sparsity = cfg.sparsity.scaled(crate::optim::beta_scale(self.beta_warmup, self.t + 1));
+        LossConfig { weight_decay, sparsity }
     }
 
     /// One update from `grads`, which hold no weight-decay term (the update adds it, to the

@@ -341,9 +341,9 @@ rejected! {
     lr_min_above_lr: &["--lr-schedule", "linear", "--lr", "0.01", "--lr-min", "0.1"] => &["--lr-min", "0.1"];
 }
 
-/// Every metrics line carries the learning rate of its step: a linear warm-up over 4 steps, then
-/// a linear decay to --lr-min at the last step; a warm-up longer than the run is allowed, with a
-/// note.
+/// Every metrics line carries the learning rate and the sparsity weight of its step: a linear
+/// warm-up over 4 steps, then a linear decay to --lr-min at the last step; beta ramping up over 8
+/// steps. A warm-up longer than the run is allowed, with a note.
 #[test]
 fn lr_schedule_reaches_metrics() {
     let t = Tmp::new("lr_schedule_metrics");
@@ -351,22 +351,25 @@ fn lr_schedule_reaches_metrics() {
     let flags = ["--samples", "64", "--batch-size", "8", "--epochs", "2", "--log-every", "1", "--lr", "0.02"];
     let mut args = vec!["train", "--out", s(&out_dir), "--lr-schedule", "linear", "--warmup-steps", "4"];
     args.extend_from_slice(&flags);
-    args.extend_from_slice(&["--lr-min", "0.004", "--optimizer", "momentum"]);
+    args.extend_from_slice(&["--lr-min", "0.004", "--optimizer", "momentum", "--beta-warmup-steps", "8"]);
     let out = t.sae(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let steps: Vec<(u64, f64)> = metrics(&out_dir)
+    let steps: Vec<(u64, f64, f64)> = metrics(&out_dir)
         .iter()
         .filter(|l| l["kind"] == "step")
-        .map(|l| (l["step"].as_u64().unwrap(), l["lr"].as_f64().unwrap()))
+        .map(|l| (l["step"].as_u64().unwrap(), l["lr"].as_f64().unwrap(), l["beta"].as_f64().unwrap()))
         .collect();
     assert_eq!(steps.len(), 16, "a step line per step");
-    for (step, lr) in steps {
+    for (step, lr, beta) in steps {
+        let want_beta = 3.0 * (step as f64 / 8.0).min(1.0);
+        assert!((beta - want_beta).abs() < 1e-12, "step {step}: beta {beta}, want {want_beta}");
         // 16 steps: warm-up 1..=4, then p = (t - 4) / 12 of the way from 0.02 to 0.004.
         let want = if step <= 4 { 0.02 * step as f64 / 4.0 } else { 0.004 + 0.016 * (1.0 - (step - 4) as f64 / 12.0) };
         assert!((lr - want).abs() < 1e-12, "step {step}: lr {lr}, want {want}");
     }
-    let beta = &metrics(&out_dir)[0]["beta"];
-    assert_eq!(beta.as_f64(), Some(3.0), "beta on every line");
+    let epoch = metrics(&out_dir).into_iter().find(|l| l["kind"] == "epoch").expect("an epoch line");
+    assert_eq!(epoch["step"].as_u64(), Some(8));
+    assert_eq!(epoch["beta"].as_f64(), Some(3.0), "the epoch line's J uses the next step's beta");
 
     let t = Tmp::new("lr_warmup_longer_than_run");
     let out = t.sae(&["train", "--samples", "64", "--batch-size", "32", "--epochs", "1", "--warmup-steps", "10"]);

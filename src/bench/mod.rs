@@ -285,7 +285,7 @@ fn bench_updates(kernels: &Kernels, timer: &Timer, case: &Case, s: &Settings, rn
         .into_iter()
         .map(|optimizer| {
             let rule = UpdateRule { optimizer, weight_decay: 1e-4, schedule: Default::default() };
-            let values = crate::optim::step_values(optimizer, &rule.schedule, LR);
+            let values = crate::optim::step_values(optimizer, &rule.schedule, LR, 0);
             let values = gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
             let steps = StepViews { state: &state, values: &values };
             let wl = layout.weights_len;

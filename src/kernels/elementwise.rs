@@ -113,7 +113,8 @@ pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
 }
 
 impl Kernels {
-    /// The code layer's delta with the KL sparsity gradient (docs/design.md section 4).
+    /// The code layer's delta with the KL sparsity gradient (docs/design.md section 4), beta
+    /// times this step's `beta_scale` from the step-values table.
     /// `sparsity` is a KL penalty: without one the code layer takes the plain
     /// activation-derivative epilogue instead.
     #[allow(clippy::too_many_arguments)]
@@ -128,6 +129,7 @@ impl Kernels {
         n: usize,
         act: Activation,
         sparsity: Sparsity,
+        steps: StepViews<'_>,
     ) -> Launch {
         let (mode, rho, beta, temperature) = kl_mode(sparsity);
         assert!(mode != 0, "kl_backward without a sparsity penalty");
@@ -142,7 +144,8 @@ impl Kernels {
             eps: RHO_HAT_EPS as f32,
         };
         let cost = cost(Kernel::KlBackward, format!("{m}x{n}"), m * n, 6.0, 4 * m * n + n);
-        self.launch(Kernel::KlBackward, params, &[g, z, a, rho_hat, delta], Self::elementwise_groups(m * n), cost)
+        let tensors = [g, z, a, rho_hat, delta, steps.state, steps.values];
+        self.launch(Kernel::KlBackward, params, &tensors, Self::elementwise_groups(m * n), cost)
     }
 
     /// `out[j] = scale * sum_i t(x[i,j])` over `[m, n]`.
@@ -183,7 +186,8 @@ impl Kernels {
         self.launch(Kernel::OutputDelta, params, &[xhat, x, z, delta], Self::elementwise_groups(m * n), cost)
     }
 
-    /// `out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]`.
+    /// `out = [J, reconstruction, weight_decay, sparsity, sum of squared errors]`, beta times this
+    /// step's `beta_scale` from the step-values table.
     #[allow(clippy::too_many_arguments)]
     pub fn loss_value(
         &self,
@@ -196,11 +200,13 @@ impl Kernels {
         n: usize,
         weight_decay: f64,
         sparsity: Sparsity,
+        steps: StepViews<'_>,
     ) -> Launch {
         let params = loss_params(m, n, Activation::Identity, weights.len, weight_decay, sparsity, rho_hat.len);
         let floats = 2 * m * n + weights.len + rho_hat.len + LOSS_SLOTS;
         let cost = cost(Kernel::LossValue, format!("{m}x{n}"), 2 * m * n + 2 * weights.len, 1.0, floats);
-        self.launch(Kernel::LossValue, params, &[xhat, x, weights, rho_hat, out], [1, 1], cost)
+        let tensors = [xhat, x, weights, rho_hat, out, steps.state, steps.values];
+        self.launch(Kernel::LossValue, params, &tensors, [1, 1], cost)
     }
 
     /// `p <- p - lr (g + lambda p)` on the first `weights_len` elements, `p <- p - lr g` after,

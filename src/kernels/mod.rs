@@ -129,17 +129,17 @@ impl Kernel {
     /// in the order its launcher passes the tensors.
     pub fn bindings(self) -> &'static [(u32, Access)] {
         match self {
-            Kernel::KlBackward => &[(2, R), (3, R), (4, R), (5, R), (6, W)],
+            Kernel::KlBackward => &[(2, R), (3, R), (4, R), (5, R), (6, W), (7, R), (8, R)],
             Kernel::ColumnSum => &[(2, R), (3, W)],
             Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],
-            Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W)],
+            Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W), (9, R), (10, R)],
             Kernel::SgdUpdate => &[(2, R), (3, W), (4, R), (7, R)],
             Kernel::MomentumUpdate => &[(2, R), (3, W), (4, R), (7, R), (5, W)],
             Kernel::AdamUpdate => &[(2, R), (3, W), (4, R), (7, R), (5, W), (6, W)],
             Kernel::GatherRows => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::AdvanceCursor => &[(6, W)],
             Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],
-            Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W)],
+            Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W), (6, R), (19, R)],
             Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, R), (18, W), (19, R)],
         }
     }

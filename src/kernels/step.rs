@@ -123,7 +123,7 @@ impl Kernels {
 
     /// The fused path's backward pass: one invocation per row.
     pub fn fused_backward(&self, net: &FusedNet, b: &FusedBuffers, cost: Cost) -> Launch {
-        let tensors = [&b.table, &b.params, &b.z, &b.a, &b.rho_hat, &b.delta];
+        let tensors = [&b.table, &b.params, &b.z, &b.a, &b.rho_hat, &b.delta, &b.state, &b.step_values];
         self.launch(Kernel::FusedBackward, *net, &tensors, [(net.rows as usize).div_ceil(64), 1], cost)
     }
 

@@ -238,7 +238,8 @@ impl Trainer {
         let nf = n as f64;
         rho.iter_mut().chain(freq.iter_mut()).chain(mean.iter_mut()).for_each(|v| *v /= nf);
         let rho_hat = if self.loss.sparsity == Sparsity::None { mean } else { rho };
-        let (target, beta) = self.loss.sparsity.rho_beta();
+        // beta as loss_value applied it: the share of the step after the last one taken.
+        let (target, beta) = self.loss.sparsity.scaled(self.beta_scale_at(self.steps_done + 1)).rho_beta();
         let sparsity = if self.loss.sparsity == Sparsity::None {
             0.0
         } else {

@@ -89,6 +89,8 @@ pub struct Trainer {
     lr: f64,
     optimizer: Optimizer,
     schedule: LrSchedule,
+    /// Steps over which the sparsity weight ramps up from beta/N to beta (0: none).
+    beta_warmup: u64,
     /// Largest minibatch the buffers hold.
     batch_capacity: usize,
     layout: ParamLayout,
@@ -158,7 +160,7 @@ impl Trainer {
             StepPath::Layered
         };
         let acts = Activations::new(&gpu, spec, m, path);
-        let values = step_values(Optimizer::Sgd, &LrSchedule::default(), lr);
+        let values = step_values(Optimizer::Sgd, &LrSchedule::default(), lr, 0);
         let widest = spec.sizes.iter().copied().max().unwrap_or(1);
         let buffers = Buffers {
             params: gpu.upload("params", &layout.flatten(init)),
@@ -184,6 +186,7 @@ impl Trainer {
             lr,
             optimizer: Optimizer::Sgd,
             schedule: LrSchedule::default(),
+            beta_warmup: 0,
             batch_capacity,
             layout,
             metrics_layout,
@@ -243,7 +246,7 @@ impl Trainer {
     /// when its length is unchanged, else in a new buffer (and the schedules that bind the old
     /// one are dropped).
     fn refresh_step_values(&mut self) -> Result<()> {
-        let values = step_values(self.optimizer, &self.schedule, self.lr);
+        let values = step_values(self.optimizer, &self.schedule, self.lr, self.beta_warmup);
         let what = format!("a step-values table of {} steps", values.len());
         crate::layout::check_binding(&self.gpu().limits, &what, values.len() * 16, "use fewer steps")?;
         if values.len() == self.buffers.step_values.len / 4 {
@@ -288,6 +291,21 @@ impl Trainer {
         self.optimizer = optimizer;
         self.schedules.clear();
         self.refresh_step_values()
+    }
+
+    /// Ramps the sparsity weight linearly from beta/N to beta over the first `steps` steps (0,
+    /// the default: none); the step-values table is rewritten.
+    pub fn set_beta_warmup(&mut self, steps: u64) -> Result<()> {
+        if steps > u32::MAX as u64 {
+            return Err(Error::input("--beta-warmup-steps must stay below 2^32"));
+        }
+        self.beta_warmup = steps;
+        self.refresh_step_values()
+    }
+
+    /// The share of beta that step `t` (1-based) applies.
+    pub fn beta_scale_at(&self, t: u64) -> f64 {
+        crate::optim::beta_scale(self.beta_warmup, t)
     }
 
     /// Sets the learning-rate schedule (constant by default); schedules are rebuilt.

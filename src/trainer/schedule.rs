@@ -185,6 +185,7 @@ impl Trainer {
         let inv_m = 1.0 / m as f64;
         let data = if from == Rows::Host { &b.x_staging } else { &b.data };
         let sparsity = self.loss.sparsity;
+        let steps = StepViews { state: &b.state, values: &b.step_values };
         // The weight-decay term of J: none for AdamW, whose decay is decoupled.
         let l2 = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
 
@@ -213,6 +214,7 @@ impl Trainer {
                 n0,
                 l2,
                 sparsity,
+                steps,
             ),
         ];
 
@@ -239,7 +241,18 @@ impl Trainer {
                     let act = spec.activation(l - 1);
                     if l - 1 == c && sparsity != Sparsity::None {
                         backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), m, n, kk).at_layer(l));
-                        backward.push(k.kl_backward(&g(kk), &z(c), &a(c), &b.rho_hat, &delta(c), m, kk, act, sparsity));
+                        backward.push(k.kl_backward(
+                            &g(kk),
+                            &z(c),
+                            &a(c),
+                            &b.rho_hat,
+                            &delta(c),
+                            m,
+                            kk,
+                            act,
+                            sparsity,
+                            steps,
+                        ));
                     } else {
                         backward.push(
                             k.matmul_backward_input_activation(

@@ -88,6 +88,9 @@ pub struct TrainSettings {
     /// Where linear and cosine schedules end, in [0, lr] [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     lr_min: Option<f64>,
+    /// Steps over which the sparsity weight ramps linearly from beta/N to beta [default: 0].
+    #[arg(long, value_name = "N")]
+    beta_warmup_steps: Option<u64>,
     /// Minibatch size [default: 32].
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
@@ -140,6 +143,7 @@ struct Resolved {
     lr: f64,
     optimizer: Optimizer,
     lr_schedule: LrSchedule,
+    beta_warmup_steps: u64,
     batch_size: usize,
     epochs: usize,
     seed: u64,
@@ -196,6 +200,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         lr_schedule,
         warmup_steps,
         lr_min,
+        beta_warmup_steps,
         batch_size,
         epochs,
         seed,
@@ -373,6 +378,7 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             lr,
             optimizer,
             lr_schedule,
+            beta_warmup_steps: s.beta_warmup_steps.unwrap_or(0),
             batch_size,
             epochs,
             seed,
@@ -392,14 +398,17 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     })
 }
 
-/// The learning rate and sparsity weight of step `step` (the last one taken, on epoch lines).
-fn rates(r: &Resolved, step: u64) -> (f64, f64) {
-    (r.lr_schedule.lr_at(r.lr, step.max(1)), r.loss.sparsity.rho_beta().1)
+/// The learning rate of step `step` and the sparsity weight of step `beta_step` (on step lines
+/// the same step; on epoch lines the last step taken, and the next one, whose beta the
+/// evaluation's J uses).
+fn rates(r: &Resolved, step: u64, beta_step: u64) -> (f64, f64) {
+    let share = optim::beta_scale(r.beta_warmup_steps, beta_step.max(1));
+    (r.lr_schedule.lr_at(r.lr, step.max(1)), r.loss.sparsity.scaled(share).rho_beta().1)
 }
 
 /// A metrics JSON line (docs/design.md section 6).
 fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
-    let (lr, beta) = rates(r, step);
+    let (lr, beta) = rates(r, step, step);
     serde_json::json!({
         "kind": "step", "epoch": epoch, "step": step, "lr": lr, "beta": beta,
         "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
@@ -424,7 +433,7 @@ fn epoch_json(
     val: Option<&EvalMetrics>,
 ) -> serde_json::Value {
     let mut v = eval_json(train);
-    let (lr, beta) = rates(r, step);
+    let (lr, beta) = rates(r, step, step + 1);
     let obj = v.as_object_mut().unwrap();
     obj.insert("kind".into(), "epoch".into());
     obj.insert("epoch".into(), epoch.into());
@@ -449,6 +458,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
     trainer.set_optimizer(resolved.optimizer)?;
     trainer.set_lr_schedule(resolved.lr_schedule)?;
+    trainer.set_beta_warmup(resolved.beta_warmup_steps)?;
     let sched = &resolved.lr_schedule;
     if sched.warmup_steps > sched.total_steps {
         eprintln!(
