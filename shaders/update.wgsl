@@ -3,7 +3,10 @@
 // flat buffers with the same layout, weights first: weight decay (lambda) applies below
 // weights_len only. The gradients hold no weight-decay term: these kernels add it, as an L2 term
 // (sgd, momentum, adam) or decoupled (adamw). Step t = step + 1 (the step state) applies entry
-// t - 1 of the step-values table: its learning rate and Adam's bias corrections.
+// t - 1 of the step-values table: its learning rate and Adam's bias corrections. Every gradient
+// is first multiplied by clip[0], the clipping coefficient grad_norm wrote (1 without clipping).
+//   grad_norm        clip[0] = min(1, max_norm / (||g|| + 1e-6)), ||g|| over every parameter
+//                    (PyTorch's clip_grad_norm_), one workgroup summing in a fixed order
 //   sgd_update       p <- p - lr (g + lambda p)
 //   momentum_update  v <- mu v + (g + lambda p);  p <- p - lr v
 //   adam_update      (adamw: p <- p (1 - lr lambda); d = g.  adam: d = g + lambda p)
@@ -21,6 +24,11 @@ struct Update {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    // grad_norm: the largest global gradient norm
+    max_norm: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> up: Update;
@@ -30,6 +38,8 @@ struct Update {
 @group(0) @binding(5) var<storage, read_write> moment1: array<f32>;
 @group(0) @binding(6) var<storage, read_write> moment2: array<f32>;
 @group(0) @binding(7) var<storage, read> step_values: array<StepValues>;
+@group(0) @binding(8) var<storage, read> clip: array<f32>;
+@group(0) @binding(9) var<storage, read_write> clip_out: array<f32>;
 
 // The entry of this step (t = step + 1) in the step-values table.
 fn this_step() -> u32 {
@@ -52,11 +62,12 @@ fn first_index(lid: vec3<u32>, wid: vec3<u32>) -> u32 {
 @compute @workgroup_size(256)
 fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let lr = step_values[this_step()].lr;
+    let c = clip[0];
     let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;
         if (i < up.len) {
-            params[i] = params[i] - lr * (grads[i] + decay_at(i) * params[i]);
+            params[i] = params[i] - lr * (grads[i] * c + decay_at(i) * params[i]);
         }
     }
 }
@@ -64,11 +75,12 @@ fn sgd_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
 @compute @workgroup_size(256)
 fn momentum_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let lr = step_values[this_step()].lr;
+    let c = clip[0];
     let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;
         if (i < up.len) {
-            let v = up.momentum * moment1[i] + (grads[i] + decay_at(i) * params[i]);
+            let v = up.momentum * moment1[i] + (grads[i] * c + decay_at(i) * params[i]);
             moment1[i] = v;
             params[i] = params[i] - lr * v;
         }
@@ -81,12 +93,13 @@ fn adam_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let lr = step_values[at].lr;
     let step_size = step_values[at].step_size;
     let bc2_sqrt = step_values[at].bc2_sqrt;
+    let c = clip[0];
     let first = first_index(lid, wid);
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let i = first + j * 256u;
         if (i < up.len) {
             var p = params[i];
-            var d = grads[i];
+            var d = grads[i] * c;
             if (up.decoupled == 1u) {
                 p = p * (1.0 - lr * decay_at(i));
             } else {
@@ -98,5 +111,29 @@ fn adam_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
             moment2[i] = v;
             params[i] = p - step_size * m / (sqrt(v) / bc2_sqrt + up.eps);
         }
+    }
+}
+
+const NORM_WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn grad_norm(@builtin(local_invocation_id) lid: vec3<u32>) {
+    _ = grid.offset; // one workgroup, never split
+    let t = lid.x;
+    var s = 0.0;
+    for (var i = t; i < up.len; i += NORM_WG) {
+        s = fma(grads[i], grads[i], s);
+    }
+    partial[t] = s;
+    workgroupBarrier();
+    for (var stride = NORM_WG / 2u; stride > 0u; stride /= 2u) {
+        if (t < stride) {
+            partial[t] += partial[t + stride];
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        clip_out[0] = min(1.0, up.max_norm / (sqrt(partial[0]) + 1e-6));
     }
 }

@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 13] = [
+pub const CHECKS: [(&str, Check); 14] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -44,6 +44,7 @@ pub const CHECKS: [(&str, Check); 13] = [
     ("sgd_update", sgd_update),
     ("momentum_update", momentum_update),
     ("adam_update", adam_update),
+    ("grad_norm", grad_norm),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -133,12 +134,12 @@ fn magnitudes(reference: &[f64], floor: f64) -> Vec<f64> {
     reference.iter().map(|r| r.abs().max(floor)).collect()
 }
 
-/// A step state at the first step and a step-values table whose `beta_scale` is `share` (the
-/// kernels that apply beta read it there).
-fn beta_share(k: &Kernels, share: f64) -> (View, View) {
+/// A step state at the first step, a step-values table whose `beta_scale` is `share` (the
+/// kernels that apply beta read it there) and a clipping coefficient of 1.
+fn beta_share(k: &Kernels, share: f64) -> (View, View, View) {
     let values = [StepValues { lr: 0.0, step_size: 0.0, bc2_sqrt: 1.0, beta_scale: share as f32 }];
     let state = k.gpu.upload_bytes("step state", bytemuck::bytes_of(&StepState::default()));
-    (state, k.gpu.upload_bytes("step values", bytemuck::cast_slice(&values)))
+    (state, k.gpu.upload_bytes("step values", bytemuck::cast_slice(&values)), k.gpu.upload("clip", &[1.0]))
 }
 
 /// A tensor's contents; a read-back that fails gives NaN, which fails the check.
@@ -209,8 +210,8 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
         (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 0.125),
     ];
     for (act, penalty, share) in modes {
-        let (state, values) = beta_share(kern, share);
-        let steps = StepViews { state: &state, values: &values };
+        let (state, values, clip) = beta_share(kern, share);
+        let steps = StepViews { state: &state, values: &values, clip: &clip };
         // What the twin computes with: this step's beta.
         let sparsity = penalty.scaled(share);
         let g = random(rng, m * n, -0.1, 0.1);
@@ -314,8 +315,8 @@ pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
     use crate::model::{LossConfig, ModelSpec, Params};
     let kl = Sparsity::Kl { rho: 0.05, beta: 3.0 };
     for (penalty, share) in [(Sparsity::None, 1.0), (kl, 1.0), (kl, 0.375)] {
-        let (state, values) = beta_share(kern, share);
-        let steps = StepViews { state: &state, values: &values };
+        let (state, values, clip) = beta_share(kern, share);
+        let steps = StepViews { state: &state, values: &values, clip: &clip };
         let sparsity = penalty.scaled(share);
         let x = random(rng, m * n, 0.0, 1.0);
         let xhat = random(rng, m * n, 0.0, 1.0);
@@ -369,8 +370,7 @@ fn update_check(
     rng: &mut Rng,
     (m, k, n): (usize, usize, usize),
     rule: UpdateRule,
-    lr: f64,
-    t: u64,
+    (lr, t, clip): (f64, u64, f64),
 ) -> f64 {
     // The kernel gets its settings as f32: the twin takes the same values (1 - beta2 is 1e-3,
     // and f32's rounding of 0.999 moves it by 1.3e-5 relative).
@@ -398,7 +398,9 @@ fn update_check(
     let state = kern.gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
     let values = optim::step_values(rule.optimizer, &rule.schedule, lr, 0);
     let values = kern.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
-    let steps = StepViews { state: &state, values: &values };
+    // The clipping coefficient grad_norm would have written (exact in f32).
+    let clip_view = kern.gpu.upload("clip", &[clip as f32]);
+    let steps = StepViews { state: &state, values: &values, clip: &clip_view };
     let launch = match rule.optimizer {
         Optimizer::Sgd => kern.sgd_update(&gv, &pv, steps, wl, &rule),
         Optimizer::Momentum { .. } => kern.momentum_update(&gv, &pv, steps, &m1v, wl, &rule),
@@ -407,7 +409,8 @@ fn update_check(
     kern.gpu.run(&[launch]);
 
     let lr_t = r::scheduled_lr(&rule.schedule, lr, t);
-    let (mut wp, wg, mut wm1, mut wm2) = (widen(&p), widen(&g), widen(&m1), widen(&m2));
+    let wg: Vec<f64> = g.iter().map(|&x| x as f64 * clip).collect();
+    let (mut wp, mut wm1, mut wm2) = (widen(&p), widen(&m1), widen(&m2));
     for (range, decay) in [(0..wl, rule.weight_decay), (wl..len, 0.0)] {
         let (p, g) = (&mut wp[range.clone()], &wg[range.clone()]);
         let (m1, m2) = (&mut wm1[range.clone()], &mut wm2[range]);
@@ -423,7 +426,7 @@ fn update_check(
         }
     }
     let decay_at = |i: usize| if i < wl { rule.weight_decay } else { 0.0 };
-    let term = |i: usize| (g[i] as f64).abs() + decay_at(i) * (p[i] as f64).abs();
+    let term = |i: usize| wg[i].abs() + decay_at(i) * (p[i] as f64).abs();
     let scale_p: Vec<f64> = (0..len).map(|i| (p[i] as f64).abs() + (wp[i] - p[i] as f64).abs()).collect();
     let mut worst = max_rel_err(&download(kern, &pv), &wp, &scale_p);
     let keep = match rule.optimizer {
@@ -441,38 +444,68 @@ fn update_check(
     worst
 }
 
+/// `grad_norm` against its twin: the clipping coefficient of `m*k + n` gradients, with the norm
+/// above the limit (coefficient ~0.3) and below it (exactly 1). A sum of squares has only
+/// non-negative terms; each invocation adds at most `len/256` of them and a tree of 8 levels
+/// adds the partial sums, so f32 rounds at most `len/256 + 8` times (3e-6 relative at
+/// `len = 5361`), and the square root halves that: under 1e-5.
+pub fn grad_norm(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let g = random(rng, m * k + n, -1.0, 1.0);
+    let norm = widen(&g).iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut worst: f64 = 0.0;
+    for max_norm in [(0.3 * norm) as f32 as f64, 2.0 * norm] {
+        let rule = UpdateRule { clip_grad_norm: Some(max_norm), ..Default::default() };
+        let out = poisoned(kern, 1);
+        kern.gpu.run(&[kern.grad_norm(&kern.gpu.upload("g", &g), &out, &rule)]);
+        let want = r::grad_norm(widen(&g).into_iter(), max_norm);
+        worst = worst.max(max_rel_err(&download(kern, &out), &[want], &[want]));
+    }
+    worst
+}
+
 /// `sgd_update` against its reference twin, on a cosine schedule past its warm-up; returns the
 /// max relative error.
 pub fn sgd_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
     let schedule = LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 3, total_steps: 10, lr_min: 0.01 };
-    let rule = UpdateRule { optimizer: Optimizer::Sgd, weight_decay: 0.01, schedule };
-    update_check(kern, rng, (m, k, n), rule, 0.3, 5)
+    let rule = UpdateRule { optimizer: Optimizer::Sgd, weight_decay: 0.01, schedule, clip_grad_norm: None };
+    update_check(kern, rng, (m, k, n), rule, (0.3, 5, 1.0))
 }
 
 /// `momentum_update` against its twin, on a linear schedule, at a step of the warm-up and one
-/// after it.
+/// after it with clipped gradients.
 pub fn momentum_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
     let schedule = LrSchedule { kind: ScheduleKind::Linear, warmup_steps: 2, total_steps: 20, lr_min: 0.0 };
-    let rule = UpdateRule { optimizer: Optimizer::Momentum { momentum: 0.9 }, weight_decay: 0.01, schedule };
-    [1, 7].iter().map(|&t| update_check(kern, rng, (m, k, n), rule, 0.1, t)).fold(0.0, f64::max)
+    let rule = UpdateRule {
+        optimizer: Optimizer::Momentum { momentum: 0.9 },
+        weight_decay: 0.01,
+        schedule,
+        clip_grad_norm: None,
+    };
+    // The second with the gradients clipped to 0.375 of their size.
+    [(1, 1.0), (7, 0.375)]
+        .iter()
+        .map(|&(t, c)| update_check(kern, rng, (m, k, n), rule, (0.1, t, c)))
+        .fold(0.0, f64::max)
 }
 
 /// `adam_update` against its twin: Adam at the first step and a later one, AdamW (decoupled
-/// decay) during a warm-up and after it, with other betas and eps.
+/// decay) during a warm-up and after it, with other betas and eps; the later ones with clipped
+/// gradients.
 pub fn adam_update(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
     let adam = UpdateRule {
         optimizer: Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
         weight_decay: 0.01,
-        schedule: LrSchedule::default(),
+        ..Default::default()
     };
     let adamw = UpdateRule {
         optimizer: Optimizer::AdamW { beta1: 0.8, beta2: 0.99, eps: 1e-6 },
         weight_decay: 0.05,
         schedule: LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 4, total_steps: 50, lr_min: 1e-4 },
+        clip_grad_norm: None,
     };
-    [(adam, 1), (adam, 9), (adamw, 3), (adamw, 30)]
+    [(adam, 1, 1.0), (adam, 9, 0.625), (adamw, 3, 1.0), (adamw, 30, 0.25)]
         .iter()
-        .map(|&(rule, t)| update_check(kern, rng, (m, k, n), rule, 0.01, t))
+        .map(|&(rule, t, clip)| update_check(kern, rng, (m, k, n), rule, (0.01, t, clip)))
         .fold(0.0, f64::max)
 }
 
@@ -497,7 +530,13 @@ pub fn training_steps(
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
-    let setup = StepsSetup { lr, optimizer: Optimizer::Sgd, schedule: LrSchedule::default(), beta_warmup: 0 };
+    let setup = StepsSetup {
+        lr,
+        optimizer: Optimizer::Sgd,
+        schedule: LrSchedule::default(),
+        beta_warmup: 0,
+        clip_grad_norm: None,
+    };
     training_steps_with(gpu, spec, cfg, m, setup, steps, path)
 }
 
@@ -509,6 +548,8 @@ pub struct StepsSetup {
     pub schedule: LrSchedule,
     /// Steps of the sparsity weight's warm-up (0: none).
     pub beta_warmup: u64,
+    /// The global gradient norm to clip to.
+    pub clip_grad_norm: Option<f64>,
 }
 
 /// The same with any optimizer, learning-rate schedule and beta warm-up.
@@ -518,7 +559,7 @@ pub fn training_steps_with(
     spec: &crate::ModelSpec,
     cfg: crate::LossConfig,
     m: usize,
-    StepsSetup { lr, optimizer, schedule, beta_warmup }: StepsSetup,
+    StepsSetup { lr, optimizer, schedule, beta_warmup, clip_grad_norm }: StepsSetup,
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
@@ -530,9 +571,11 @@ pub fn training_steps_with(
     trainer.set_optimizer(optimizer)?;
     trainer.set_lr_schedule(schedule)?;
     trainer.set_beta_warmup(beta_warmup)?;
+    trainer.set_clip_grad_norm(clip_grad_norm)?;
     let mut model = r::Model::new(spec, &init);
     let mut optim = r::Optim::new(&model, optimizer, schedule, lr, cfg.weight_decay);
     optim.beta_warmup = beta_warmup;
+    optim.clip_grad_norm = clip_grad_norm;
     let mut rng = Rng::new(77);
     for _ in 0..steps {
         let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);

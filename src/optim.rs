@@ -168,6 +168,8 @@ pub struct UpdateRule {
     /// lambda, applied to the weights only: an L2 term, or decoupled for AdamW.
     pub weight_decay: f64,
     pub schedule: LrSchedule,
+    /// Clip the gradients to this global norm first (PyTorch's `clip_grad_norm_`).
+    pub clip_grad_norm: Option<f64>,
 }
 
 /// The share of the sparsity weight beta that step `t` (1-based) applies during a linear warm-up

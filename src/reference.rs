@@ -245,6 +245,13 @@ pub fn adam_update(
     }
 }
 
+/// The clipping coefficient `min(1, max_norm / (||g|| + 1e-6))` of the gradients `g` (twin of
+/// `grad_norm`; PyTorch's `clip_grad_norm_`).
+pub fn grad_norm(g: impl Iterator<Item = f64>, max_norm: f64) -> f64 {
+    let norm = g.map(|v| v * v).sum::<f64>().sqrt();
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
 /// The learning rate of step `t` (1-based) under `schedule` from the peak rate `lr`: `lr t / w`
 /// during a warm-up of `w` steps, then `lr` (constant) or a decay to `lr_min` at the run's last
 /// step, `p = (t - w) / (total - w)` of the way: linear `lr_min + (lr - lr_min)(1 - p)`, cosine
@@ -439,6 +446,8 @@ pub struct Optim {
     pub weight_decay: f64,
     /// Steps over which beta ramps up (0: none).
     pub beta_warmup: u64,
+    /// The global gradient norm gradients are clipped to.
+    pub clip_grad_norm: Option<f64>,
     /// Steps taken.
     pub t: u64,
     /// Velocity or first moment, and second moment, per tensor.
@@ -449,7 +458,17 @@ pub struct Optim {
 impl Optim {
     pub fn new(model: &Model, optimizer: Optimizer, schedule: LrSchedule, lr: f64, weight_decay: f64) -> Optim {
         let zeros: Vec<Vec<f64>> = model.w.iter().chain(&model.b).map(|t| vec![0.0; t.len()]).collect();
-        Optim { optimizer, schedule, lr, weight_decay, beta_warmup: 0, t: 0, m: zeros.clone(), v: zeros }
+        Optim {
+            optimizer,
+            schedule,
+            lr,
+            weight_decay,
+            beta_warmup: 0,
+            clip_grad_norm: None,
+            t: 0,
+            m: zeros.clone(),
+            v: zeros,
+        }
     }
 
     /// The loss settings the next step's J is computed with: AdamW's weight decay is not part
@@ -466,8 +485,14 @@ impl Optim {
         self.t += 1;
         let lr = scheduled_lr(&self.schedule, self.lr, self.t);
         let layers = model.w.len();
+        let coef = match self.clip_grad_norm {
+            Some(max_norm) => grad_norm(grads.dw.iter().chain(&grads.db).flatten().copied(), max_norm),
+            None => 1.0,
+        };
+        let clipped: Vec<Vec<f64>> =
+            grads.dw.iter().chain(&grads.db).map(|g| g.iter().map(|v| v * coef).collect()).collect();
         let params = model.w.iter_mut().chain(model.b.iter_mut());
-        let gs = grads.dw.iter().chain(&grads.db);
+        let gs = clipped.iter();
         for (i, ((p, g), (m, v))) in params.zip(gs).zip(self.m.iter_mut().zip(self.v.iter_mut())).enumerate() {
             let decay = if i < layers { self.weight_decay } else { 0.0 };
             match self.optimizer {

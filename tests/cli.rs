@@ -339,6 +339,7 @@ rejected! {
     adam_eps_negative: &["--optimizer", "adam", "--adam-eps=-1e-8"] => &["--adam-eps"];
     lr_schedule_unknown: &["--lr-schedule", "step"] => &["--lr-schedule", "cosine"];
     lr_min_above_lr: &["--lr-schedule", "linear", "--lr", "0.01", "--lr-min", "0.1"] => &["--lr-min", "0.1"];
+    clip_grad_norm_zero: &["--clip-grad-norm", "0"] => &["--clip-grad-norm"];
 }
 
 /// Every metrics line carries the learning rate and the sparsity weight of its step: a linear

@@ -117,6 +117,11 @@ fn adam_update() {
 }
 
 #[test]
+fn grad_norm() {
+    run("grad_norm", check::grad_norm);
+}
+
+#[test]
 fn every_kernel_is_checked() {
     // `sae check` and these tests share the list; make sure no entry point is left out.
     let checked: Vec<&str> = check::CHECKS.iter().map(|(n, _)| *n).collect();

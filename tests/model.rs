@@ -74,8 +74,8 @@ fn deeper_wider_model_matches_reference() {
 }
 
 /// SGD, momentum, Adam and AdamW, on constant, linear and cosine schedules with and without
-/// warm-up, and with a warm-up of the sparsity weight, match the f64 reference's optimizer after
-/// 5 steps on both paths. Adam moves every
+/// warm-up, with a warm-up of the sparsity weight, and with gradients clipped to a global norm,
+/// match the f64 reference's optimizer after 5 steps on both paths. Adam moves every
 /// parameter by about lr a step whatever the size of its gradient, so where a gradient is
 /// within f32 rounding of zero its direction is noise and the f32 and f64 runs may part by up to
 /// lr a step there (measured at lr 0.01: 8e-5 of the tensor size after 5 steps); at lr 0.003
@@ -90,16 +90,27 @@ fn optimizers_match_reference() {
     let linear = LrSchedule { kind: ScheduleKind::Linear, warmup_steps: 0, total_steps: 5, lr_min: 0.0 };
     let adam = Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let cases = [
-        ("sgd, cosine with warm-up", 0.5, Optimizer::Sgd, cosine, 0),
-        ("momentum 0.9, linear", 0.1, Optimizer::Momentum { momentum: 0.9 }, linear, 0),
-        ("adam, cosine with warm-up", 0.003, adam, cosine, 0),
-        ("adamw, constant", 0.003, Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, LrSchedule::default(), 0),
-        ("sgd, beta warm-up over 4 steps", 0.5, Optimizer::Sgd, LrSchedule::default(), 4),
-        ("adam, beta warm-up over 3 steps", 0.003, adam, linear, 3),
+        ("sgd, cosine with warm-up", 0.5, Optimizer::Sgd, cosine, 0, None),
+        ("momentum 0.9, linear", 0.1, Optimizer::Momentum { momentum: 0.9 }, linear, 0, None),
+        ("adam, cosine with warm-up", 0.003, adam, cosine, 0, None),
+        (
+            "adamw, constant",
+            0.003,
+            Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
+            LrSchedule::default(),
+            0,
+            None,
+        ),
+        ("sgd, beta warm-up over 4 steps", 0.5, Optimizer::Sgd, LrSchedule::default(), 4, None),
+        ("adam, beta warm-up over 3 steps", 0.003, adam, linear, 3, None),
+        // The seed model's gradient norm on these minibatches is 7.1 at init (f64 reference):
+        // clipped to 0.05, every step is scaled.
+        ("sgd, gradients clipped to norm 0.05", 0.5, Optimizer::Sgd, LrSchedule::default(), 0, Some(0.05)),
+        ("momentum, clipped to 0.05", 0.1, Optimizer::Momentum { momentum: 0.9 }, linear, 0, Some(0.05)),
     ];
-    for (name, lr, optimizer, schedule, beta_warmup) in cases {
+    for (name, lr, optimizer, schedule, beta_warmup, clip_grad_norm) in cases {
         for path in [Path::Layered, Path::Fused] {
-            let setup = check::StepsSetup { lr, optimizer, schedule, beta_warmup };
+            let setup = check::StepsSetup { lr, optimizer, schedule, beta_warmup, clip_grad_norm };
             let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
             println!(
                 "{name:<32} [{path:?}] max rel err after {STEPS} steps {:.2e} ({} weights moved)",

@@ -65,6 +65,8 @@ struct Update {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    max_norm: f32,
+    _pad: [u32; 3],
 }
 
 impl Update {
@@ -85,15 +87,19 @@ impl Update {
             beta1: beta1 as f32,
             beta2: beta2 as f32,
             eps: eps as f32,
+            max_norm: rule.clip_grad_norm.unwrap_or(0.0) as f32,
+            _pad: [0; 3],
         }
     }
 }
 
-/// The step state and the step-values table, which every update kernel reads.
+/// The step state and the step-values table, which every update kernel reads (and the kernels
+/// that apply beta), and the gradient-clipping coefficient the update kernels multiply by.
 #[derive(Clone, Copy)]
 pub struct StepViews<'a> {
     pub state: &'a View,
     pub values: &'a View,
+    pub clip: &'a View,
 }
 
 /// The cost of an element-wise launch over `elements`, `flops_each` per element, moving
@@ -220,7 +226,8 @@ impl Kernels {
         weights_len: usize,
         rule: &UpdateRule,
     ) -> Launch {
-        self.update(Kernel::SgdUpdate, &[grads, params, steps.state, steps.values], weights_len, rule, 4.0, 3)
+        let tensors = [grads, params, steps.state, steps.values, steps.clip];
+        self.update(Kernel::SgdUpdate, &tensors, weights_len, rule, 4.0, 3)
     }
 
     /// PyTorch's SGD with momentum: `v <- mu v + (g + lambda p)`, `p <- p - lr v`.
@@ -233,7 +240,7 @@ impl Kernels {
         weights_len: usize,
         rule: &UpdateRule,
     ) -> Launch {
-        let tensors = [grads, params, steps.state, steps.values, velocity];
+        let tensors = [grads, params, steps.state, steps.values, steps.clip, velocity];
         self.update(Kernel::MomentumUpdate, &tensors, weights_len, rule, 5.0, 5)
     }
 
@@ -250,8 +257,17 @@ impl Kernels {
         weights_len: usize,
         rule: &UpdateRule,
     ) -> Launch {
-        let tensors = [grads, params, steps.state, steps.values, m, v];
+        let tensors = [grads, params, steps.state, steps.values, steps.clip, m, v];
         self.update(Kernel::AdamUpdate, &tensors, weights_len, rule, 12.0, 7)
+    }
+
+    /// `clip[0] = min(1, max_norm / (||grads|| + 1e-6))` over every gradient, `max_norm` from
+    /// `rule.clip_grad_norm`: PyTorch's `clip_grad_norm_` (one workgroup, a fixed order).
+    pub fn grad_norm(&self, grads: &View, clip: &View, rule: &UpdateRule) -> Launch {
+        let len = grads.len;
+        let uniform = Update::new(len, 0, rule);
+        let cost = cost(Kernel::GradNorm, format!("{len} params"), len, 2.0, len + 1);
+        self.launch(Kernel::GradNorm, uniform, &[grads, clip], [1, 1], cost)
     }
 
     /// An update kernel over `tensors[1]` (the parameters), `flops_each` and `floats_each`

@@ -71,6 +71,7 @@ pub enum Kernel {
     SgdUpdate,
     MomentumUpdate,
     AdamUpdate,
+    GradNorm,
     GatherRows,
     AdvanceCursor,
     FusedForward,
@@ -79,7 +80,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::OutputDelta,
@@ -87,6 +88,7 @@ impl Kernel {
         Kernel::SgdUpdate,
         Kernel::MomentumUpdate,
         Kernel::AdamUpdate,
+        Kernel::GradNorm,
         Kernel::GatherRows,
         Kernel::AdvanceCursor,
         Kernel::FusedForward,
@@ -106,6 +108,7 @@ impl Kernel {
             Kernel::SgdUpdate => "sgd_update",
             Kernel::MomentumUpdate => "momentum_update",
             Kernel::AdamUpdate => "adam_update",
+            Kernel::GradNorm => "grad_norm",
             Kernel::GatherRows => "gather_rows",
             Kernel::AdvanceCursor => "advance_cursor",
             Kernel::FusedForward => "fused_forward",
@@ -119,7 +122,7 @@ impl Kernel {
             Kernel::KlBackward => source::SPARSITY,
             Kernel::ColumnSum => source::REDUCE,
             Kernel::OutputDelta | Kernel::LossValue => source::LOSS,
-            Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate => source::UPDATE,
+            Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate | Kernel::GradNorm => source::UPDATE,
             Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
             Kernel::FusedForward | Kernel::FusedBackward | Kernel::FusedUpdate => source::FUSED,
         }
@@ -133,9 +136,10 @@ impl Kernel {
             Kernel::ColumnSum => &[(2, R), (3, W)],
             Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W), (9, R), (10, R)],
-            Kernel::SgdUpdate => &[(2, R), (3, W), (4, R), (7, R)],
-            Kernel::MomentumUpdate => &[(2, R), (3, W), (4, R), (7, R), (5, W)],
-            Kernel::AdamUpdate => &[(2, R), (3, W), (4, R), (7, R), (5, W), (6, W)],
+            Kernel::SgdUpdate => &[(2, R), (3, W), (4, R), (7, R), (8, R)],
+            Kernel::MomentumUpdate => &[(2, R), (3, W), (4, R), (7, R), (8, R), (5, W)],
+            Kernel::AdamUpdate => &[(2, R), (3, W), (4, R), (7, R), (8, R), (5, W), (6, W)],
+            Kernel::GradNorm => &[(2, R), (9, W)],
             Kernel::GatherRows => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::AdvanceCursor => &[(6, W)],
             Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],

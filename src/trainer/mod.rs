@@ -70,6 +70,8 @@ pub(crate) struct Buffers {
     pub state: View,
     /// `layout::StepValues` of every step of the run: learning rate, Adam's bias corrections.
     pub step_values: View,
+    /// The gradient-clipping coefficient `grad_norm` writes (1 without clipping).
+    pub clip: View,
     /// The fused path's layer table.
     pub table: View,
     /// `MetricsLayout` up to rho_hat, and rho_hat.
@@ -91,6 +93,8 @@ pub struct Trainer {
     schedule: LrSchedule,
     /// Steps over which the sparsity weight ramps up from beta/N to beta (0: none).
     beta_warmup: u64,
+    /// The global gradient norm gradients are clipped to (PyTorch's `clip_grad_norm_`).
+    clip_grad_norm: Option<f64>,
     /// Largest minibatch the buffers hold.
     batch_capacity: usize,
     layout: ParamLayout,
@@ -174,6 +178,7 @@ impl Trainer {
             order: View::whole(&gpu.storage("order", 1)),
             state: gpu.upload_bytes("step state", bytemuck::bytes_of(&StepState::default())),
             step_values: gpu.upload_bytes("step values", bytemuck::cast_slice(&values)),
+            clip: gpu.upload("clip", &[1.0]),
             metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
             rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
             moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
@@ -187,6 +192,7 @@ impl Trainer {
             optimizer: Optimizer::Sgd,
             schedule: LrSchedule::default(),
             beta_warmup: 0,
+            clip_grad_norm: None,
             batch_capacity,
             layout,
             metrics_layout,
@@ -276,7 +282,12 @@ impl Trainer {
 
     /// What the update kernels apply.
     pub(crate) fn update_rule(&self) -> UpdateRule {
-        UpdateRule { optimizer: self.optimizer, weight_decay: self.loss.weight_decay, schedule: self.schedule }
+        UpdateRule {
+            optimizer: self.optimizer,
+            weight_decay: self.loss.weight_decay,
+            schedule: self.schedule,
+            clip_grad_norm: self.clip_grad_norm,
+        }
     }
 
     /// Chooses the optimizer (SGD by default). Its state starts at zero, in buffers laid out as
@@ -301,6 +312,19 @@ impl Trainer {
         }
         self.beta_warmup = steps;
         self.refresh_step_values()
+    }
+
+    /// Clips the gradients to a global norm of `max_norm` before each update (None, the default:
+    /// no clipping), as PyTorch's `clip_grad_norm_`: one more dispatch a step.
+    pub fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) -> Result<()> {
+        if let Some(c) = max_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::input(format!("--clip-grad-norm {c}: must be a finite number > 0")));
+            }
+        }
+        self.clip_grad_norm = max_norm;
+        self.schedules.clear();
+        Ok(())
     }
 
     /// The share of beta that step `t` (1-based) applies.

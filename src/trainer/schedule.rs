@@ -185,7 +185,7 @@ impl Trainer {
         let inv_m = 1.0 / m as f64;
         let data = if from == Rows::Host { &b.x_staging } else { &b.data };
         let sparsity = self.loss.sparsity;
-        let steps = StepViews { state: &b.state, values: &b.step_values };
+        let steps = StepViews { state: &b.state, values: &b.step_values, clip: &b.clip };
         // The weight-decay term of J: none for AdamW, whose decay is decoupled.
         let l2 = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
 
@@ -274,14 +274,15 @@ impl Trainer {
                 // Update: the optimizer's rule over every parameter in one dispatch (SGD:
                 // W <- W - lr (dW + lambda W), b <- b - lr db), with this step's values from the
                 // step-values table; then the step state moves on to the next minibatch.
-                let update = vec![self.update_launch(), k.advance_cursor(&b.state, m, 1)];
+                let mut update = self.clip_launch();
+                update.extend([self.update_launch(), k.advance_cursor(&b.state, m, 1)]);
                 (forward, backward, update)
             }
             StepPath::Fused => {
                 // The same equations, a row per invocation (see shaders/fused.wgsl).
-                // fused_update applies SGD itself; any other rule runs as an update kernel after
-                // it. Then the step state moves on.
-                let inline_sgd = self.optimizer == Optimizer::Sgd;
+                // fused_update applies SGD itself; any other rule, or clipping, runs as kernels
+                // after it. Then the step state moves on.
+                let inline_sgd = self.optimizer == Optimizer::Sgd && self.clip_grad_norm.is_none();
                 let net = self.fused_net(m, from, inline_sgd);
                 let all = b.acts.all.as_ref().expect("the fused path lays activations out in one buffer each");
                 let buffers = FusedBuffers {
@@ -301,6 +302,7 @@ impl Trainer {
                 forward.extend(rho_hat);
                 let mut update = vec![k.fused_update(&net, &buffers, upd)];
                 if !inline_sgd {
+                    update.extend(self.clip_launch());
                     update.push(self.update_launch());
                 }
                 update.push(k.advance_cursor(&b.state, m, 1));
@@ -336,12 +338,21 @@ impl Trainer {
         ]
     }
 
+    /// With clipping, the dispatch that writes the clipping coefficient from the gradients' norm.
+    fn clip_launch(&self) -> Vec<Launch> {
+        let b = &self.buffers;
+        self.clip_grad_norm
+            .map(|_| self.kernels.grad_norm(&b.grads, &b.clip, &self.update_rule()))
+            .into_iter()
+            .collect()
+    }
+
     /// The optimizer's update of every parameter from the gradients (one dispatch).
     fn update_launch(&self) -> Launch {
         let (k, b, rule) = (&self.kernels, &self.buffers, self.update_rule());
         let wl = self.layout.weights_len;
         let [m1, m2] = &b.moments;
-        let steps = StepViews { state: &b.state, values: &b.step_values };
+        let steps = StepViews { state: &b.state, values: &b.step_values, clip: &b.clip };
         match self.optimizer {
             Optimizer::Sgd => k.sgd_update(&b.grads, &b.params, steps, wl, &rule),
             Optimizer::Momentum { .. } => k.momentum_update(&b.grads, &b.params, steps, m1, wl, &rule),

@@ -91,6 +91,10 @@ pub struct TrainSettings {
     /// Steps over which the sparsity weight ramps linearly from beta/N to beta [default: 0].
     #[arg(long, value_name = "N")]
     beta_warmup_steps: Option<u64>,
+    /// Clip the gradients to this global norm before each update, > 0 (PyTorch's
+    /// clip_grad_norm_) [default: no clipping].
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    clip_grad_norm: Option<f64>,
     /// Minibatch size [default: 32].
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
@@ -144,6 +148,7 @@ struct Resolved {
     optimizer: Optimizer,
     lr_schedule: LrSchedule,
     beta_warmup_steps: u64,
+    clip_grad_norm: Option<f64>,
     batch_size: usize,
     epochs: usize,
     seed: u64,
@@ -201,6 +206,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         warmup_steps,
         lr_min,
         beta_warmup_steps,
+        clip_grad_norm,
         batch_size,
         epochs,
         seed,
@@ -357,6 +363,11 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         lr_min: s.lr_min.unwrap_or(0.0),
     };
     lr_schedule.validate(lr).map_err(bad)?;
+    if let Some(c) = s.clip_grad_norm {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(bad(format!("--clip-grad-norm {c}: must be a finite number > 0")));
+        }
+    }
     if validation_split > 0.0 && (held_out == 0 || held_out >= dataset.rows) {
         return Err(bad(format!(
             "--validation-split {validation_split}: holds out {held_out} of {} samples, leaving {} set empty; choose a fraction that keeps both non-empty",
@@ -379,6 +390,7 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             optimizer,
             lr_schedule,
             beta_warmup_steps: s.beta_warmup_steps.unwrap_or(0),
+            clip_grad_norm: s.clip_grad_norm,
             batch_size,
             epochs,
             seed,
@@ -459,6 +471,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     trainer.set_optimizer(resolved.optimizer)?;
     trainer.set_lr_schedule(resolved.lr_schedule)?;
     trainer.set_beta_warmup(resolved.beta_warmup_steps)?;
+    trainer.set_clip_grad_norm(resolved.clip_grad_norm)?;
     let sched = &resolved.lr_schedule;
     if sched.warmup_steps > sched.total_steps {
         eprintln!(
