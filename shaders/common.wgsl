@@ -28,6 +28,24 @@ fn activation_derivative(act: u32, z: f32, a: f32) -> f32 {
     }
 }
 
+// The sum of `v` over a workgroup of TREE_WG invocations, `lid` this one's index: a fixed tree,
+// so the result is the same bit for bit on every run. Every invocation must call it.
+const TREE_WG: u32 = 256u;
+var<workgroup> tree_partial: array<f32, 256>;
+
+fn tree_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    tree_partial[lid] = v;
+    workgroupBarrier();
+    for (var stride = TREE_WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            tree_partial[lid] += tree_partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return tree_partial[0];
+}
+
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }

@@ -44,40 +44,24 @@ fn output_delta(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
 @group(0) @binding(9) var<storage, read> state: array<u32>;
 @group(0) @binding(10) var<storage, read> step_values: array<StepValues>;
 
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
-
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
-
 @compute @workgroup_size(256)
 fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
     _ = grid.offset; // one workgroup, never split; the binding is kept for a uniform layout
     let t = lid.x;
     var sq = 0.0;
-    for (var i = t; i < ls.rows * ls.cols; i += WG) {
+    for (var i = t; i < ls.rows * ls.cols; i += TREE_WG) {
         let d = xhat[i] - x[i];
         sq = fma(d, d, sq);
     }
     let sum_sq = tree_sum(t, sq);
     var ww = 0.0;
-    for (var i = t; i < ls.weights_len; i += WG) {
+    for (var i = t; i < ls.weights_len; i += TREE_WG) {
         ww = fma(weights[i], weights[i], ww);
     }
     let sum_ww = tree_sum(t, ww);
     var kl = 0.0;
     if (ls.sparsity != 0u) {
-        for (var j = t; j < ls.code_width; j += WG) {
+        for (var j = t; j < ls.code_width; j += TREE_WG) {
             kl += kl_divergence(ls.rho, rho_hat[j], ls.eps);
         }
     }

@@ -114,26 +114,16 @@ fn adam_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     }
 }
 
-const NORM_WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
-
 @compute @workgroup_size(256)
 fn grad_norm(@builtin(local_invocation_id) lid: vec3<u32>) {
     _ = grid.offset; // one workgroup, never split
     let t = lid.x;
     var s = 0.0;
-    for (var i = t; i < up.len; i += NORM_WG) {
+    for (var i = t; i < up.len; i += TREE_WG) {
         s = fma(grads[i], grads[i], s);
     }
-    partial[t] = s;
-    workgroupBarrier();
-    for (var stride = NORM_WG / 2u; stride > 0u; stride /= 2u) {
-        if (t < stride) {
-            partial[t] += partial[t + stride];
-        }
-        workgroupBarrier();
-    }
+    let sum_sq = tree_sum(t, s);
     if (t == 0u) {
-        clip_out[0] = min(1.0, up.max_norm / (sqrt(partial[0]) + 1e-6));
+        clip_out[0] = min(1.0, up.max_norm / (sqrt(sum_sq) + 1e-6));
     }
 }
