@@ -146,6 +146,73 @@ pub fn load(path: &Path) -> Result<(ModelSpec, Params)> {
     from_bytes(&bytes, &path.display().to_string()).map_err(Error::Input)
 }
 
+/// What a run needs besides its parameters to continue exactly where it stopped: the steps and
+/// epochs done, the optimizer's state tensors (flat, in the device's parameter layout), and the
+/// run's settings as `sae train` resolved them from its flags (JSON). Saved beside
+/// `model.safetensors` as `train_state.safetensors` (docs/design.md section 6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    pub steps_done: u64,
+    pub epochs_done: usize,
+    pub moments: Vec<Vec<f32>>,
+    pub settings: String,
+}
+
+const TRAIN_STATE_FORMAT: &str = "sae-wgpu-train-state";
+
+/// Writes the train state atomically.
+pub fn save_train_state(path: &Path, state: &TrainState) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = state.moments.iter().map(|m| m.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| TensorView::new(Dtype::F32, vec![b.len() / 4], b).map(|v| (format!("moment{}", i + 1), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Runtime(format!("internal error building the train state: {e}")))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
+        ("steps_done".to_string(), state.steps_done.to_string()),
+        ("epochs_done".to_string(), state.epochs_done.to_string()),
+        ("settings".to_string(), state.settings.clone()),
+    ]);
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Runtime(format!("{}: cannot serialize the train state: {e}", path.display())))?;
+    crate::data::write_atomic(path, &canonical_header(bytes))
+        .map_err(|e| Error::Runtime(format!("{}: cannot write the train state ({e})", path.display())))
+}
+
+/// Reads a train state; anything else is bad input naming the file.
+pub fn load_train_state(path: &Path) -> Result<TrainState> {
+    let bad = |what: String| Error::Input(format!("{}: {what}", path.display()));
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad(format!("cannot read it ({e}): is this the --out directory of a sae train run?")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a train state ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a train state ({e})")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(TRAIN_STATE_FORMAT) {
+        return Err(bad("not a train state of sae train".into()));
+    }
+    let number = |key: &str| {
+        meta.get(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| bad(format!("the metadata has no valid '{key}'")))
+    };
+    let mut moments = Vec::new();
+    for i in 1.. {
+        let Ok(t) = st.tensor(&format!("moment{i}")) else { break };
+        if t.dtype() != Dtype::F32 {
+            return Err(bad(format!("moment{i} is not f32")));
+        }
+        moments.push(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+    }
+    Ok(TrainState {
+        steps_done: number("steps_done")?,
+        epochs_done: number("epochs_done")? as usize,
+        moments,
+        settings: meta.get("settings").cloned().ok_or_else(|| bad("the metadata has no 'settings'".into()))?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

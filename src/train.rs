@@ -126,6 +126,20 @@ pub fn fit(
     train: &Dataset,
     validation: Option<&Dataset>,
     opts: &TrainOptions,
+    on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<EvalMetrics> {
+    fit_epochs(trainer, train, validation, opts, 1..=opts.epochs, on_event)
+}
+
+/// Trains the epochs `epochs` of a run of `opts.epochs` (a run resumed after epoch
+/// `epochs.start() - 1`, or stopped before its end): the shuffles of the epochs before are
+/// replayed, so each epoch visits the rows in the order an uninterrupted run would.
+pub fn fit_epochs(
+    trainer: &mut Trainer,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    opts: &TrainOptions,
+    epochs: std::ops::RangeInclusive<usize>,
     mut on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<EvalMetrics> {
     let width = train.cols;
@@ -153,7 +167,12 @@ pub fn fit(
     let epoch_opts = EpochOptions { log_every: opts.log_every, steps_per_submit: opts.steps_per_submit };
     let mut last_finite = trainer.steps_done();
     let mut last = None;
-    for epoch in 1..=opts.epochs {
+    if opts.shuffle {
+        for _ in 1..*epochs.start() {
+            rng.shuffle(&mut order);
+        }
+    }
+    for epoch in epochs {
         if opts.shuffle {
             rng.shuffle(&mut order);
         }

@@ -513,6 +513,39 @@ impl Trainer {
         self.drain(&mut pending, true, &mut on_step)
     }
 
+    /// The optimizer's state: each state tensor (velocity, or first and second moments), flat in
+    /// the parameter layout (a read-back).
+    pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
+        let tensors = self.optimizer.state_tensors();
+        self.buffers.moments[..tensors].iter().map(|v| self.kernels.gpu.download(v)).collect()
+    }
+
+    /// Continues a run: `steps_done` steps taken, and the optimizer state `optimizer_state`
+    /// returned then (set the parameters with `set_params`).
+    pub fn restore(&mut self, steps_done: u64, state: &[Vec<f32>]) -> Result<()> {
+        let tensors = self.optimizer.state_tensors();
+        if state.len() != tensors || state.iter().any(|t| t.len() != self.layout.len) {
+            return Err(Error::input(format!(
+                "the saved optimizer state holds {} tensors of {:?} values; {} needs {tensors} of {}",
+                state.len(),
+                state.iter().map(Vec::len).collect::<Vec<_>>(),
+                self.optimizer.name(),
+                self.layout.len
+            )));
+        }
+        if steps_done > u32::MAX as u64 {
+            return Err(Error::input("the saved step count exceeds 2^32"));
+        }
+        for (view, values) in self.buffers.moments.clone().iter().zip(state) {
+            self.upload(view, bytemuck::cast_slice(values));
+        }
+        let at = StepState { step: steps_done as u32, ..Default::default() };
+        let view = self.buffers.state.clone();
+        self.upload(&view, bytemuck::bytes_of(&at));
+        self.steps_done = steps_done;
+        Ok(())
+    }
+
     /// Current parameters (a read-back: call between steps, not inside a loop that must be fast).
     pub fn params(&self) -> Result<Params> {
         let flat = self.kernels.gpu.download(&self.buffers.params)?;

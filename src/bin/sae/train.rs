@@ -4,12 +4,13 @@
 use crate::{adapter_request, bad, open_gpu};
 use clap::Args;
 use sae_wgpu::checkpoint;
+use sae_wgpu::checkpoint::TrainState;
 use sae_wgpu::data::{self, write_atomic, Dataset};
 use sae_wgpu::device::AdapterRequest;
 use sae_wgpu::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
 use sae_wgpu::optim::{self, LrSchedule, Optimizer, ScheduleKind};
 use sae_wgpu::synthetic;
-use sae_wgpu::train::{defaults, fit, split_validation, Event, TrainOptions};
+use sae_wgpu::train::{defaults, fit_epochs, split_validation, Event, TrainOptions};
 use sae_wgpu::trainer::{EvalMetrics, StepMetrics, StepPath, Trainer};
 use sae_wgpu::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -123,9 +124,19 @@ pub struct TrainSettings {
     /// Training steps recorded into one queue submission [default: up to 64, ending at log steps].
     #[arg(long, value_name = "N")]
     steps_per_submit: Option<usize>,
-    /// Also write model.safetensors every N epochs during the run.
+    /// Also write model.safetensors (and train_state.safetensors) every N epochs during the run.
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
+    /// Continue the run whose --out directory is DIR, with its settings, to --epochs in total
+    /// (bit for bit as if it had not stopped). Only --epochs, --stop-after-epoch, --backend and
+    /// --adapter may be given with it.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+    /// Stop after this epoch (counted from the run's start), leaving a checkpoint that --resume
+    /// continues from; schedules still span --epochs.
+    #[arg(long, value_name = "K")]
+    stop_after_epoch: Option<usize>,
     /// Fraction of the data held out for validation, in [0, 1) [default: 0].
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
     validation_split: Option<f64>,
@@ -162,6 +173,15 @@ struct Resolved {
     adapter: String,
 }
 
+/// The settings JSON of a run without `stop-after-epoch`: a resumed run stops only if told again.
+fn settings_without_stop(settings: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(settings).expect("settings are JSON");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("stop-after-epoch");
+    }
+    v.to_string()
+}
+
 /// An activation name given to `flag`.
 fn parse_activation(flag: &str, s: &str) -> Result<Activation> {
     Activation::parse(s).map_err(|e| bad(format!("{flag}: {e}")))
@@ -182,7 +202,7 @@ fn read_config(path: &Path) -> Result<TrainSettings> {
 /// Flags override the config file, which overrides the defaults.
 fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, config: cli.config } };
+        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, config: cli.config, resume: cli.resume } };
     }
     pick!(
         data,
@@ -216,6 +236,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         path,
         steps_per_submit,
         checkpoint_every,
+        stop_after_epoch,
         validation_split,
         backend,
         adapter
@@ -228,6 +249,62 @@ struct Plan {
     init: Params,
     out: Option<PathBuf>,
     request: AdapterRequest,
+    /// The merged settings (flags over the config file), as JSON: what a train state keeps so
+    /// that --resume resolves the same run.
+    settings: String,
+    stop_after_epoch: Option<usize>,
+}
+
+/// The settings --resume DIR continues with: the run's own (from its train state), with
+/// --epochs, --stop-after-epoch, --backend and --adapter from the command line, and the
+/// checkpoint in DIR as the starting point. Any other flag is refused.
+fn resume_settings(cli: TrainSettings, dir: &Path) -> Result<(TrainSettings, TrainState)> {
+    let given = serde_json::to_value(&cli).expect("settings serialise");
+    let allowed = ["epochs", "stop-after-epoch", "backend", "adapter"];
+    let extra: Vec<String> = given
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| !v.is_null() && *v != &serde_json::Value::Bool(false) && !allowed.contains(&k.as_str()))
+        .map(|(k, _)| format!("--{k}"))
+        .collect();
+    if !extra.is_empty() || cli.config.is_some() {
+        let mut flags = extra;
+        if cli.config.is_some() {
+            flags.push("--config".into());
+        }
+        return Err(bad(format!(
+            "--resume {} continues the run with its own settings: drop {} (only --epochs, --stop-after-epoch, --backend and --adapter may change)",
+            dir.display(),
+            flags.join(", ")
+        )));
+    }
+    let state_path = dir.join("train_state.safetensors");
+    if !state_path.exists() {
+        return Err(bad(format!(
+            "--resume {}: no checkpoint there (train_state.safetensors): give the --out directory of a sae train run",
+            dir.display()
+        )));
+    }
+    let state = checkpoint::load_train_state(&state_path)?;
+    let mut s: TrainSettings = serde_json::from_str(&state.settings)
+        .map_err(|e| bad(format!("{}: its settings do not parse ({e})", state_path.display())))?;
+    s.epochs = cli.epochs.or(s.epochs);
+    let epochs = s.epochs.unwrap_or(defaults::EPOCHS);
+    if epochs <= state.epochs_done {
+        return Err(bad(format!(
+            "--resume {}: the run has done {} epochs already; give --epochs above {}",
+            dir.display(),
+            state.epochs_done,
+            state.epochs_done
+        )));
+    }
+    s.stop_after_epoch = cli.stop_after_epoch;
+    s.backend = cli.backend.or(s.backend);
+    s.adapter = cli.adapter.or(s.adapter);
+    s.init = Some(dir.join("model.safetensors"));
+    s.out = Some(dir.to_path_buf());
+    Ok((s, state))
 }
 
 /// Resolves and validates every setting and loads the data and init checkpoint: all bad input
@@ -238,6 +315,10 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         None => TrainSettings::default(),
     };
     let s = merge(cli, file);
+    let settings = serde_json::to_string(&s).expect("settings serialise");
+    if s.stop_after_epoch == Some(0) {
+        return Err(bad("--stop-after-epoch 0: must be at least 1"));
+    }
 
     let seed = s.seed.unwrap_or(0);
     let (dataset, data_name) = match &s.data {
@@ -407,6 +488,8 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         init,
         out: s.out.clone(),
         request,
+        settings,
+        stop_after_epoch: s.stop_after_epoch,
     })
 }
 
@@ -459,7 +542,14 @@ fn epoch_json(
 }
 
 pub fn run(cli: TrainSettings) -> Result<()> {
-    let Plan { mut resolved, dataset, init, out, request } = plan(cli)?;
+    let (cli, resumed) = match cli.resume.clone() {
+        Some(dir) => {
+            let (settings, state) = resume_settings(cli, &dir)?;
+            (settings, Some(state))
+        }
+        None => (cli, None),
+    };
+    let Plan { mut resolved, dataset, init, out, request, settings, stop_after_epoch } = plan(cli)?;
     let gpu = open_gpu(&request)?;
     resolved.adapter = gpu.describe();
     eprintln!("adapter: {}", resolved.adapter);
@@ -483,6 +573,25 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         trainer.set_path(path).map_err(|e| e.context("--path"))?;
     }
     resolved.path = trainer.path().name().to_string();
+    // A resumed run: the optimizer's state and step count from its train state.
+    let first_epoch = match &resumed {
+        Some(state) => {
+            trainer.restore(state.steps_done, &state.moments)?;
+            state.epochs_done + 1
+        }
+        None => 1,
+    };
+    let last_epoch = stop_after_epoch.unwrap_or(resolved.epochs).min(resolved.epochs);
+    // What a checkpoint writes beside the model, for --resume.
+    let save_state = |dir: &Path, trainer: &Trainer, epochs_done: usize| -> Result<()> {
+        let state = TrainState {
+            steps_done: trainer.steps_done(),
+            epochs_done,
+            moments: trainer.optimizer_state()?,
+            settings: settings_without_stop(&settings),
+        };
+        checkpoint::save_train_state(&dir.join("train_state.safetensors"), &state)
+    };
 
     // Outputs: config.json now, metrics.jsonl built in a temporary file and renamed when the
     // run ends, model.safetensors written atomically (every --checkpoint-every epochs and at the end).
@@ -496,7 +605,18 @@ pub fn run(cli: TrainSettings) -> Result<()> {
             .map_err(|e| Error::Runtime(format!("{}: cannot write it: {e}", target.display())))?;
         let tmp = dir.join(format!(".metrics.jsonl.tmp-{}", std::process::id()));
         let file = std::fs::File::create(&tmp).map_err(|e| Error::Runtime(format!("{}: {e}", tmp.display())))?;
-        metrics_tmp = Some((tmp, std::io::BufWriter::new(file)));
+        let mut w = std::io::BufWriter::new(file);
+        if first_epoch > 1 {
+            // A resumed run keeps the lines of the epochs its checkpoint covers.
+            let old = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+            for line in old.lines() {
+                let epoch = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["epoch"].as_u64());
+                if epoch.is_some_and(|e| e < first_epoch as u64) {
+                    writeln!(w, "{line}").map_err(|e| Error::Runtime(format!("writing metrics: {e}")))?;
+                }
+            }
+        }
+        metrics_tmp = Some((tmp, w));
     }
 
     let steps_per_epoch = train_set.rows.div_ceil(resolved.batch_size) as u64;
@@ -516,7 +636,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let mut last_val = None;
-    let result = fit(&mut trainer, &train_set, val_set.as_ref(), &opts, |event| {
+    let result = fit_epochs(&mut trainer, &train_set, val_set.as_ref(), &opts, first_epoch..=last_epoch, |event| {
         let line = match &event {
             Event::Step { epoch, step, metrics } => {
                 bar.set_position(*step);
@@ -541,6 +661,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 // Atomic (temporary file, then rename): a crash or a later divergence leaves
                 // the previous checkpoint intact.
                 checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
+                save_state(dir, trainer, *epoch)?;
             }
         }
         Ok(())
@@ -556,8 +677,12 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let params = trainer.params()?;
     if let Some(dir) = &out {
         checkpoint::save(&dir.join("model.safetensors"), &spec, &params)?;
+        save_state(dir, &trainer, last_epoch)?;
     }
     print_summary(&resolved, &last, last_val.as_ref(), started.elapsed().as_secs_f64(), trainer.steps_done());
+    if last_epoch < resolved.epochs {
+        println!("stopped after epoch {last_epoch} of {}: `sae train --resume DIR` continues the run", resolved.epochs);
+    }
     if let Some(dir) = &out {
         println!("wrote {}/{{model.safetensors, metrics.jsonl, config.json}}", dir.display());
     }
