@@ -376,4 +376,27 @@ mod tests {
         let e = err(&bytes);
         assert!(e.contains("'dec1.bias' holds NaN or Inf at element 2"), "{e}");
     }
+
+    #[test]
+    fn train_state_round_trip_and_errors() {
+        let dir = std::env::temp_dir().join(format!("sae-train-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("train_state.safetensors");
+        let state = TrainState {
+            steps_done: 1234,
+            epochs_done: 3,
+            moments: vec![vec![0.5, -1.25, 3e-8], vec![1e-12, 0.0, 7.0]],
+            settings: "{\"lr\":0.01}".into(),
+        };
+        save_train_state(&path, &state).unwrap();
+        assert_eq!(load_train_state(&path).unwrap(), state);
+        // A model checkpoint is not a train state.
+        let (spec, params) = model();
+        save(&dir.join("model.safetensors"), &spec, &params).unwrap();
+        let e = load_train_state(&dir.join("model.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("not a train state"), "{e}");
+        let e = load_train_state(&dir.join("absent.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
