@@ -340,6 +340,7 @@ rejected! {
     lr_schedule_unknown: &["--lr-schedule", "step"] => &["--lr-schedule", "cosine"];
     lr_min_above_lr: &["--lr-schedule", "linear", "--lr", "0.01", "--lr-min", "0.1"] => &["--lr-min", "0.1"];
     clip_grad_norm_zero: &["--clip-grad-norm", "0"] => &["--clip-grad-norm"];
+    stop_after_epoch_zero: &["--stop-after-epoch", "0"] => &["--stop-after-epoch"];
 }
 
 /// Every metrics line carries the learning rate and the sparsity weight of its step: a linear
@@ -694,7 +695,7 @@ fn train_writes_model_config_and_metrics() {
     let mut names: Vec<String> =
         files_under(&out_dir).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["config.json", "metrics.jsonl", "model.safetensors"]);
+    assert_eq!(names, ["config.json", "metrics.jsonl", "model.safetensors", "train_state.safetensors"]);
 
     let (spec, params) = checkpoint::load(&out_dir.join("model.safetensors")).expect("loadable checkpoint");
     assert_eq!(spec, ModelSpec::seed());
@@ -998,4 +999,6 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let t = Tmp::new("resume_nothing");
     let out = t.sae(&["train", "--resume", s(&t.path("absent")), "--epochs", "2"]);
     assert_error(&out, 2, &["--resume", "train_state.safetensors"]);
+    let out = t.sae(&["train", "--samples", "64", "--stop-after-epoch", "1"]);
+    assert_error(&out, 2, &["--stop-after-epoch", "--out"]);
 }

@@ -319,6 +319,9 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     if s.stop_after_epoch == Some(0) {
         return Err(bad("--stop-after-epoch 0: must be at least 1"));
     }
+    if s.stop_after_epoch.is_some() && s.out.is_none() {
+        return Err(bad("--stop-after-epoch needs --out DIR: the checkpoint there is what --resume continues from"));
+    }
 
     let seed = s.seed.unwrap_or(0);
     let (dataset, data_name) = match &s.data {
@@ -684,7 +687,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         println!("stopped after epoch {last_epoch} of {}: `sae train --resume DIR` continues the run", resolved.epochs);
     }
     if let Some(dir) = &out {
-        println!("wrote {}/{{model.safetensors, metrics.jsonl, config.json}}", dir.display());
+        println!("wrote {}/{{model.safetensors, train_state.safetensors, metrics.jsonl, config.json}}", dir.display());
     }
     Ok(())
 }
