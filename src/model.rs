@@ -236,10 +236,11 @@ impl Default for LossConfig {
 
 /// Checks a learning rate (`--lr`): finite and > 0.
 pub fn check_lr(lr: f64) -> Result<(), String> {
-    if lr.is_finite() && lr > 0.0 {
+    // In the precision the kernels use: 1e-50 is positive in f64 but 0 in f32.
+    if (lr as f32).is_finite() && lr as f32 > 0.0 {
         Ok(())
     } else {
-        Err(format!("--lr {lr}: must be a finite number > 0"))
+        Err(format!("--lr {lr}: must be a finite number > 0 in f32 (about 1.2e-38 to 3.4e38)"))
     }
 }
 
@@ -279,8 +280,11 @@ impl LossConfig {
                     return Err(format!("--beta {beta}: must be a finite number >= 0"));
                 }
                 if let Sparsity::KlFreq { temperature, .. } = self.sparsity {
-                    if !(temperature.is_finite() && temperature > 0.0) {
-                        return Err(format!("--temperature {temperature}: must be a finite number > 0"));
+                    // In f32, as the kernels divide by it: 1e-50 is 0 there.
+                    if !((temperature as f32).is_finite() && temperature as f32 > 0.0) {
+                        return Err(format!(
+                            "--temperature {temperature}: must be a finite number > 0 in f32 (about 1.2e-38 to 3.4e38)"
+                        ));
                     }
                 }
                 let code = spec.activation(spec.code_layer);

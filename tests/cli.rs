@@ -341,6 +341,8 @@ rejected! {
     lr_min_above_lr: &["--lr-schedule", "linear", "--lr", "0.01", "--lr-min", "0.1"] => &["--lr-min", "0.1"];
     clip_grad_norm_zero: &["--clip-grad-norm", "0"] => &["--clip-grad-norm"];
     stop_after_epoch_zero: &["--stop-after-epoch", "0"] => &["--stop-after-epoch"];
+    lr_zero_in_f32: &["--lr", "1e-50"] => &["--lr", "f32"];
+    temperature_zero_in_f32: &["--sparsity", "kl-freq", "--temperature", "1e-50"] => &["--temperature", "f32"];
 }
 
 /// Every metrics line carries the learning rate and the sparsity weight of its step: a linear
