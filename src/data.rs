@@ -233,9 +233,11 @@ pub fn load_npy(path: &Path) -> Result<Dataset> {
     if rows == 0 || cols == 0 {
         return empty(path);
     }
-    let need = rows * cols * item;
+    // Checked: a hostile header's shape can overflow the product.
     let data = &bytes[data_at..];
-    if data.len() != need {
+    let need = rows.checked_mul(cols).and_then(|n| n.checked_mul(item));
+    if need != Some(data.len()) {
+        let need = need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
         return bad(&format!(
             "shape [{rows}, {cols}] of {item}-byte values needs {need} data bytes but the file \
              has {} (truncated or corrupt)",
@@ -539,6 +541,17 @@ mod tests {
         let dict = "{'descr': '=f4', 'fortran_order': False, 'shape': (1, 2), }";
         let p = write(&d, "x.npy", &npy(dict, &f32_bytes(&[1.0, 2.0])));
         assert_eq!(load(&p).unwrap().values, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn npy_shape_that_overflows_is_refused() {
+        let d = dir("npy_overflow");
+        for fortran in ["False", "True"] {
+            let dict = format!("{{'descr': '<f4', 'fortran_order': {fortran}, 'shape': (4611686018427387904, 4), }}");
+            let p = write(&d, "huge.npy", &npy(&dict, &f32_bytes(&[0.5; 8])));
+            let e = load_err(&p);
+            assert!(e.contains("more than 2^64") && e.contains("huge.npy"), "{e}");
+        }
     }
 
     #[test]
