@@ -553,7 +553,10 @@ fn train_init_with_different_model_flags() {
         "--out",
         s(&out_dir),
     ]);
-    assert_bad_input(&t, &out, &out_dir, &["--init", "model.safetensors", "differs"]);
+    assert_bad_input(&t, &out, &out_dir, &["--init", "model.safetensors", "differs", "widths"]);
+    // Same widths, another code activation: the message names the activations.
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--init", s(&model), "--code-activation", "relu"]);
+    assert_bad_input(&t, &out, &out_dir, &["--init", "activations", "relu,relu,relu"]);
 }
 
 #[test]

@@ -363,13 +363,20 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
                 .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))?
         }
     };
-    if let Some((ckpt_spec, _)) = &init_ckpt {
+    if let (Some((ckpt_spec, _)), Some(init_path)) = (&init_ckpt, &s.init) {
         if ckpt_spec != &spec {
+            // Name what differs, not two lists that may look alike.
+            let what = if ckpt_spec.sizes != spec.sizes {
+                format!("its widths are {:?}, the run's {:?}", ckpt_spec.sizes, spec.sizes)
+            } else if ckpt_spec.activations != spec.activations {
+                let names = |sp: &ModelSpec| sp.activations.iter().map(|a| a.name()).collect::<Vec<_>>().join(",");
+                format!("its activations are {}, the run's {}", names(ckpt_spec), names(&spec))
+            } else {
+                format!("its code layer is {}, the run's {}", ckpt_spec.code_layer, spec.code_layer)
+            };
             return Err(bad(format!(
-                "--init {}: its model ({:?}) differs from the run's ({:?}); drop the model flags to train the checkpoint's model",
-                s.init.as_ref().unwrap().display(),
-                ckpt_spec.sizes,
-                spec.sizes
+                "--init {}: its model differs from the run's ({what}); drop the model flags to train the checkpoint's model",
+                init_path.display()
             )));
         }
     }
