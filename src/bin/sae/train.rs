@@ -112,7 +112,7 @@ pub struct TrainSettings {
     /// Start from the weights of a checkpoint (its model must match the run's).
     #[arg(long, value_name = "FILE.safetensors")]
     init: Option<PathBuf>,
-    /// Write model.safetensors, metrics.jsonl and config.json here.
+    /// Write model.safetensors, train_state.safetensors, metrics.jsonl and config.json here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Log a `step` metrics line every N steps [default: only per epoch].
@@ -603,9 +603,10 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         checkpoint::save_train_state(&dir.join("train_state.safetensors"), &state)
     };
 
-    // Outputs: config.json now, metrics.jsonl built in a temporary file and renamed when the
-    // run ends, model.safetensors written atomically (every --checkpoint-every epochs and at the end).
-    let mut metrics_tmp = None;
+    // Outputs: config.json now; metrics.jsonl a log, each line appended and flushed as it is
+    // measured (a killed run keeps what it measured); model.safetensors and
+    // train_state.safetensors written atomically (every --checkpoint-every epochs and at the end).
+    let mut metrics_log = None;
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Runtime(format!("--out {}: cannot create it: {e}", dir.display())))?;
@@ -613,20 +614,23 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         let target = dir.join("config.json");
         write_atomic(&target, &json)
             .map_err(|e| Error::Runtime(format!("{}: cannot write it: {e}", target.display())))?;
-        let tmp = dir.join(format!(".metrics.jsonl.tmp-{}", std::process::id()));
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::Runtime(format!("{}: {e}", tmp.display())))?;
-        let mut w = std::io::BufWriter::new(file);
+        let path = dir.join("metrics.jsonl");
+        // A resumed run keeps the lines of the epochs its checkpoint covers (rewritten
+        // atomically); a new run starts an empty log.
+        let mut kept = String::new();
         if first_epoch > 1 {
-            // A resumed run keeps the lines of the epochs its checkpoint covers.
-            let old = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
-            for line in old.lines() {
+            for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
                 let epoch = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["epoch"].as_u64());
                 if epoch.is_some_and(|e| e < first_epoch as u64) {
-                    writeln!(w, "{line}").map_err(|e| Error::Runtime(format!("writing metrics: {e}")))?;
+                    kept.push_str(line);
+                    kept.push('\n');
                 }
             }
         }
-        metrics_tmp = Some((tmp, w));
+        let cannot = |e: std::io::Error| Error::Runtime(format!("{}: cannot write it: {e}", path.display()));
+        write_atomic(&path, kept.as_bytes()).map_err(cannot)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(cannot)?;
+        metrics_log = Some((path.clone(), file));
     }
 
     let steps_per_epoch = train_set.rows.div_ceil(resolved.batch_size) as u64;
@@ -663,8 +667,11 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 epoch_json(&resolved, *epoch, *step, train, *validation)
             }
         };
-        if let Some((_, w)) = metrics_tmp.as_mut() {
-            writeln!(w, "{line}").map_err(|e| Error::Runtime(format!("writing metrics: {e}")))?;
+        if let Some((path, w)) = metrics_log.as_mut() {
+            // One write a line, so a killed run leaves whole lines.
+            w.write_all(format!("{line}\n").as_bytes())
+                .and_then(|_| w.flush())
+                .map_err(|e| Error::Runtime(format!("{}: cannot write it: {e}", path.display())))?;
         }
         if let (Event::Epoch { epoch, trainer, .. }, Some(dir), Some(n)) = (&event, &out, resolved.checkpoint_every) {
             if epoch % n == 0 {
@@ -677,12 +684,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         Ok(())
     });
     bar.finish_and_clear();
-    // Close the metrics file whatever happened: the lines in it are complete.
-    if let (Some((tmp, mut w)), Some(dir)) = (metrics_tmp, &out) {
-        w.flush().map_err(|e| Error::Runtime(format!("writing metrics: {e}")))?;
-        drop(w);
-        std::fs::rename(&tmp, dir.join("metrics.jsonl")).map_err(|e| Error::Runtime(format!("metrics.jsonl: {e}")))?;
-    }
+    drop(metrics_log);
     let last = result?;
     let params = trainer.params()?;
     if let Some(dir) = &out {
