@@ -117,12 +117,9 @@ impl ActivationLayout {
     /// Every layer's activations must fit one binding (the layered path binds them one by one).
     pub fn check_layers(spec: &ModelSpec, rows: usize, limits: &wgpu::Limits) -> Result<()> {
         let widest = spec.sizes.iter().copied().max().unwrap_or(1);
-        check_binding(
-            limits,
-            &format!("a batch of {rows} x {widest} activations"),
-            rows * widest * 4,
-            "use a smaller --batch-size",
-        )
+        // Checked: a batch size comes from a flag.
+        let bytes = rows.checked_mul(widest).and_then(|n| n.checked_mul(4)).unwrap_or(usize::MAX);
+        check_binding(limits, &format!("a batch of {rows} x {widest} activations"), bytes, "use a smaller --batch-size")
     }
 
     /// Whether all layers together fit one binding, as the fused path binds them.

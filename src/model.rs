@@ -137,6 +137,16 @@ impl ModelSpec {
                 self.sizes[layers], self.sizes[0]
             ));
         }
+        // Checked, before anything is allocated: widths come from flags and files.
+        let count = (1..=layers).try_fold(0usize, |acc, l| {
+            self.sizes[l].checked_mul(self.sizes[l - 1])?.checked_add(self.sizes[l])?.checked_add(acc)
+        });
+        if count.is_none_or(|c| c > MAX_PARAMETERS) {
+            return Err(format!(
+                "widths {:?} make more than {MAX_PARAMETERS} parameters, more than any adapter binds at once: use smaller widths",
+                self.sizes
+            ));
+        }
         Ok(())
     }
 
@@ -169,6 +179,10 @@ impl ModelSpec {
         }
     }
 }
+
+/// Most parameters a model may have: 2^30 f32 (4 GiB) is beyond the largest storage binding of
+/// any adapter wgpu reports today, so a larger model is refused before anything is allocated.
+pub const MAX_PARAMETERS: usize = 1 << 30;
 
 /// The sparsity penalty on the code layer (docs/design.md sections 1 and 3).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

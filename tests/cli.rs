@@ -342,6 +342,7 @@ rejected! {
     clip_grad_norm_zero: &["--clip-grad-norm", "0"] => &["--clip-grad-norm"];
     stop_after_epoch_zero: &["--stop-after-epoch", "0"] => &["--stop-after-epoch"];
     lr_zero_in_f32: &["--lr", "1e-50"] => &["--lr", "f32"];
+    layer_width_huge: &["--layers", "20,100000000000000,4"] => &["--layers", "smaller widths"];
     temperature_zero_in_f32: &["--sparsity", "kl-freq", "--temperature", "1e-50"] => &["--temperature", "f32"];
 }
 
@@ -1006,4 +1007,16 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     assert_error(&out, 2, &["--resume", "train_state.safetensors"]);
     let out = t.sae(&["train", "--samples", "64", "--stop-after-epoch", "1"]);
     assert_error(&out, 2, &["--stop-after-epoch", "--out"]);
+}
+
+/// Sizes from flags are checked before anything is allocated: a huge built-in dataset or batch
+/// is bad input (exit 2), not an aborted allocation.
+#[test]
+fn huge_sizes_are_refused_before_allocating() {
+    let t = Tmp::new("huge_sizes");
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--samples", "100000000000000", "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["--samples", "100000000000000"]);
+    let out = t.sae(&["train", "--samples", "64", "--batch-size", "100000000000000000", "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["--batch-size", "storage binding"]);
 }

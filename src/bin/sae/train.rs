@@ -331,6 +331,14 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             if n == 0 {
                 return Err(bad("--samples 0: the built-in dataset needs at least one sample"));
             }
+            // Checked before the host allocates it: 2^28 samples of 20 floats is 20 GiB.
+            const MAX_SAMPLES: usize = 1 << 28;
+            if n > MAX_SAMPLES {
+                return Err(bad(format!(
+                    "--samples {n}: the built-in dataset takes {} bytes a sample; at most {MAX_SAMPLES} samples",
+                    synthetic::WIDTH * 4
+                )));
+            }
             (synthetic::context_vectors(n, seed), format!("built-in context vectors (n={n}, seed={seed})"))
         }
     };
