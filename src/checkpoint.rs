@@ -74,18 +74,40 @@ fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
 
 /// Parses checkpoint bytes; `origin` (the file name) starts every error message.
 pub fn from_bytes(bytes: &[u8], origin: &str) -> std::result::Result<(ModelSpec, Params), String> {
+    from_bytes_as(bytes, origin, None)
+}
+
+/// The same, reading a file without the spec in its metadata (a plain PyTorch
+/// `save_file(model.state_dict(), ...)`) as the model `given` describes.
+pub fn from_bytes_as(
+    bytes: &[u8],
+    origin: &str,
+    given: Option<&ModelSpec>,
+) -> std::result::Result<(ModelSpec, Params), String> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         format!("{origin}: not a readable safetensors file ({e}): is it truncated or another format? Use a checkpoint written by sae train")
     })?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("{origin}: {e}"))?;
-    let no_spec =
-        |what: &str| format!("{origin}: {what}, so the model spec is unknown: was this written by sae train?");
-    let meta = header.metadata().as_ref().ok_or_else(|| no_spec("the file has no metadata"))?;
-    let json = meta.get(SPEC_KEY).ok_or_else(|| no_spec(&format!("the metadata has no '{SPEC_KEY}' entry")))?;
-    let spec: ModelSpec = serde_json::from_str(json).map_err(|e| {
-        format!("{origin}: the model spec in the metadata is not valid ({e}): re-save the checkpoint with sae train")
-    })?;
-    spec.validate().map_err(|e| format!("{origin}: the model spec in the metadata is invalid: {e}"))?;
+    let no_spec = |what: &str| {
+        format!(
+            "{origin}: {what}, so the model spec is unknown: was this written by sae train? For a PyTorch \
+             state dict, give the model flags (--layers, and --decoder-layers or the --*-activation \
+             flags where they are not the defaults)"
+        )
+    };
+    let json = header.metadata().as_ref().and_then(|meta| meta.get(SPEC_KEY));
+    let spec: ModelSpec = match (json, given) {
+        (Some(json), _) => {
+            let spec: ModelSpec = serde_json::from_str(json).map_err(|e| {
+                format!("{origin}: the model spec in the metadata is not valid ({e}): re-save the checkpoint with sae train")
+            })?;
+            spec.validate().map_err(|e| format!("{origin}: the model spec in the metadata is invalid: {e}"))?;
+            spec
+        }
+        (None, Some(spec)) => spec.clone(),
+        (None, None) if header.metadata().is_none() => return Err(no_spec("the file has no metadata")),
+        (None, None) => return Err(no_spec(&format!("the metadata has no '{SPEC_KEY}' entry"))),
+    };
 
     let mut params = Params { weights: Vec::new(), biases: Vec::new() };
     let expected = tensor_names(&spec);
@@ -141,9 +163,14 @@ pub fn save(path: &Path, spec: &ModelSpec, params: &Params) -> Result<()> {
 
 /// A file that cannot be read or is not a checkpoint of this tool is bad input.
 pub fn load(path: &Path) -> Result<(ModelSpec, Params)> {
+    load_as(path, None)
+}
+
+/// The same, reading a file without a spec (a PyTorch state dict) as the model `given`.
+pub fn load_as(path: &Path, given: Option<&ModelSpec>) -> Result<(ModelSpec, Params)> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Input(format!("{}: cannot read the checkpoint ({e}): check the path", path.display())))?;
-    from_bytes(&bytes, &path.display().to_string()).map_err(Error::Input)
+    from_bytes_as(&bytes, &path.display().to_string(), given).map_err(Error::Input)
 }
 
 /// What a run needs besides its parameters to continue exactly where it stopped: the steps and

@@ -1020,3 +1020,60 @@ fn huge_sizes_are_refused_before_allocating() {
     let out = t.sae(&["train", "--samples", "64", "--batch-size", "100000000000000000", "--out", s(&out_dir)]);
     assert_bad_input(&t, &out, &out_dir, &["--batch-size", "storage binding"]);
 }
+
+/// A PyTorch state dict saved with `safetensors.torch.save_file(model.state_dict(), ...)` has no
+/// metadata: with the model flags, `encode` reads it (codes equal to the original checkpoint's)
+/// and `train --init` starts from it; without them the error says which flags to add.
+#[test]
+fn pytorch_state_dict_without_metadata() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let t = Tmp::new("state_dict_in");
+    let model = t.trained_model();
+    let (spec, params) = checkpoint::load(&model).unwrap();
+    let bytes: Vec<Vec<u8>> = params
+        .weights
+        .iter()
+        .zip(&params.biases)
+        .flat_map(|(w, b)| [w, b])
+        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let names: Vec<(String, Vec<usize>)> = (1..=spec.layers())
+        .flat_map(|l| {
+            let (n, k) = spec.shape(l);
+            [(format!("{}.weight", spec.layer_name(l)), vec![n, k]), (format!("{}.bias", spec.layer_name(l)), vec![n])]
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = names
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    let plain = t.write("plain.safetensors", safetensors::serialize(views, None).unwrap());
+    let data = t.write("x.csv", csv_text(6, 20));
+    let (from_ckpt, from_plain) = (t.path("a.npy"), t.path("b.npy"));
+
+    let out = t.sae(&["encode", "--model", s(&plain), "--data", s(&data), "--out", s(&from_plain)]);
+    assert_error(&out, 2, &["plain.safetensors", "no metadata", "--layers"]);
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&data), "--out", s(&from_ckpt)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let flags = ["--layers", "20,80,40,4"];
+    let mut args = vec!["encode", "--model", s(&plain), "--data", s(&data), "--out", s(&from_plain)];
+    args.extend_from_slice(&flags);
+    let out = t.sae(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(&from_ckpt).unwrap(),
+        fs::read(&from_plain).unwrap(),
+        "the state dict encodes like the checkpoint"
+    );
+    let out =
+        t.sae(&["encode", "--model", s(&plain), "--data", s(&data), "--out", s(&from_plain), "--layers", "20,8,4"]);
+    assert_error(&out, 2, &["plain.safetensors", "enc1.weight"]);
+
+    let out_dir = t.path("run");
+    let out = t.sae(&["train", "--init", s(&plain), "--samples", "64", "--epochs", "1", "--out", s(&out_dir)]);
+    assert_bad_input(&t, &out, &out_dir, &["plain.safetensors", "--layers"]);
+    let out = t.sae(&["train", "--init", s(&plain), "--layers", "20,80,40,4", "--samples", "64", "--epochs", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -1,5 +1,6 @@
 //! `sae encode`: codes or reconstructions of a data file with a trained model.
 
+use crate::train::{spec_difference, ModelFlags};
 use crate::{adapter_request, bad, open_gpu};
 use clap::Args;
 use sae_wgpu::checkpoint;
@@ -10,9 +11,25 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct EncodeArgs {
-    /// A checkpoint written by `sae train`.
+    /// A checkpoint written by `sae train`, or a PyTorch state dict (safetensors) with the model
+    /// flags below describing it.
     #[arg(long, value_name = "FILE.safetensors")]
     model: PathBuf,
+    /// For a checkpoint without a model spec: encoder widths, input first, code last.
+    #[arg(long, value_name = "N,N,..")]
+    layers: Option<String>,
+    /// For a checkpoint without a model spec: decoder widths [default: the encoder mirrored].
+    #[arg(long, value_name = "N,N,..")]
+    decoder_layers: Option<String>,
+    /// For a checkpoint without a model spec [default: relu].
+    #[arg(long, value_name = "ACT")]
+    hidden_activation: Option<String>,
+    /// For a checkpoint without a model spec [default: sigmoid].
+    #[arg(long, value_name = "ACT")]
+    code_activation: Option<String>,
+    /// For a checkpoint without a model spec [default: sigmoid].
+    #[arg(long, value_name = "ACT")]
+    output_activation: Option<String>,
     /// Input data (.npy or .csv), as wide as the model's input.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
@@ -46,7 +63,22 @@ pub fn run(a: EncodeArgs) -> Result<()> {
             return Err(bad(format!("--out {}: the directory {} does not exist", a.out.display(), parent.display())));
         }
     }
-    let (spec, params) = checkpoint::load(&a.model)?;
+    let flags = ModelFlags {
+        layers: a.layers,
+        decoder_layers: a.decoder_layers,
+        hidden_activation: a.hidden_activation,
+        code_activation: a.code_activation,
+        output_activation: a.output_activation,
+    };
+    let flag_spec = flags.spec()?;
+    let (spec, params) = checkpoint::load_as(&a.model, flag_spec.as_ref())?;
+    if let Some(given) = flag_spec.filter(|g| g != &spec) {
+        return Err(bad(format!(
+            "--model {}: its model differs from the model flags' ({}); drop the model flags",
+            a.model.display(),
+            spec_difference(&spec, &given, "the flags'")
+        )));
+    }
     let input = data::load(&a.data)?;
     input.check_width(spec.input_width(), &a.data)?;
     let gpu = open_gpu(&adapter_request(a.backend, a.adapter)?)?;

@@ -182,6 +182,63 @@ fn settings_without_stop(settings: &str) -> String {
     v.to_string()
 }
 
+/// What differs between a checkpoint's model and `other` (named `whose`), not two lists that may
+/// look alike.
+pub fn spec_difference(ckpt: &ModelSpec, other: &ModelSpec, whose: &str) -> String {
+    if ckpt.sizes != other.sizes {
+        format!("its widths are {:?}, {whose} {:?}", ckpt.sizes, other.sizes)
+    } else if ckpt.activations != other.activations {
+        let names = |sp: &ModelSpec| sp.activations.iter().map(|a| a.name()).collect::<Vec<_>>().join(",");
+        format!("its activations are {}, {whose} {}", names(ckpt), names(other))
+    } else {
+        format!("its code layer is {}, {whose} {}", ckpt.code_layer, other.code_layer)
+    }
+}
+
+/// The model flags of `train` and `encode`: what a checkpoint without a spec (a PyTorch state
+/// dict) is read as, and the model `train` builds.
+#[derive(Clone, Debug, Default)]
+pub struct ModelFlags {
+    pub layers: Option<String>,
+    pub decoder_layers: Option<String>,
+    pub hidden_activation: Option<String>,
+    pub code_activation: Option<String>,
+    pub output_activation: Option<String>,
+}
+
+impl ModelFlags {
+    /// The model the flags describe (defaults for those not given), or None when none is given.
+    pub fn spec(&self) -> Result<Option<ModelSpec>> {
+        let given = self.layers.is_some()
+            || self.decoder_layers.is_some()
+            || self.hidden_activation.is_some()
+            || self.code_activation.is_some()
+            || self.output_activation.is_some();
+        if given {
+            self.spec_or_default().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The model the flags describe, defaults for those not given.
+    pub fn spec_or_default(&self) -> Result<ModelSpec> {
+        let encoder = parse_widths("--layers", self.layers.as_deref().unwrap_or(defaults::LAYERS)).map_err(bad)?;
+        if encoder.len() < 2 {
+            return Err(bad("--layers: give at least an input and a code width, e.g. 20,4"));
+        }
+        let decoder = match &self.decoder_layers {
+            Some(d) => parse_widths("--decoder-layers", d).map_err(bad)?,
+            None => encoder.iter().rev().skip(1).copied().collect(),
+        };
+        let hidden = parse_activation("--hidden-activation", self.hidden_activation.as_deref().unwrap_or("relu"))?;
+        let code = parse_activation("--code-activation", self.code_activation.as_deref().unwrap_or("sigmoid"))?;
+        let output = parse_activation("--output-activation", self.output_activation.as_deref().unwrap_or("sigmoid"))?;
+        ModelSpec::new(&encoder, &decoder, hidden, code, output)
+            .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))
+    }
+}
+
 /// An activation name given to `flag`.
 fn parse_activation(flag: &str, s: &str) -> Result<Activation> {
     Activation::parse(s).map_err(|e| bad(format!("{flag}: {e}")))
@@ -343,45 +400,29 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         }
     };
 
+    let flags = ModelFlags {
+        layers: s.layers.clone(),
+        decoder_layers: s.decoder_layers.clone(),
+        hidden_activation: s.hidden_activation.clone(),
+        code_activation: s.code_activation.clone(),
+        output_activation: s.output_activation.clone(),
+    };
+    let flag_spec = flags.spec()?;
+    // A checkpoint without the spec in its metadata (a PyTorch state dict) is read as the
+    // model the flags describe.
     let init_ckpt = match &s.init {
-        Some(p) => Some(checkpoint::load(p)?),
+        Some(p) => Some(checkpoint::load_as(p, flag_spec.as_ref())?),
         None => None,
     };
-    let model_flags = s.layers.is_some()
-        || s.decoder_layers.is_some()
-        || s.hidden_activation.is_some()
-        || s.code_activation.is_some()
-        || s.output_activation.is_some();
-    let spec = match (&init_ckpt, model_flags) {
+    let spec = match (&init_ckpt, flag_spec) {
+        (_, Some(spec)) => spec,
         // With --init and no model flags, the checkpoint defines the model.
-        (Some((spec, _)), false) => spec.clone(),
-        _ => {
-            let encoder = parse_widths("--layers", s.layers.as_deref().unwrap_or(defaults::LAYERS)).map_err(bad)?;
-            if encoder.len() < 2 {
-                return Err(bad("--layers: give at least an input and a code width, e.g. 20,4"));
-            }
-            let decoder = match &s.decoder_layers {
-                Some(d) => parse_widths("--decoder-layers", d).map_err(bad)?,
-                None => encoder.iter().rev().skip(1).copied().collect(),
-            };
-            let hidden = parse_activation("--hidden-activation", s.hidden_activation.as_deref().unwrap_or("relu"))?;
-            let code = parse_activation("--code-activation", s.code_activation.as_deref().unwrap_or("sigmoid"))?;
-            let output = parse_activation("--output-activation", s.output_activation.as_deref().unwrap_or("sigmoid"))?;
-            ModelSpec::new(&encoder, &decoder, hidden, code, output)
-                .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))?
-        }
+        (Some((spec, _)), None) => spec.clone(),
+        (None, None) => ModelFlags::default().spec_or_default()?,
     };
     if let (Some((ckpt_spec, _)), Some(init_path)) = (&init_ckpt, &s.init) {
         if ckpt_spec != &spec {
-            // Name what differs, not two lists that may look alike.
-            let what = if ckpt_spec.sizes != spec.sizes {
-                format!("its widths are {:?}, the run's {:?}", ckpt_spec.sizes, spec.sizes)
-            } else if ckpt_spec.activations != spec.activations {
-                let names = |sp: &ModelSpec| sp.activations.iter().map(|a| a.name()).collect::<Vec<_>>().join(",");
-                format!("its activations are {}, the run's {}", names(ckpt_spec), names(&spec))
-            } else {
-                format!("its code layer is {}, the run's {}", ckpt_spec.code_layer, spec.code_layer)
-            };
+            let what = spec_difference(ckpt_spec, &spec, "the run's");
             return Err(bad(format!(
                 "--init {}: its model differs from the run's ({what}); drop the model flags to train the checkpoint's model",
                 init_path.display()
