@@ -1009,6 +1009,16 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     assert_error(&out, 2, &["--stop-after-epoch", "--out"]);
 }
 
+/// `--out` naming an existing file is bad input (exit 2), and the file is left alone.
+#[test]
+fn out_naming_a_file_is_bad_input() {
+    let t = Tmp::new("out_is_a_file");
+    let file = t.write("taken", "keep me");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--out", s(&file)]);
+    assert_error(&out, 2, &["--out", "taken", "a file of that name exists"]);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
+}
+
 /// Sizes from flags are checked before anything is allocated: a huge built-in dataset or batch
 /// is bad input (exit 2), not an aborted allocation.
 #[test]

@@ -516,6 +516,9 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         )));
     }
     let request = adapter_request(s.backend.clone(), s.adapter.clone())?;
+    if let Some(out) = s.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
+        return Err(bad(format!("--out {}: a file of that name exists; give a directory", out.display())));
+    }
     let init = match init_ckpt {
         Some((_, params)) => params,
         None => Params::init(&spec, seed),
@@ -657,12 +660,18 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     // train_state.safetensors written atomically (every --checkpoint-every epochs and at the end).
     let mut metrics_log = None;
     if let Some(dir) = &out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Runtime(format!("--out {}: cannot create it: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            bad(format!("--out {}: cannot create it ({e}): give a directory you can write", dir.display()))
+        })?;
         let json = serde_json::to_vec_pretty(&resolved).expect("config serialises");
         let target = dir.join("config.json");
-        write_atomic(&target, &json)
-            .map_err(|e| Error::Runtime(format!("{}: cannot write it: {e}", target.display())))?;
+        write_atomic(&target, &json).map_err(|e| {
+            bad(format!(
+                "--out {}: cannot write {} ({e}): give a directory you can write",
+                dir.display(),
+                target.display()
+            ))
+        })?;
         let path = dir.join("metrics.jsonl");
         // A resumed run keeps the lines of the epochs its checkpoint covers (rewritten
         // atomically); a new run starts an empty log.
