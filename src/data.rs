@@ -17,6 +17,16 @@ pub struct Dataset {
     pub values: Vec<f32>,
 }
 
+/// Text from a file, fit to quote in a one-line message: control characters escaped, at most
+/// 40 characters.
+fn quoted(text: &str) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    match escaped.char_indices().nth(40) {
+        Some((at, _)) => format!("{}...", &escaped[..at]),
+        None => escaped,
+    }
+}
+
 /// Bad input naming the file.
 fn fail<T>(path: &Path, msg: impl fmt::Display) -> Result<T> {
     Err(Error::Input(format!("{}: {msg}", path.display())))
@@ -93,7 +103,12 @@ fn empty(path: &Path) -> Result<Dataset> {
 /// number; cells are trimmed; blank lines at the end and `\r\n` line ends are accepted.
 /// Rows in errors are line numbers in the file.
 pub fn load_csv(path: &Path) -> Result<Dataset> {
-    let bytes = read(path)?;
+    parse_csv(read(path)?, path)
+}
+
+/// The CSV parser behind [`load_csv`], on bytes already read; `path` only names the file in
+/// errors (the fuzz tests call it directly).
+pub fn parse_csv(bytes: Vec<u8>, path: &Path) -> Result<Dataset> {
     let Ok(text) = String::from_utf8(bytes) else {
         return fail(path, "the file is not UTF-8 text: save it as plain CSV");
     };
@@ -129,14 +144,15 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
                 return fail(
                     path,
                     format!(
-                        "row {row}, column {}: cell \"{cell}\" is not a number: only the first \
+                        "row {row}, column {}: cell \"{}\" is not a number: only the first \
                          row may be a header; fix or remove the cell",
-                        j + 1
+                        j + 1,
+                        quoted(cell)
                     ),
                 );
             };
             if !v.is_finite() {
-                return not_finite(path, row, j + 1, &format!("cell \"{cell}\""));
+                return not_finite(path, row, j + 1, &format!("cell \"{}\"", quoted(cell)));
             }
             values.push(v);
         }
@@ -164,7 +180,12 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 /// row-major rather than refused, so `np.asfortranarray` output loads as the same matrix.
 /// Rows in errors are 1-based sample indices.
 pub fn load_npy(path: &Path) -> Result<Dataset> {
-    let bytes = read(path)?;
+    parse_npy(&read(path)?, path)
+}
+
+/// The npy parser behind [`load_npy`], on bytes already read; `path` only names the file in
+/// errors (the fuzz tests call it directly).
+pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let bad = |what: &str| fail::<Dataset>(path, format!("{what}: save the array with numpy.save (a .npy file)"));
     if bytes.is_empty() {
         return empty(path);
@@ -203,8 +224,9 @@ pub fn load_npy(path: &Path) -> Result<Dataset> {
             return fail(
                 path,
                 format!(
-                    "dtype '{descr}' is not supported: f32 or f64 (little-endian) are; convert \
-                     with arr.astype('<f4')"
+                    "dtype '{}' is not supported: f32 or f64 (little-endian) are; convert \
+                     with arr.astype('<f4')",
+                    quoted(descr)
                 ),
             )
         }
