@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::layout::tensor_names;
+use crate::lbfgs::LbfgsState;
 use crate::model::{ModelSpec, Params};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -183,25 +184,66 @@ pub struct TrainState {
     pub epochs_done: usize,
     pub moments: Vec<Vec<f32>>,
     pub settings: String,
+    /// An L-BFGS run's history and last step (f64 tensors `lbfgs.*`).
+    pub lbfgs: Option<LbfgsState>,
+}
+
+/// `f64` values as little-endian bytes.
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The tensors of an L-BFGS state: name, shape, bytes (empty ones left out).
+fn lbfgs_tensors(st: &LbfgsState) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let pairs = |v: &std::collections::VecDeque<Vec<f64>>| {
+        let flat: Vec<f64> = v.iter().flatten().copied().collect();
+        (vec![v.len(), v.front().map_or(0, Vec::len)], f64_bytes(&flat))
+    };
+    let (y_shape, y) = pairs(&st.y);
+    let (s_shape, s) = pairs(&st.s);
+    let ro: Vec<f64> = st.ro.iter().copied().collect();
+    [
+        ("lbfgs.scalars", vec![3], f64_bytes(&[st.t, st.h_diag, st.prev_loss])),
+        ("lbfgs.d", vec![st.d.len()], f64_bytes(&st.d)),
+        ("lbfgs.prev_grad", vec![st.prev_grad.len()], f64_bytes(&st.prev_grad)),
+        ("lbfgs.y", y_shape, y),
+        ("lbfgs.s", s_shape, s),
+        ("lbfgs.ro", vec![ro.len()], f64_bytes(&ro)),
+    ]
+    .into_iter()
+    .filter(|(_, _, b)| !b.is_empty())
+    .map(|(n, shape, b)| (n.to_string(), shape, b))
+    .collect()
 }
 
 const TRAIN_STATE_FORMAT: &str = "sae-wgpu-train-state";
 
 /// Writes the train state atomically.
 pub fn save_train_state(path: &Path, state: &TrainState) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = state.moments.iter().map(|m| m.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-    let views = bytes
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = state
+        .moments
         .iter()
         .enumerate()
-        .map(|(i, b)| TensorView::new(Dtype::F32, vec![b.len() / 4], b).map(|v| (format!("moment{}", i + 1), v)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Runtime(format!("internal error building the train state: {e}")))?;
-    let metadata = HashMap::from([
+        .map(|(i, m)| {
+            (format!("moment{}", i + 1), Dtype::F32, vec![m.len()], m.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    let mut metadata = HashMap::from([
         ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
         ("steps_done".to_string(), state.steps_done.to_string()),
         ("epochs_done".to_string(), state.epochs_done.to_string()),
         ("settings".to_string(), state.settings.clone()),
     ]);
+    if let Some(st) = &state.lbfgs {
+        tensors.extend(lbfgs_tensors(st).into_iter().map(|(n, shape, b)| (n, Dtype::F64, shape, b)));
+        metadata.insert("lbfgs_iterations".into(), st.iterations.to_string());
+        metadata.insert("lbfgs_evaluations".into(), st.evaluations.to_string());
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, b)| TensorView::new(*dtype, shape.clone(), b).map(|v| (name.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Runtime(format!("internal error building the train state: {e}")))?;
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::Runtime(format!("{}: cannot serialize the train state: {e}", path.display())))?;
     crate::data::write_atomic(path, &canonical_header(bytes))
@@ -232,11 +274,54 @@ pub fn load_train_state(path: &Path) -> Result<TrainState> {
         }
         moments.push(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
     }
+    let lbfgs = match meta.get("lbfgs_iterations") {
+        None => None,
+        Some(_) => {
+            let tensor = |name: &str, rank: usize| -> Result<(Vec<usize>, Vec<f64>)> {
+                let Ok(t) = st.tensor(name) else { return Ok((vec![0; rank], vec![])) };
+                if t.dtype() != Dtype::F64 || t.shape().len() != rank {
+                    return Err(bad(format!("{name} is not a {rank}-D f64 tensor")));
+                }
+                let values =
+                    t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+                Ok((t.shape().to_vec(), values))
+            };
+            let (_, scalars) = tensor("lbfgs.scalars", 1)?;
+            let (_, d) = tensor("lbfgs.d", 1)?;
+            let (_, prev_grad) = tensor("lbfgs.prev_grad", 1)?;
+            let (y_shape, y) = tensor("lbfgs.y", 2)?;
+            let (s_shape, s) = tensor("lbfgs.s", 2)?;
+            let (_, ro) = tensor("lbfgs.ro", 1)?;
+            let p = d.len();
+            if scalars.len() != 3
+                || prev_grad.len() != p
+                || y_shape != s_shape
+                || y_shape[0] != ro.len()
+                || (y_shape[0] > 0 && y_shape[1] != p)
+            {
+                return Err(bad("its L-BFGS tensors disagree in shape".into()));
+            }
+            let rows = |v: Vec<f64>| v.chunks(p.max(1)).map(<[f64]>::to_vec).collect();
+            Some(LbfgsState {
+                iterations: number("lbfgs_iterations")?,
+                evaluations: number("lbfgs_evaluations")?,
+                d,
+                t: scalars[0],
+                y: rows(y),
+                s: rows(s),
+                ro: ro.into(),
+                h_diag: scalars[1],
+                prev_grad,
+                prev_loss: scalars[2],
+            })
+        }
+    };
     Ok(TrainState {
         steps_done: number("steps_done")?,
         epochs_done: number("epochs_done")? as usize,
         moments,
         settings: meta.get("settings").cloned().ok_or_else(|| bad("the metadata has no 'settings'".into()))?,
+        lbfgs,
     })
 }
 
@@ -414,9 +499,31 @@ mod tests {
             epochs_done: 3,
             moments: vec![vec![0.5, -1.25, 3e-8], vec![1e-12, 0.0, 7.0]],
             settings: "{\"lr\":0.01}".into(),
+            lbfgs: None,
         };
         save_train_state(&path, &state).unwrap();
         assert_eq!(load_train_state(&path).unwrap(), state);
+        // An L-BFGS state: f64 values bit for bit, the pairs in order, empty history too.
+        let lbfgs = LbfgsState {
+            iterations: 7,
+            evaluations: 11,
+            d: vec![0.1, -2.5e-300, 3.0],
+            t: 0.7071067811865476,
+            y: vec![vec![1.0, 2.0, 3.0], vec![-1.0, 1e-17, 0.0]].into(),
+            s: vec![vec![0.5, 0.25, 0.125], vec![9.0, 8.0, 7.0]].into(),
+            ro: vec![1.0 / 3.0, 2.0f64.sqrt()].into(),
+            h_diag: 0.123456789,
+            prev_grad: vec![4.0, 5.0, 6.0],
+            prev_loss: 0.3000000000000001,
+        };
+        for lbfgs in [
+            lbfgs.clone(),
+            LbfgsState { y: Default::default(), s: Default::default(), ro: Default::default(), ..lbfgs },
+        ] {
+            let state = TrainState { moments: vec![], lbfgs: Some(lbfgs), ..state.clone() };
+            save_train_state(&path, &state).unwrap();
+            assert_eq!(load_train_state(&path).unwrap(), state);
+        }
         // A model checkpoint is not a train state.
         let (spec, params) = model();
         save(&dir.join("model.safetensors"), &spec, &params).unwrap();

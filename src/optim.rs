@@ -49,7 +49,7 @@ impl Optimizer {
             "momentum" => Optimizer::Momentum { momentum },
             "adam" => Optimizer::Adam { beta1, beta2, eps },
             "adamw" => Optimizer::AdamW { beta1, beta2, eps },
-            other => return Err(format!("--optimizer {other}: use sgd, momentum, adam or adamw")),
+            other => return Err(format!("--optimizer {other}: use sgd, momentum, adam, adamw or lbfgs")),
         };
         opt.validate()?;
         Ok(opt)

@@ -3,6 +3,7 @@
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::lbfgs::{Lbfgs, LbfgsSettings, LbfgsState, Stop};
 use crate::model::Rng;
 use crate::trainer::{Baseline, EpochOptions, EvalMetrics, StepMetrics, Trainer};
 
@@ -64,6 +65,19 @@ pub enum Event<'a> {
         validation: Option<&'a EvalMetrics>,
         /// For checkpoints: `trainer.params()`.
         trainer: &'a Trainer,
+    },
+    /// An L-BFGS iteration (`fit_lbfgs`), measured at the point it accepted.
+    Iteration {
+        iteration: usize,
+        /// The accepted step length along the search direction.
+        step_length: f64,
+        /// Objective evaluations over the run so far, this one's line search included.
+        evaluations: u64,
+        train: &'a EvalMetrics,
+        validation: Option<&'a EvalMetrics>,
+        trainer: &'a Trainer,
+        /// What `fit_lbfgs` needs to continue from here (with the parameters).
+        state: &'a LbfgsState,
     },
 }
 
@@ -205,4 +219,99 @@ pub fn fit_epochs(
         Some(m) => Ok(m),
         None => evaluate_train(trainer),
     }
+}
+
+/// Full-batch L-BFGS (docs/design.md section 9) for the iterations `iterations`: each evaluates
+/// J and its gradient over the whole training set on the device (a line search may evaluate
+/// several times), and reports an `Event::Iteration`. `resume` continues a run from the state
+/// its last checkpoint saved (the trainer holding that checkpoint's parameters). Returns the
+/// last iterate's metrics and state, and why the iterations stopped early if they did.
+pub fn fit_lbfgs(
+    trainer: &mut Trainer,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    settings: LbfgsSettings,
+    resume: Option<LbfgsState>,
+    iterations: std::ops::RangeInclusive<usize>,
+    mut on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<LbfgsRun> {
+    let width = train.cols;
+    let baseline = Baseline::of(&train.values, width);
+    let val_baseline = validation.map(|v| Baseline::of(&v.values, width));
+    let resident = trainer.fits_resident(train.values.len());
+    if resident {
+        trainer.set_data(&train.values)?;
+    } else {
+        log::warn!("the training data exceeds one storage binding: uploading each chunk of every evaluation");
+    }
+    let mut opt = Lbfgs::new(settings);
+    let fresh = resume.is_none();
+    if let Some(state) = resume {
+        opt.state = state;
+    }
+    // The objective: every point evaluated in the current iteration, with its metrics, so the
+    // accepted one's can be reported without another pass.
+    let mut seen: Vec<(Vec<f32>, EvalMetrics)> = Vec::new();
+    let evaluate = |trainer: &mut Trainer, x: &[f32], seen: &mut Vec<(Vec<f32>, EvalMetrics)>| {
+        trainer.set_flat_params(x)?;
+        let (metrics, grad) = if resident {
+            trainer.loss_and_gradient(&baseline)?
+        } else {
+            trainer.loss_and_gradient_of(&train.values, &baseline)?
+        };
+        if !metrics.loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+            return Err(Error::runtime(
+                "L-BFGS: J or its gradient is not finite at a trial point; check the data's scale, or lower --lr",
+            ));
+        }
+        let loss = metrics.loss;
+        seen.push((x.to_vec(), metrics));
+        Ok((loss, grad))
+    };
+    let mut x = trainer.flat_params()?;
+    let (mut f, mut g) = evaluate(trainer, &x, &mut seen)?;
+    if fresh {
+        opt.state.evaluations += 1;
+    }
+    let mut last = seen.pop().expect("just evaluated").1;
+    for iteration in iterations {
+        seen.clear();
+        let it = {
+            let mut obj = |p: &[f32]| evaluate(trainer, p, &mut seen);
+            opt.iterate(&mut x, &mut f, &mut g, &mut obj)?
+        };
+        if it.evaluations == 0 {
+            // Stopped before moving: the iterate is the last one reported.
+            return Ok(LbfgsRun { metrics: last, state: opt.state, stop: it.stop.map(|s| (iteration - 1, s)) });
+        }
+        trainer.set_flat_params(&x)?;
+        last =
+            seen.iter().rev().find(|(p, _)| *p == x).map(|(_, m)| m.clone()).expect("the accepted point was evaluated");
+        let val = match (validation, &val_baseline) {
+            (Some(v), Some(b)) => Some(trainer.evaluate(&v.values, b)?),
+            _ => None,
+        };
+        on_event(Event::Iteration {
+            iteration,
+            step_length: it.t,
+            evaluations: opt.state.evaluations,
+            train: &last,
+            validation: val.as_ref(),
+            trainer: &*trainer,
+            state: &opt.state,
+        })?;
+        if let Some(stop) = it.stop {
+            return Ok(LbfgsRun { metrics: last, state: opt.state, stop: Some((iteration, stop)) });
+        }
+    }
+    Ok(LbfgsRun { metrics: last, state: opt.state, stop: None })
+}
+
+/// How `fit_lbfgs` ended.
+pub struct LbfgsRun {
+    /// The last iterate's metrics on the training set.
+    pub metrics: EvalMetrics,
+    pub state: LbfgsState,
+    /// The last iteration done and why the run stopped there, when it stopped early.
+    pub stop: Option<(usize, Stop)>,
 }

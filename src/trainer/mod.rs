@@ -2,6 +2,7 @@
 //!
 //! * [`schedule`]: the dispatches of one step on either path (`Trainer::schedule` is the
 //!   function to read: docs/design.md sections 4 and 5, line by line).
+//! * [`full_batch`]: J and its gradient over a whole dataset, for L-BFGS.
 //! * [`metrics`]: step metrics read back without stalling the queue, and whole-set evaluation.
 //!
 //! With the data resident on the device (`set_data`, `train_epoch`) a step uploads nothing and
@@ -11,6 +12,7 @@
 //! schedules stay valid as they change; the settings a schedule was built from are private and
 //! change only through methods that rebuild what depends on them.
 
+pub mod full_batch;
 pub mod metrics;
 pub mod schedule;
 

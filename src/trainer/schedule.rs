@@ -159,6 +159,9 @@ pub(crate) struct Schedule {
     pub step_with_metrics: Vec<Launch>,
     /// forward, metrics, and the cursor moved past the rows (no step counted).
     pub evaluate: Vec<Launch>,
+    /// forward and backward with rho_hat as the host wrote it (the whole set's, for a
+    /// full-batch gradient), the gradients left in `grads`, and the cursor moved past the rows.
+    pub gradient: Vec<Launch>,
 }
 
 impl Trainer {
@@ -218,11 +221,10 @@ impl Trainer {
             ),
         ];
 
-        let (forward, backward, update) = match self.path {
+        let (forward, backward, update, gradients) = match self.path {
             StepPath::Layered => {
-                let mut forward =
+                let forward =
                     layered_forward(k, spec, &b.params, &self.layout, &b.acts, (data, &b.order, &b.state), from, m);
-                forward.extend(rho_hat);
 
                 // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
                 let mut backward =
@@ -276,7 +278,7 @@ impl Trainer {
                 // step-values table; then the step state moves on to the next minibatch.
                 let mut update = self.clip_launch();
                 update.extend([self.update_launch(), k.advance_cursor(&b.state, m, 1)]);
-                (forward, backward, update)
+                (forward, backward, update, vec![])
             }
             StepPath::Fused => {
                 // The same equations, a row per invocation (see shaders/fused.wgsl).
@@ -298,24 +300,26 @@ impl Trainer {
                     rho_hat: b.rho_hat.clone(),
                 };
                 let [fwd, bwd, upd] = self.fused_costs(m);
-                let mut forward = vec![k.fused_forward(&net, &buffers, data, fwd)];
-                forward.extend(rho_hat);
+                let forward = vec![k.fused_forward(&net, &buffers, data, fwd)];
+                // fused_update writing only the gradients: what a full-batch gradient ends with.
+                let grads_only = k.fused_update(&self.fused_net(m, from, false), &buffers, upd.clone());
                 let mut update = vec![k.fused_update(&net, &buffers, upd)];
                 if !inline_sgd {
                     update.extend(self.clip_launch());
                     update.push(self.update_launch());
                 }
                 update.push(k.advance_cursor(&b.state, m, 1));
-                (forward, vec![k.fused_backward(&net, &buffers, bwd)], update)
+                (forward, vec![k.fused_backward(&net, &buffers, bwd)], update, vec![grads_only])
             }
         };
         let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
-        let mut evaluate = concat(&[&forward, &metrics]);
-        evaluate.push(k.advance_cursor(&b.state, m, 0));
+        let rho_hat: Vec<Launch> = rho_hat.into_iter().collect();
+        let skip_cursor = [k.advance_cursor(&b.state, m, 0)];
         Schedule {
-            step: concat(&[&forward, &backward, &update]),
-            step_with_metrics: concat(&[&forward, &metrics, &backward, &update]),
-            evaluate,
+            step: concat(&[&forward, &rho_hat, &backward, &update]),
+            step_with_metrics: concat(&[&forward, &rho_hat, &metrics, &backward, &update]),
+            evaluate: concat(&[&forward, &rho_hat, &metrics, &skip_cursor]),
+            gradient: concat(&[&forward, &backward, &gradients, &skip_cursor]),
         }
     }
 

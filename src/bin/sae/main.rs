@@ -8,6 +8,7 @@ mod adapters;
 mod bench;
 mod check;
 mod encode;
+mod patches;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Command {
     Check(check::CheckArgs),
     /// List every adapter wgpu sees, with the limits that matter here.
     Adapters(adapters::AdapterArgs),
+    /// Sample natural-image patches from PNG photographs into a training set (UFLDL's recipe).
+    Patches(patches::PatchArgs),
     /// Time every kernel and a whole training step on preset models (validates first).
     Bench(bench::BenchArgs),
 }
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Adapters(a) => adapters::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Patches(a) => patches::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

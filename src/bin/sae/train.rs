@@ -7,10 +7,11 @@ use sae_wgpu::checkpoint;
 use sae_wgpu::checkpoint::TrainState;
 use sae_wgpu::data::{self, write_atomic, Dataset};
 use sae_wgpu::device::AdapterRequest;
+use sae_wgpu::lbfgs::{self, LbfgsSettings, LbfgsState};
 use sae_wgpu::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
 use sae_wgpu::optim::{self, LrSchedule, Optimizer, ScheduleKind};
 use sae_wgpu::synthetic;
-use sae_wgpu::train::{defaults, fit_epochs, split_validation, Event, TrainOptions};
+use sae_wgpu::train::{defaults, fit_epochs, fit_lbfgs, split_validation, Event, TrainOptions};
 use sae_wgpu::trainer::{EvalMetrics, StepMetrics, StepPath, Trainer};
 use sae_wgpu::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -67,9 +68,14 @@ pub struct TrainSettings {
     /// Learning rate (the peak of a schedule), > 0 [default: 0.01].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    /// sgd, momentum, adam or adamw, as PyTorch's SGD, SGD(momentum), Adam, AdamW [default: adam].
+    /// sgd, momentum, adam or adamw, as PyTorch's SGD, SGD(momentum), Adam, AdamW; or lbfgs:
+    /// full-batch L-BFGS with a strong Wolfe line search, one iteration per --epochs, lr 1,
+    /// --batch-size the rows evaluated per chunk [default: adam].
     #[arg(long, value_name = "NAME")]
     optimizer: Option<String>,
+    /// Curvature pairs L-BFGS keeps, >= 1 [default: 100].
+    #[arg(long, value_name = "M")]
+    lbfgs_history: Option<usize>,
     /// Momentum of --optimizer momentum, >= 0 [default: 0.9].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
@@ -156,7 +162,7 @@ struct Resolved {
     model: ModelSpec,
     loss: LossConfig,
     lr: f64,
-    optimizer: Optimizer,
+    optimizer: Method,
     lr_schedule: LrSchedule,
     beta_warmup_steps: u64,
     clip_grad_norm: Option<f64>,
@@ -172,6 +178,28 @@ struct Resolved {
     validation_split: f64,
     adapter: String,
 }
+
+/// How the parameters move: minibatch steps of an update rule on the device, or full-batch
+/// L-BFGS iterations (`config.json` tells them apart by `optimizer.kind`).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(untagged)]
+enum Method {
+    Steps(Optimizer),
+    Lbfgs(LbfgsSettings),
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::Steps(o) => o.name(),
+            Method::Lbfgs(_) => "lbfgs",
+        }
+    }
+}
+
+/// Rows L-BFGS evaluates per chunk unless --batch-size says: the whole set up to this, which
+/// keeps the activations of the widest shipped presets well inside one storage binding.
+const LBFGS_CHUNK: usize = 16384;
 
 /// The settings JSON of a run without `stop-after-epoch`: a resumed run stops only if told again.
 fn settings_without_stop(settings: &str) -> String {
@@ -276,6 +304,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         weight_decay,
         lr,
         optimizer,
+        lbfgs_history,
         momentum,
         adam_betas,
         adam_eps,
@@ -452,7 +481,9 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     };
     let loss = LossConfig { weight_decay, sparsity };
     loss.validate(&spec).map_err(bad)?;
-    let lr = s.lr.unwrap_or(defaults::LR);
+    let optimizer_name = s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER);
+    let is_lbfgs = optimizer_name == "lbfgs";
+    let lr = s.lr.unwrap_or(if is_lbfgs { 1.0 } else { defaults::LR });
     check_lr(lr).map_err(bad)?;
     let betas = match &s.adam_betas {
         None => optim::defaults::ADAM_BETAS,
@@ -461,14 +492,52 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             _ => return Err(bad(format!("--adam-betas {text}: give two numbers, e.g. 0.9,0.999"))),
         },
     };
-    let optimizer = Optimizer::parse(
-        s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER),
-        s.momentum.unwrap_or(optim::defaults::MOMENTUM),
-        betas,
-        s.adam_eps.unwrap_or(optim::defaults::ADAM_EPS),
-    )
-    .map_err(bad)?;
-    let batch_size = s.batch_size.unwrap_or(defaults::BATCH_SIZE);
+    let optimizer = if is_lbfgs {
+        if s.steps_per_submit.is_some() {
+            return Err(bad(
+                "--steps-per-submit: meaningless with --optimizer lbfgs, which evaluates the whole set each iteration (one submit a chunk); drop it",
+            ));
+        }
+        // Settings of minibatch steps, which a full-batch line-search method does not take.
+        let step_only = [
+            ("--log-every", s.log_every.is_some()),
+            ("--lr-schedule", s.lr_schedule.is_some()),
+            ("--warmup-steps", s.warmup_steps.is_some()),
+            ("--lr-min", s.lr_min.is_some()),
+            ("--beta-warmup-steps", s.beta_warmup_steps.is_some()),
+            ("--clip-grad-norm", s.clip_grad_norm.is_some()),
+            ("--momentum", s.momentum.is_some()),
+            ("--adam-betas", s.adam_betas.is_some()),
+            ("--adam-eps", s.adam_eps.is_some()),
+        ];
+        if let Some((flag, _)) = step_only.iter().find(|(_, given)| *given) {
+            return Err(bad(format!(
+                "{flag}: a setting of minibatch optimizers; --optimizer lbfgs takes full-batch steps with a line search (an epoch line per iteration): drop it"
+            )));
+        }
+        Method::Lbfgs(LbfgsSettings::new(s.lbfgs_history.unwrap_or(lbfgs::defaults::HISTORY), lr)?)
+    } else {
+        if s.lbfgs_history.is_some() {
+            return Err(bad("--lbfgs-history: a setting of --optimizer lbfgs; drop it or add --optimizer lbfgs"));
+        }
+        Method::Steps(
+            Optimizer::parse(
+                optimizer_name,
+                s.momentum.unwrap_or(optim::defaults::MOMENTUM),
+                betas,
+                s.adam_eps.unwrap_or(optim::defaults::ADAM_EPS),
+            )
+            .map_err(bad)?,
+        )
+    };
+    let validation_split = s.validation_split.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&validation_split) {
+        return Err(bad(format!("--validation-split {validation_split}: must be in [0, 1)")));
+    }
+    let held_out = (dataset.rows as f64 * validation_split).round() as usize;
+    let train_rows = dataset.rows - if validation_split > 0.0 { held_out } else { 0 };
+    let default_batch = if is_lbfgs { train_rows.clamp(1, LBFGS_CHUNK) } else { defaults::BATCH_SIZE };
+    let batch_size = s.batch_size.unwrap_or(default_batch);
     if batch_size == 0 {
         return Err(bad("--batch-size 0: must be at least 1"));
     }
@@ -488,14 +557,8 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     if s.checkpoint_every == Some(0) {
         return Err(bad("--checkpoint-every 0: must be at least 1"));
     }
-    let validation_split = s.validation_split.unwrap_or(0.0);
-    if !(0.0..1.0).contains(&validation_split) {
-        return Err(bad(format!("--validation-split {validation_split}: must be in [0, 1)")));
-    }
-    let held_out = (dataset.rows as f64 * validation_split).round() as usize;
     // The schedule spans the run: epochs of the training set after the split.
-    let steps_per_epoch =
-        (dataset.rows - if validation_split > 0.0 { held_out } else { 0 }).div_ceil(batch_size) as u64;
+    let steps_per_epoch = train_rows.div_ceil(batch_size) as u64;
     let lr_schedule = LrSchedule {
         kind: ScheduleKind::parse(s.lr_schedule.as_deref().unwrap_or("constant")).map_err(bad)?,
         warmup_steps: s.warmup_steps.unwrap_or(0),
@@ -574,6 +637,23 @@ fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_js
     })
 }
 
+/// The line of an L-BFGS iteration: an epoch line whose `lr` is the step length the line search
+/// accepted, with the evaluations of J so far (docs/design.md section 6).
+fn iteration_json(
+    r: &Resolved,
+    iteration: usize,
+    step_length: f64,
+    evaluations: u64,
+    train: &EvalMetrics,
+    val: Option<&EvalMetrics>,
+) -> serde_json::Value {
+    let mut v = epoch_json(r, iteration, iteration as u64, train, val);
+    let obj = v.as_object_mut().unwrap();
+    obj.insert("lr".into(), step_length.into());
+    obj.insert("evaluations".into(), evaluations.into());
+    v
+}
+
 fn eval_json(m: &EvalMetrics) -> serde_json::Value {
     serde_json::json!({
         "samples": m.samples, "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
@@ -620,7 +700,9 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let (train_set, val_set) = split_validation(&dataset, resolved.validation_split, resolved.seed);
     let spec = resolved.model.clone();
     let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
-    trainer.set_optimizer(resolved.optimizer)?;
+    if let Method::Steps(optimizer) = resolved.optimizer {
+        trainer.set_optimizer(optimizer)?;
+    }
     trainer.set_lr_schedule(resolved.lr_schedule)?;
     trainer.set_beta_warmup(resolved.beta_warmup_steps)?;
     trainer.set_clip_grad_norm(resolved.clip_grad_norm)?;
@@ -638,19 +720,27 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     // A resumed run: the optimizer's state and step count from its train state.
     let first_epoch = match &resumed {
         Some(state) => {
-            trainer.restore(state.steps_done, &state.moments)?;
+            if matches!(resolved.optimizer, Method::Lbfgs(_)) != state.lbfgs.is_some() {
+                return Err(bad(
+                    "--resume: the train state does not match the run's optimizer; was it written by another version?",
+                ));
+            }
+            if state.lbfgs.is_none() {
+                trainer.restore(state.steps_done, &state.moments)?;
+            }
             state.epochs_done + 1
         }
         None => 1,
     };
     let last_epoch = stop_after_epoch.unwrap_or(resolved.epochs).min(resolved.epochs);
     // What a checkpoint writes beside the model, for --resume.
-    let save_state = |dir: &Path, trainer: &Trainer, epochs_done: usize| -> Result<()> {
+    let save_state = |dir: &Path, trainer: &Trainer, epochs_done: usize, lbfgs: Option<&LbfgsState>| -> Result<()> {
         let state = TrainState {
-            steps_done: trainer.steps_done(),
+            steps_done: lbfgs.map_or(trainer.steps_done(), |l| l.iterations),
             epochs_done,
-            moments: trainer.optimizer_state()?,
+            moments: if lbfgs.is_some() { vec![] } else { trainer.optimizer_state()? },
             settings: settings_without_stop(&settings),
+            lbfgs: lbfgs.cloned(),
         };
         checkpoint::save_train_state(&dir.join("train_state.safetensors"), &state)
     };
@@ -691,7 +781,10 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         metrics_log = Some((path.clone(), file));
     }
 
-    let steps_per_epoch = train_set.rows.div_ceil(resolved.batch_size) as u64;
+    let steps_per_epoch = match resolved.optimizer {
+        Method::Lbfgs(_) => 1,
+        Method::Steps(_) => train_set.rows.div_ceil(resolved.batch_size) as u64,
+    };
     let bar = indicatif::ProgressBar::new(steps_per_epoch * resolved.epochs as u64);
     bar.set_prefix("1");
     bar.set_style(
@@ -708,7 +801,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let mut last_val = None;
-    let result = fit_epochs(&mut trainer, &train_set, val_set.as_ref(), &opts, first_epoch..=last_epoch, |event| {
+    let on_event = |event: Event<'_>| {
         let line = match &event {
             Event::Step { epoch, step, metrics } => {
                 bar.set_position(*step);
@@ -724,6 +817,13 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 last_val = validation.map(|v| (*v).clone());
                 epoch_json(&resolved, *epoch, *step, train, *validation)
             }
+            Event::Iteration { iteration, step_length, evaluations, train, validation, .. } => {
+                bar.set_position(*iteration as u64);
+                bar.set_prefix(iteration.to_string());
+                bar.set_message(format!("loss {:.6} fvu {:.3} step {step_length:.3e}", train.loss, train.fvu));
+                last_val = validation.map(|v| (*v).clone());
+                iteration_json(&resolved, *iteration, *step_length, *evaluations, train, *validation)
+            }
         };
         if let Some((path, w)) = metrics_log.as_mut() {
             // One write a line, so a killed run leaves whole lines.
@@ -731,26 +831,47 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 .and_then(|_| w.flush())
                 .map_err(|e| Error::Runtime(format!("{}: cannot write it: {e}", path.display())))?;
         }
-        if let (Event::Epoch { epoch, trainer, .. }, Some(dir), Some(n)) = (&event, &out, resolved.checkpoint_every) {
+        let (epoch, trainer, lbfgs) = match &event {
+            Event::Epoch { epoch, trainer, .. } => (*epoch, *trainer, None),
+            Event::Iteration { iteration, trainer, state, .. } => (*iteration, *trainer, Some(*state)),
+            Event::Step { .. } => return Ok(()),
+        };
+        if let (Some(dir), Some(n)) = (&out, resolved.checkpoint_every) {
             if epoch % n == 0 {
                 // Atomic (temporary file, then rename): a crash or a later divergence leaves
                 // the previous checkpoint intact.
                 checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
-                save_state(dir, trainer, *epoch)?;
+                save_state(dir, trainer, epoch, lbfgs)?;
             }
         }
         Ok(())
-    });
+    };
+    let epochs = first_epoch..=last_epoch;
+    let result = match resolved.optimizer {
+        Method::Steps(_) => {
+            fit_epochs(&mut trainer, &train_set, val_set.as_ref(), &opts, epochs, on_event).map(|m| (m, None, None))
+        }
+        Method::Lbfgs(settings) => {
+            let resume = resumed.as_ref().and_then(|s| s.lbfgs.clone());
+            fit_lbfgs(&mut trainer, &train_set, val_set.as_ref(), settings, resume, epochs, on_event)
+                .map(|run| (run.metrics, Some(run.state), run.stop))
+        }
+    };
     bar.finish_and_clear();
     drop(metrics_log);
-    let last = result?;
+    let (last, lbfgs_state, stopped) = result?;
+    let epochs_done = stopped.map_or(last_epoch, |(at, _)| at);
     let params = trainer.params()?;
     if let Some(dir) = &out {
         checkpoint::save(&dir.join("model.safetensors"), &spec, &params)?;
-        save_state(dir, &trainer, last_epoch)?;
+        save_state(dir, &trainer, epochs_done, lbfgs_state.as_ref())?;
     }
-    print_summary(&resolved, &last, last_val.as_ref(), started.elapsed().as_secs_f64(), trainer.steps_done());
-    if last_epoch < resolved.epochs {
+    let steps = lbfgs_state.as_ref().map_or(trainer.steps_done(), |s| s.iterations);
+    let evaluations = lbfgs_state.as_ref().map(|s| s.evaluations);
+    print_summary(&resolved, &last, last_val.as_ref(), started.elapsed().as_secs_f64(), steps, evaluations);
+    if let Some((at, why)) = stopped {
+        println!("L-BFGS stopped after iteration {at} of {}: {}", resolved.epochs, why.describe());
+    } else if last_epoch < resolved.epochs {
         println!("stopped after epoch {last_epoch} of {}: `sae train --resume DIR` continues the run", resolved.epochs);
     }
     if let Some(dir) = &out {
@@ -759,13 +880,22 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(r: &Resolved, m: &EvalMetrics, val: Option<&EvalMetrics>, secs: f64, steps: u64) {
+fn print_summary(
+    r: &Resolved,
+    m: &EvalMetrics,
+    val: Option<&EvalMetrics>,
+    secs: f64,
+    steps: u64,
+    evaluations: Option<u64>,
+) {
     let (rho, beta) = r.loss.sparsity.rho_beta();
+    let run = match evaluations {
+        Some(e) => format!("{steps} iterations ({e} evaluations of J over the whole set, chunks of {}", r.batch_size),
+        None => format!("{} epochs ({steps} steps, batch {}", r.epochs, r.batch_size),
+    };
     println!(
-        "trained {:?} for {} epochs ({steps} steps, batch {}, {} lr {}{}) in {secs:.1} s; sparsity {} beta {beta}",
+        "trained {:?} for {run}, {} lr {}{}) in {secs:.1} s; sparsity {} beta {beta}",
         r.model.sizes,
-        r.epochs,
-        r.batch_size,
         r.optimizer.name(),
         r.lr,
         match r.lr_schedule.kind {
