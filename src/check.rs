@@ -676,3 +676,58 @@ pub fn matmul_backward_weight_bias(kern: &Kernels, rng: &mut Rng, m: usize, k: u
     let got = [download(kern, &dw), download(kern, &db)];
     max_rel_err(&got[0], &want_w, &scale_w).max(max_rel_err(&got[1], &want_b, &scale_b))
 }
+
+/// How far the device's full-batch J and gradient are from the reference's.
+#[derive(Clone, Copy, Debug)]
+pub struct FullBatchCheck {
+    /// `|J - J_ref| / |J_ref|`.
+    pub loss_rel_err: f64,
+    /// Largest gradient error relative to its tensor's largest reference value.
+    pub grad_rel_err: f64,
+    /// Dispatches the evaluation took (both passes).
+    pub dispatches: u64,
+}
+
+/// `Trainer::loss_and_gradient` (L-BFGS's objective, docs/design.md section 9) over `n` random
+/// rows in chunks of `chunk` against the reference's forward and backward over all `n` rows at
+/// once (rho_hat over the whole set, `lambda W` included).
+pub fn full_batch_gradient(
+    gpu: &crate::Gpu,
+    spec: &crate::ModelSpec,
+    cfg: crate::LossConfig,
+    n: usize,
+    chunk: usize,
+    path: Option<crate::trainer::StepPath>,
+) -> crate::Result<FullBatchCheck> {
+    let init = crate::Params::init(spec, 6);
+    let mut trainer = crate::Trainer::new(gpu, spec, cfg, 0.1, chunk, &init)?;
+    if let Some(p) = path {
+        trainer.set_path(p)?;
+    }
+    let x = random(&mut Rng::new(78), n * spec.input_width(), 0.0, 1.0);
+    trainer.set_data(&x)?;
+    let baseline = crate::trainer::Baseline::of(&x, spec.input_width());
+    let before = trainer.stats().dispatches;
+    let (metrics, grad) = trainer.loss_and_gradient(&baseline)?;
+    let dispatches = trainer.stats().dispatches - before;
+    let model = r::Model::new(spec, &init);
+    let xs = widen(&x);
+    let fwd = r::forward(&model, &cfg, &xs, n);
+    let want_loss = r::loss(&model, &cfg, &fwd, &xs, r::Terms::ALL).total;
+    let want = r::backward(&model, &cfg, &fwd, &xs, r::Terms::ALL);
+    let layout = trainer.layout();
+    let mut worst: f64 = 0.0;
+    let tensors = want.dw.iter().zip(&layout.weights).chain(want.db.iter().zip(&layout.biases));
+    for (reference, &(at, len)) in tensors {
+        assert_eq!(reference.len(), len, "layout and reference disagree");
+        let size = reference.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(1e-6);
+        for (g, w) in grad[at..at + len].iter().zip(reference) {
+            worst = worst.max(if g.is_finite() { (g - w).abs() / size } else { f64::INFINITY });
+        }
+    }
+    Ok(FullBatchCheck {
+        loss_rel_err: (metrics.loss - want_loss).abs() / want_loss.abs().max(1e-12),
+        grad_rel_err: worst,
+        dispatches,
+    })
+}

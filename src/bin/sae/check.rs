@@ -72,6 +72,18 @@ pub fn run(a: CheckArgs) -> Result<()> {
             failures += usize::from(!pass);
             println!("{:<40} {:>13.2e} {:>9.0e}  {}", label, err, step_tol, if pass { "pass" } else { "FAIL" });
         }
+        // L-BFGS's objective (tests/model.rs argues the bounds: J is one sum, each gradient
+        // entry a chain of kernels like a step's).
+        println!("{:<40} {:>13} {:>9}  result", "L-BFGS objective: 101 rows, chunks of 32", "max rel err", "tolerance");
+        for (label, spec, sparsity) in cases {
+            let r = check::full_batch_gradient(gpu, spec, LossConfig { weight_decay: 1e-3, sparsity }, 101, 32, None)?;
+            for (what, err, tol) in [("J", r.loss_rel_err, 1e-5), ("gradient", r.grad_rel_err, step_tol)] {
+                let pass = err < tol;
+                failures += usize::from(!pass);
+                let label = format!("{label}: {what}");
+                println!("{:<40} {:>13.2e} {:>9.0e}  {}", label, err, tol, if pass { "pass" } else { "FAIL" });
+            }
+        }
         println!();
     }
     if failures > 0 {
