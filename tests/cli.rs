@@ -1087,3 +1087,134 @@ fn pytorch_state_dict_without_metadata() {
     let out = t.sae(&["train", "--init", s(&plain), "--layers", "20,80,40,4", "--samples", "64", "--epochs", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------------------------------------
+// L-BFGS and natural-image patches
+// ---------------------------------------------------------------------------------------------
+
+/// `--optimizer lbfgs` from the command line: an epoch line per iteration whose J never rises
+/// (every accepted step satisfies the sufficient-decrease condition), with the step length as
+/// `lr` and the evaluations so far; a validation split is allowed; and stopping after
+/// iteration 3 then `--resume` gives the same model, train state and metrics lines, byte for
+/// byte, as the uninterrupted run. The history of 4 pairs fills before the stop and is evicted
+/// after it; 240 training rows in chunks of 100 make three chunks, the last one short.
+#[test]
+fn lbfgs_descends_and_resumes_bit_identically() {
+    let t = Tmp::new("lbfgs_resume");
+    let (whole, parts) = (t.path("whole"), t.path("parts"));
+    let common = [
+        "train",
+        "--samples",
+        "300",
+        "--optimizer",
+        "lbfgs",
+        "--epochs",
+        "9",
+        "--batch-size",
+        "100",
+        "--validation-split",
+        "0.2",
+        "--lbfgs-history",
+        "4",
+        "--checkpoint-every",
+        "2",
+    ];
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(&["--out", s(out)]);
+        args.extend_from_slice(extra);
+        let out = t.sae(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        out
+    };
+    let done = run(&whole, &[]);
+    assert!(stdout(&done).contains("9 iterations"), "{}", stdout(&done));
+    let lines = metrics(&whole);
+    assert_eq!(lines.len(), 9, "one line per iteration");
+    let mut last_loss = f64::INFINITY;
+    let mut last_evals = 1;
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!((l["kind"].as_str(), l["epoch"].as_u64()), (Some("epoch"), Some(i as u64 + 1)));
+        let (loss, evals, step) =
+            (l["loss"].as_f64().unwrap(), l["evaluations"].as_u64().unwrap(), l["lr"].as_f64().unwrap());
+        assert!(loss <= last_loss, "iteration {}: J rose from {last_loss} to {loss}", i + 1);
+        assert!(evals > last_evals, "iteration {}: a line search evaluates at least once", i + 1);
+        assert!(step > 0.0 && step.is_finite(), "step length {step}");
+        assert!(l["validation"]["loss"].as_f64().is_some(), "validation metrics on every line");
+        (last_loss, last_evals) = (loss, evals);
+    }
+    assert!(last_loss < lines[0]["loss"].as_f64().unwrap() * 0.9, "9 iterations lower J by more than 10%");
+    assert_eq!(config_json(&whole)["optimizer"]["kind"], "lbfgs");
+    assert_eq!(config_json(&whole)["optimizer"]["history"], 4);
+
+    let stopped = run(&parts, &["--stop-after-epoch", "3"]);
+    assert!(stdout(&stopped).contains("stopped after epoch 3 of 9"), "{}", stdout(&stopped));
+    let out = t.sae(&["train", "--resume", s(&parts), "--epochs", "9"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for file in ["model.safetensors", "metrics.jsonl"] {
+        let (a, b) = (fs::read(whole.join(file)).unwrap(), fs::read(parts.join(file)).unwrap());
+        assert!(a == b, "{file}: the resumed run differs from the uninterrupted one");
+    }
+    // The L-BFGS state too (the settings differ: the resumed run names its --init).
+    let state = |d: &Path| sae_wgpu::checkpoint::load_train_state(&d.join("train_state.safetensors")).unwrap();
+    let (a, b) = (state(&whole), state(&parts));
+    assert_eq!((a.steps_done, a.epochs_done, &a.lbfgs), (b.steps_done, b.epochs_done, &b.lbfgs));
+    assert_eq!(a.lbfgs.as_ref().map(|l| (l.iterations, l.y.len())), Some((9, 4)));
+    assert_no_tmp_files(&t.dir);
+}
+
+/// Settings that mean nothing to a full-batch line-search method are refused with the flag
+/// named; so are an empty history and a history without L-BFGS.
+#[test]
+fn lbfgs_refuses_step_settings() {
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--optimizer", "lbfgs", "--steps-per-submit", "4"], &["--steps-per-submit", "meaningless", "lbfgs"]),
+        (&["--optimizer", "lbfgs", "--log-every", "1"], &["--log-every", "lbfgs"]),
+        (&["--optimizer", "lbfgs", "--lr-schedule", "cosine"], &["--lr-schedule", "lbfgs"]),
+        (&["--optimizer", "lbfgs", "--momentum", "0.5"], &["--momentum", "lbfgs"]),
+        (&["--optimizer", "lbfgs", "--lbfgs-history", "0"], &["--lbfgs-history 0"]),
+        (&["--lbfgs-history", "5"], &["--lbfgs-history", "--optimizer lbfgs"]),
+    ];
+    for (i, (flags, needles)) in cases.iter().enumerate() {
+        train_flags_rejected(&format!("lbfgs_refuses_{i}"), flags, needles);
+    }
+}
+
+/// `sae patches` samples the shipped photographs into UFLDL's training set: the shape asked
+/// for, values in [0.1, 0.9], the same file for the same seed; a file that is not a PNG, or a
+/// patch larger than an image, is bad input naming it.
+#[test]
+fn patches_from_the_shipped_photographs() {
+    let t = Tmp::new("patches");
+    let images: Vec<String> = fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(images.len() >= 4, "the example's photographs are in the repository");
+    let write = |name: &str, seed: &str| {
+        let out = t.path(name);
+        let mut args: Vec<&str> = vec!["patches", "--count", "500", "--size", "6", "--seed", seed, "--out", s(&out)];
+        args.extend(images.iter().map(String::as_str));
+        let o = t.sae(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        fs::read(out).unwrap()
+    };
+    let (a, b, c) = (write("a.npy", "1"), write("b.npy", "1"), write("c.npy", "2"));
+    assert!(a == b && a != c, "seeded");
+    let set = sae_wgpu::data::load(&t.path("a.npy")).unwrap();
+    assert_eq!((set.rows, set.cols), (500, 36));
+    assert!(set.values.iter().all(|v| (0.1..=0.9).contains(v)));
+    let spread = set.values.iter().map(|&v| (v as f64 - 0.5).powi(2)).sum::<f64>() / set.values.len() as f64;
+    assert!(spread.sqrt() > 0.05, "photographs give patches with contrast: sd {}", spread.sqrt());
+
+    let not_png = t.write("fake.png", "hello");
+    let out = t.sae(&["patches", s(&not_png), "--out", s(&t.path("x.npy"))]);
+    assert_error(&out, 2, &["fake.png", "not a PNG"]);
+    let out = t.sae(&["patches", &images[0], "--size", "64", "--count", "2", "--out", s(&t.path("y.npy"))]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = t.sae(&["patches", &images[0], "--count", "0", "--out", s(&t.path("z.npy"))]);
+    assert_error(&out, 2, &["--count 0"]);
+    assert!(!t.path("x.npy").exists() && !t.path("z.npy").exists());
+}
