@@ -179,6 +179,13 @@ impl Lbfgs {
             st.s.push_back(s);
             st.ro.push_back(1.0 / ys);
         }
+        self.two_loop(g)
+    }
+
+    /// `-H g` by the two-loop recursion over the stored pairs, `H` starting from `h_diag I`:
+    /// `4 M P` multiply-adds for M pairs of P values.
+    pub fn two_loop(&self, g: &[f64]) -> Vec<f64> {
+        let st = &self.state;
         let k = st.y.len();
         let mut al = vec![0.0; k];
         let mut q: Vec<f64> = g.iter().map(|v| -v).collect();

@@ -237,7 +237,35 @@ pub(crate) struct CaseResult {
     pub(crate) variants: Option<VariantComparison>,
     /// The update of every parameter by each optimizer, at the preset's parameter count.
     pub(crate) updates: Vec<RowResult>,
+    pub(crate) lbfgs: LbfgsResult,
 }
+
+/// L-BFGS's two costs at a preset's size: the device's objective (J and gradient over a set of
+/// `rows`, in chunks of the case's batch) and the host's two-loop recursion over `pairs` pairs.
+pub(crate) struct LbfgsResult {
+    pub(crate) rows: usize,
+    pub(crate) evaluation: Measured,
+    pub(crate) evaluation_flops: f64,
+    pub(crate) evaluation_dispatches: u64,
+    pub(crate) evaluation_bytes_read_back: f64,
+    pub(crate) pairs: usize,
+    pub(crate) params: usize,
+    pub(crate) two_loop: Measured,
+}
+
+impl LbfgsResult {
+    /// `4 M P` multiply-adds (two FLOPs each) and the pairs read twice, f64.
+    pub(crate) fn two_loop_flops(&self) -> f64 {
+        8.0 * (self.pairs * self.params) as f64
+    }
+
+    pub(crate) fn two_loop_bytes(&self) -> f64 {
+        32.0 * (self.pairs * self.params) as f64
+    }
+}
+
+/// Host memory the benchmark's L-BFGS history may take: 2 M P f64 values.
+const LBFGS_HISTORY_BYTES: usize = 512 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // The whole step
@@ -303,6 +331,67 @@ fn bench_updates(kernels: &Kernels, timer: &Timer, case: &Case, s: &Settings, rn
             RowResult { launch, time }
         })
         .collect()
+}
+
+/// L-BFGS at the case's size: one objective evaluation over the resident batches (forward and
+/// metrics, then forward and backward, chunk by chunk, with the read-backs), by the wall clock;
+/// and the host's two-loop recursion over the default 100 pairs, or as many as fit
+/// `LBFGS_HISTORY_BYTES` (a run needs that memory too: the README says so).
+fn bench_lbfgs(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<LbfgsResult> {
+    let mut trainer = case_trainer(gpu, case, rng, None)?;
+    let rows = trainer.resident_rows();
+    let baseline = crate::trainer::Baseline { squared_deviation: 1.0 };
+    let before = trainer.stats();
+    trainer.loss_and_gradient(&baseline)?;
+    let after = trainer.stats();
+    let evaluation = measure(
+        |reps| {
+            let start = Instant::now();
+            for _ in 0..reps {
+                trainer.loss_and_gradient(&baseline).expect("evaluated once already");
+            }
+            start.elapsed().as_secs_f64()
+        },
+        s,
+        s.pass_target,
+        4,
+    );
+    // Forward twice (metrics pass, gradient pass) and backward once: 3 x 2 m sum(k n).
+    let spec = &case.spec;
+    let macs: usize = (1..=spec.layers()).map(|l| spec.shape(l).0 * spec.shape(l).1).sum();
+    let params = trainer.layout().len;
+    let pairs = crate::lbfgs::defaults::HISTORY.min(LBFGS_HISTORY_BYTES / (16 * params)).max(1);
+    let mut opt = crate::lbfgs::Lbfgs::new(crate::lbfgs::LbfgsSettings::new(pairs, 1.0)?);
+    let vector = |rng: &mut Rng| (0..params).map(|_| rng.next_f64() - 0.5).collect::<Vec<f64>>();
+    for _ in 0..pairs {
+        opt.state.y.push_back(vector(rng));
+        opt.state.s.push_back(vector(rng));
+        opt.state.ro.push_back(1.0);
+    }
+    opt.state.h_diag = 1.0;
+    let g = vector(rng);
+    let two_loop = measure(
+        |reps| {
+            let start = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(opt.two_loop(std::hint::black_box(&g)));
+            }
+            start.elapsed().as_secs_f64()
+        },
+        s,
+        s.pass_target,
+        16,
+    );
+    Ok(LbfgsResult {
+        rows,
+        evaluation,
+        evaluation_flops: 6.0 * (rows * macs) as f64,
+        evaluation_dispatches: after.dispatches - before.dispatches,
+        evaluation_bytes_read_back: (4 * (params * rows.div_ceil(case.batch))) as f64,
+        pairs,
+        params,
+        two_loop,
+    })
 }
 
 /// Minibatches of training data kept on the device while timing.
@@ -632,5 +721,6 @@ fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &S
         if StepPath::fused_fits(&case.spec) { Some(bench_step(gpu, &case, s, &mut rng, Some(other))?) } else { None };
     let reference = bench_reference(&case, s, &mut rng);
     let updates = bench_updates(kernels, timer, &case, s, &mut rng);
-    Ok(CaseResult { case, rows, step, other_path, reference, variants, updates })
+    let lbfgs = bench_lbfgs(gpu, &case, s, &mut rng)?;
+    Ok(CaseResult { case, rows, step, other_path, reference, variants, updates, lbfgs })
 }

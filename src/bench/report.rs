@@ -103,6 +103,39 @@ pub(crate) fn print_case(r: &CaseResult) {
         );
     }
     println!("   (one update of every parameter, each optimizer's kernel timed alone)");
+    let lb = &r.lbfgs;
+    println!(
+        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
+        "lbfgs (full batch)", "", "", "ms", "min ms", "max ms", "GFLOP/s", "GB/s"
+    );
+    let ms = |t: f64| format!("{:.3}", t * 1e3);
+    println!(
+        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
+        "objective J + gradient (GPU)",
+        format!("{} rows / {}", lb.rows, r.case.batch),
+        "",
+        ms(lb.evaluation.median),
+        ms(lb.evaluation.min),
+        ms(lb.evaluation.max),
+        rate(lb.evaluation_flops / lb.evaluation.median * 1e-9),
+        ""
+    );
+    println!(
+        "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
+        "two-loop recursion (host f64)",
+        format!("{} pairs x {}", lb.pairs, lb.params),
+        "",
+        ms(lb.two_loop.median),
+        ms(lb.two_loop.min),
+        ms(lb.two_loop.max),
+        rate(lb.two_loop_flops() / lb.two_loop.median * 1e-9),
+        rate(lb.two_loop_bytes() / lb.two_loop.median * 1e-9)
+    );
+    println!(
+        "   (an evaluation: {} dispatches, {:.0} kB read back; an iteration takes one or more evaluations and one two-loop)",
+        lb.evaluation_dispatches,
+        lb.evaluation_bytes_read_back / 1e3
+    );
 
     let st = &r.step;
     let opt = |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
@@ -261,6 +294,19 @@ pub(crate) fn to_json(
                            "bytes": row.launch.cost.bytes, "gbps": row.gbps()}),
                     measured_json(&row.time, 1e6, "us"),
                 )).collect::<Vec<_>>(),
+                "lbfgs": {
+                    "evaluation": merge(
+                        json!({"rows": r.lbfgs.rows, "chunk": r.case.batch, "flops": r.lbfgs.evaluation_flops,
+                               "dispatches": r.lbfgs.evaluation_dispatches,
+                               "bytes_read_back": r.lbfgs.evaluation_bytes_read_back}),
+                        measured_json(&r.lbfgs.evaluation, 1e3, "ms"),
+                    ),
+                    "two_loop": merge(
+                        json!({"pairs": r.lbfgs.pairs, "params": r.lbfgs.params,
+                               "flops": r.lbfgs.two_loop_flops(), "bytes": r.lbfgs.two_loop_bytes()}),
+                        measured_json(&r.lbfgs.two_loop, 1e3, "ms"),
+                    ),
+                },
             });
             if let Some(v) = &r.variants {
                 let row = |x: &VariantRow| {
@@ -324,6 +370,8 @@ pub(crate) fn figures(doc: &Value) -> Vec<(String, String, f64, bool)> {
         for u in case["updates"].as_array().into_iter().flatten() {
             push(format!("update {} µs", u["id"].as_str().unwrap_or("?")), num(u, "median_us"), true);
         }
+        push("lbfgs evaluation ms".into(), num(&case["lbfgs"]["evaluation"], "median_ms"), true);
+        push("lbfgs two-loop ms".into(), num(&case["lbfgs"]["two_loop"], "median_ms"), true);
         let st = &case["step"];
         push("step ms".into(), num(st, "median_ms"), true);
         push("step samples/s".into(), num(st, "samples_per_s"), false);
