@@ -194,9 +194,9 @@ impl Lbfgs {
             q.iter_mut().zip(&st.y[i]).for_each(|(qj, yj)| *qj -= al[i] * yj);
         }
         let mut r: Vec<f64> = q.iter().map(|v| v * st.h_diag).collect();
-        for i in 0..k {
+        for (i, al_i) in al.iter().enumerate() {
             let be = dot(&st.y[i], &r) * st.ro[i];
-            r.iter_mut().zip(&st.s[i]).for_each(|(rj, sj)| *rj += (al[i] - be) * sj);
+            r.iter_mut().zip(&st.s[i]).for_each(|(rj, sj)| *rj += (al_i - be) * sj);
         }
         r
     }
