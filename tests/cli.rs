@@ -1145,6 +1145,12 @@ fn lbfgs_descends_and_resumes_bit_identically() {
     }
     assert!(last_loss < lines[0]["loss"].as_f64().unwrap() * 0.9, "9 iterations lower J by more than 10%");
     assert_eq!(config_json(&whole)["optimizer"]["kind"], "lbfgs");
+    // --log-every K thins the lines to every K-th iteration and the last.
+    let thin = t.path("thin");
+    run(&thin, &["--log-every", "4"]);
+    let epochs: Vec<u64> = metrics(&thin).iter().map(|l| l["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, [4, 8, 9]);
+    assert!(fs::read(thin.join("model.safetensors")).unwrap() == fs::read(whole.join("model.safetensors")).unwrap());
     assert_eq!(config_json(&whole)["optimizer"]["history"], 4);
 
     let stopped = run(&parts, &["--stop-after-epoch", "3"]);
@@ -1169,7 +1175,7 @@ fn lbfgs_descends_and_resumes_bit_identically() {
 fn lbfgs_refuses_step_settings() {
     let cases: [(&[&str], &[&str]); 6] = [
         (&["--optimizer", "lbfgs", "--steps-per-submit", "4"], &["--steps-per-submit", "meaningless", "lbfgs"]),
-        (&["--optimizer", "lbfgs", "--log-every", "1"], &["--log-every", "lbfgs"]),
+        (&["--optimizer", "lbfgs", "--clip-grad-norm", "1"], &["--clip-grad-norm", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--lr-schedule", "cosine"], &["--lr-schedule", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--momentum", "0.5"], &["--momentum", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--lbfgs-history", "0"], &["--lbfgs-history 0"]),

@@ -500,7 +500,6 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         }
         // Settings of minibatch steps, which a full-batch line-search method does not take.
         let step_only = [
-            ("--log-every", s.log_every.is_some()),
             ("--lr-schedule", s.lr_schedule.is_some()),
             ("--warmup-steps", s.warmup_steps.is_some()),
             ("--lr-min", s.lr_min.is_some()),
@@ -825,7 +824,12 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 iteration_json(&resolved, *iteration, *step_length, *evaluations, train, *validation)
             }
         };
-        if let Some((path, w)) = metrics_log.as_mut() {
+        // L-BFGS with --log-every K: a line every K iterations and at the run's last.
+        let logged = match (&event, resolved.log_every) {
+            (Event::Iteration { iteration, .. }, Some(k)) => iteration % k == 0 || *iteration == resolved.epochs,
+            _ => true,
+        };
+        if let Some((path, w)) = metrics_log.as_mut().filter(|_| logged) {
             // One write a line, so a killed run leaves whole lines.
             w.write_all(format!("{line}\n").as_bytes())
                 .and_then(|_| w.flush())
