@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod check;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod device;
 pub mod encoder;
@@ -27,6 +28,7 @@ pub mod model;
 pub mod optim;
 pub mod patches;
 pub mod reference;
+pub mod report;
 pub mod synthetic;
 pub mod train;
 pub mod trainer;

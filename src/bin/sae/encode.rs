@@ -1,9 +1,9 @@
 //! `sae encode`: codes or reconstructions of a data file with a trained model.
 
-use crate::train::{spec_difference, ModelFlags};
 use crate::{adapter_request, bad, open_gpu};
 use clap::Args;
 use sae_wgpu::checkpoint;
+use sae_wgpu::cli::train::{spec_difference, ModelFlags};
 use sae_wgpu::data::{self, Dataset};
 use sae_wgpu::encoder::Encoder;
 use sae_wgpu::Result;

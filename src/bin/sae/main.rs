@@ -9,11 +9,11 @@ mod bench;
 mod check;
 mod encode;
 mod patches;
-mod train;
+mod report;
 
 use clap::{Parser, Subcommand};
-use sae_wgpu::device::{self, AdapterRequest, Gpu};
-use sae_wgpu::{Error, Result};
+use sae_wgpu::cli::train;
+pub use sae_wgpu::cli::{adapter_request, bad, open_gpu};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -39,6 +39,8 @@ enum Command {
     Adapters(adapters::AdapterArgs),
     /// Sample natural-image patches from PNG photographs into a training set (UFLDL's recipe).
     Patches(patches::PatchArgs),
+    /// Pictures of a run (loss, sparsity, densities, filters) and an index.html, from its --out.
+    Report(report::ReportArgs),
     /// Time every kernel and a whole training step on preset models (validates first).
     Bench(bench::BenchArgs),
 }
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Adapters(a) => adapters::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Patches(a) => patches::run(a),
+        Command::Report(a) => report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,22 +64,4 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// The adapter request of `--backend` and `--adapter`; an unknown backend is bad input.
-fn adapter_request(backend: Option<String>, adapter: Option<String>) -> Result<AdapterRequest> {
-    if let Some(b) = &backend {
-        device::parse_backends(b).map_err(|e| e.context("--backend"))?;
-    }
-    Ok(AdapterRequest { backend, adapter_name: adapter })
-}
-
-/// The device `req` asks for (no adapter is a runtime failure saying what to install).
-fn open_gpu(req: &AdapterRequest) -> Result<Gpu> {
-    Gpu::new(req)
-}
-
-/// Bad input from a message.
-fn bad(msg: impl Into<String>) -> Error {
-    Error::Input(msg.into())
 }

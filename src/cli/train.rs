@@ -1,19 +1,19 @@
 //! `sae train`: settings from flags over a config file over the defaults, resolved and
 //! validated before anything is written; then the run, its metrics and checkpoints.
 
-use crate::{adapter_request, bad, open_gpu};
+use super::{adapter_request, bad, open_gpu};
+use crate::checkpoint;
+use crate::checkpoint::TrainState;
+use crate::data::{self, write_atomic, Dataset};
+use crate::device::AdapterRequest;
+use crate::lbfgs::{self, LbfgsSettings, LbfgsState};
+use crate::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
+use crate::optim::{self, LrSchedule, Optimizer, ScheduleKind};
+use crate::synthetic;
+use crate::train::{defaults, fit_epochs, fit_lbfgs, split_validation, Event, TrainOptions};
+use crate::trainer::{EvalMetrics, StepMetrics, StepPath, Trainer};
+use crate::{Error, Result};
 use clap::Args;
-use sae_wgpu::checkpoint;
-use sae_wgpu::checkpoint::TrainState;
-use sae_wgpu::data::{self, write_atomic, Dataset};
-use sae_wgpu::device::AdapterRequest;
-use sae_wgpu::lbfgs::{self, LbfgsSettings, LbfgsState};
-use sae_wgpu::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
-use sae_wgpu::optim::{self, LrSchedule, Optimizer, ScheduleKind};
-use sae_wgpu::synthetic;
-use sae_wgpu::train::{defaults, fit_epochs, fit_lbfgs, split_validation, Event, TrainOptions};
-use sae_wgpu::trainer::{EvalMetrics, StepMetrics, StepPath, Trainer};
-use sae_wgpu::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -121,6 +121,14 @@ pub struct TrainSettings {
     /// Write model.safetensors, train_state.safetensors, metrics.jsonl and config.json here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Write the run's report (pictures and index.html, as `sae report`) into DIR/report at the end; needs --out.
+    #[arg(long)]
+    #[serde(default)]
+    report: bool,
+    /// The input is an HxW image (e.g. 8x8): recorded in config.json, and the report draws the
+    /// weights as images.
+    #[arg(long, value_name = "HxW")]
+    image_shape: Option<String>,
     /// Log a `step` metrics line every N steps [default: only per epoch].
     #[arg(long, value_name = "N")]
     log_every: Option<usize>,
@@ -176,6 +184,8 @@ struct Resolved {
     steps_per_submit: Option<usize>,
     checkpoint_every: Option<usize>,
     validation_split: f64,
+    /// The input as an image, `[H, W]` (`--image-shape`).
+    image_shape: Option<[usize; 2]>,
     adapter: String,
 }
 
@@ -287,7 +297,7 @@ fn read_config(path: &Path) -> Result<TrainSettings> {
 /// Flags override the config file, which overrides the defaults.
 fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, config: cli.config, resume: cli.resume } };
+        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, report: cli.report || file.report, config: cli.config, resume: cli.resume } };
     }
     pick!(
         data,
@@ -319,6 +329,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         init,
         out,
         log_every,
+        image_shape,
         path,
         steps_per_submit,
         checkpoint_every,
@@ -339,6 +350,7 @@ struct Plan {
     /// that --resume resolves the same run.
     settings: String,
     stop_after_epoch: Option<usize>,
+    report: bool,
 }
 
 /// The settings --resume DIR continues with: the run's own (from its train state), with
@@ -577,6 +589,23 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             if held_out == 0 { "the validation" } else { "the training" }
         )));
     }
+    let image_shape = match &s.image_shape {
+        None => None,
+        Some(text) => {
+            let (h, w) = crate::report::parse_image_shape(text).map_err(bad)?;
+            if h * w != spec.input_width() {
+                return Err(bad(format!(
+                    "--image-shape {text}: {} pixels, but the model's input is {} wide",
+                    h * w,
+                    spec.input_width()
+                )));
+            }
+            Some([h, w])
+        }
+    };
+    if s.report && s.out.is_none() {
+        return Err(bad("--report needs --out DIR: the report is drawn from what the run writes there"));
+    }
     let request = adapter_request(s.backend.clone(), s.adapter.clone())?;
     if let Some(out) = s.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
         return Err(bad(format!("--out {}: a file of that name exists; give a directory", out.display())));
@@ -606,6 +635,7 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
             steps_per_submit: s.steps_per_submit,
             checkpoint_every: s.checkpoint_every,
             validation_split,
+            image_shape,
             adapter: String::new(),
         },
         dataset,
@@ -614,6 +644,7 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         request,
         settings,
         stop_after_epoch: s.stop_after_epoch,
+        report: s.report,
     })
 }
 
@@ -690,7 +721,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         }
         None => (cli, None),
     };
-    let Plan { mut resolved, dataset, init, out, request, settings, stop_after_epoch } = plan(cli)?;
+    let Plan { mut resolved, dataset, init, out, request, settings, stop_after_epoch, report } = plan(cli)?;
     let gpu = open_gpu(&request)?;
     resolved.adapter = gpu.describe();
     eprintln!("adapter: {}", resolved.adapter);
@@ -880,6 +911,10 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     }
     if let Some(dir) = &out {
         println!("wrote {}/{{model.safetensors, train_state.safetensors, metrics.jsonl, config.json}}", dir.display());
+        if report {
+            crate::report::write(dir, None, None)?;
+            println!("wrote {}/report/index.html", dir.display());
+        }
     }
     Ok(())
 }
