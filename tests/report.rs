@@ -92,6 +92,22 @@ fn report_of_a_short_run() {
     let out = sae(&["report", d.join("absent").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
+    // A killed run leaves its last metrics line cut off: the report shows what is there.
+    let metrics = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(&metrics, &text[..text.len() - 40]).unwrap();
+    let cut = d.join("cut");
+    let out = sae(&["report", run.to_str().unwrap(), "--out", cut.to_str().unwrap()]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cut off"));
+    check_report(&cut, &["loss.png", "sparsity.png", "density.png"]);
+    // A broken line in the middle is bad input, and nothing is written.
+    std::fs::write(&metrics, format!("{{not json\n{text}")).unwrap();
+    let broken = d.join("broken");
+    let out = sae(&["report", run.to_str().unwrap(), "--out", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1 is not JSON"));
+    assert!(!broken.exists(), "nothing written on bad input");
     let out = sae(&["train", "--samples", "64", "--report"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--report needs --out"));
@@ -125,7 +141,7 @@ fn report_of_a_patch_run_has_filters() {
         "--optimizer",
         "lbfgs",
         "--epochs",
-        "30",
+        "200",
         "--image-shape",
         "8x8",
         "--report",
@@ -136,4 +152,18 @@ fn report_of_a_patch_run_has_filters() {
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["image_shape"], serde_json::json!([8, 8]));
     check_report(&run.join("report"), &["loss.png", "sparsity.png", "density.png", "filters.png"]);
+    // The filters turn into edges: more localised and oriented than the initial random weights
+    // (measured here after 200 iterations on 2,000 patches: 0.47 and 0.56, from 0.35 and 0.49;
+    // the README's example, 400 iterations on 10,000 patches: 0.50 and 0.81).
+    use sae_wgpu::report::measure::median_shape;
+    let (spec, learned) = sae_wgpu::checkpoint::load(&run.join("model.safetensors")).unwrap();
+    let rows = |p: &sae_wgpu::Params| p.weights[0].chunks(64).map(<[f32]>::to_vec).collect::<Vec<_>>();
+    let after = median_shape(&rows(&learned), (8, 8));
+    let before = median_shape(&rows(&sae_wgpu::Params::init(&spec, 0)), (8, 8));
+    println!(
+        "localisation {:.3} -> {:.3}, orientation {:.3} -> {:.3}",
+        before.localisation, after.localisation, before.orientation, after.orientation
+    );
+    assert!(after.localisation > before.localisation + 0.05, "{before:?} -> {after:?}");
+    assert!(after.orientation > before.orientation, "{before:?} -> {after:?}");
 }

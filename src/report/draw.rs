@@ -450,3 +450,43 @@ pub fn filters(run: &Run, shape: (usize, usize)) -> Result<Image> {
     }
     Ok(img)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tile k of a grid sits at row k / cols, column k % cols, magnified, with each tile scaled
+    /// by its own largest magnitude after the mean over all tiles is removed.
+    #[test]
+    fn tiles_are_placed_and_scaled() {
+        let (h, w, scale) = (2, 3, 2);
+        // Tile k is 0 but for the value k + 1 at pixel (k % 2, k % 3).
+        let tiles: Vec<Vec<f32>> = (0..5)
+            .map(|k| {
+                let mut t = vec![0.0; h * w];
+                t[(k % 2) * w + k % 3] = (k + 1) as f32;
+                t
+            })
+            .collect();
+        let (gw, gh, px) = tile_grid(&tiles, (h, w), scale);
+        // 5 tiles: 3 columns, 2 rows of 4 x 6 pixels, 2-pixel borders.
+        assert_eq!((gw, gh), (3 * (6 + 2) + 2, 2 * (4 + 2) + 2));
+        let mean = 15.0 / 30.0;
+        for k in 0..5 {
+            let (top, left) = (2 + (k / 3) * 6, 2 + (k % 3) * 8);
+            let peak = (k as f64 + 1.0 - mean).max(mean);
+            let grey = |v: f64| (((v - mean) / peak + 1.0) * 127.5).round() as u8;
+            for y in 0..4 {
+                for x in 0..6 {
+                    let hot = (y / scale, x / scale) == (k % 2, k % 3);
+                    let want = grey(if hot { (k + 1) as f64 } else { 0.0 });
+                    assert_eq!(px[(top + y) * gw + left + x], want, "tile {k}, pixel ({y}, {x})");
+                }
+            }
+            assert_eq!(grey((k + 1) as f64), 255, "a tile's largest value is white");
+        }
+        // Borders and the unused sixth slot are light.
+        assert_eq!(px[0], 235);
+        assert_eq!(px[(2 + 6 + 1) * gw + 2 + 2 * 8 + 1], 235);
+    }
+}

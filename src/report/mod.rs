@@ -16,6 +16,7 @@
 
 mod draw;
 mod html;
+pub mod measure;
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
@@ -66,10 +67,27 @@ impl Run {
         let config: Value = serde_json::from_str(&read("config.json")?)
             .map_err(|e| Error::Input(format!("{}: not JSON ({e})", config_path.display())))?;
         let (mut steps, mut epochs) = (Vec::new(), Vec::new());
-        for (i, line) in read("metrics.jsonl")?.lines().enumerate() {
-            let v: Value = serde_json::from_str(line).map_err(|e| {
-                Error::Input(format!("{}: line {} is not JSON ({e})", dir.join("metrics.jsonl").display(), i + 1))
-            })?;
+        let text = read("metrics.jsonl")?;
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let v: Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                // A run killed mid-write leaves its last line cut off: report what is there.
+                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
+                    eprintln!(
+                        "note: {}: the last line is cut off (a killed run?); reporting the {i} lines before it",
+                        dir.join("metrics.jsonl").display()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    return Err(Error::Input(format!(
+                        "{}: line {} is not JSON ({e})",
+                        dir.join("metrics.jsonl").display(),
+                        i + 1
+                    )))
+                }
+            };
             match v["kind"].as_str() {
                 Some("step") => steps.push(v),
                 Some("epoch") => epochs.push(v),
