@@ -112,6 +112,8 @@ pub fn parse_csv(bytes: Vec<u8>, path: &Path) -> Result<Dataset> {
     let Ok(text) = String::from_utf8(bytes) else {
         return fail(path, "the file is not UTF-8 text: save it as plain CSV");
     };
+    // Excel's "CSV UTF-8" starts with a byte-order mark: not part of the first cell.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     while lines.last().is_some_and(|l| l.trim().is_empty()) {
         lines.pop();
@@ -193,8 +195,13 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
     if bytes.len() < 10 || &bytes[..6] != NPY_MAGIC {
         return bad("not an npy file (bad magic bytes)");
     }
-    // v1 has a u16 header length; v2/v3 a u32.
-    let (len_bytes, start) = if bytes[6] == 1 { (2, 8) } else { (4, 8) };
+    // v1 has a u16 header length; v2/v3 a u32. numpy knows no other version.
+    let len_bytes = match bytes[6] {
+        1 => 2,
+        2 | 3 => 4,
+        v => return bad(&format!("npy format version {v}.{} (numpy writes 1.0, 2.0 and 3.0)", bytes[7])),
+    };
+    let start = 8;
     if bytes.len() < start + len_bytes {
         return bad("truncated npy header");
     }
@@ -207,6 +214,11 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
         return bad("unreadable npy header");
     };
 
+    // numpy's header is a Python dict literal ending in '}' (then padding and a newline).
+    let trimmed = header.trim_end();
+    if !trimmed.starts_with('{') || !trimmed.ends_with('}') {
+        return bad("the npy header is not a complete {...} dictionary");
+    }
     let descr = header_field(header, "descr").unwrap_or("");
     let descr = descr
         .strip_prefix('\'')
@@ -231,7 +243,15 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
             )
         }
     };
-    let fortran = header_field(header, "fortran_order").is_some_and(|v| v.starts_with("True"));
+    // numpy accepts only the literals True and False.
+    let fortran = match header_field(header, "fortran_order") {
+        Some(v) if v.starts_with("True") => true,
+        Some(v) if v.starts_with("False") => false,
+        Some(v) => {
+            return bad(&format!("fortran_order is {}, not True or False", quoted(v.split(',').next().unwrap_or(v))))
+        }
+        None => return bad("the npy header has no fortran_order"),
+    };
     let shape_text = header_field(header, "shape").and_then(|s| s.strip_prefix('(')).and_then(|s| s.split(')').next());
     let Some(shape) = shape_text.and_then(|s| {
         s.split(',')
@@ -535,6 +555,33 @@ mod tests {
         let data: Vec<u8> = [1e300f64, 0.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         let e = load_err(&write(&d, "y.npy", &npy(dict, &data)));
         assert!(e.contains("row 1, column 1"), "f64 beyond f32 range: {e}");
+    }
+
+    #[test]
+    fn npy_as_strict_as_numpy() {
+        let d = dir("npy_strict");
+        let data = f32_bytes(&[1.0, 2.0]);
+        let good = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }";
+        let mut v9 = npy(good, &data);
+        v9[6] = 9;
+        let e = load_err(&write(&d, "v9.npy", &v9));
+        assert!(e.contains("version 9.0"), "{e}");
+        let e =
+            load_err(&write(&d, "open.npy", &npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), ", &data)));
+        assert!(e.contains("not a complete {...} dictionary"), "{e}");
+        let e = load_err(&write(&d, "one.npy", &npy("{'descr': '<f4', 'fortran_order': 1, 'shape': (1, 2), }", &data)));
+        assert!(e.contains("fortran_order is 1"), "{e}");
+        assert_eq!(load(&write(&d, "ok.npy", &npy(good, &data))).unwrap().values, [1.0, 2.0]);
+    }
+
+    #[test]
+    fn csv_byte_order_mark_is_not_a_cell() {
+        let d = dir("csv_bom");
+        let p = write(&d, "bom.csv", "\u{feff}a,b\n1,2\n".as_bytes());
+        let set = load(&p).unwrap();
+        assert_eq!((set.rows, set.cols, set.values.clone()), (1, 2, vec![1.0, 2.0]));
+        let p = write(&d, "bom_data.csv", "\u{feff}3,4\n".as_bytes());
+        assert_eq!(load(&p).unwrap().values, [3.0, 4.0]);
     }
 
     #[test]

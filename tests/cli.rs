@@ -1224,3 +1224,51 @@ fn patches_from_the_shipped_photographs() {
     assert_error(&out, 2, &["--count 0"]);
     assert!(!t.path("x.npy").exists() && !t.path("z.npy").exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by a hostile user (issue: portable and hard to break)
+// ---------------------------------------------------------------------------------------------
+
+/// `out = ""` in a config, `--checkpoint-every` without `--out`, and `encode --out` naming its
+/// own `--data` are refused; constant data trains with FVU reported as undefined (null), not NaN.
+#[test]
+fn hostile_settings_are_refused_and_fvu_is_defined() {
+    let t = Tmp::new("out_empty");
+    let cfg = t.write("run.toml", "out = \"\"\n");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--config", s(&cfg)]);
+    assert_error(&out, 2, &["--out", "directory name"]);
+    assert!(!t.dir.join("config.json").exists() && !t.dir.join("model.safetensors").exists());
+    let t = Tmp::new("ckpt_no_out");
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--checkpoint-every", "1"]);
+    assert_error(&out, 2, &["--checkpoint-every needs --out"]);
+
+    let t = Tmp::new("encode_onto_data");
+    let model = t.trained_model();
+    let data = t.write("x.csv", csv_text(4, 20));
+    let before = fs::read(&data).unwrap();
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&data), "--out", s(&data)]);
+    assert_error(&out, 2, &["--out", "--data file"]);
+    assert_eq!(fs::read(&data).unwrap(), before, "the input is untouched");
+
+    let t = Tmp::new("constant_data");
+    let data = t.write("c.csv", "0.5,".repeat(19) + "0.5\n" + &("0.5,".repeat(19) + "0.5\n").repeat(9));
+    let out_dir = t.path("out");
+    let out = t.sae(&["train", "--data", s(&data), "--epochs", "1", "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("fvu n/a (the data has no variance"), "{}", stdout(&out));
+    let last = metrics(&out_dir).pop().unwrap();
+    assert!(last["fvu"].is_null() && last["loss"].as_f64().is_some(), "{last}");
+}
+
+/// With XDG_RUNTIME_DIR unset, Mesa's "XDG_RUNTIME_DIR is invalid or not set" does not appear:
+/// sae points it at a private directory first.
+#[test]
+fn no_runtime_dir_warning_on_a_fresh_machine() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(["train", "--samples", "64", "--epochs", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("XDG_RUNTIME_DIR"), "{}", stderr(&out));
+}

@@ -568,6 +568,12 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     if s.checkpoint_every == Some(0) {
         return Err(bad("--checkpoint-every 0: must be at least 1"));
     }
+    if s.checkpoint_every.is_some() && s.out.is_none() {
+        return Err(bad("--checkpoint-every needs --out DIR: the checkpoints are written there"));
+    }
+    if s.out.as_ref().is_some_and(|o| o.as_os_str().is_empty()) {
+        return Err(bad("--out \"\": give a directory name (an empty one would write into the current directory)"));
+    }
     // The schedule spans the run: epochs of the training set after the split.
     let steps_per_epoch = train_rows.div_ceil(batch_size) as u64;
     let lr_schedule = LrSchedule {
@@ -919,6 +925,16 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     Ok(())
 }
 
+/// FVU is undefined for data without variance (constant features, a single sample): the
+/// metrics say null, the summary says why.
+fn fvu_text(fvu: f64) -> String {
+    if fvu.is_finite() {
+        format!("{fvu:.4}")
+    } else {
+        "n/a (the data has no variance to explain)".into()
+    }
+}
+
 fn print_summary(
     r: &Resolved,
     m: &EvalMetrics,
@@ -957,7 +973,7 @@ fn print_summary(
         let target = if r.loss.sparsity == Sparsity::None { "-".to_string() } else { format!("{rho:.4}") };
         println!("{:<6} {:>10} {:>20.4} {:>12.4}", j, target, m.rho_hat[j], m.freq[j]);
     }
-    println!("train: mse {:.6}  fvu {:.4}  loss {:.6}", m.mse, m.fvu, m.loss);
+    println!("train: mse {:.6}  fvu {}  loss {:.6}", m.mse, fvu_text(m.fvu), m.loss);
     let silent = m.freq.iter().filter(|&&f| f == 0.0).count();
     if matches!(r.loss.sparsity, Sparsity::KlFreq { .. }) && silent > 0 {
         println!(
@@ -966,6 +982,6 @@ fn print_summary(
         );
     }
     if let Some(v) = val {
-        println!("validation: mse {:.6}  fvu {:.4}  loss {:.6}", v.mse, v.fvu, v.loss);
+        println!("validation: mse {:.6}  fvu {}  loss {:.6}", v.mse, fvu_text(v.fvu), v.loss);
     }
 }

@@ -79,6 +79,15 @@ pub fn run(a: EncodeArgs) -> Result<()> {
             spec_difference(&spec, &given, "the flags'")
         )));
     }
+    // Writing over the input would destroy it (the output is written after the input is read,
+    // but a failed run would then have lost it too).
+    let same = |x: &std::path::Path, y: &std::path::Path| match (x.canonicalize(), y.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    if same(&a.out, &a.data) {
+        return Err(bad(format!("--out {}: that is the --data file; give another name", a.out.display())));
+    }
     let input = data::load(&a.data)?;
     input.check_width(spec.input_width(), &a.data)?;
     let gpu = open_gpu(&adapter_request(a.backend, a.adapter)?)?;

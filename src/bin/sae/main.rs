@@ -45,7 +45,34 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Mesa prints "error: XDG_RUNTIME_DIR is invalid or not set" when the variable is unset or not
+/// a private directory, which reads as a failure on a fresh machine: point it at a private
+/// 0700 directory of our own before any instance is created.
+fn private_runtime_dir() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let valid = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(std::path::PathBuf::from)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.is_dir() && m.mode() & 0o777 == 0o700);
+        if valid {
+            return;
+        }
+        // One per user (on Linux /proc/self is owned by the process's user), else per process.
+        let who = std::fs::metadata("/proc/self").map(|m| format!("uid{}", m.uid()));
+        let who = who.unwrap_or_else(|_| format!("pid{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sae-runtime-{who}"));
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
+        if made.is_ok() {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    private_runtime_dir();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
