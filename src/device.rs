@@ -69,13 +69,20 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 fn resolve(req: &AdapterRequest) -> Result<(wgpu::Backends, Option<String>)> {
+    let from_env = req.backend.is_none();
     let backend = req.backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
     let backends = match backend.as_deref() {
         Some(b) if !b.is_empty() => {
             // WGPU_BACKEND may be a comma-separated list.
             let mut all = wgpu::Backends::empty();
             for part in b.split(',') {
-                all |= parse_backends(part.trim())?;
+                all |= parse_backends(part.trim()).map_err(|e| {
+                    if from_env {
+                        e.context(format!("WGPU_BACKEND={b}"))
+                    } else {
+                        e
+                    }
+                })?;
             }
             all
         }
@@ -109,19 +116,34 @@ pub fn adapters(req: &AdapterRequest) -> Result<Vec<wgpu::Adapter>> {
     Ok(found)
 }
 
+/// Why no adapter matched `req`: none at all is a runtime failure saying what to install;
+/// adapters that a backend or name filter left out are bad input listing them and the filter.
+fn none_found(req: &AdapterRequest) -> Result<Error> {
+    let (backends, name) = resolve(req)?;
+    let every = pollster::block_on(instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()));
+    if every.is_empty() {
+        return Ok(Error::runtime(HOW_TO_GET_ONE));
+    }
+    let list: Vec<String> = every.iter().map(|a| describe(&a.get_info())).collect();
+    let mut filters = Vec::new();
+    if backends != wgpu::Backends::all() {
+        let whence = if req.backend.is_some() { "--backend" } else { "WGPU_BACKEND" };
+        filters.push(format!("{whence} (backends {backends:?})"));
+    }
+    if let Some(n) = name {
+        let whence = if req.adapter_name.is_some() { "--adapter" } else { "WGPU_ADAPTER_NAME" };
+        filters.push(format!("{whence} '{n}'"));
+    }
+    Ok(Error::input(format!("no adapter matches {}; found: {}", filters.join(" and "), list.join("; "))))
+}
+
 impl Gpu {
     /// The best adapter matching `req`. No adapter is a runtime failure that says what to
     /// install.
     pub fn new(req: &AdapterRequest) -> Result<Gpu> {
         let found = adapters(req)?;
         let Some(adapter) = found.into_iter().next() else {
-            let (backends, name) = resolve(req)?;
-            let mut msg = format!("{HOW_TO_GET_ONE} (searched backends {backends:?}");
-            if let Some(n) = name {
-                msg.push_str(&format!(", adapter name containing '{n}'"));
-            }
-            msg.push(')');
-            return Err(Error::Runtime(msg));
+            return Err(none_found(req)?);
         };
         Gpu::from_adapter(adapter)
     }
@@ -130,16 +152,21 @@ impl Gpu {
     pub fn all(req: &AdapterRequest) -> Result<Vec<Gpu>> {
         let found = adapters(req)?;
         if found.is_empty() {
-            return Err(Error::runtime(HOW_TO_GET_ONE));
+            return Err(none_found(req)?);
         }
         found.into_iter().map(Gpu::from_adapter).collect()
     }
 
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
-        let info = adapter.get_info();
         // Ask for the adapter's own limits: large storage buffers and workgroup memory are
         // what a bigger model needs, and the defaults are lower than most adapters offer.
         let limits = adapter.limits();
+        Gpu::with_limits(adapter, limits)
+    }
+
+    /// A device with `limits` rather than the adapter's (tests: WebGPU's default limits).
+    pub fn with_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Gpu> {
+        let info = adapter.get_info();
         let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
         let features = adapter.features() & optional;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

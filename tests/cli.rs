@@ -1272,3 +1272,24 @@ fn no_runtime_dir_warning_on_a_fresh_machine() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("XDG_RUNTIME_DIR"), "{}", stderr(&out));
 }
+
+/// An adapter filter that matches nothing lists what was found and names the filter (exit 2);
+/// an unknown WGPU_BACKEND names the variable (exit 2).
+#[test]
+fn adapter_filters_name_what_they_filtered() {
+    let t = Tmp::new("adapter_filters");
+    let run = |var: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(["train", "--samples", "64", "--epochs", "1"])
+            .env(var, value)
+            .env("XDG_RUNTIME_DIR", t.path("xdg"))
+            .output()
+            .unwrap()
+    };
+    let out = run("WGPU_ADAPTER_NAME", "no-such-adapter");
+    assert_error(&out, 2, &["no adapter matches WGPU_ADAPTER_NAME 'no-such-adapter'", "found:"]);
+    let out = run("WGPU_BACKEND", "nonsense");
+    assert_error(&out, 2, &["WGPU_BACKEND=nonsense", "unknown backend"]);
+    let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--adapter", "no-such-adapter"]);
+    assert_error(&out, 2, &["--adapter 'no-such-adapter'", "found:"]);
+}

@@ -61,6 +61,33 @@ pub enum Access {
 
 use Access::{Read as R, ReadWrite as W};
 
+/// What every kernel needs of an adapter, checked before any pipeline is made so that an adapter
+/// with smaller limits (WebGPU's downlevel defaults allow 4 storage buffers per stage) is refused
+/// with one line naming the limit, not a validation error per pipeline.
+fn check_limits(gpu: &Gpu) -> Result<()> {
+    let l = &gpu.limits;
+    let storage = Kernel::ALL.iter().map(|k| k.bindings().len()).chain([matmul::BINDINGS.len()]).max().unwrap_or(0);
+    let fail = |what: String| {
+        Err(Error::runtime(format!(
+            "{}: {what}; use another adapter (`sae adapters` lists them and their limits)",
+            gpu.describe()
+        )))
+    };
+    if (l.max_storage_buffers_per_shader_stage as usize) < storage {
+        return fail(format!(
+            "allows {} storage buffers per shader stage, sae's kernels bind up to {storage} (WebGPU's default is 8)",
+            l.max_storage_buffers_per_shader_stage
+        ));
+    }
+    if l.max_compute_invocations_per_workgroup < 256 || l.max_compute_workgroup_size_x < 256 {
+        return fail(format!(
+            "allows {} invocations per workgroup ({} along x), sae's reductions use 256 (WebGPU's default)",
+            l.max_compute_invocations_per_workgroup, l.max_compute_workgroup_size_x
+        ));
+    }
+    Ok(())
+}
+
 /// Every entry point that is not a matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -288,6 +315,7 @@ impl Kernels {
     /// Compiles every pipeline. A shader or layout the adapter rejects is a runtime failure
     /// naming the adapter.
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
+        check_limits(gpu)?;
         let device = &gpu.device;
         // Capture validation errors (a shader an adapter rejects) instead of panicking.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -1,0 +1,44 @@
+//! Adapters with small limits (issue: portable and hard to break). With WebGPU's default limits
+//! (8 storage buffers per stage, 128 MiB bindings) the engine trains and a batch too large for a
+//! binding is refused with a clear message; with the downlevel defaults (4 storage buffers per
+//! stage) the kernels are refused up front, naming the limit.
+
+mod common;
+
+use sae_wgpu::device::{adapters, AdapterRequest, Gpu};
+use sae_wgpu::kernels::Kernels;
+use sae_wgpu::model::{LossConfig, ModelSpec, Params, Sparsity};
+use sae_wgpu::{Error, Trainer};
+
+fn with(limits: wgpu::Limits) -> sae_wgpu::Result<Gpu> {
+    let adapter = adapters(&AdapterRequest::default())
+        .expect("adapters")
+        .into_iter()
+        .next()
+        .expect("GPU tests need a WebGPU adapter; in CI, .ci/run installs mesa-vulkan-drivers");
+    Gpu::with_limits(adapter, limits)
+}
+
+#[test]
+fn webgpu_default_limits_train_and_refuse_what_does_not_fit() {
+    let gpu = with(wgpu::Limits::default()).unwrap();
+    let spec = ModelSpec::seed();
+    let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+    let mut t = Trainer::new(&gpu, &spec, loss, 0.1, 37, &Params::init(&spec, 0)).unwrap();
+    let x = common::random(&mut sae_wgpu::model::Rng::new(1), 37 * 20, 0.0, 1.0);
+    let m = t.step_with_metrics(&x).unwrap();
+    assert!(m.loss.is_finite());
+    // 20 M rows of the 80-wide layer need 6.4 GB in one binding: more than 128 MiB allows.
+    let e = Trainer::new(&gpu, &spec, loss, 0.1, 20_000_000, &Params::init(&spec, 0)).err().expect("refused");
+    assert!(matches!(e, Error::Input(_)), "{e}");
+    assert!(e.to_string().contains("binding"), "{e}");
+}
+
+#[test]
+fn downlevel_limits_are_refused_naming_the_limit() {
+    let gpu = with(wgpu::Limits::downlevel_defaults()).unwrap();
+    let e = Kernels::new(&gpu).err().expect("refused");
+    assert!(matches!(e, Error::Runtime(_)), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("storage buffers per shader stage") && text.contains("sae adapters"), "{text}");
+}
