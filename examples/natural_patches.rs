@@ -76,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "--image-shape",
         "8x8",
         "--report",
+        "--overwrite",
         "--out",
         run_dir.to_str().ok_or("a non-UTF-8 path")?,
     ];

@@ -1293,3 +1293,41 @@ fn adapter_filters_name_what_they_filtered() {
     let out = t.sae(&["train", "--samples", "64", "--epochs", "1", "--adapter", "no-such-adapter"]);
     assert_error(&out, 2, &["--adapter 'no-such-adapter'", "found:"]);
 }
+
+/// A non-empty `--out` is refused unless `--overwrite` (which deletes the old run's files
+/// first, and nothing else) or `--resume`; a lock held by a live run is refused, a stale one
+/// (its process gone) taken over, and the lock is gone after the run.
+#[test]
+fn out_directory_is_not_shared() {
+    let t = Tmp::new("out_shared");
+    let dir = t.path("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--samples", "64", "--epochs", "1", "--out", s(&dir)];
+        args.extend_from_slice(extra);
+        t.sae(&args)
+    };
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), "mine").unwrap();
+    fs::write(dir.join("metrics.jsonl"), "{\"old\": true}\n").unwrap();
+    let out = train(&[]);
+    assert_error(&out, 2, &["--out", "not empty", "--overwrite", "--resume"]);
+    assert_eq!(fs::read_to_string(dir.join("metrics.jsonl")).unwrap(), "{\"old\": true}\n", "untouched");
+
+    let out = train(&["--overwrite"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!fs::read_to_string(dir.join("metrics.jsonl")).unwrap().contains("old"));
+    assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine", "other files are kept");
+    assert!(!dir.join(".sae-train.lock").exists(), "the lock is released");
+
+    // A live process's lock (this test's own pid) is respected ...
+    fs::write(dir.join(".sae-train.lock"), std::process::id().to_string()).unwrap();
+    let out = train(&["--overwrite"]);
+    assert_error(&out, 2, &["another sae train", ".sae-train.lock"]);
+    // ... a dead one's is taken over (Linux, where /proc tells).
+    if cfg!(target_os = "linux") {
+        fs::write(dir.join(".sae-train.lock"), "4194999").unwrap();
+        let out = train(&["--overwrite"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!dir.join(".sae-train.lock").exists());
+    }
+}

@@ -121,6 +121,11 @@ pub struct TrainSettings {
     /// Write model.safetensors, train_state.safetensors, metrics.jsonl and config.json here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Replace the run in a non-empty --out directory (its model, train state, metrics, config
+    /// and report are deleted first); without it a non-empty --out is refused.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    overwrite: bool,
     /// Write the run's report (pictures and index.html, as `sae report`) into DIR/report at the end; needs --out.
     #[arg(long)]
     #[serde(default)]
@@ -211,6 +216,47 @@ impl Method {
 /// keeps the activations of the widest shipped presets well inside one storage binding.
 const LBFGS_CHUNK: usize = 16384;
 
+/// `DIR/.sae-train.lock`, held while a run writes DIR: a second run on the same directory is
+/// refused rather than mixing its files with the first's. Removed when dropped; a lock left by a
+/// killed process (its pid no longer running, on Linux) is taken over.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn take(dir: &Path) -> Result<RunLock> {
+        let path = dir.join(".sae-train.lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(RunLock(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                    let alive = !cfg!(target_os = "linux")
+                        || pid.trim().parse::<u32>().is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                    if alive {
+                        return Err(bad(format!(
+                            "--out {}: another sae train (pid {}) is writing there; wait for it, or delete {} if no run is active",
+                            dir.display(),
+                            pid.trim(),
+                            path.display()
+                        )));
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(bad(format!("--out {}: cannot create {} ({e})", dir.display(), path.display()))),
+            }
+        }
+        Err(bad(format!("--out {}: cannot take the lock {}", dir.display(), path.display())))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The settings JSON of a run without `stop-after-epoch`: a resumed run stops only if told again.
 fn settings_without_stop(settings: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(settings).expect("settings are JSON");
@@ -297,7 +343,7 @@ fn read_config(path: &Path) -> Result<TrainSettings> {
 /// Flags override the config file, which overrides the defaults.
 fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, report: cli.report || file.report, config: cli.config, resume: cli.resume } };
+        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, report: cli.report || file.report, overwrite: cli.overwrite, config: cli.config, resume: cli.resume } };
     }
     pick!(
         data,
@@ -351,6 +397,7 @@ struct Plan {
     settings: String,
     stop_after_epoch: Option<usize>,
     report: bool,
+    overwrite: bool,
 }
 
 /// The settings --resume DIR continues with: the run's own (from its train state), with
@@ -407,7 +454,7 @@ fn resume_settings(cli: TrainSettings, dir: &Path) -> Result<(TrainSettings, Tra
 
 /// Resolves and validates every setting and loads the data and init checkpoint: all bad input
 /// is reported here, before anything is written.
-fn plan(cli: TrainSettings) -> Result<Plan> {
+fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     let file = match &cli.config {
         Some(p) => read_config(p)?,
         None => TrainSettings::default(),
@@ -616,6 +663,18 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
     if let Some(out) = s.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
         return Err(bad(format!("--out {}: a file of that name exists; give a directory", out.display())));
     }
+    // A directory that holds anything is another run's (or the user's): mixing two runs' files
+    // would pair one's config with the other's model.
+    if let (Some(out), false, false) = (&s.out, s.overwrite, resuming) {
+        let occupied = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if occupied {
+            return Err(bad(format!(
+                "--out {}: the directory is not empty; give a new one, --overwrite to replace the run there, or --resume {} to continue it",
+                out.display(),
+                out.display()
+            )));
+        }
+    }
     let init = match init_ckpt {
         Some((_, params)) => params,
         None => Params::init(&spec, seed),
@@ -651,6 +710,7 @@ fn plan(cli: TrainSettings) -> Result<Plan> {
         settings,
         stop_after_epoch: s.stop_after_epoch,
         report: s.report,
+        overwrite: s.overwrite,
     })
 }
 
@@ -727,7 +787,9 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         }
         None => (cli, None),
     };
-    let Plan { mut resolved, dataset, init, out, request, settings, stop_after_epoch, report } = plan(cli)?;
+    let resuming = resumed.is_some();
+    let Plan { mut resolved, dataset, init, out, request, settings, stop_after_epoch, report, overwrite } =
+        plan(cli, resuming)?;
     let gpu = open_gpu(&request)?;
     resolved.adapter = gpu.describe();
     eprintln!("adapter: {}", resolved.adapter);
@@ -785,10 +847,18 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     // measured (a killed run keeps what it measured); model.safetensors and
     // train_state.safetensors written atomically (every --checkpoint-every epochs and at the end).
     let mut metrics_log = None;
+    let mut _lock = None;
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir).map_err(|e| {
             bad(format!("--out {}: cannot create it ({e}): give a directory you can write", dir.display()))
         })?;
+        _lock = Some(RunLock::take(dir)?);
+        if overwrite && !resuming {
+            for name in ["model.safetensors", "train_state.safetensors", "metrics.jsonl", "config.json"] {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir_all(dir.join("report"));
+        }
         let json = serde_json::to_vec_pretty(&resolved).expect("config serialises");
         let target = dir.join("config.json");
         write_atomic(&target, &json).map_err(|e| {
