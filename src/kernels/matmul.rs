@@ -140,6 +140,30 @@ impl MatmulVariant {
         }
     }
 
+    /// Why `for_adapter` picks this variant for an adapter (`sae adapters` says it).
+    pub fn why(self, info: &wgpu::AdapterInfo, features: wgpu::Features) -> String {
+        match self {
+            MatmulVariant::Tiled => "a GPU: shared-memory tiles".into(),
+            MatmulVariant::Blocked if features.contains(wgpu::Features::SUBGROUP) => {
+                "a CPU adapter: register blocks".into()
+            }
+            MatmulVariant::Blocked => "a CPU adapter without subgroups: register blocks".into(),
+            MatmulVariant::Subgroup => {
+                let lanes = (info.subgroup_min_size, info.subgroup_max_size);
+                // The kernel checks at run time that a workgroup's 8 invocations are one
+                // subgroup (active lanes 0..7), which needs subgroups of at least 8 lanes.
+                let path = if lanes.0 >= 8 {
+                    "a workgroup's 8 invocations share rows through subgroupBroadcast"
+                } else if lanes.1 >= 8 {
+                    "rows shared by subgroupBroadcast where a workgroup's 8 invocations form one subgroup, else loaded per lane (same results)"
+                } else {
+                    "subgroups narrower than 8 lanes: every lane loads its own rows (same results)"
+                };
+                format!("a CPU adapter with subgroups of {} to {} lanes: {path}", lanes.0, lanes.1)
+            }
+        }
+    }
+
     /// The default for an adapter whose device has `features`: on CPU adapters the subgroup
     /// kernel where subgroups are enabled (lavapipe), else register blocks, each measured
     /// several times faster than the one after it there; shared-memory tiles elsewhere.
@@ -313,5 +337,48 @@ fn matmul_cost(op: MatmulOp, epilogue: Epilogue, m: usize, k: usize, n: usize) -
         shape: format!("{m}·{k}→{n}"),
         flops: 2.0 * (m * k * n) as f64,
         bytes: 4.0 * (read + written) as f64,
+    }
+}
+
+#[cfg(test)]
+mod chooser_tests {
+    use super::*;
+
+    /// The chooser, over every adapter kind and every subgroup size an adapter may report (1 to
+    /// 128): it never picks a variant the device cannot run, and picks the subgroup kernel only
+    /// on CPU adapters with subgroups, where it is correct at any size: the broadcast path runs
+    /// only when a workgroup's 8 invocations are one subgroup's active lanes 0..7 (checked at
+    /// run time; subgroups of 8 or more lanes), every other case takes the per-lane path, with
+    /// the same sums in the same order. `.ci/run`'s kernel checks run 4 lanes (per-lane path),
+    /// 8 and 16 (broadcast with 8 of 16 lanes active); the tests run 8.
+    #[test]
+    fn chooser_covers_every_adapter_and_subgroup_size() {
+        let kinds = [
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::DeviceType::IntegratedGpu,
+            wgpu::DeviceType::VirtualGpu,
+            wgpu::DeviceType::Other,
+            wgpu::DeviceType::Cpu,
+        ];
+        for kind in kinds {
+            for subgroups in [false, true] {
+                for (min, max) in
+                    [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32), (64, 64), (4, 128), (32, 128), (128, 128)]
+                {
+                    let mut info = wgpu::AdapterInfo::new(kind, wgpu::Backend::Vulkan);
+                    (info.subgroup_min_size, info.subgroup_max_size) = (min, max);
+                    let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
+                    let v = MatmulVariant::for_adapter(&info, features);
+                    assert!(v.available(features), "{kind:?} {min}-{max}: {v:?} cannot run there");
+                    let want = match (kind, subgroups) {
+                        (wgpu::DeviceType::Cpu, true) => MatmulVariant::Subgroup,
+                        (wgpu::DeviceType::Cpu, false) => MatmulVariant::Blocked,
+                        _ => MatmulVariant::Tiled,
+                    };
+                    assert_eq!(v, want, "{kind:?}, subgroups {subgroups}, {min}-{max} lanes");
+                    assert!(!v.why(&info, features).is_empty());
+                }
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 use crate::adapter_request;
 use clap::Args;
 use sae_wgpu::device::{self, Gpu};
+use sae_wgpu::kernels::MatmulVariant;
 use sae_wgpu::{Error, Result};
 
 #[derive(Args)]
@@ -30,9 +31,15 @@ pub fn run(a: AdapterArgs) -> Result<()> {
         println!("    max buffer size                {} bytes", l.max_buffer_size);
         println!(
             "    subgroups {}  timestamp queries {}",
-            if f.contains(wgpu::Features::SUBGROUP) { "yes" } else { "no" },
+            if f.contains(wgpu::Features::SUBGROUP) {
+                format!("yes, {} to {} lanes", info.subgroup_min_size, info.subgroup_max_size)
+            } else {
+                "no".into()
+            },
             if f.contains(wgpu::Features::TIMESTAMP_QUERY) { "yes" } else { "no" }
         );
+        let variant = MatmulVariant::for_adapter(&info, f & wgpu::Features::SUBGROUP);
+        println!("    matmul variant                 {} ({})", variant.name(), variant.why(&info, f));
     }
     Ok(())
 }
