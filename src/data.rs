@@ -307,6 +307,15 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
 // Saving
 // ---------------------------------------------------------------------------------------------
 
+/// The memory the system can still give this process, in bytes (Linux: `MemAvailable` of
+/// `/proc/meminfo`); None where it cannot be told.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Writes `bytes` to `path` via a temporary file in the same directory and a rename, so a
 /// crash or error never leaves a half-written file under the real name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

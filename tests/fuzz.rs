@@ -136,3 +136,54 @@ fn checkpoint_loader_survives_mutations() {
     }
     assert!(loaded >= 1, "the valid checkpoint must load");
 }
+
+/// Config files (`--config`, TOML and JSON): every mutation parses or fails with one line naming
+/// the file; whatever parses is validated as `sae train` would (`cli::train::validate`), which
+/// must answer without a panic, any error on one line. The built-in dataset's size is capped
+/// here (a config may ask for 2^28 samples, which `sae train` checks against the memory there is;
+/// generating them for every case would take minutes), and files a mutated config names are
+/// looked for in a directory that does not exist.
+#[test]
+fn config_loader_survives_mutations() {
+    use sae_wgpu::cli::train::{parse_config, validate};
+    let toml = "layers = \"20,8,4\"\nsparsity = \"kl-freq\"\nrho = 0.05\nbeta = 3.0\ntemperature = 0.5\nlr = 0.01\n\
+                optimizer = \"adamw\"\nadam-betas = \"0.9,0.99\"\nlr-schedule = \"cosine\"\nwarmup-steps = 10\n\
+                batch-size = 16\nepochs = 2\nsamples = 64\nvalidation-split = 0.25\nweight-decay = 1e-4\n\
+                image-shape = \"4x5\"\nout = \"/nonexistent-sae-fuzz/out\"\n";
+    let json = r#"{"layers": "20,8,4", "optimizer": "lbfgs", "lbfgs-history": 5, "epochs": 3, "samples": 64,
+                  "rho": 0.1, "beta": 1, "no-shuffle": true, "seed": 7, "checkpoint-every": 1,
+                  "out": "/nonexistent-sae-fuzz/out", "path": "layered", "report": true}"#;
+    let mut validated = 0;
+    for (name, base, seed) in [("fuzz.toml", toml, 14), ("fuzz.json", json, 15)] {
+        let path = Path::new(name);
+        let mut rng = Rng::new(seed);
+        for case in 0..=CASES / 5 {
+            let bytes = match case {
+                0 => base.as_bytes().to_vec(),
+                c if c % 10 == 0 => random_bytes(&mut rng),
+                _ => mutate(&mut rng, base.as_bytes(), true),
+            };
+            match parse_config(&bytes, path) {
+                Err(e) if case > 0 => {
+                    let e = e.to_string();
+                    assert!(!e.contains('\n') && e.contains(name), "{name} case {case}: not one line naming it: {e}");
+                }
+                Ok(s) => {
+                    // Cap what a config may legitimately ask for (see above); keep the rest.
+                    let result = validate(s.capped_for_fuzzing(64, Path::new("/nonexistent-sae-fuzz")));
+                    match result {
+                        Err(e) => {
+                            assert!(case != 0, "the valid {name} must pass validation: {e}");
+                            let e = e.to_string();
+                            assert!(!e.contains('\n'), "{name} case {case}: validation error on two lines: {e}");
+                        }
+                        Ok(()) => {}
+                    }
+                    validated += 1;
+                }
+                Err(e) => panic!("the valid {name} must parse: {e}"),
+            }
+        }
+    }
+    assert!(validated > 100, "only {validated} mutated configs parsed: the mutations are too destructive");
+}

@@ -329,15 +329,56 @@ fn parse_activation(flag: &str, s: &str) -> Result<Activation> {
 }
 
 fn read_config(path: &Path) -> Result<TrainSettings> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| bad(format!("--config {}: cannot read it: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("--config {}: cannot read it: {e}", path.display())))?;
+    parse_config(&bytes, path)
+}
+
+impl TrainSettings {
+    /// For the fuzz test: at most `samples` built-in samples, and every path the settings name
+    /// moved under `root` (so validation reads no real file and the run would write nowhere).
+    pub fn capped_for_fuzzing(mut self, samples: usize, root: &Path) -> TrainSettings {
+        self.samples = self.samples.map(|n| n.min(samples));
+        let under = |p: Option<PathBuf>| p.map(|p| root.join(p.file_name().unwrap_or_default()));
+        self.data = under(self.data.take());
+        self.init = under(self.init.take());
+        self.out = under(self.out.take());
+        self
+    }
+}
+
+/// A config file's bytes as settings (TOML or JSON by `path`'s extension); anything else is bad
+/// input naming the file, on one line. The fuzz test and the cargo-fuzz target call this.
+pub fn parse_config(bytes: &[u8], path: &Path) -> Result<TrainSettings> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| bad(format!("--config {}: not UTF-8 text: save it as plain UTF-8", path.display())))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let parsed: Result<TrainSettings, String> = match ext.as_str() {
         "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
         "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
         _ => return Err(bad(format!("--config {}: use a .toml or .json file", path.display()))),
     };
-    parsed.map_err(|e| bad(format!("--config {}: {}", path.display(), e.trim().replace('\n', " "))))
+    parsed.map_err(|e| bad(format!("--config {}: {}", path.display(), one_line(&e))))
+}
+
+/// A parser's message on one line, control characters escaped and at most 300 characters.
+fn one_line(text: &str) -> String {
+    let flat: String = text
+        .trim()
+        .replace(['\n', '\r'], " ")
+        .chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
+    match flat.char_indices().nth(300) {
+        Some((at, _)) => format!("{}...", &flat[..at]),
+        None => flat,
+    }
+}
+
+/// Every check `sae train` makes of `settings` before it opens an adapter or writes a file (a
+/// config's `config` key is not followed). For the fuzz test: the settings a config file can
+/// express, validated without side effects other than reading the files they name.
+pub fn validate(settings: TrainSettings) -> Result<()> {
+    plan(TrainSettings { config: None, ..settings }, false).map(|_| ())
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -389,7 +430,8 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
 struct Plan {
     resolved: Resolved,
     dataset: Dataset,
-    init: Params,
+    /// The --init checkpoint's parameters (a fresh init otherwise, made in `run`).
+    init: Option<Params>,
     out: Option<PathBuf>,
     request: AdapterRequest,
     /// The merged settings (flags over the config file), as JSON: what a train state keeps so
@@ -482,6 +524,13 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
                 return Err(bad(format!(
                     "--samples {n}: the built-in dataset takes {} bytes a sample; at most {MAX_SAMPLES} samples",
                     synthetic::WIDTH * 4
+                )));
+            }
+            // And against the memory there is: the set, and a copy for a validation split.
+            let bytes = (n as u64).saturating_mul(2 * 4 * synthetic::WIDTH as u64);
+            if let Some(free) = data::available_memory().filter(|&free| bytes > free) {
+                return Err(bad(format!(
+                    "--samples {n}: the built-in dataset would take {bytes} bytes, more than the {free} bytes of memory available; use fewer samples"
                 )));
             }
             (synthetic::context_vectors(n, seed), format!("built-in context vectors (n={n}, seed={seed})"))
@@ -675,10 +724,9 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             )));
         }
     }
-    let init = match init_ckpt {
-        Some((_, params)) => params,
-        None => Params::init(&spec, seed),
-    };
+    // A fresh init is made once the adapter's limits are known (`run`): its size comes from
+    // the flags, and a host allocation must not come before that check.
+    let init = init_ckpt.map(|(_, params)| params);
     Ok(Plan {
         resolved: Resolved {
             data: data_name,
@@ -797,6 +845,13 @@ pub fn run(cli: TrainSettings) -> Result<()> {
 
     let (train_set, val_set) = split_validation(&dataset, resolved.validation_split, resolved.seed);
     let spec = resolved.model.clone();
+    crate::layout::check_binding(
+        &gpu.limits,
+        "the model's parameters",
+        spec.parameter_count().saturating_mul(4),
+        "use smaller --layers",
+    )?;
+    let init = init.unwrap_or_else(|| Params::init(&spec, resolved.seed));
     let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
     if let Method::Steps(optimizer) = resolved.optimizer {
         trainer.set_optimizer(optimizer)?;
