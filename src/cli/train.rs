@@ -353,8 +353,8 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<TrainSettings> {
         .map_err(|_| bad(format!("--config {}: not UTF-8 text: save it as plain UTF-8", path.display())))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let parsed: Result<TrainSettings, String> = match ext.as_str() {
-        "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
-        "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        "toml" => toml::from_str(text).map_err(|e| e.to_string()),
+        "json" => serde_json::from_str(text).map_err(|e| e.to_string()),
         _ => return Err(bad(format!("--config {}: use a .toml or .json file", path.display()))),
     };
     parsed.map_err(|e| bad(format!("--config {}: {}", path.display(), one_line(&e))))
