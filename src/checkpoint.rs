@@ -182,6 +182,8 @@ pub fn load_as(path: &Path, given: Option<&ModelSpec>) -> Result<(ModelSpec, Par
 pub struct TrainState {
     pub steps_done: u64,
     pub epochs_done: usize,
+    /// Minibatches of the next epoch already taken (a run interrupted inside an epoch).
+    pub steps_into_epoch: u64,
     pub moments: Vec<Vec<f32>>,
     pub settings: String,
     /// An L-BFGS run's history and last step (f64 tensors `lbfgs.*`).
@@ -232,6 +234,7 @@ pub fn save_train_state(path: &Path, state: &TrainState) -> Result<()> {
         ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
         ("steps_done".to_string(), state.steps_done.to_string()),
         ("epochs_done".to_string(), state.epochs_done.to_string()),
+        ("steps_into_epoch".to_string(), state.steps_into_epoch.to_string()),
         ("settings".to_string(), state.settings.clone()),
     ]);
     if let Some(st) = &state.lbfgs {
@@ -319,6 +322,8 @@ pub fn load_train_state(path: &Path) -> Result<TrainState> {
     Ok(TrainState {
         steps_done: number("steps_done")?,
         epochs_done: number("epochs_done")? as usize,
+        // Absent in train states written before runs could stop inside an epoch.
+        steps_into_epoch: if meta.contains_key("steps_into_epoch") { number("steps_into_epoch")? } else { 0 },
         moments,
         settings: meta.get("settings").cloned().ok_or_else(|| bad("the metadata has no 'settings'".into()))?,
         lbfgs,
@@ -497,6 +502,7 @@ mod tests {
         let state = TrainState {
             steps_done: 1234,
             epochs_done: 3,
+            steps_into_epoch: 5,
             moments: vec![vec![0.5, -1.25, 3e-8], vec![1e-12, 0.0, 7.0]],
             settings: "{\"lr\":0.01}".into(),
             lbfgs: None,

@@ -66,6 +66,15 @@ pub enum Event<'a> {
         /// For checkpoints: `trainer.params()`.
         trainer: &'a Trainer,
     },
+    /// The run was interrupted (`INTERRUPT` set): every submitted step has run, and the run can
+    /// continue from here. `epochs_done` whole epochs (or L-BFGS iterations) and
+    /// `steps_into_epoch` minibatches of the next; for L-BFGS its state.
+    Interrupted {
+        epochs_done: usize,
+        steps_into_epoch: usize,
+        trainer: &'a Trainer,
+        lbfgs: Option<&'a LbfgsState>,
+    },
     /// An L-BFGS iteration (`fit_lbfgs`), measured at the point it accepted.
     Iteration {
         iteration: usize,
@@ -79,6 +88,18 @@ pub enum Event<'a> {
         /// What `fit_lbfgs` needs to continue from here (with the parameters).
         state: &'a LbfgsState,
     },
+}
+
+/// Set (by the `sae` command's Ctrl-C handler) to stop training at the next submit boundary:
+/// the loops then report `Event::Interrupted` and return `Error::Interrupted`.
+pub static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn interrupted_error(epochs_done: usize, steps: usize) -> Error {
+    Error::Interrupted(format!("interrupted after {epochs_done} whole epochs (iterations) and {steps} more steps"))
 }
 
 /// The message of a run whose loss stopped being finite at `at_step` (`after_step` is the
@@ -116,8 +137,13 @@ fn stream_epoch(
     log_every: Option<usize>,
     batch: &mut Vec<f32>,
     on_step: &mut impl FnMut(u64, &StepMetrics) -> Result<()>,
-) -> Result<()> {
+) -> Result<usize> {
+    let mut taken = 0;
     for rows in order.chunks(batch_size) {
+        if interrupted() {
+            break;
+        }
+        taken += 1;
         batch.clear();
         for &i in rows {
             batch.extend_from_slice(train.row(i as usize));
@@ -130,7 +156,7 @@ fn stream_epoch(
             trainer.step(batch)?;
         }
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// Trains for `opts.epochs` epochs; returns the last epoch's metrics on the training set.
@@ -142,18 +168,20 @@ pub fn fit(
     opts: &TrainOptions,
     on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<EvalMetrics> {
-    fit_epochs(trainer, train, validation, opts, 1..=opts.epochs, on_event)
+    fit_epochs(trainer, train, validation, opts, 1..=opts.epochs, 0, on_event)
 }
 
 /// Trains the epochs `epochs` of a run of `opts.epochs` (a run resumed after epoch
 /// `epochs.start() - 1`, or stopped before its end): the shuffles of the epochs before are
-/// replayed, so each epoch visits the rows in the order an uninterrupted run would.
+/// replayed, so each epoch visits the rows in the order an uninterrupted run would. `skip`
+/// minibatches of the first epoch were taken already (a run interrupted inside it).
 pub fn fit_epochs(
     trainer: &mut Trainer,
     train: &Dataset,
     validation: Option<&Dataset>,
     opts: &TrainOptions,
     epochs: std::ops::RangeInclusive<usize>,
+    skip: usize,
     mut on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<EvalMetrics> {
     let width = train.cols;
@@ -178,7 +206,9 @@ pub fn fit_epochs(
         }
     };
     let mut batch = Vec::new();
-    let epoch_opts = EpochOptions { log_every: opts.log_every, steps_per_submit: opts.steps_per_submit };
+    let epoch_opts =
+        EpochOptions { log_every: opts.log_every, steps_per_submit: opts.steps_per_submit, stop: Some(&INTERRUPT) };
+    let first = *epochs.start();
     let mut last_finite = trainer.steps_done();
     let mut last = None;
     if opts.shuffle {
@@ -197,10 +227,18 @@ pub fn fit_epochs(
             last_finite = step - 1;
             on_event(Event::Step { epoch, step, metrics })
         };
-        if resident {
-            trainer.train_epoch(&order, epoch_opts, on_step)?;
+        // The minibatches an interrupted run took already, in the epoch it stopped in.
+        let done = if epoch == first { (skip * opts.batch_size).min(order.len()) } else { 0 };
+        let rest = &order[done..];
+        let taken = if resident {
+            trainer.train_epoch(rest, epoch_opts, on_step)?
         } else {
-            stream_epoch(trainer, train, &order, opts.batch_size, opts.log_every, &mut batch, &mut on_step)?;
+            stream_epoch(trainer, train, rest, opts.batch_size, opts.log_every, &mut batch, &mut on_step)?
+        };
+        if taken < rest.len().div_ceil(opts.batch_size) {
+            let steps = done / opts.batch_size + taken;
+            on_event(Event::Interrupted { epochs_done: epoch - 1, steps_into_epoch: steps, trainer, lbfgs: None })?;
+            return Err(interrupted_error(epoch - 1, steps));
         }
         let step = trainer.steps_done();
         let metrics = evaluate_train(trainer)?;
@@ -275,6 +313,12 @@ pub fn fit_lbfgs(
     }
     let mut last = seen.pop().expect("just evaluated").1;
     for iteration in iterations {
+        if interrupted() {
+            trainer.set_flat_params(&x)?;
+            let done = iteration - 1;
+            on_event(Event::Interrupted { epochs_done: done, steps_into_epoch: 0, trainer, lbfgs: Some(&opt.state) })?;
+            return Err(interrupted_error(done, 0));
+        }
         seen.clear();
         let it = {
             let mut obj = |p: &[f32]| evaluate(trainer, p, &mut seen);

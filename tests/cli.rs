@@ -1331,3 +1331,67 @@ fn out_directory_is_not_shared() {
         assert!(!dir.join(".sae-train.lock").exists());
     }
 }
+
+/// Ctrl-C (SIGINT) during training: the run stops at its next submit boundary, writes a
+/// checkpoint that loads, exits 130, and `--resume` then ends exactly where an uninterrupted
+/// run ends (model and metrics, byte for byte), although it stopped inside an epoch.
+#[cfg(unix)]
+#[test]
+fn sigint_checkpoints_and_resumes_exactly() {
+    let t = Tmp::new("sigint");
+    let (whole, cut) = (t.path("whole"), t.path("cut"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--samples",
+            "4096",
+            "--epochs",
+            "8",
+            "--batch-size",
+            "16",
+            "--log-every",
+            "7",
+            "--steps-per-submit",
+            "8",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let out = t.sae(&args(&whole));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args(&cut))
+        .env("XDG_RUNTIME_DIR", t.path("xdg"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is training (a few metrics lines), then interrupt it.
+    let started = std::time::Instant::now();
+    while fs::read_to_string(cut.join("metrics.jsonl")).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 60, "the run never logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    // (Exit 0 would mean the 2,048-step run ended before the signal: lengthen it.)
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint written to") && err.contains("--resume"), "{err}");
+    sae_wgpu::checkpoint::load(&cut.join("model.safetensors")).expect("the checkpoint loads");
+    let state = sae_wgpu::checkpoint::load_train_state(&cut.join("train_state.safetensors")).unwrap();
+    assert!(state.epochs_done < 8);
+    assert!(!cut.join(".sae-train.lock").exists(), "the lock is released");
+    let out = t.sae(&["train", "--resume", s(&cut), "--epochs", "8"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for file in ["model.safetensors", "metrics.jsonl"] {
+        assert!(
+            fs::read(whole.join(file)).unwrap() == fs::read(cut.join(file)).unwrap(),
+            "{file} differs after resume"
+        );
+    }
+}

@@ -887,10 +887,15 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     };
     let last_epoch = stop_after_epoch.unwrap_or(resolved.epochs).min(resolved.epochs);
     // What a checkpoint writes beside the model, for --resume.
-    let save_state = |dir: &Path, trainer: &Trainer, epochs_done: usize, lbfgs: Option<&LbfgsState>| -> Result<()> {
+    let save_state = |dir: &Path,
+                      trainer: &Trainer,
+                      (epochs_done, steps_into_epoch): (usize, usize),
+                      lbfgs: Option<&LbfgsState>|
+     -> Result<()> {
         let state = TrainState {
             steps_done: lbfgs.map_or(trainer.steps_done(), |l| l.iterations),
             epochs_done,
+            steps_into_epoch: steps_into_epoch as u64,
             moments: if lbfgs.is_some() { vec![] } else { trainer.optimizer_state()? },
             settings: settings_without_stop(&settings),
             lbfgs: lbfgs.cloned(),
@@ -926,11 +931,14 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         let path = dir.join("metrics.jsonl");
         // A resumed run keeps the lines of the epochs its checkpoint covers (rewritten
         // atomically); a new run starts an empty log.
+        // (and, for a run interrupted inside an epoch, that epoch's step lines up to its last step).
         let mut kept = String::new();
-        if first_epoch > 1 {
+        if let Some(state) = &resumed {
             for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
-                let epoch = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["epoch"].as_u64());
-                if epoch.is_some_and(|e| e < first_epoch as u64) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                let (epoch, step) = (v["epoch"].as_u64().unwrap_or(u64::MAX), v["step"].as_u64().unwrap_or(u64::MAX));
+                let in_partial = epoch == first_epoch as u64 && v["kind"] == "step" && step <= state.steps_done;
+                if epoch < first_epoch as u64 || in_partial {
                     kept.push_str(line);
                     kept.push('\n');
                 }
@@ -960,6 +968,14 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         log_every: resolved.log_every,
         steps_per_submit: resolved.steps_per_submit,
     };
+    // The first Ctrl-C stops the run at its next submit boundary, where it writes a checkpoint
+    // (`Event::Interrupted`) and exits 130; a second exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if crate::train::INTERRUPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping at the next submit boundary to write a checkpoint (Ctrl-C again to quit at once)");
+    });
     let started = std::time::Instant::now();
     let mut last_val = None;
     let on_event = |event: Event<'_>| {
@@ -985,10 +1001,12 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 last_val = validation.map(|v| (*v).clone());
                 iteration_json(&resolved, *iteration, *step_length, *evaluations, train, *validation)
             }
+            Event::Interrupted { .. } => serde_json::Value::Null,
         };
         // L-BFGS with --log-every K: a line every K iterations and at the run's last.
         let logged = match (&event, resolved.log_every) {
             (Event::Iteration { iteration, .. }, Some(k)) => iteration % k == 0 || *iteration == resolved.epochs,
+            (Event::Interrupted { .. }, _) => false,
             _ => true,
         };
         if let Some((path, w)) = metrics_log.as_mut().filter(|_| logged) {
@@ -1001,13 +1019,32 @@ pub fn run(cli: TrainSettings) -> Result<()> {
             Event::Epoch { epoch, trainer, .. } => (*epoch, *trainer, None),
             Event::Iteration { iteration, trainer, state, .. } => (*iteration, *trainer, Some(*state)),
             Event::Step { .. } => return Ok(()),
+            Event::Interrupted { epochs_done, steps_into_epoch, trainer, lbfgs } => {
+                // Ctrl-C: everything submitted has run; a checkpoint --resume continues from.
+                return match &out {
+                    Some(dir) => {
+                        checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
+                        save_state(dir, trainer, (*epochs_done, *steps_into_epoch), *lbfgs)?;
+                        eprintln!(
+                            "interrupted: checkpoint written to {} ({epochs_done} epochs and {steps_into_epoch} steps done); `sae train --resume {}` continues the run",
+                            dir.display(),
+                            dir.display()
+                        );
+                        Ok(())
+                    }
+                    None => {
+                        eprintln!("interrupted: nothing saved (the run had no --out)");
+                        Ok(())
+                    }
+                };
+            }
         };
         if let (Some(dir), Some(n)) = (&out, resolved.checkpoint_every) {
             if epoch % n == 0 {
                 // Atomic (temporary file, then rename): a crash or a later divergence leaves
                 // the previous checkpoint intact.
                 checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
-                save_state(dir, trainer, epoch, lbfgs)?;
+                save_state(dir, trainer, (epoch, 0), lbfgs)?;
             }
         }
         Ok(())
@@ -1015,7 +1052,9 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let epochs = first_epoch..=last_epoch;
     let result = match resolved.optimizer {
         Method::Steps(_) => {
-            fit_epochs(&mut trainer, &train_set, val_set.as_ref(), &opts, epochs, on_event).map(|m| (m, None, None))
+            let skip = resumed.as_ref().map_or(0, |s| s.steps_into_epoch as usize);
+            fit_epochs(&mut trainer, &train_set, val_set.as_ref(), &opts, epochs, skip, on_event)
+                .map(|m| (m, None, None))
         }
         Method::Lbfgs(settings) => {
             let resume = resumed.as_ref().and_then(|s| s.lbfgs.clone());
@@ -1030,7 +1069,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let params = trainer.params()?;
     if let Some(dir) = &out {
         checkpoint::save(&dir.join("model.safetensors"), &spec, &params)?;
-        save_state(dir, &trainer, epochs_done, lbfgs_state.as_ref())?;
+        save_state(dir, &trainer, (epochs_done, 0), lbfgs_state.as_ref())?;
     }
     let steps = lbfgs_state.as_ref().map_or(trainer.steps_done(), |s| s.iterations);
     let evaluations = lbfgs_state.as_ref().map(|s| s.evaluations);

@@ -52,6 +52,8 @@ pub struct EpochOptions {
     pub log_every: Option<usize>,
     /// Steps recorded into one submit; `None` chooses (up to 64, and a log step ends a submit).
     pub steps_per_submit: Option<usize>,
+    /// When this is set (a Ctrl-C handler), the epoch ends at the next submit boundary.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// The device buffers a trainer owns.
@@ -464,13 +466,15 @@ impl Trainer {
     /// `batch_capacity` rows (the last one may be smaller) are gathered on the device, so the
     /// epoch uploads only `order` and the cursor. Steps are recorded many to a submit; every
     /// `log_every` steps the metrics of that step (before its update) are copied out and read
-    /// back without stalling the queue, and `on_step` sees them in order.
+    /// back without stalling the queue, and `on_step` sees them in order. Returns the steps
+    /// taken: all of the order's minibatches, or fewer when `opts.stop` was set at a submit
+    /// boundary (everything submitted has then run, and its metrics were seen).
     pub fn train_epoch(
         &mut self,
         order: &[u32],
         opts: EpochOptions,
         mut on_step: impl FnMut(u64, &StepMetrics) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let n = self.resident_rows();
         if order.is_empty() || order.len() > n || order.iter().any(|&i| i as usize >= n) {
             return Err(Error::input(format!("an epoch order must hold row indices below {n} (set_data first)")));
@@ -483,6 +487,8 @@ impl Trainer {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut encoder = self.encoder();
         let mut in_encoder = 0;
+        let mut taken = 0;
+        let stop = || opts.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
         for rows in order.chunks(self.batch_capacity) {
             let m = rows.len();
             let step = self.steps_done + 1;
@@ -496,6 +502,7 @@ impl Trainer {
                 self.record(&mut encoder, m, Rows::Order, |s| &s.step);
             }
             self.steps_done += 1;
+            taken += 1;
             in_encoder += 1;
             if log || in_encoder == per_submit {
                 let full = std::mem::replace(&mut encoder, self.encoder());
@@ -507,12 +514,16 @@ impl Trainer {
                 // Collect finished read-backs without waiting for the rest of the queue.
                 let _ = self.kernels.gpu.device.poll(wgpu::PollType::Poll);
                 self.drain(&mut pending, false, &mut on_step)?;
+                if stop() {
+                    break;
+                }
             }
         }
         if in_encoder > 0 {
             self.submit(encoder);
         }
-        self.drain(&mut pending, true, &mut on_step)
+        self.drain(&mut pending, true, &mut on_step)?;
+        Ok(taken)
     }
 
     /// The optimizer's state: each state tensor (velocity, or first and second moments), flat in
