@@ -1362,7 +1362,7 @@ fn sigint_checkpoints_and_resumes_exactly() {
     };
     let out = t.sae(&args(&whole));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sae"))
         .args(args(&cut))
         .env("XDG_RUNTIME_DIR", t.path("xdg"))
         .stdout(std::process::Stdio::piped())

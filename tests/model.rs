@@ -154,7 +154,7 @@ fn resident_epoch_equals_host_steps() {
         dev.set_data(&data).unwrap();
         let before = dev.stats();
         let mut dev_metrics = Vec::new();
-        let opts = EpochOptions { log_every: Some(3), steps_per_submit: Some(4) };
+        let opts = EpochOptions { log_every: Some(3), steps_per_submit: Some(4), stop: None };
         dev.train_epoch(&order, opts, |step, metrics| {
             assert_eq!(step % 3, 0, "metrics of step {step} were not asked for");
             dev_metrics.push(metrics.clone());
