@@ -31,6 +31,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The first error the device reported outside an error scope (wgpu would panic on it
+    /// by default): `wait` and `map_read` turn it into a runtime failure.
+    uncaptured: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -178,7 +181,14 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::runtime(format!("could not open {}: {e}", describe(&info))))?;
-        Ok(Gpu { device, queue, info, limits, features })
+        let uncaptured = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut s) = slot.lock() {
+                s.get_or_insert_with(|| e.to_string().replace('\n', " "));
+            }
+        }));
+        Ok(Gpu { device, queue, info, limits, features, uncaptured })
     }
 
     pub fn describe(&self) -> String {
@@ -190,7 +200,34 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| Error::runtime(format!("the device stopped responding ({}): {e}", self.describe())))
+            .map_err(|e| Error::runtime(format!("the device stopped responding ({}): {e}", self.describe())))?;
+        self.check()
+    }
+
+    /// A runtime failure if the device reported an error nobody captured (an allocation that
+    /// ran out of memory, a lost device, an invalid command).
+    pub fn check(&self) -> Result<()> {
+        match self.uncaptured.lock().ok().and_then(|s| s.clone()) {
+            None => Ok(()),
+            Some(e) => Err(Error::runtime(format!(
+                "{} reported an error: {e}; if it ran out of memory, use a smaller --batch-size or model",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// Runs `allocate` inside an out-of-memory error scope: an allocation the device cannot
+    /// satisfy is a runtime failure naming `what`, not a panic.
+    pub fn allocating<T>(&self, what: &str, allocate: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = allocate();
+        match pollster::block_on(scope.pop()) {
+            None => Ok(value),
+            Some(e) => Err(Error::runtime(format!(
+                "allocating {what} on {} failed: {e}; use a smaller --batch-size or model",
+                self.describe()
+            ))),
+        }
     }
 
     /// A storage buffer of `len` f32, zeroed, that kernels read and write and that can be

@@ -1,7 +1,8 @@
 //! Adapters with small limits (issue: portable and hard to break). With WebGPU's default limits
 //! (8 storage buffers per stage, 128 MiB bindings) the engine trains and a batch too large for a
 //! binding is refused with a clear message; with the downlevel defaults (4 storage buffers per
-//! stage) the kernels are refused up front, naming the limit.
+//! stage) the kernels are refused up front, naming the limit. Errors the device reports are
+//! runtime failures, never panics.
 
 mod common;
 
@@ -41,4 +42,24 @@ fn downlevel_limits_are_refused_naming_the_limit() {
     assert!(matches!(e, Error::Runtime(_)), "{e}");
     let text = e.to_string();
     assert!(text.contains("storage buffers per shader stage") && text.contains("sae adapters"), "{text}");
+}
+
+/// An error the device reports outside any error scope (here an out-of-bounds write, standing
+/// in for a lost device or an allocation that ran out of memory, which a software adapter
+/// cannot be made to produce) is a runtime failure naming the adapter at the next wait, not a
+/// panic; and an allocation made through `Gpu::allocating` reports its failure the same way.
+#[test]
+fn device_errors_are_runtime_failures_not_panics() {
+    let gpu = common::gpu();
+    gpu.wait().expect("a fresh device has nothing to report");
+    let small = gpu.storage("small", 1);
+    gpu.queue.write_buffer(&small, 64, &[0u8; 4]);
+    let e = gpu.wait().expect_err("the bad write is reported");
+    assert!(matches!(e, Error::Runtime(_)), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("reported an error") && text.contains(&gpu.info.name), "{text}");
+    // An allocation inside the out-of-memory scope that succeeds gives its value.
+    let other = common::gpu();
+    let b = other.allocating("a small buffer", || other.storage("ok", 16)).unwrap();
+    assert_eq!(b.size(), 64);
 }

@@ -167,15 +167,15 @@ impl Trainer {
         } else {
             StepPath::Layered
         };
-        let acts = Activations::new(&gpu, spec, m, path);
+        let acts_layout = ActivationLayout::new(spec, m);
         let values = step_values(Optimizer::Sgd, &LrSchedule::default(), lr, 0);
         let widest = spec.sizes.iter().copied().max().unwrap_or(1);
-        let buffers = Buffers {
+        let buffers = gpu.allocating("the trainer's buffers", || Buffers {
             params: gpu.upload("params", &layout.flatten(init)),
             grads: View::whole(&gpu.storage("grads", layout.len)),
             table: gpu
-                .upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts.layout))),
-            acts,
+                .upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts_layout))),
+            acts: Activations::new(&gpu, spec, m, path),
             g: View::whole(&gpu.storage("g", m * widest)),
             x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
             data: View::whole(&gpu.storage("data", 1)),
@@ -186,7 +186,7 @@ impl Trainer {
             metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
             rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
             moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
-        };
+        })?;
         Ok(Trainer {
             metrics_staging: gpu.staging("metrics staging", (metrics_layout.len * 4) as u64),
             kernels,
@@ -454,8 +454,11 @@ impl Trainer {
         }
         crate::layout::check_binding(&self.gpu().limits, "the training data", data.len() * 4, "")?;
         let gpu = self.kernels.gpu.clone();
-        self.buffers.data = gpu.upload("data", data);
-        self.buffers.order = View::whole(&gpu.storage("order", data.len() / n0));
+        let (data_view, order) = gpu.allocating("the training data", || {
+            (gpu.upload("data", data), View::whole(&gpu.storage("order", data.len() / n0)))
+        })?;
+        self.buffers.data = data_view;
+        self.buffers.order = order;
         self.stats.bytes_uploaded += (data.len() * 4) as u64;
         // Bind groups of resident schedules point at the old buffers.
         self.schedules.retain(|(_, from), _| *from == Rows::Host);
