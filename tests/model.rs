@@ -320,3 +320,29 @@ fn full_batch_gradient_streamed_equals_resident() {
     assert_eq!(streamed, resident);
     assert!(resident.1.iter().any(|&g| g != 0.0));
 }
+
+/// A set of one minibatch is evaluated in one pass, bit for bit as the two-pass evaluation.
+#[test]
+fn one_pass_objective_equals_two_passes() {
+    let gpu = gpu();
+    let spec = ModelSpec::seed();
+    for (sparsity, path) in [
+        (Sparsity::Kl { rho: 0.05, beta: 3.0 }, Path::Layered),
+        (Sparsity::KlFreq { rho: 0.1, beta: 1.0, temperature: 0.5 }, Path::Fused),
+        (Sparsity::None, Path::Layered),
+    ] {
+        let cfg = LossConfig { weight_decay: 1e-3, sparsity };
+        let data = random(&mut Rng::new(9), 45 * 20, 0.0, 1.0);
+        let baseline = sae_wgpu::trainer::Baseline::of(&data, 20);
+        let mut t = Trainer::new(&gpu, &spec, cfg, 0.1, 45, &Params::init(&spec, 4)).unwrap();
+        t.set_path(path).unwrap();
+        t.set_data(&data).unwrap();
+        let before = t.stats();
+        let one = t.loss_and_gradient(&baseline).unwrap();
+        let mid = t.stats();
+        let two = t.loss_and_gradient_in_passes(&baseline).unwrap();
+        let after = t.stats();
+        assert_eq!(one, two, "{sparsity:?} {path:?}");
+        assert!(mid.submits - before.submits < after.submits - mid.submits, "one pass takes fewer submits");
+    }
+}

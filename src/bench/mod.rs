@@ -251,6 +251,9 @@ pub(crate) struct LbfgsResult {
     pub(crate) pairs: usize,
     pub(crate) params: usize,
     pub(crate) two_loop: Measured,
+    /// The same rows as one chunk, where its activations fit a binding: two passes
+    /// (`loss_and_gradient_in_passes`) and one (`loss_and_gradient`), side by side.
+    pub(crate) one_chunk: Option<(Measured, Measured)>,
 }
 
 impl LbfgsResult {
@@ -344,18 +347,34 @@ fn bench_lbfgs(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Lb
     let before = trainer.stats();
     trainer.loss_and_gradient(&baseline)?;
     let after = trainer.stats();
-    let evaluation = measure(
-        |reps| {
-            let start = Instant::now();
-            for _ in 0..reps {
-                trainer.loss_and_gradient(&baseline).expect("evaluated once already");
-            }
-            start.elapsed().as_secs_f64()
-        },
-        s,
-        s.pass_target,
-        4,
-    );
+    let time = |t: &mut Trainer, one_pass: bool| {
+        measure(
+            |reps| {
+                let start = Instant::now();
+                for _ in 0..reps {
+                    if one_pass {
+                        t.loss_and_gradient(&baseline).expect("evaluated once already");
+                    } else {
+                        t.loss_and_gradient_in_passes(&baseline).expect("evaluated once already");
+                    }
+                }
+                start.elapsed().as_secs_f64()
+            },
+            s,
+            s.pass_target,
+            4,
+        )
+    };
+    let evaluation = time(&mut trainer, true);
+    let one_chunk = if crate::layout::ActivationLayout::new(&case.spec, rows).fits_one_binding(&gpu.limits) {
+        let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
+        let mut whole = Trainer::new(gpu, &case.spec, loss, LR, rows, &Params::init(&case.spec, 1))?;
+        whole.set_data(&random(rng, rows * case.spec.input_width(), 0.0, 1.0))?;
+        whole.loss_and_gradient(&baseline)?;
+        Some((time(&mut whole, false), time(&mut whole, true)))
+    } else {
+        None
+    };
     // Forward twice (metrics pass, gradient pass) and backward once: 3 x 2 m sum(k n).
     let spec = &case.spec;
     let macs: usize = (1..=spec.layers()).map(|l| spec.shape(l).0 * spec.shape(l).1).sum();
@@ -391,6 +410,7 @@ fn bench_lbfgs(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Lb
         pairs,
         params,
         two_loop,
+        one_chunk,
     })
 }
 

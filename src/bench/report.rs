@@ -120,6 +120,23 @@ pub(crate) fn print_case(r: &CaseResult) {
         rate(lb.evaluation_flops / lb.evaluation.median * 1e-9),
         ""
     );
+    if let Some((two, one)) = &lb.one_chunk {
+        // Forward twice and backward once in two passes; forward once and backward once in one.
+        let (two_flops, one_flops) = (lb.evaluation_flops, lb.evaluation_flops * 2.0 / 3.0);
+        for (label, t, flops) in [("one chunk, two passes", two, two_flops), ("one chunk, one pass", one, one_flops)] {
+            println!(
+                "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
+                label,
+                format!("{} rows / {}", lb.rows, lb.rows),
+                "",
+                ms(t.median),
+                ms(t.min),
+                ms(t.max),
+                rate(flops / t.median * 1e-9),
+                ""
+            );
+        }
+    }
     println!(
         "{:<30} {:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>8}",
         "two-loop recursion (host f64)",
@@ -301,6 +318,10 @@ pub(crate) fn to_json(
                                "bytes_read_back": r.lbfgs.evaluation_bytes_read_back}),
                         measured_json(&r.lbfgs.evaluation, 1e3, "ms"),
                     ),
+                    "one_chunk": r.lbfgs.one_chunk.as_ref().map(|(two, one)| json!({
+                        "two_passes": measured_json(two, 1e3, "ms"),
+                        "one_pass": measured_json(one, 1e3, "ms"),
+                    })),
                     "two_loop": merge(
                         json!({"pairs": r.lbfgs.pairs, "params": r.lbfgs.params,
                                "flops": r.lbfgs.two_loop_flops(), "bytes": r.lbfgs.two_loop_bytes()}),

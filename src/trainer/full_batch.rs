@@ -37,12 +37,63 @@ impl Trainer {
     /// rho_hat over the whole set: `dJ/dtheta = sum_c (m_c / n) g_c + lambda W`, where `g_c` is
     /// chunk c's gradient of its mean reconstruction error and of the sparsity term at the
     /// whole set's rho_hat (docs/design.md section 9).
+    ///
+    /// A set of at most one minibatch takes one pass (`Schedule::evaluate_gradient`: its own
+    /// rho_hat is the whole set's), with the same results bit for bit; a larger one two.
     pub fn loss_and_gradient(&mut self, baseline: &Baseline) -> Result<(EvalMetrics, Vec<f64>)> {
+        let n = self.resident_rows();
+        if n <= self.batch_capacity {
+            return self.loss_and_gradient_one_pass(n, baseline);
+        }
+        self.loss_and_gradient_in_passes(baseline)
+    }
+
+    /// The two-pass evaluation whatever the set's size (what `loss_and_gradient` does for sets
+    /// of several minibatches; the benchmark times both).
+    pub fn loss_and_gradient_in_passes(&mut self, baseline: &Baseline) -> Result<(EvalMetrics, Vec<f64>)> {
         let metrics = self.evaluate_resident(baseline)?;
         let n = self.resident_rows();
         self.set_cursor(0);
         let grad = self.gradient_batches(n, &metrics.rho_hat, |_, _| Ok(Rows::Contiguous))?;
         Ok((metrics, grad))
+    }
+
+    /// J and its gradient over `n` resident rows, one minibatch: one submit, one read-back.
+    fn loss_and_gradient_one_pass(&mut self, n: usize, baseline: &Baseline) -> Result<(EvalMetrics, Vec<f64>)> {
+        self.set_cursor(0);
+        let slot = (self.metrics_layout.len * 4) as u64;
+        let len = self.layout.len;
+        let gpu = self.kernels.gpu.clone();
+        let results = gpu.staging("evaluation and gradient", slot + (len * 4) as u64);
+        let mut encoder = self.encoder();
+        self.record(&mut encoder, n, Rows::Contiguous, |s| &s.evaluate_gradient);
+        self.copy_metrics(&mut encoder, &results, 0);
+        let grads = &self.buffers.grads;
+        encoder.copy_buffer_to_buffer(&grads.buffer, grads.byte_offset(), &results, slot, (len * 4) as u64);
+        self.submit(encoder);
+        self.stats.readbacks += 1;
+        let bytes = gpu.map_read(&results)?;
+        let raw: &[f32] = bytemuck::cast_slice(&bytes);
+        let per = self.metrics_layout.len;
+        let metrics = self.combine(&raw[..per], n, baseline);
+        let mut grad: Vec<f64> = raw[per..per + len].iter().map(|&g| g as f64).collect();
+        self.add_weight_decay(&mut grad)?;
+        Ok((metrics, grad))
+    }
+
+    /// `lambda W` (biases excluded) added to a gradient of the device's, which holds only
+    /// `delta^T A` (docs/design.md section 3).
+    fn add_weight_decay(&self, grad: &mut [f64]) -> Result<()> {
+        let lambda = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
+        if lambda != 0.0 {
+            let params = self.flat_params()?;
+            for &(at, wlen) in &self.layout.weights {
+                for i in at..at + wlen {
+                    grad[i] += lambda * params[i] as f64;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The same over host data (`n x n_0`, row-major), uploaded a chunk at a time: for a set
@@ -98,17 +149,8 @@ impl Trainer {
                 }
             }
         }
-        // The weight-decay term's gradient, lambda W (biases excluded), added once here: the
-        // device's gradients hold only delta^T A (docs/design.md section 3).
-        let lambda = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
-        if lambda != 0.0 {
-            let params = self.flat_params()?;
-            for &(at, wlen) in &self.layout.weights {
-                for i in at..at + wlen {
-                    grad[i] += lambda * params[i] as f64;
-                }
-            }
-        }
+        // The weight-decay term's gradient, added once for the whole set.
+        self.add_weight_decay(&mut grad)?;
         Ok(grad)
     }
 }

@@ -199,7 +199,6 @@ impl Trainer {
         baseline: &Baseline,
         mut rows_of: impl FnMut(&mut Trainer, std::ops::Range<usize>) -> Result<Rows>,
     ) -> Result<EvalMetrics> {
-        let nc = self.spec.code_width();
         let cap = self.batch_capacity;
         let batches = n.div_ceil(cap);
         let slot = (self.metrics_layout.len * 4) as u64;
@@ -216,7 +215,15 @@ impl Trainer {
         }
         self.stats.readbacks += 1;
         let bytes = gpu.map_read(&results)?;
-        let raw: &[f32] = bytemuck::cast_slice(&bytes);
+        Ok(self.combine(bytemuck::cast_slice(&bytes), n, baseline))
+    }
+
+    /// The whole set's metrics from the metrics blocks of its minibatches of the capacity (one
+    /// `MetricsLayout` block after another in `raw`), summed in f64 weighted by size.
+    pub(super) fn combine(&self, raw: &[f32], n: usize, baseline: &Baseline) -> EvalMetrics {
+        let nc = self.spec.code_width();
+        let cap = self.batch_capacity;
+        let batches = n.div_ceil(cap);
         let ml = &self.metrics_layout;
         let per = ml.len;
         let mut sum_sq = 0.0;
@@ -247,7 +254,7 @@ impl Trainer {
         };
         let reconstruction = 0.5 * sum_sq / nf;
         let var = baseline.squared_deviation;
-        Ok(EvalMetrics {
+        EvalMetrics {
             samples: n,
             loss: reconstruction + weight_decay + sparsity,
             reconstruction,
@@ -257,6 +264,6 @@ impl Trainer {
             fvu: if var > 0.0 { sum_sq / var } else { f64::NAN },
             rho_hat,
             freq,
-        })
+        }
     }
 }

@@ -162,6 +162,9 @@ pub(crate) struct Schedule {
     /// forward and backward with rho_hat as the host wrote it (the whole set's, for a
     /// full-batch gradient), the gradients left in `grads`, and the cursor moved past the rows.
     pub gradient: Vec<Launch>,
+    /// forward, rho_hat, metrics and backward: J and its gradient in one pass, for a set that
+    /// is one minibatch (its rho_hat is then the whole set's).
+    pub evaluate_gradient: Vec<Launch>,
 }
 
 impl Trainer {
@@ -320,6 +323,7 @@ impl Trainer {
             step_with_metrics: concat(&[&forward, &rho_hat, &metrics, &backward, &update]),
             evaluate: concat(&[&forward, &rho_hat, &metrics, &skip_cursor]),
             gradient: concat(&[&forward, &backward, &gradients, &skip_cursor]),
+            evaluate_gradient: concat(&[&forward, &rho_hat, &metrics, &backward, &gradients, &skip_cursor]),
         }
     }
 
