@@ -69,6 +69,25 @@ fn whole(v: &f64) -> String {
     }
 }
 
+/// The chart's legend: the series' labels in a framed, lightly opaque box at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    size: u32,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .label_font((SANS, size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(plot_err)
+}
+
 fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
     Error::Runtime(format!("drawing a chart failed: {e:?}"))
 }
@@ -122,7 +141,10 @@ fn loss_panel<DB: DrawingBackend>(
     title: &str,
     x_desc: &str,
     lines: Vec<Line>,
-) -> Result<()> {
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     let lines: Vec<_> = lines.into_iter().filter(|(_, p, _, _)| p.iter().any(|&(_, y)| y > 0.0)).collect();
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p, _, _)| p.iter().copied()).filter(|p| p.1 > 0.0).collect();
     if all.is_empty() {
@@ -159,14 +181,7 @@ fn loss_panel<DB: DrawingBackend>(
         .label(name)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .label_font((SANS, 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(plot_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 16)?;
     Ok(())
 }
 
@@ -291,14 +306,7 @@ pub fn sparsity(run: &Run) -> Result<Image> {
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(1)));
         }
         if names.len() <= 17 {
-            chart
-                .configure_series_labels()
-                .label_font((SANS, 15))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(plot_err)?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight, 15)?;
         }
         root.present().map_err(plot_err)?;
     }
@@ -359,14 +367,7 @@ pub fn density(run: &Run) -> Result<Image> {
             .map_err(plot_err)?
             .label(format!("never fired: {never}"))
             .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], colour(3).filled()));
-        chart
-            .configure_series_labels()
-            .label_font((SANS, 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, 16)?;
         root.present().map_err(plot_err)?;
     }
     Ok(img)
