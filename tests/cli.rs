@@ -1173,15 +1173,22 @@ fn lbfgs_descends_and_resumes_bit_identically() {
 /// named; so are an empty history and a history without L-BFGS.
 #[test]
 fn lbfgs_refuses_step_settings() {
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
         (&["--optimizer", "lbfgs", "--steps-per-submit", "4"], &["--steps-per-submit", "meaningless", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--clip-grad-norm", "1"], &["--clip-grad-norm", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--lr-schedule", "cosine"], &["--lr-schedule", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--momentum", "0.5"], &["--momentum", "lbfgs"]),
         (&["--optimizer", "lbfgs", "--lbfgs-history", "0"], &["--lbfgs-history 0"]),
         (&["--lbfgs-history", "5"], &["--lbfgs-history", "--optimizer lbfgs"]),
+        // 10^9 pairs of the seed model's 10k parameters: far more memory than any machine has.
+        (&["--optimizer", "lbfgs", "--lbfgs-history", "1000000000"], &["--lbfgs-history 1000000000", "memory"]),
     ];
     for (i, (flags, needles)) in cases.iter().enumerate() {
+        // The memory check needs to know the memory there is (/proc/meminfo, on Linux).
+        if needles[1] == "memory" && sae_wgpu::data::available_memory().is_none() {
+            assert!(!cfg!(target_os = "linux"), "Linux tells the memory available");
+            continue;
+        }
         train_flags_rejected(&format!("lbfgs_refuses_{i}"), flags, needles);
     }
 }

@@ -622,7 +622,16 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
                 "{flag}: a setting of minibatch optimizers; --optimizer lbfgs takes full-batch steps with a line search (an epoch line per iteration): drop it"
             )));
         }
-        Method::Lbfgs(LbfgsSettings::new(s.lbfgs_history.unwrap_or(lbfgs::defaults::HISTORY), lr)?)
+        let history = s.lbfgs_history.unwrap_or(lbfgs::defaults::HISTORY);
+        // The history's pairs live on the host in f64: 2 M P values, checked before the run.
+        let bytes = (history as u64).saturating_mul(16).saturating_mul(spec.parameter_count() as u64);
+        if let Some(free) = data::available_memory().filter(|&free| bytes > free) {
+            return Err(bad(format!(
+                "--lbfgs-history {history}: {history} curvature pairs of {} parameters take {bytes} bytes, more than the {free} bytes of memory available; keep fewer pairs",
+                spec.parameter_count()
+            )));
+        }
+        Method::Lbfgs(LbfgsSettings::new(history, lr)?)
     } else {
         if s.lbfgs_history.is_some() {
             return Err(bad("--lbfgs-history: a setting of --optimizer lbfgs; drop it or add --optimizer lbfgs"));
