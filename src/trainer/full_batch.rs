@@ -30,7 +30,14 @@ impl Trainer {
         }
         let view = self.buffers.params.clone();
         self.upload(&view, bytemuck::cast_slice(flat));
+        self.host_params = Some(flat.to_vec());
         Ok(())
+    }
+
+    /// A read-back buffer of `bytes` for the objective, made once per size and reused.
+    fn objective_staging(&mut self, bytes: u64) -> wgpu::Buffer {
+        let gpu = &self.kernels.gpu;
+        self.objective_staging.entry(bytes).or_insert_with(|| gpu.staging("objective results", bytes)).clone()
     }
 
     /// J over the resident data (`set_data`) and its gradient, in the parameters' layout, with
@@ -64,7 +71,7 @@ impl Trainer {
         let slot = (self.metrics_layout.len * 4) as u64;
         let len = self.layout.len;
         let gpu = self.kernels.gpu.clone();
-        let results = gpu.staging("evaluation and gradient", slot + (len * 4) as u64);
+        let results = self.objective_staging(slot + (len * 4) as u64);
         let mut encoder = self.encoder();
         self.record(&mut encoder, n, Rows::Contiguous, |s| &s.evaluate_gradient);
         self.copy_metrics(&mut encoder, &results, 0);
@@ -86,7 +93,11 @@ impl Trainer {
     fn add_weight_decay(&self, grad: &mut [f64]) -> Result<()> {
         let lambda = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
         if lambda != 0.0 {
-            let params = self.flat_params()?;
+            // The parameters the host just wrote (L-BFGS's trial points), else a read-back.
+            let params = match &self.host_params {
+                Some(p) => p.clone(),
+                None => self.flat_params()?,
+            };
             for &(at, wlen) in &self.layout.weights {
                 for i in at..at + wlen {
                     grad[i] += lambda * params[i] as f64;
@@ -124,7 +135,7 @@ impl Trainer {
         let len = self.layout.len;
         let slot = (len * 4) as u64;
         let gpu = self.kernels.gpu.clone();
-        let results = gpu.staging("gradient results", slot * GROUP.min(chunks) as u64);
+        let results = self.objective_staging(slot * GROUP.min(chunks) as u64);
         let mut grad = vec![0.0f64; len];
         for group in (0..chunks).step_by(GROUP) {
             let in_group = GROUP.min(chunks - group);

@@ -108,6 +108,11 @@ pub struct Trainer {
     metrics_staging: wgpu::Buffer,
     /// Staging buffers for step metrics in flight, reused across log points.
     metrics_pool: Vec<wgpu::Buffer>,
+    /// Read-back buffers of the full-batch objective, one per size, reused across evaluations.
+    objective_staging: HashMap<u64, wgpu::Buffer>,
+    /// The parameters as `set_flat_params` last wrote them, while no step has changed them
+    /// since: the full-batch objective's weight-decay term reads them instead of the device.
+    host_params: Option<Vec<f32>>,
     schedules: HashMap<(usize, Rows), Schedule>,
     steps_done: u64,
     stats: Stats,
@@ -203,6 +208,8 @@ impl Trainer {
             path,
             buffers,
             metrics_pool: Vec::new(),
+            objective_staging: HashMap::new(),
+            host_params: None,
             schedules: HashMap::new(),
             steps_done: 0,
             stats: Stats::default(),
@@ -415,6 +422,7 @@ impl Trainer {
     /// One SGD step on a host minibatch `x` (row-major, `m x n_0`): one upload, one submit, no
     /// wait. `train_epoch` is the fast way to train on a whole dataset.
     pub fn step(&mut self, x: &[f32]) -> Result<()> {
+        self.host_params = None;
         let m = self.stage(x)?;
         let mut encoder = self.encoder();
         self.record(&mut encoder, m, Rows::Host, |s| &s.step);
@@ -425,6 +433,7 @@ impl Trainer {
 
     /// One SGD step on a host minibatch that also returns its metrics, measured before the update.
     pub fn step_with_metrics(&mut self, x: &[f32]) -> Result<StepMetrics> {
+        self.host_params = None;
         let m = self.stage(x)?;
         let mut encoder = self.encoder();
         self.record(&mut encoder, m, Rows::Host, |s| &s.step_with_metrics);
@@ -478,6 +487,7 @@ impl Trainer {
         opts: EpochOptions,
         mut on_step: impl FnMut(u64, &StepMetrics) -> Result<()>,
     ) -> Result<usize> {
+        self.host_params = None;
         let n = self.resident_rows();
         if order.is_empty() || order.len() > n || order.iter().any(|&i| i as usize >= n) {
             return Err(Error::input(format!("an epoch order must hold row indices below {n} (set_data first)")));
@@ -570,6 +580,7 @@ impl Trainer {
 
     /// Replaces the parameters (e.g. from a checkpoint).
     pub fn set_params(&mut self, params: &Params) -> Result<()> {
+        self.host_params = None;
         params.check_shapes(&self.spec).map_err(Error::Input)?;
         let flat = self.layout.flatten(params);
         let view = self.buffers.params.clone();
