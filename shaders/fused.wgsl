@@ -4,7 +4,9 @@
 // step is
 //
 //   fused_forward   one row per invocation: gather x, Z_l, A_l for every layer, delta_L
-//   column_sum      rho_hat over the batch (reduce.wgsl; only with a sparsity penalty)
+//   fire_count      the code layer's firing counts, samples since each unit fired, and kl-freq's
+//                   controller (fires.wgsl); or column_sum (reduce.wgsl) for another penalty's
+//                   rho_hat
 //   fused_backward  one row per invocation: G = delta_l W_l, delta_{l-1} (+ the KL term)
 //   fused_update    one parameter per invocation: dW = sum_i delta_l[i,j] A_{l-1}[i,p] (+ db),
 //                   then W <- W - lr (dW + lambda W), b <- b - lr db with this step's lr from the
@@ -26,7 +28,7 @@ struct Net {
     code: u32,
     rows: u32,
     n0: u32,
-    // 0 none, 1 mean-activation KL, 2 firing-frequency KL
+    // 0 none, 1 mean-activation KL, 2 hard firing-frequency KL, 3 smooth firing-frequency KL
     sparsity: u32,
     rho: f32,
     beta_over_m: f32,
@@ -164,6 +166,9 @@ fn fused_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
                 let dkl = net.beta_over_m * scale * kl_derivative(net.rho, rho_hat[p], net.eps);
                 if (net.sparsity == 1u) {
                     v = (g[p] + dkl) * fp;
+                } else if (net.sparsity == 2u) {
+                    // straight-through (docs/design.md section 11)
+                    v = g[p] * fp + net.beta_over_m * scale * (rho_hat[p] - net.rho) / net.temperature;
                 } else {
                     let s = sigmoid(z / net.temperature);
                     v = g[p] * fp + dkl * s * (1.0 - s) / net.temperature;

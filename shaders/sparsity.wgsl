@@ -1,7 +1,9 @@
 // The KL sparsity gradient at the code layer (docs/design.md section 4), element-wise over [rows, cols]:
 // (beta is this step's: times the step-values table's beta_scale during a warm-up)
 //   mode 1, mean-activation KL:  delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z)
-//   mode 2, firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
+//   mode 2, hard firing-frequency KL, straight-through (docs/design.md section 11):
+//                                delta = G ⊙ f_c'(Z) + (beta/(T m)) (rho_hat_j - rho)
+//   mode 3, smooth firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
 //                                s = sigmoid(Z/T)
 // KL'(q) (kl_derivative in common.wgsl) with q clamped to [eps, 1-eps].
 
@@ -34,8 +36,12 @@ fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     }
     let j = i % kl.cols;
     let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
-    let dkl = kl.beta_over_m * scale * kl_derivative(kl.rho, rho_hat[j], kl.eps);
     let fprime = activation_derivative(kl.act, z[i], a[i]);
+    if (kl.mode == 2u) {
+        delta[i] = g[i] * fprime + kl.beta_over_m * scale * (rho_hat[j] - kl.rho) / kl.temperature;
+        return;
+    }
+    let dkl = kl.beta_over_m * scale * kl_derivative(kl.rho, rho_hat[j], kl.eps);
     if (kl.mode == 1u) {
         delta[i] = (g[i] + dkl) * fprime;
     } else {

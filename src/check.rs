@@ -16,7 +16,7 @@ use crate::kernels::{Kernels, MatmulVariant, View};
 use crate::layout::{StepState, StepValues};
 use crate::model::{Activation, Rng, Sparsity};
 use crate::optim::{self, LrSchedule, Optimizer, ScheduleKind, UpdateRule};
-use crate::reference::{self as r, ColumnTransform};
+use crate::reference::{self as r, ColumnTransform, FireUpdate};
 
 /// Relative error every kernel must stay under (argued above).
 pub const TOL: f64 = 1e-5;
@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 14] = [
+pub const CHECKS: [(&str, Check); 15] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -39,6 +39,7 @@ pub const CHECKS: [(&str, Check); 14] = [
     ("matmul_backward_input_activation", matmul_backward_input_activation),
     ("kl_backward", kl_backward),
     ("column_sum", column_sum),
+    ("fire_count", fire_count),
     ("output_delta", output_delta),
     ("loss_value", loss_value),
     ("sgd_update", sgd_update),
@@ -204,10 +205,12 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
     // Each with a share of beta from the step-values table (a warm-up's), 1 or below.
     let modes = [
         (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 1.0),
-        (Activation::Relu, Sparsity::KlFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }, 0.5),
-        (Activation::Sigmoid, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }, 1.0),
-        (Activation::Tanh, Sparsity::KlFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }, 0.25),
+        (Activation::Relu, Sparsity::KlSoftFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }, 0.5),
+        (Activation::Sigmoid, Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }, 1.0),
+        (Activation::Tanh, Sparsity::KlSoftFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }, 0.25),
         (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 0.125),
+        (Activation::Relu, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5, control: 0.01 }, 1.0),
+        (Activation::Identity, Sparsity::KlFreq { rho: 0.25, beta: 1.5, temperature: 8.0, control: 0.0 }, 0.3),
     ];
     for (act, penalty, share) in modes {
         let (state, values, clip) = beta_share(kern, share);
@@ -240,20 +243,23 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
         let want = r::kl_backward(&widen(&g), &widen(&z), &widen(&a), &widen(&rho_hat), act, sparsity, m);
         // Scale: the same formula on magnitudes, so a cancellation between G and the KL
         // term is judged against the size of the terms, not of their difference.
-        let abs_sparsity = match sparsity {
-            Sparsity::Kl { beta, .. } => (beta, 1.0),
-            Sparsity::KlFreq { beta, temperature, .. } => (beta, temperature),
-            Sparsity::None => unreachable!(),
-        };
-        let (rho, _) = sparsity.rho_beta();
+        let (rho, beta) = sparsity.rho_beta();
+        let t = sparsity.temperature();
         let scale: Vec<f64> = (0..m * n)
             .map(|i| {
                 let j = i % n;
-                let q = (rho_hat[j] as f64).clamp(1e-6, 1.0 - 1e-6);
-                let dkl = abs_sparsity.0 / m as f64 * (rho / q + (1.0 - rho) / (1.0 - q));
                 let fp = r::activation_derivative(act, z[i] as f64, a[i] as f64).abs();
-                let s = r::sigmoid(z[i] as f64 / abs_sparsity.1);
-                (g[i] as f64).abs() * fp + dkl * (fp + s * (1.0 - s) / abs_sparsity.1) + 1e-12
+                let term = match sparsity {
+                    // The straight-through term: (beta/(T m)) (rho_hat - rho), judged on |rho_hat| + rho.
+                    Sparsity::KlFreq { .. } => beta / (t * m as f64) * (rho_hat[j] as f64 + rho),
+                    _ => {
+                        let q = (rho_hat[j] as f64).clamp(1e-6, 1.0 - 1e-6);
+                        let dkl = beta / m as f64 * (rho / q + (1.0 - rho) / (1.0 - q));
+                        let s = r::sigmoid(z[i] as f64 / t);
+                        dkl * (fp + s * (1.0 - s) / t)
+                    }
+                };
+                (g[i] as f64).abs() * fp + term + 1e-12
             })
             .collect();
         let err = max_rel_err(&download(kern, &out), &want, &scale);
@@ -288,6 +294,55 @@ pub fn column_sum(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
         };
         let err = max_rel_err(&download(kern, &out), &want, &sc);
         worst = worst.max(err);
+    }
+    worst
+}
+
+/// `fire_count` against its reference twin: the frequencies and the moved bias by relative
+/// error, the counters exactly (a wrong counter scores 1).
+pub fn fire_count(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    // (tracking, (rho, control), beta share): a training step's, a warm-up's, evaluation's.
+    let modes = [
+        FireUpdate { track: true, control: (0.05, 0.01) },
+        FireUpdate { track: true, control: (0.25, 0.5) },
+        FireUpdate { track: true, control: (0.0, 0.0) },
+        FireUpdate::NONE,
+    ];
+    for (i, update) in modes.into_iter().enumerate() {
+        let share = if i == 1 { 0.3 } else { 1.0 };
+        let (state, values, clip) = beta_share(kern, share);
+        let steps = StepViews { state: &state, values: &values, clip: &clip };
+        // Exact zeros (the strict z > 0), and a unit that never fires in these rows.
+        let mut z = random(rng, m * n, -1.0, 1.0);
+        for v in z.iter_mut().step_by(5) {
+            *v = 0.0;
+        }
+        for row in z.chunks_mut(n) {
+            row[n - 1] = -row[n - 1].abs();
+        }
+        // Counters near saturation too.
+        let mut since: Vec<u32> = (0..n).map(|_| (rng.next_f64() * 1e6) as u32).collect();
+        since[0] = u32::MAX - 1;
+        let bias = random(rng, n, -1.0, 1.0);
+        let (freq_out, since_view, bias_view) = (
+            poisoned(kern, n),
+            kern.gpu.upload_bytes("since", bytemuck::cast_slice(&since)),
+            kern.gpu.upload("bias", &bias),
+        );
+        let z_view = kern.gpu.upload("z", &z);
+        kern.gpu.run(&[kern.fire_count(&z_view, &freq_out, &since_view, &bias_view, m, n, update, steps)]);
+        let mut want_bias = widen(&bias);
+        let want = r::fire_count(&widen(&z), m, n, &mut since, &mut want_bias, update, share);
+        worst = worst.max(max_rel_err(&download(kern, &freq_out), &want, &magnitudes(&want, 1.0 / m as f64)));
+        let got: Vec<u32> = download(kern, &since_view).iter().map(|v| v.to_bits()).collect();
+        if got != since {
+            worst = worst.max(1.0);
+        }
+        let (rho, control) = update.control;
+        let scale: Vec<f64> =
+            bias.iter().zip(&want).map(|(b, f)| (*b as f64).abs() + control * share * (f + rho) + 1e-12).collect();
+        worst = worst.max(max_rel_err(&download(kern, &bias_view), &want_bias, &scale));
     }
     worst
 }
@@ -591,6 +646,10 @@ pub fn training_steps_with(
             let e = if a.is_finite() { (*a as f64 - *b as f64).abs() / size } else { f64::INFINITY };
             worst = worst.max(e);
         }
+    }
+    // The samples since each code unit fired are counts: they must agree exactly.
+    if trainer.since_fired()? != optim.since_fired {
+        worst = f64::INFINITY;
     }
     let moved = got.weights.iter().flatten().zip(init.weights.iter().flatten()).filter(|(a, b)| a != b).count();
     Ok(StepsCheck { max_rel_err: worst, moved })

@@ -188,6 +188,8 @@ pub struct TrainState {
     pub settings: String,
     /// An L-BFGS run's history and last step (f64 tensors `lbfgs.*`).
     pub lbfgs: Option<LbfgsState>,
+    /// Samples since each code unit last fired (u32 tensor `since_fired`; empty when absent).
+    pub since_fired: Vec<u32>,
 }
 
 /// `f64` values as little-endian bytes.
@@ -230,6 +232,10 @@ pub fn save_train_state(path: &Path, state: &TrainState) -> Result<()> {
             (format!("moment{}", i + 1), Dtype::F32, vec![m.len()], m.iter().flat_map(|x| x.to_le_bytes()).collect())
         })
         .collect();
+    if !state.since_fired.is_empty() {
+        let bytes = state.since_fired.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push(("since_fired".into(), Dtype::U32, vec![state.since_fired.len()], bytes));
+    }
     let mut metadata = HashMap::from([
         ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
         ("steps_done".to_string(), state.steps_done.to_string()),
@@ -277,6 +283,13 @@ pub fn load_train_state(path: &Path) -> Result<TrainState> {
         }
         moments.push(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
     }
+    let since_fired = match st.tensor("since_fired") {
+        Err(_) => Vec::new(),
+        Ok(t) if t.dtype() == Dtype::U32 && t.shape().len() == 1 => {
+            t.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        Ok(_) => return Err(bad("since_fired is not a 1-D u32 tensor".into())),
+    };
     let lbfgs = match meta.get("lbfgs_iterations") {
         None => None,
         Some(_) => {
@@ -327,6 +340,7 @@ pub fn load_train_state(path: &Path) -> Result<TrainState> {
         moments,
         settings: meta.get("settings").cloned().ok_or_else(|| bad("the metadata has no 'settings'".into()))?,
         lbfgs,
+        since_fired,
     })
 }
 

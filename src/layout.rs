@@ -133,9 +133,10 @@ impl ActivationLayout {
 pub const LOSS_SLOTS: usize = 5;
 
 /// Layout of the metrics block copied back on request, each part 256-byte aligned:
-/// `[loss_value output | freq | mean activation]` in the metrics buffer, then rho_hat, which has
-/// a buffer of its own because `loss_value` reads it while writing the loss (one buffer cannot
-/// be both read-only and read-write in one dispatch).
+/// `[loss_value output | freq | mean activation]` in the metrics buffer, then rho_hat and the
+/// samples since each code unit last fired (u32), which have buffers of their own: `loss_value`
+/// reads rho_hat while writing the loss (one buffer cannot be both read-only and read-write in
+/// one dispatch), and `fire_count` writes the frequency beside the counters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MetricsLayout {
     pub loss: usize,
@@ -143,6 +144,8 @@ pub struct MetricsLayout {
     pub mean: usize,
     /// Where rho_hat lands in the staging copy (= the metrics buffer's length).
     pub rho_hat: usize,
+    /// Where the samples since each unit fired land in the staging copy.
+    pub since_fired: usize,
     /// Elements of the whole staging copy.
     pub len: usize,
 }
@@ -151,7 +154,14 @@ impl MetricsLayout {
     pub fn new(code_width: usize) -> Self {
         let nc = align(code_width);
         let loss = align(LOSS_SLOTS);
-        MetricsLayout { loss: 0, freq: loss, mean: loss + nc, rho_hat: loss + 2 * nc, len: loss + 3 * nc }
+        MetricsLayout {
+            loss: 0,
+            freq: loss,
+            mean: loss + nc,
+            rho_hat: loss + 2 * nc,
+            since_fired: loss + 3 * nc,
+            len: loss + 4 * nc,
+        }
     }
 }
 

@@ -194,8 +194,18 @@ pub enum Sparsity {
         rho: f64,
         beta: f64,
     },
-    /// `rho_hat_j = mean_i sigmoid(z_ij / T)`: a smooth firing frequency, any code activation.
+    /// `rho_hat_j = mean_i [z_ij > 0]`: the hard firing frequency, any code activation. Its
+    /// gradient is straight-through (docs/design.md section 11): every row of unit j gets
+    /// `(beta / (T m)) (rho_hat_j - rho)`, and after each step the code bias moves by
+    /// `-control (rho_hat_j - rho)`.
     KlFreq {
+        rho: f64,
+        beta: f64,
+        temperature: f64,
+        control: f64,
+    },
+    /// `rho_hat_j = mean_i sigmoid(z_ij / T)`: a smooth firing frequency, any code activation.
+    KlSoftFreq {
         rho: f64,
         beta: f64,
         temperature: f64,
@@ -208,28 +218,43 @@ impl Sparsity {
             Sparsity::None => "none",
             Sparsity::Kl { .. } => "kl",
             Sparsity::KlFreq { .. } => "kl-freq",
+            Sparsity::KlSoftFreq { .. } => "kl-soft-freq",
         }
     }
-    /// `(rho, beta)`, with beta = 0 when there is no penalty.
     /// The same penalty with beta times `scale` (a warm-up's share).
     pub fn scaled(&self, scale: f64) -> Sparsity {
         match *self {
             Sparsity::None => Sparsity::None,
             Sparsity::Kl { rho, beta } => Sparsity::Kl { rho, beta: beta * scale },
-            Sparsity::KlFreq { rho, beta, temperature } => Sparsity::KlFreq { rho, beta: beta * scale, temperature },
+            Sparsity::KlFreq { rho, beta, temperature, control } => {
+                Sparsity::KlFreq { rho, beta: beta * scale, temperature, control }
+            }
+            Sparsity::KlSoftFreq { rho, beta, temperature } => {
+                Sparsity::KlSoftFreq { rho, beta: beta * scale, temperature }
+            }
         }
     }
 
+    /// `(rho, beta)`, with beta = 0 when there is no penalty.
     pub fn rho_beta(&self) -> (f64, f64) {
         match *self {
             Sparsity::None => (0.05, 0.0),
-            Sparsity::Kl { rho, beta } | Sparsity::KlFreq { rho, beta, .. } => (rho, beta),
+            Sparsity::Kl { rho, beta }
+            | Sparsity::KlFreq { rho, beta, .. }
+            | Sparsity::KlSoftFreq { rho, beta, .. } => (rho, beta),
         }
     }
     pub fn temperature(&self) -> f64 {
         match *self {
-            Sparsity::KlFreq { temperature, .. } => temperature,
+            Sparsity::KlFreq { temperature, .. } | Sparsity::KlSoftFreq { temperature, .. } => temperature,
             _ => 1.0,
+        }
+    }
+    /// The frequency controller's rate (kl-freq's `--frequency-control`; 0 for every other penalty).
+    pub fn control(&self) -> f64 {
+        match *self {
+            Sparsity::KlFreq { control, .. } => control,
+            _ => 0.0,
         }
     }
 }
@@ -286,14 +311,16 @@ impl LossConfig {
         }
         match self.sparsity {
             Sparsity::None => Ok(()),
-            Sparsity::Kl { rho, beta } | Sparsity::KlFreq { rho, beta, .. } => {
+            Sparsity::Kl { rho, beta }
+            | Sparsity::KlFreq { rho, beta, .. }
+            | Sparsity::KlSoftFreq { rho, beta, .. } => {
                 if !(rho > 0.0 && rho < 1.0) {
                     return Err(format!("--rho {rho}: must lie strictly between 0 and 1"));
                 }
                 if !(beta.is_finite() && beta >= 0.0) {
                     return Err(format!("--beta {beta}: must be a finite number >= 0"));
                 }
-                if let Sparsity::KlFreq { temperature, .. } = self.sparsity {
+                if let Sparsity::KlFreq { temperature, .. } | Sparsity::KlSoftFreq { temperature, .. } = self.sparsity {
                     // In f32, as the kernels divide by it: 1e-50 is 0 there.
                     if !((temperature as f32).is_finite() && temperature as f32 > 0.0) {
                         return Err(format!(
@@ -301,12 +328,16 @@ impl LossConfig {
                         ));
                     }
                 }
+                let control = self.sparsity.control();
+                if !((control as f32).is_finite() && control >= 0.0) {
+                    return Err(format!("--frequency-control {control}: must be a finite number >= 0"));
+                }
                 let code = spec.activation(spec.code_layer);
                 if matches!(self.sparsity, Sparsity::Kl { .. }) && code != Activation::Sigmoid {
                     return Err(format!(
                         "--sparsity kl: mean-activation KL needs a sigmoid code layer, whose activations lie in (0, 1), \
                          but the code layer is {code}: use a sigmoid code layer, or firing-frequency KL \
-                         ('kl-freq'), which works with any code activation"
+                         ('kl-freq'), which works with any code activation (--preset classic gives the sigmoid model)"
                     ));
                 }
                 Ok(())

@@ -154,6 +154,55 @@ pub fn column_sum(x: &[f64], m: usize, n: usize, t: ColumnTransform, scale: f64)
     (0..n).map(|j| scale * (0..m).map(|i| t.apply(x[i * n + j])).sum::<f64>()).collect()
 }
 
+/// What `fire_count` does besides counting: in a training step it tracks the samples since each
+/// unit last fired and, under kl-freq, moves the code bias toward the target frequency.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FireUpdate {
+    pub track: bool,
+    /// `(rho, control)`: the frequency controller's target and rate (rate 0: off).
+    pub control: (f64, f64),
+}
+
+impl FireUpdate {
+    /// Counting only (evaluation).
+    pub const NONE: FireUpdate = FireUpdate { track: false, control: (0.0, 0.0) };
+
+    /// A training step's: tracking, and kl-freq's controller.
+    pub fn for_step(sparsity: Sparsity) -> FireUpdate {
+        FireUpdate { track: true, control: (sparsity.rho_beta().0, sparsity.control()) }
+    }
+}
+
+/// The firing frequency `freq[j] = (1/m) #{i : z_ij > 0}` (twin of `fire_count`), and what a
+/// training step's `update` asks: `since_fired[j]` reset to 0 if unit j fired, else advanced by
+/// m (saturating), and kl-freq's controller `bias[j] -= control * beta_scale * (freq[j] - rho)`
+/// (docs/design.md section 11).
+#[allow(clippy::too_many_arguments)]
+pub fn fire_count(
+    z: &[f64],
+    m: usize,
+    n: usize,
+    since_fired: &mut [u32],
+    bias: &mut [f64],
+    update: FireUpdate,
+    beta_scale: f64,
+) -> Vec<f64> {
+    let counts: Vec<usize> = (0..n).map(|j| (0..m).filter(|&i| z[i * n + j] > 0.0).count()).collect();
+    let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / m as f64).collect();
+    if update.track {
+        for (s, &c) in since_fired.iter_mut().zip(&counts) {
+            *s = if c > 0 { 0 } else { s.saturating_add(m as u32) };
+        }
+    }
+    let (rho, control) = update.control;
+    if control != 0.0 {
+        for (b, f) in bias.iter_mut().zip(&freq) {
+            *b -= control * beta_scale * (f - rho);
+        }
+    }
+    freq
+}
+
 /// `dKL(rho || q)/dq` with q clamped to [eps, 1-eps]; the clamp passes the gradient through.
 pub fn kl_derivative(rho: f64, rho_hat: f64) -> f64 {
     let q = rho_hat.clamp(RHO_HAT_EPS, 1.0 - RHO_HAT_EPS);
@@ -167,7 +216,8 @@ pub fn kl_divergence(rho: f64, rho_hat: f64) -> f64 {
 
 /// delta at the code layer when the sparsity term enters (twin of `kl_backward`):
 /// mean-activation KL: `delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z_c)`;
-/// firing-frequency KL: `delta = G ⊙ f_c'(Z_c) + (beta/m) KL'(rho_hat_j) s(1-s)/T`, `s = sigmoid(Z_c/T)`.
+/// hard firing-frequency KL, straight-through: `delta = G ⊙ f_c'(Z_c) + (beta/(T m)) (rho_hat_j - rho)`;
+/// smooth firing-frequency KL: `delta = G ⊙ f_c'(Z_c) + (beta/m) KL'(rho_hat_j) s(1-s)/T`, `s = sigmoid(Z_c/T)`.
 pub fn kl_backward(
     g: &[f64],
     z: &[f64],
@@ -185,7 +235,10 @@ pub fn kl_backward(
             match sparsity {
                 Sparsity::None => g[idx] * fprime,
                 Sparsity::Kl { rho, beta } => (g[idx] + beta / m as f64 * kl_derivative(rho, rho_hat[j])) * fprime,
-                Sparsity::KlFreq { rho, beta, temperature } => {
+                Sparsity::KlFreq { rho, beta, temperature, .. } => {
+                    g[idx] * fprime + beta / (temperature * m as f64) * (rho_hat[j] - rho)
+                }
+                Sparsity::KlSoftFreq { rho, beta, temperature } => {
                     let s = sigmoid(z[idx] / temperature);
                     g[idx] * fprime + beta / m as f64 * kl_derivative(rho, rho_hat[j]) * s * (1.0 - s) / temperature
                 }
@@ -337,7 +390,8 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
     let rho_hat = match loss.sparsity {
         Sparsity::None => Vec::new(),
         Sparsity::Kl { .. } => mean_activation.clone(),
-        Sparsity::KlFreq { temperature, .. } => {
+        Sparsity::KlFreq { .. } => freq.clone(),
+        Sparsity::KlSoftFreq { temperature, .. } => {
             column_sum(&z[c], m, nc, ColumnTransform::SoftFires { temperature }, inv_m)
         }
     };
@@ -453,6 +507,8 @@ pub struct Optim {
     /// Velocity or first moment, and second moment, per tensor.
     pub m: Vec<Vec<f64>>,
     pub v: Vec<Vec<f64>>,
+    /// Samples since each code unit last fired (`fire_count`).
+    pub since_fired: Vec<u32>,
 }
 
 impl Optim {
@@ -468,6 +524,7 @@ impl Optim {
             t: 0,
             m: zeros.clone(),
             v: zeros,
+            since_fired: vec![0; model.spec.code_width()],
         }
     }
 
@@ -511,9 +568,15 @@ impl Optim {
 
 /// One step of `optim` on the minibatch `x` (`m` rows); returns the loss before the update.
 pub fn step_with(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, optim: &mut Optim) -> (LossParts, Forward) {
-    let cfg = optim.loss_config(cfg);
-    let fwd = forward(model, &cfg, x, m);
-    let parts = loss(model, &cfg, &fwd, x, Terms::ALL);
+    let share = crate::optim::beta_scale(optim.beta_warmup, optim.t + 1);
+    let scaled = optim.loss_config(cfg);
+    let fwd = forward(model, &scaled, x, m);
+    let parts = loss(model, &scaled, &fwd, x, Terms::ALL);
+    // Firing counts: tracking, and kl-freq's controller on the code bias.
+    let (c, nc) = (model.spec.code_layer, model.spec.code_width());
+    let update = FireUpdate::for_step(cfg.sparsity);
+    fire_count(&fwd.z[c], m, nc, &mut optim.since_fired, &mut model.b[c - 1], update, share);
+    let cfg = scaled;
     let grads = backward(model, &LossConfig { weight_decay: 0.0, ..cfg }, &fwd, x, Terms::ALL);
     optim.update(model, &grads);
     (parts, fwd)

@@ -85,7 +85,8 @@ fn mean_activation_kl_alone() {
 #[test]
 fn firing_frequency_kl_alone() {
     for (code, t) in [(Activation::Relu, 0.5), (Activation::Sigmoid, 1.0), (Activation::Tanh, 2.0)] {
-        let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::KlFreq { rho: 0.1, beta: 2.0, temperature: t } };
+        let cfg =
+            LossConfig { weight_decay: 0.0, sparsity: Sparsity::KlSoftFreq { rho: 0.1, beta: 2.0, temperature: t } };
         check(&seed_like(code), cfg, ONLY_SPARSITY, &format!("firing-frequency KL ({code} code, T={t})"));
     }
 }
@@ -95,7 +96,7 @@ fn all_terms_together() {
     let kl = LossConfig { weight_decay: 0.003, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
     check(&seed_like(Activation::Sigmoid), kl, Terms::ALL, "all terms, mean-activation KL");
     let freq =
-        LossConfig { weight_decay: 0.003, sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.7 } };
+        LossConfig { weight_decay: 0.003, sparsity: Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 0.7 } };
     let relu = ModelSpec::mirrored(&[6, 5, 4, 3], Activation::Relu, Activation::Relu, Activation::Sigmoid).unwrap();
     check(&relu, freq, Terms::ALL, "all terms, firing-frequency KL (relu)");
 }

@@ -35,7 +35,10 @@ fn modes(code: Activation) -> Vec<(&'static str, LossConfig)> {
         ("no sparsity", LossConfig { weight_decay: 0.001, sparsity: Sparsity::None }),
         (
             "kl-freq",
-            LossConfig { weight_decay: 0.001, sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5 } },
+            LossConfig {
+                weight_decay: 0.001,
+                sparsity: Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 0.5 },
+            },
         ),
     ];
     if code == Activation::Sigmoid {
@@ -246,7 +249,8 @@ fn split_dispatches_change_nothing() {
     use sae_wgpu::kernels::Kernels;
     let gpu = gpu();
     let spec = ModelSpec::seed();
-    let cfg = LossConfig { weight_decay: 1e-3, sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5 } };
+    let cfg =
+        LossConfig { weight_decay: 1e-3, sparsity: Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 0.5 } };
     let m = 200; // 7 row tiles of 32, 4 row groups of 64: more than 2 everywhere
     let mut rng = Rng::new(12);
     let batches: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, m * 20, 0.0, 1.0)).collect();
@@ -328,7 +332,7 @@ fn one_pass_objective_equals_two_passes() {
     let spec = ModelSpec::seed();
     for (sparsity, path) in [
         (Sparsity::Kl { rho: 0.05, beta: 3.0 }, Path::Layered),
-        (Sparsity::KlFreq { rho: 0.1, beta: 1.0, temperature: 0.5 }, Path::Fused),
+        (Sparsity::KlSoftFreq { rho: 0.1, beta: 1.0, temperature: 0.5 }, Path::Fused),
         (Sparsity::None, Path::Layered),
     ] {
         let cfg = LossConfig { weight_decay: 1e-3, sparsity };

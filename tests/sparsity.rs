@@ -62,8 +62,8 @@ fn firing_frequency_kl_moves_relu_firing_toward_rho() {
     let spec = ModelSpec::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Relu, Activation::Sigmoid).unwrap();
     let rho = defaults::RHO;
     let t = defaults::TEMPERATURE;
-    let free = train(&spec, Sparsity::KlFreq { rho, beta: 0.0, temperature: t }, 4, true);
-    let pen = train(&spec, Sparsity::KlFreq { rho, beta: 0.1, temperature: t }, 4, true);
+    let free = train(&spec, Sparsity::KlSoftFreq { rho, beta: 0.0, temperature: t }, 4, true);
+    let pen = train(&spec, Sparsity::KlSoftFreq { rho, beta: 0.1, temperature: t }, 4, true);
     let gap = |m: &EvalMetrics| mean(&m.freq.iter().map(|f| (f - rho).abs()).collect::<Vec<_>>());
     assert!(gap(&free) > 0.3, "without the penalty the units should fire often: freq {:?}", free.freq);
     assert!(

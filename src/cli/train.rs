@@ -27,6 +27,11 @@ pub struct TrainSettings {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// forum (the forum post's all-ReLU 20-80-40-4 model with a firing-frequency target) or
+    /// classic (sigmoid code and output, mean-activation KL): the defaults of every setting
+    /// neither a flag nor --config gives [default: forum].
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
     /// Training data: .npy (f32/f64, 2-D) or .csv (optional header), one sample per row.
     /// Default: the built-in synthetic context vectors (20 wide).
     #[arg(long, value_name = "FILE")]
@@ -34,22 +39,24 @@ pub struct TrainSettings {
     /// Size of the built-in dataset when no --data is given [default: 8192].
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
-    /// Encoder widths, input first, code last [default: 20,80,40,4].
+    /// Encoder widths, input first, code last [default: 20,80,40,4 (both presets)].
     #[arg(long, value_name = "N,N,..")]
     layers: Option<String>,
     /// Decoder widths after the code, ending at the input width [default: the encoder mirrored].
     #[arg(long, value_name = "N,N,..")]
     decoder_layers: Option<String>,
-    /// identity, relu, sigmoid or tanh [default: relu].
+    /// identity, relu, sigmoid or tanh [default: relu (both presets)].
     #[arg(long, value_name = "ACT")]
     hidden_activation: Option<String>,
-    /// Activation of the code layer [default: sigmoid].
+    /// Activation of the code layer [default: forum relu, classic sigmoid].
     #[arg(long, value_name = "ACT")]
     code_activation: Option<String>,
-    /// Activation of the output layer [default: sigmoid, for data in [0, 1]].
+    /// Activation of the output layer [default: forum relu, classic sigmoid].
     #[arg(long, value_name = "ACT")]
     output_activation: Option<String>,
-    /// none, kl (mean-activation KL, sigmoid code) or kl-freq (firing-frequency KL, any code) [default: kl].
+    /// none, kl (mean-activation KL, sigmoid code), kl-freq (KL of the hard firing frequency,
+    /// any code) or kl-soft-freq (KL of a smooth firing frequency, any code) [default: forum
+    /// kl-freq, classic kl].
     #[arg(long, value_name = "KIND")]
     sparsity: Option<String>,
     /// Target activation / firing frequency per code unit, in (0, 1) [default: 0.05].
@@ -58,14 +65,23 @@ pub struct TrainSettings {
     /// Weight of the sparsity term, >= 0 [default: 3].
     #[arg(long, allow_negative_numbers = true)]
     beta: Option<f64>,
-    /// Temperature T of kl-freq's sigmoid(z / T), > 0 [default: 0.5].
+    /// Temperature T, > 0: kl-freq's straight-through scale (each row of unit j gets
+    /// beta (rho_hat_j - rho) / (T m)) [default: 8]; kl-soft-freq's sigmoid(z / T) [default: 0.5].
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
+    /// kl-freq's frequency controller, >= 0 (0: off): after each step the code bias moves by
+    /// -RATE (rho_hat_j - rho), outside the optimizer; it brings dead units back [default: 0.01].
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true)]
+    frequency_control: Option<f64>,
+    /// A code unit that has not fired for N training samples counts as dead on metrics lines,
+    /// >= 1 [default: 10000].
+    #[arg(long, value_name = "N")]
+    dead_after: Option<u64>,
     /// lambda of (lambda/2) sum ||W||^2 in J, >= 0 [default: 0]; with --optimizer adamw it is
     /// decoupled (W -= lr*lambda*W each step, biases excluded) and not part of J.
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
-    /// Learning rate (the peak of a schedule), > 0 [default: 0.01].
+    /// Learning rate (the peak of a schedule), > 0 [default: forum 0.003, classic 0.01].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// sgd, momentum, adam or adamw, as PyTorch's SGD, SGD(momentum), Adam, AdamW; or lbfgs:
@@ -86,7 +102,7 @@ pub struct TrainSettings {
     #[arg(long, allow_negative_numbers = true)]
     adam_eps: Option<f64>,
     /// constant, linear or cosine: the learning rate after the warm-up, decaying to --lr-min at
-    /// the last step [default: constant].
+    /// the last step [default: forum cosine, classic constant].
     #[arg(long, value_name = "KIND")]
     lr_schedule: Option<String>,
     /// Steps of linear warm-up from lr/N to lr [default: 0].
@@ -95,7 +111,8 @@ pub struct TrainSettings {
     /// Where linear and cosine schedules end, in [0, lr] [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     lr_min: Option<f64>,
-    /// Steps over which the sparsity weight ramps linearly from beta/N to beta [default: 0].
+    /// Steps over which the sparsity weight (and kl-freq's controller) ramps linearly from
+    /// beta/N to beta [default: forum 768 (3 epochs of the built-in data), classic 0].
     #[arg(long, value_name = "N")]
     beta_warmup_steps: Option<u64>,
     /// Clip the gradients to this global norm before each update, > 0 (PyTorch's
@@ -105,7 +122,7 @@ pub struct TrainSettings {
     /// Minibatch size [default: 32].
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
-    /// Passes over the training set [default: 3].
+    /// Passes over the training set [default: forum 20, classic 3].
     #[arg(long, value_name = "N")]
     epochs: Option<usize>,
     /// Seeds the init, the shuffle, the validation split and the built-in dataset [default: 0].
@@ -170,6 +187,7 @@ pub struct TrainSettings {
 /// Every setting of a run, resolved and validated; written to `config.json`.
 #[derive(Serialize)]
 struct Resolved {
+    preset: String,
     data: String,
     samples: usize,
     model: ModelSpec,
@@ -178,6 +196,7 @@ struct Resolved {
     optimizer: Method,
     lr_schedule: LrSchedule,
     beta_warmup_steps: u64,
+    dead_after: u64,
     clip_grad_norm: Option<f64>,
     batch_size: usize,
     epochs: usize,
@@ -291,23 +310,38 @@ pub struct ModelFlags {
 }
 
 impl ModelFlags {
-    /// The model the flags describe (defaults for those not given), or None when none is given.
-    pub fn spec(&self) -> Result<Option<ModelSpec>> {
-        let given = self.layers.is_some()
+    fn of(s: &TrainSettings) -> ModelFlags {
+        ModelFlags {
+            layers: s.layers.clone(),
+            decoder_layers: s.decoder_layers.clone(),
+            hidden_activation: s.hidden_activation.clone(),
+            code_activation: s.code_activation.clone(),
+            output_activation: s.output_activation.clone(),
+        }
+    }
+
+    /// Whether any model flag is given.
+    pub fn given(&self) -> bool {
+        self.layers.is_some()
             || self.decoder_layers.is_some()
             || self.hidden_activation.is_some()
             || self.code_activation.is_some()
-            || self.output_activation.is_some();
-        if given {
+            || self.output_activation.is_some()
+    }
+
+    /// The model the flags describe (defaults for those not given), or None when none is given.
+    pub fn spec(&self) -> Result<Option<ModelSpec>> {
+        if self.given() {
             self.spec_or_default().map(Some)
         } else {
             Ok(None)
         }
     }
 
-    /// The model the flags describe, defaults for those not given.
+    /// The model the flags describe, the default model's (the forum preset's) for those not given.
     pub fn spec_or_default(&self) -> Result<ModelSpec> {
-        let encoder = parse_widths("--layers", self.layers.as_deref().unwrap_or(defaults::LAYERS)).map_err(bad)?;
+        use defaults::forum as f;
+        let encoder = parse_widths("--layers", self.layers.as_deref().unwrap_or(f::LAYERS)).map_err(bad)?;
         if encoder.len() < 2 {
             return Err(bad("--layers: give at least an input and a code width, e.g. 20,4"));
         }
@@ -315,9 +349,10 @@ impl ModelFlags {
             Some(d) => parse_widths("--decoder-layers", d).map_err(bad)?,
             None => encoder.iter().rev().skip(1).copied().collect(),
         };
-        let hidden = parse_activation("--hidden-activation", self.hidden_activation.as_deref().unwrap_or("relu"))?;
-        let code = parse_activation("--code-activation", self.code_activation.as_deref().unwrap_or("sigmoid"))?;
-        let output = parse_activation("--output-activation", self.output_activation.as_deref().unwrap_or("sigmoid"))?;
+        let act = |flag: &str, v: &Option<String>| parse_activation(flag, v.as_deref().unwrap_or(f::ACTIVATION));
+        let hidden = act("--hidden-activation", &self.hidden_activation)?;
+        let code = act("--code-activation", &self.code_activation)?;
+        let output = act("--output-activation", &self.output_activation)?;
         ModelSpec::new(&encoder, &decoder, hidden, code, output)
             .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))
     }
@@ -389,6 +424,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
     pick!(
         data,
         samples,
+        preset,
         layers,
         decoder_layers,
         hidden_activation,
@@ -398,6 +434,8 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         rho,
         beta,
         temperature,
+        frequency_control,
+        dead_after,
         weight_decay,
         lr,
         optimizer,
@@ -425,6 +463,68 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         backend,
         adapter
     )
+}
+
+/// `--preset`'s settings: what a run uses where neither a flag nor the config file says.
+fn preset(name: &str) -> Result<TrainSettings> {
+    let text = |v: &str| Some(v.to_string());
+    match name {
+        "forum" => {
+            use defaults::forum as f;
+            Ok(TrainSettings {
+                layers: text(f::LAYERS),
+                hidden_activation: text(f::ACTIVATION),
+                code_activation: text(f::ACTIVATION),
+                output_activation: text(f::ACTIVATION),
+                sparsity: text(f::SPARSITY),
+                rho: Some(f::RHO),
+                beta: Some(f::BETA),
+                lr: Some(f::LR),
+                lr_schedule: text(f::LR_SCHEDULE),
+                beta_warmup_steps: Some(f::BETA_WARMUP_STEPS),
+                epochs: Some(f::EPOCHS),
+                batch_size: Some(f::BATCH_SIZE),
+                ..Default::default()
+            })
+        }
+        "classic" => {
+            use defaults::classic as c;
+            Ok(TrainSettings {
+                layers: text(c::LAYERS),
+                hidden_activation: text(c::HIDDEN_ACTIVATION),
+                code_activation: text(c::CODE_ACTIVATION),
+                output_activation: text(c::OUTPUT_ACTIVATION),
+                sparsity: text(c::SPARSITY),
+                rho: Some(c::RHO),
+                beta: Some(c::BETA),
+                lr: Some(c::LR),
+                epochs: Some(c::EPOCHS),
+                batch_size: Some(c::BATCH_SIZE),
+                ..Default::default()
+            })
+        }
+        other => Err(bad(format!(
+            "--preset {other}: use forum (the forum post's all-ReLU model, the default) or classic (sigmoid code, mean-activation KL)"
+        ))),
+    }
+}
+
+/// The user's settings (flags over the config file) over their preset's. With
+/// `--optimizer lbfgs` the preset's minibatch settings (learning rate, schedules, warm-up,
+/// batch size) are left out: a full-batch method refuses them, and has defaults of its own.
+fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
+    let name = user.preset.clone().unwrap_or_else(|| defaults::PRESET.to_string());
+    let mut preset = preset(&name)?;
+    if user.optimizer.as_deref() == Some("lbfgs") {
+        preset.lr = None;
+        preset.lr_schedule = None;
+        preset.beta_warmup_steps = None;
+        preset.batch_size = None;
+        preset.epochs = None;
+    }
+    let mut merged = merge(user, preset);
+    merged.preset = Some(name);
+    Ok(merged)
 }
 
 struct Plan {
@@ -501,7 +601,10 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         Some(p) => read_config(p)?,
         None => TrainSettings::default(),
     };
-    let s = merge(cli, file);
+    let user = merge(cli, file);
+    // Whether the user named the model (else --init's checkpoint defines it).
+    let model_given = ModelFlags::of(&user).given();
+    let s = with_preset(user)?;
     let settings = serde_json::to_string(&s).expect("settings serialise");
     if s.stop_after_epoch == Some(0) {
         return Err(bad("--stop-after-epoch 0: must be at least 1"));
@@ -537,14 +640,8 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         }
     };
 
-    let flags = ModelFlags {
-        layers: s.layers.clone(),
-        decoder_layers: s.decoder_layers.clone(),
-        hidden_activation: s.hidden_activation.clone(),
-        code_activation: s.code_activation.clone(),
-        output_activation: s.output_activation.clone(),
-    };
-    let flag_spec = flags.spec()?;
+    let flags = ModelFlags::of(&s);
+    let flag_spec = if model_given { Some(flags.spec_or_default()?) } else { None };
     // A checkpoint without the spec in its metadata (a PyTorch state dict) is read as the
     // model the flags describe.
     let init_ckpt = match &s.init {
@@ -555,7 +652,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         (_, Some(spec)) => spec,
         // With --init and no model flags, the checkpoint defines the model.
         (Some((spec, _)), None) => spec.clone(),
-        (None, None) => ModelFlags::default().spec_or_default()?,
+        (None, None) => flags.spec_or_default()?,
     };
     if let (Some((ckpt_spec, _)), Some(init_path)) = (&init_ckpt, &s.init) {
         if ckpt_spec != &spec {
@@ -579,14 +676,31 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     // check_lr), with messages that name the flag.
     let rho = s.rho.unwrap_or(defaults::RHO);
     let beta = s.beta.unwrap_or(defaults::BETA);
-    let temperature = s.temperature.unwrap_or(defaults::TEMPERATURE);
     let weight_decay = s.weight_decay.unwrap_or(0.0);
-    let sparsity = match s.sparsity.as_deref().unwrap_or("kl") {
+    let kind = s.sparsity.as_deref().unwrap_or(defaults::SPARSITY);
+    if s.frequency_control.is_some() && kind != "kl-freq" {
+        return Err(bad(format!(
+            "--frequency-control: a setting of --sparsity kl-freq (the run's is {kind}); drop it"
+        )));
+    }
+    let sparsity = match kind {
         "none" => Sparsity::None,
         "kl" => Sparsity::Kl { rho, beta },
-        "kl-freq" => Sparsity::KlFreq { rho, beta, temperature },
-        other => return Err(bad(format!("--sparsity {other}: use none, kl or kl-freq"))),
+        "kl-freq" => Sparsity::KlFreq {
+            rho,
+            beta,
+            temperature: s.temperature.unwrap_or(defaults::FREQ_TEMPERATURE),
+            control: s.frequency_control.unwrap_or(defaults::FREQUENCY_CONTROL),
+        },
+        "kl-soft-freq" => {
+            Sparsity::KlSoftFreq { rho, beta, temperature: s.temperature.unwrap_or(defaults::TEMPERATURE) }
+        }
+        other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq or kl-soft-freq"))),
     };
+    let dead_after = s.dead_after.unwrap_or(defaults::DEAD_AFTER);
+    if dead_after == 0 {
+        return Err(bad("--dead-after 0: must be at least 1 sample"));
+    }
     let loss = LossConfig { weight_decay, sparsity };
     loss.validate(&spec).map_err(bad)?;
     let optimizer_name = s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER);
@@ -601,6 +715,11 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         },
     };
     let optimizer = if is_lbfgs {
+        if let Sparsity::KlFreq { .. } = sparsity {
+            return Err(bad(
+                "--sparsity kl-freq: its straight-through term is not the gradient of J (the hard frequency is a step function), so --optimizer lbfgs's line search cannot use it; use a minibatch optimizer, or kl-soft-freq",
+            ));
+        }
         if s.steps_per_submit.is_some() {
             return Err(bad(
                 "--steps-per-submit: meaningless with --optimizer lbfgs, which evaluates the whole set each iteration (one submit a chunk); drop it",
@@ -738,6 +857,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     let init = init_ckpt.map(|(_, params)| params);
     Ok(Plan {
         resolved: Resolved {
+            preset: s.preset.clone().unwrap_or_default(),
             data: data_name,
             samples: dataset.rows,
             model: spec,
@@ -746,6 +866,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             optimizer,
             lr_schedule,
             beta_warmup_steps: s.beta_warmup_steps.unwrap_or(0),
+            dead_after,
             clip_grad_norm: s.clip_grad_norm,
             batch_size,
             epochs,
@@ -779,6 +900,11 @@ fn rates(r: &Resolved, step: u64, beta_step: u64) -> (f64, f64) {
     (r.lr_schedule.lr_at(r.lr, step.max(1)), r.loss.sparsity.scaled(share).rho_beta().1)
 }
 
+/// Code units silent for at least `--dead-after` training samples.
+fn dead(r: &Resolved, since_fired: &[u32]) -> usize {
+    since_fired.iter().filter(|&&s| s as u64 >= r.dead_after).count()
+}
+
 /// A metrics JSON line (docs/design.md section 6).
 fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
     let (lr, beta) = rates(r, step, step);
@@ -786,7 +912,7 @@ fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_js
         "kind": "step", "epoch": epoch, "step": step, "lr": lr, "beta": beta,
         "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
         "sparsity": m.sparsity, "weight_decay": m.weight_decay,
-        "rho_hat": m.rho_hat, "freq": m.freq,
+        "rho_hat": m.rho_hat, "freq": m.freq, "since_fired": m.since_fired, "dead": dead(r, &m.since_fired),
     })
 }
 
@@ -800,7 +926,7 @@ fn iteration_json(
     train: &EvalMetrics,
     val: Option<&EvalMetrics>,
 ) -> serde_json::Value {
-    let mut v = epoch_json(r, iteration, iteration as u64, train, val);
+    let mut v = epoch_json(r, iteration, iteration as u64, train, val, None);
     let obj = v.as_object_mut().unwrap();
     obj.insert("lr".into(), step_length.into());
     obj.insert("evaluations".into(), evaluations.into());
@@ -821,10 +947,15 @@ fn epoch_json(
     step: u64,
     train: &EvalMetrics,
     val: Option<&EvalMetrics>,
+    since_fired: Option<&[u32]>,
 ) -> serde_json::Value {
     let mut v = eval_json(train);
     let (lr, beta) = rates(r, step, step + 1);
     let obj = v.as_object_mut().unwrap();
+    if let Some(since) = since_fired {
+        obj.insert("since_fired".into(), since.into());
+        obj.insert("dead".into(), dead(r, since).into());
+    }
     obj.insert("kind".into(), "epoch".into());
     obj.insert("epoch".into(), epoch.into());
     obj.insert("step".into(), step.into());
@@ -889,6 +1020,9 @@ pub fn run(cli: TrainSettings) -> Result<()> {
             }
             if state.lbfgs.is_none() {
                 trainer.restore(state.steps_done, &state.moments)?;
+                if !state.since_fired.is_empty() {
+                    trainer.set_since_fired(&state.since_fired)?;
+                }
             }
             state.epochs_done + 1
         }
@@ -908,6 +1042,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
             moments: if lbfgs.is_some() { vec![] } else { trainer.optimizer_state()? },
             settings: settings_without_stop(&settings),
             lbfgs: lbfgs.cloned(),
+            since_fired: if lbfgs.is_some() { vec![] } else { trainer.since_fired()? },
         };
         checkpoint::save_train_state(&dir.join("train_state.safetensors"), &state)
     };
@@ -987,6 +1122,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     });
     let started = std::time::Instant::now();
     let mut last_val = None;
+    let mut last_since: Option<Vec<u32>> = None;
     let on_event = |event: Event<'_>| {
         let line = match &event {
             Event::Step { epoch, step, metrics } => {
@@ -995,13 +1131,19 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 bar.set_message(format!("loss {:.5}", metrics.loss));
                 step_json(&resolved, *epoch, *step, metrics)
             }
-            Event::Epoch { epoch, step, train, validation, .. } => {
+            Event::Epoch { epoch, step, train, validation, trainer } => {
                 bar.set_position(*step);
                 // The epoch now running; the message is the one just finished.
                 bar.set_prefix((epoch + 1).min(resolved.epochs).to_string());
-                bar.set_message(format!("loss {:.5} fvu {:.3} (epoch {epoch})", train.loss, train.fvu));
+                let since = trainer.since_fired()?;
+                let dead_units = dead(&resolved, &since);
+                bar.set_message(format!(
+                    "loss {:.5} fvu {:.3} dead {dead_units} (epoch {epoch})",
+                    train.loss, train.fvu
+                ));
                 last_val = validation.map(|v| (*v).clone());
-                epoch_json(&resolved, *epoch, *step, train, *validation)
+                last_since = Some(since.clone());
+                epoch_json(&resolved, *epoch, *step, train, *validation, Some(&since))
             }
             Event::Iteration { iteration, step_length, evaluations, train, validation, .. } => {
                 bar.set_position(*iteration as u64);
@@ -1082,7 +1224,8 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     }
     let steps = lbfgs_state.as_ref().map_or(trainer.steps_done(), |s| s.iterations);
     let evaluations = lbfgs_state.as_ref().map(|s| s.evaluations);
-    print_summary(&resolved, &last, last_val.as_ref(), started.elapsed().as_secs_f64(), steps, evaluations);
+    let timing = (started.elapsed().as_secs_f64(), steps, evaluations);
+    print_summary(&resolved, &last, last_val.as_ref(), last_since.as_deref(), timing);
     if let Some((at, why)) = stopped {
         println!("L-BFGS stopped after iteration {at} of {}: {}", resolved.epochs, why.describe());
     } else if last_epoch < resolved.epochs {
@@ -1112,9 +1255,8 @@ fn print_summary(
     r: &Resolved,
     m: &EvalMetrics,
     val: Option<&EvalMetrics>,
-    secs: f64,
-    steps: u64,
-    evaluations: Option<u64>,
+    since_fired: Option<&[u32]>,
+    (secs, steps, evaluations): (f64, u64, Option<u64>),
 ) {
     let (rho, beta) = r.loss.sparsity.rho_beta();
     let run = match evaluations {
@@ -1137,21 +1279,27 @@ fn print_summary(
         r.loss.sparsity.name()
     );
     let rho_col = match r.loss.sparsity {
-        Sparsity::KlFreq { .. } => "rho_hat (soft freq)",
+        Sparsity::KlFreq { .. } => "rho_hat (hard freq)",
+        Sparsity::KlSoftFreq { .. } => "rho_hat (soft freq)",
         Sparsity::Kl { .. } => "rho_hat (mean act.)",
         Sparsity::None => "mean activation",
     };
-    println!("{:<6} {:>10} {:>20} {:>12}", "unit", "target rho", rho_col, "hard freq");
+    println!("{:<6} {:>10} {:>20} {:>12} {:>12}", "unit", "target rho", rho_col, "hard freq", "since fired");
     for j in 0..m.rho_hat.len() {
         let target = if r.loss.sparsity == Sparsity::None { "-".to_string() } else { format!("{rho:.4}") };
-        println!("{:<6} {:>10} {:>20.4} {:>12.4}", j, target, m.rho_hat[j], m.freq[j]);
+        let since = since_fired.map_or("-".to_string(), |s| s[j].to_string());
+        println!("{:<6} {:>10} {:>20.4} {:>12.4} {:>12}", j, target, m.rho_hat[j], m.freq[j], since);
     }
     println!("train: mse {:.6}  fvu {}  loss {:.6}", m.mse, fvu_text(m.fvu), m.loss);
+    if let Some(since) = since_fired {
+        println!("dead code units (silent for --dead-after {} samples or more): {}", r.dead_after, dead(r, since));
+    }
     let silent = m.freq.iter().filter(|&&f| f == 0.0).count();
-    if matches!(r.loss.sparsity, Sparsity::KlFreq { .. }) && silent > 0 {
+    if matches!(r.loss.sparsity, Sparsity::KlSoftFreq { .. }) && silent > 0 {
         println!(
             "note: {silent} code unit(s) never fire (hard frequency 0): the soft frequency can meet rho with every z just \
-             below 0, and a ReLU unit that is off gets no reconstruction gradient; try a smaller --beta (0.1 keeps some units firing on the built-in data)"
+             below 0, and a ReLU unit that is off gets no reconstruction gradient; use kl-freq, the hard frequency, \
+             which brings silent units back"
         );
     }
     if let Some(v) = val {

@@ -1,12 +1,12 @@
-//! Element-wise kernels and reductions: `shaders/sparsity.wgsl`, `reduce.wgsl`, `loss.wgsl`
-//! and `update.wgsl`. Their FLOP counts are napkin math, one per add,
+//! Element-wise kernels and reductions: `shaders/sparsity.wgsl`, `reduce.wgsl`, `fires.wgsl`,
+//! `loss.wgsl` and `update.wgsl`. Their FLOP counts are napkin math, one per add,
 //! multiply or transcendental; what bounds them is the bytes they move.
 
 use super::{Cost, Kernel, Kernels, Launch, View};
 use crate::layout::LOSS_SLOTS;
 use crate::model::{Activation, Sparsity, RHO_HAT_EPS};
 use crate::optim::{Optimizer, UpdateRule};
-use crate::reference::ColumnTransform;
+use crate::reference::{ColumnTransform, FireUpdate};
 use bytemuck::{Pod, Zeroable};
 
 // Uniform blocks, laid out as the WGSL structs of the same name.
@@ -35,6 +35,19 @@ struct Reduce {
     temperature: f32,
     _pad1: u32,
     _pad2: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Fires {
+    rows: u32,
+    cols: u32,
+    track: u32,
+    _pad: u32,
+    scale: f32,
+    rho: f32,
+    control: f32,
+    _pad1: u32,
 }
 
 #[repr(C)]
@@ -109,12 +122,14 @@ fn cost(kernel: Kernel, shape: String, elements: usize, flops_each: f64, floats:
 }
 
 /// The mode and settings of the KL uniform blocks (`shaders/sparsity.wgsl`, `shaders/fused.wgsl`):
-/// `(mode, rho, beta, temperature)`, mode 0 none, 1 mean-activation KL, 2 firing-frequency KL.
+/// `(mode, rho, beta, temperature)`, mode 0 none, 1 mean-activation KL, 2 hard firing-frequency
+/// KL (straight-through), 3 smooth firing-frequency KL.
 pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
     match sparsity {
         Sparsity::None => (0, 0.05, 0.0, 1.0),
         Sparsity::Kl { rho, beta } => (1, rho, beta, 1.0),
-        Sparsity::KlFreq { rho, beta, temperature } => (2, rho, beta, temperature),
+        Sparsity::KlFreq { rho, beta, temperature, .. } => (2, rho, beta, temperature),
+        Sparsity::KlSoftFreq { rho, beta, temperature } => (3, rho, beta, temperature),
     }
 }
 
@@ -173,6 +188,36 @@ impl Kernels {
         };
         let cost = cost(Kernel::ColumnSum, format!("{m}x{n}"), m * n, 1.0, m * n + n);
         self.launch(Kernel::ColumnSum, params, &[x, out], [n.div_ceil(64), 1], cost)
+    }
+
+    /// `freq[j] = (1/m) #{i : z_ij > 0}` over `[m, n]`, and what `update` asks: the samples since
+    /// each unit last fired (`since_fired`, u32) and the frequency controller's move of the code
+    /// `bias` (docs/design.md section 11), at this step's beta share.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fire_count(
+        &self,
+        z: &View,
+        freq: &View,
+        since_fired: &View,
+        bias: &View,
+        m: usize,
+        n: usize,
+        update: FireUpdate,
+        steps: StepViews<'_>,
+    ) -> Launch {
+        let params = Fires {
+            rows: m as u32,
+            cols: n as u32,
+            track: u32::from(update.track),
+            _pad: 0,
+            scale: (1.0 / m as f64) as f32,
+            rho: update.control.0 as f32,
+            control: update.control.1 as f32,
+            _pad1: 0,
+        };
+        let cost = cost(Kernel::FireCount, format!("{m}x{n}"), m * n, 1.0, m * n + 4 * n);
+        let tensors = [z, freq, since_fired, bias, steps.state, steps.values];
+        self.launch(Kernel::FireCount, params, &tensors, [n.div_ceil(64), 1], cost)
     }
 
     /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` over `[m, n]`.

@@ -1,5 +1,5 @@
 //! The WGSL kernels and their Rust launchers, one host file per shader family:
-//! [`matmul`] (`shaders/matmul*.wgsl`), [`elementwise`] (sparsity, reduce, loss and
+//! [`matmul`] (`shaders/matmul*.wgsl`), [`elementwise`] (sparsity, reduce, fires, loss and
 //! update shaders) and [`step`] (minibatch gathering and the fused small-MLP step). Each launcher
 //! has the name of its WGSL entry point and of its f64 twin in `reference.rs`, and returns a
 //! [`Launch`]: a pipeline with its bind groups, workgroup counts and napkin-math cost, built once
@@ -46,6 +46,7 @@ pub use step::{FusedBuffers, FusedLayer, FusedNet, FUSED_MAX_WIDTH};
 pub mod source {
     pub const SPARSITY: &str = shader!("sparsity.wgsl");
     pub const REDUCE: &str = shader!("reduce.wgsl");
+    pub const FIRES: &str = shader!("fires.wgsl");
     pub const LOSS: &str = shader!("loss.wgsl");
     pub const UPDATE: &str = shader!("update.wgsl");
     pub const DATA: &str = shader!("data.wgsl");
@@ -93,6 +94,7 @@ fn check_limits(gpu: &Gpu) -> Result<()> {
 pub enum Kernel {
     KlBackward,
     ColumnSum,
+    FireCount,
     OutputDelta,
     LossValue,
     SgdUpdate,
@@ -107,9 +109,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
+        Kernel::FireCount,
         Kernel::OutputDelta,
         Kernel::LossValue,
         Kernel::SgdUpdate,
@@ -130,6 +133,7 @@ impl Kernel {
         match self {
             Kernel::KlBackward => "kl_backward",
             Kernel::ColumnSum => "column_sum",
+            Kernel::FireCount => "fire_count",
             Kernel::OutputDelta => "output_delta",
             Kernel::LossValue => "loss_value",
             Kernel::SgdUpdate => "sgd_update",
@@ -148,6 +152,7 @@ impl Kernel {
         match self {
             Kernel::KlBackward => source::SPARSITY,
             Kernel::ColumnSum => source::REDUCE,
+            Kernel::FireCount => source::FIRES,
             Kernel::OutputDelta | Kernel::LossValue => source::LOSS,
             Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate | Kernel::GradNorm => source::UPDATE,
             Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
@@ -161,6 +166,7 @@ impl Kernel {
         match self {
             Kernel::KlBackward => &[(2, R), (3, R), (4, R), (5, R), (6, W), (7, R), (8, R)],
             Kernel::ColumnSum => &[(2, R), (3, W)],
+            Kernel::FireCount => &[(2, R), (3, W), (4, W), (5, W), (6, R), (7, R)],
             Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W), (9, R), (10, R)],
             Kernel::SgdUpdate => &[(2, R), (3, W), (4, R), (7, R), (8, R)],

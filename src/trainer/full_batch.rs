@@ -40,6 +40,17 @@ impl Trainer {
         self.objective_staging.entry(bytes).or_insert_with(|| gpu.staging("objective results", bytes)).clone()
     }
 
+    /// kl-freq's term has no gradient to give: the hard frequency is a step function, and its
+    /// straight-through push is not the gradient of J, which a line search would need.
+    fn check_differentiable(&self) -> Result<()> {
+        match self.loss.sparsity {
+            Sparsity::KlFreq { .. } => Err(Error::input(
+                "kl-freq's straight-through term is not the gradient of J (the hard frequency is a step function): a full-batch gradient needs another penalty",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// J over the resident data (`set_data`) and its gradient, in the parameters' layout, with
     /// rho_hat over the whole set: `dJ/dtheta = sum_c (m_c / n) g_c + lambda W`, where `g_c` is
     /// chunk c's gradient of its mean reconstruction error and of the sparsity term at the
@@ -48,6 +59,7 @@ impl Trainer {
     /// A set of at most one minibatch takes one pass (`Schedule::evaluate_gradient`: its own
     /// rho_hat is the whole set's), with the same results bit for bit; a larger one two.
     pub fn loss_and_gradient(&mut self, baseline: &Baseline) -> Result<(EvalMetrics, Vec<f64>)> {
+        self.check_differentiable()?;
         let n = self.resident_rows();
         if n <= self.batch_capacity {
             return self.loss_and_gradient_one_pass(n, baseline);
@@ -58,6 +70,7 @@ impl Trainer {
     /// The two-pass evaluation whatever the set's size (what `loss_and_gradient` does for sets
     /// of several minibatches; the benchmark times both).
     pub fn loss_and_gradient_in_passes(&mut self, baseline: &Baseline) -> Result<(EvalMetrics, Vec<f64>)> {
+        self.check_differentiable()?;
         let metrics = self.evaluate_resident(baseline)?;
         let n = self.resident_rows();
         self.set_cursor(0);
@@ -110,6 +123,7 @@ impl Trainer {
     /// The same over host data (`n x n_0`, row-major), uploaded a chunk at a time: for a set
     /// larger than one storage binding.
     pub fn loss_and_gradient_of(&mut self, data: &[f32], baseline: &Baseline) -> Result<(EvalMetrics, Vec<f64>)> {
+        self.check_differentiable()?;
         let metrics = self.evaluate(data, baseline)?;
         let n0 = self.spec.input_width();
         let grad = self.gradient_batches(data.len() / n0, &metrics.rho_hat, |t, rows| {

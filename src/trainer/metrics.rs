@@ -23,6 +23,8 @@ pub struct StepMetrics {
     pub rho_hat: Vec<f64>,
     /// Hard firing frequency `(1/m) #{i : z_ij > 0}`.
     pub freq: Vec<f64>,
+    /// Samples since each code unit last fired, this step's rows included.
+    pub since_fired: Vec<u32>,
 }
 
 /// Metrics of a whole dataset (forward only, no update).
@@ -145,6 +147,8 @@ impl Trainer {
         encoder.copy_buffer_to_buffer(&b.metrics.buffer, 0, dst, at, b.metrics.byte_len());
         let rho_at = at + (self.metrics_layout.rho_hat * 4) as u64;
         encoder.copy_buffer_to_buffer(&b.rho_hat.buffer, 0, dst, rho_at, b.rho_hat.byte_len());
+        let since_at = at + (self.metrics_layout.since_fired * 4) as u64;
+        encoder.copy_buffer_to_buffer(&b.since_fired.buffer, 0, dst, since_at, b.since_fired.byte_len());
     }
 
     pub(super) fn read_metrics(&mut self) -> Result<Vec<f32>> {
@@ -166,6 +170,7 @@ impl Trainer {
             mse: raw[4] as f64 / (m * self.spec.input_width()) as f64,
             rho_hat,
             freq: vec_at(ml.freq),
+            since_fired: raw[ml.since_fired..ml.since_fired + nc].iter().map(|v| v.to_bits()).collect(),
         }
     }
 

@@ -81,6 +81,8 @@ pub(crate) struct Buffers {
     /// `MetricsLayout` up to rho_hat, and rho_hat.
     pub metrics: View,
     pub rho_hat: View,
+    /// Samples since each code unit last fired (u32; `fire_count` keeps it).
+    pub since_fired: View,
     /// The optimizer's state in the parameter layout: velocity, or first and second moments
     /// (one-element placeholders where the optimizer has fewer).
     pub moments: [View; 2],
@@ -190,6 +192,7 @@ impl Trainer {
             clip: gpu.upload("clip", &[1.0]),
             metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
             rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
+            since_fired: View::whole(&gpu.storage("since fired", spec.code_width())),
             moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
         })?;
         Ok(Trainer {
@@ -569,6 +572,26 @@ impl Trainer {
         let view = self.buffers.state.clone();
         self.upload(&view, bytemuck::bytes_of(&at));
         self.steps_done = steps_done;
+        Ok(())
+    }
+
+    /// Samples since each code unit last fired, over the steps taken (a read-back).
+    pub fn since_fired(&self) -> Result<Vec<u32>> {
+        let raw = self.kernels.gpu.download(&self.buffers.since_fired)?;
+        Ok(raw.iter().map(|v| v.to_bits()).collect())
+    }
+
+    /// Sets the samples since each code unit last fired (a resumed run's, from its train state).
+    pub fn set_since_fired(&mut self, since: &[u32]) -> Result<()> {
+        if since.len() != self.spec.code_width() {
+            return Err(Error::input(format!(
+                "{} firing counters for a code layer of {} units",
+                since.len(),
+                self.spec.code_width()
+            )));
+        }
+        let view = self.buffers.since_fired.clone();
+        self.upload(&view, bytemuck::cast_slice(since));
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::kernels::{Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, 
 use crate::layout::{ActivationLayout, ParamLayout, LOSS_SLOTS};
 use crate::model::{ModelSpec, Sparsity, RHO_HAT_EPS};
 use crate::optim::Optimizer;
-use crate::reference::ColumnTransform;
+use crate::reference::{ColumnTransform, FireUpdate};
 
 /// How a step is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,18 +195,35 @@ impl Trainer {
         // The weight-decay term of J: none for AdamW, whose decay is decoupled.
         let l2 = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
 
-        // rho_hat of the current minibatch, before any backward dispatch.
-        let rho_hat = match sparsity {
-            Sparsity::None => None,
+        // rho_hat of the current minibatch, before any backward dispatch; in a training step
+        // also the firing counts (docs/design.md section 11): the samples since each code unit
+        // fired, and kl-freq's controller on the code bias. Under kl-freq, whose rho_hat is the
+        // hard frequency, one fire_count does all of it.
+        let ml = &self.metrics_layout;
+        let code_bias = bias(&b.params, &self.layout, c);
+        let fires = |out: &View, update: FireUpdate| {
+            k.fire_count(&z(c), out, &b.since_fired, &code_bias, m, nc, update, steps).noting("fires")
+        };
+        let smooth_rho_hat = match sparsity {
+            Sparsity::None | Sparsity::KlFreq { .. } => None,
             Sparsity::Kl { .. } => Some(k.column_sum(&a(c), &b.rho_hat, m, nc, ColumnTransform::Value, inv_m)),
-            Sparsity::KlFreq { temperature, .. } => {
+            Sparsity::KlSoftFreq { temperature, .. } => {
                 Some(k.column_sum(&z(c), &b.rho_hat, m, nc, ColumnTransform::SoftFires { temperature }, inv_m))
             }
         }
         .map(|l| l.noting("rho_hat"));
+        let (counts, eval_counts): (Vec<Launch>, Vec<Launch>) = match sparsity {
+            Sparsity::KlFreq { .. } => {
+                (vec![fires(&b.rho_hat, FireUpdate::for_step(sparsity))], vec![fires(&b.rho_hat, FireUpdate::NONE)])
+            }
+            _ => {
+                let freq = b.metrics.slice(ml.freq, nc);
+                let train = smooth_rho_hat.iter().cloned().chain([fires(&freq, FireUpdate::for_step(sparsity))]);
+                (train.collect(), smooth_rho_hat.into_iter().collect())
+            }
+        };
 
         // Metrics (on request): loss terms, hard firing frequency, mean code activation.
-        let ml = &self.metrics_layout;
         let metrics = vec![
             k.column_sum(&z(c), &b.metrics.slice(ml.freq, nc), m, nc, ColumnTransform::Fires, inv_m).noting("freq"),
             k.column_sum(&a(c), &b.metrics.slice(ml.mean, nc), m, nc, ColumnTransform::Value, inv_m).noting("mean"),
@@ -316,14 +333,13 @@ impl Trainer {
             }
         };
         let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
-        let rho_hat: Vec<Launch> = rho_hat.into_iter().collect();
         let skip_cursor = [k.advance_cursor(&b.state, m, 0)];
         Schedule {
-            step: concat(&[&forward, &rho_hat, &backward, &update]),
-            step_with_metrics: concat(&[&forward, &rho_hat, &metrics, &backward, &update]),
-            evaluate: concat(&[&forward, &rho_hat, &metrics, &skip_cursor]),
+            step: concat(&[&forward, &counts, &backward, &update]),
+            step_with_metrics: concat(&[&forward, &counts, &metrics, &backward, &update]),
+            evaluate: concat(&[&forward, &eval_counts, &metrics, &skip_cursor]),
             gradient: concat(&[&forward, &backward, &gradients, &skip_cursor]),
-            evaluate_gradient: concat(&[&forward, &rho_hat, &metrics, &backward, &gradients, &skip_cursor]),
+            evaluate_gradient: concat(&[&forward, &eval_counts, &metrics, &backward, &gradients, &skip_cursor]),
         }
     }
 

@@ -1,0 +1,53 @@
+// Firing counts of the code layer, once per training step (docs/design.md section 11), over
+// Z_c [rows, cols], one invocation per unit j summing its rows in order (deterministic, as
+// column_sum):
+//   freq[j] = scale * #{i : z_ij > 0}                 the hard firing frequency (scale 1/m)
+//   track:   since_fired[j] = 0 if unit j fired in these rows, else since_fired[j] + rows
+//            (saturating at 2^32 - 1): samples since the unit last fired
+//   control: bias[j] -= control * beta_scale * (freq[j] - rho)
+//            kl-freq's frequency controller: an integral term on the code bias, outside the
+//            optimizer, ramped with beta during a warm-up (the step-values table's beta_scale)
+// The bias moves before the step's backward pass and update, which do not read it (the
+// optimizer's update adds its own step to the moved value).
+
+struct Fires {
+    rows: u32,
+    cols: u32,
+    track: u32,
+    _pad: u32,
+    scale: f32,
+    rho: f32,
+    control: f32,
+    _pad1: u32,
+}
+
+@group(0) @binding(1) var<uniform> fc: Fires;
+@group(0) @binding(2) var<storage, read> z: array<f32>;
+@group(0) @binding(3) var<storage, read_write> freq: array<f32>;
+@group(0) @binding(4) var<storage, read_write> since_fired: array<u32>;
+@group(0) @binding(5) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(6) var<storage, read> state: array<u32>;
+@group(0) @binding(7) var<storage, read> step_values: array<StepValues>;
+
+@compute @workgroup_size(64)
+fn fire_count(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let j = (wid.x + grid.offset.x) * 64u + lid.x;
+    if (j >= fc.cols) {
+        return;
+    }
+    var count = 0u;
+    for (var i = 0u; i < fc.rows; i++) {
+        count += select(0u, 1u, z[i * fc.cols + j] > 0.0);
+    }
+    let f = fc.scale * f32(count);
+    freq[j] = f;
+    if (fc.track != 0u) {
+        let before = since_fired[j];
+        let after = select(before + fc.rows, 0xffffffffu, before > 0xffffffffu - fc.rows);
+        since_fired[j] = select(after, 0u, count > 0u);
+    }
+    if (fc.control != 0.0) {
+        let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
+        bias[j] -= fc.control * scale * (f - fc.rho);
+    }
+}
