@@ -67,6 +67,19 @@ struct StepValues {
     beta_scale: f32,
 }
 
+// kl-freq's target at step t (1-based) of an anneal over `steps` steps (docs/design.md section
+// 11): geometric from max(ANNEAL_START, rho) to rho as t/steps goes from 0 to 1, rho from then on
+// and without an anneal (steps 0). Twin: model::annealed_rho with optim::beta_scale's share.
+const ANNEAL_START: f32 = 0.5;
+
+// Branch-free: lavapipe ran a kernel calling a version with an early return and exp/log 15
+// times slower, even where the call never ran. pow(x, 0) is exactly 1, so past the anneal (and
+// without one: steps 0 counts as 1) the target is rho itself.
+fn annealed_rho(rho: f32, t: u32, steps: u32) -> f32 {
+    let share = min(1.0, f32(t) / f32(max(steps, 1u)));
+    return rho * pow(max(ANNEAL_START, rho) / rho, 1.0 - share);
+}
+
 // rho_hat clamped to [eps, 1 - eps] for KL and its derivative (docs/design.md section 3); 1 - q
 // is clamped on its own, since 1 - (1 - eps) is not eps in f32. The clamp passes the gradient
 // straight through, so a saturated unit is still pulled back.

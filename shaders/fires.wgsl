@@ -4,9 +4,10 @@
 //   freq[j] = scale * #{i : z_ij > 0}                 the hard firing frequency (scale 1/m)
 //   track:   since_fired[j] = 0 if unit j fired in these rows, else since_fired[j] + rows
 //            (saturating at 2^32 - 1): samples since the unit last fired
-//   control: bias[j] -= control * beta_scale * (freq[j] - rho)
+//   control: bias[j] -= control * beta_scale * (freq[j] - rho_t)
 //            kl-freq's frequency controller: an integral term on the code bias, outside the
-//            optimizer, ramped with beta during a warm-up (the step-values table's beta_scale)
+//            optimizer, ramped with beta during a warm-up (the step-values table's beta_scale),
+//            toward this step's target rho_t (annealed_rho, common.wgsl)
 // The bias moves before the step's backward pass and update, which do not read it (the
 // optimizer's update adds its own step to the moved value).
 
@@ -14,7 +15,8 @@ struct Fires {
     rows: u32,
     cols: u32,
     track: u32,
-    _pad: u32,
+    // kl-freq's target anneal (annealed_rho in common.wgsl; 0: none)
+    anneal_steps: u32,
     scale: f32,
     rho: f32,
     control: f32,
@@ -47,7 +49,8 @@ fn fire_count(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         since_fired[j] = select(after, 0u, count > 0u);
     }
     if (fc.control != 0.0) {
-        let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
-        bias[j] -= fc.control * scale * (f - fc.rho);
+        let t = state[STATE_STEP] + 1u;
+        let scale = step_values[min(t, arrayLength(&step_values)) - 1u].beta_scale;
+        bias[j] -= fc.control * scale * (f - annealed_rho(fc.rho, t, fc.anneal_steps));
     }
 }

@@ -42,7 +42,8 @@ struct Net {
     // 1: fused_update only writes the gradient to `grads_out` (another optimizer updates after
     // it); 0: it applies SGD itself.
     grads_only: u32,
-    _pad1: u32,
+    // kl-freq's target anneal (annealed_rho in common.wgsl; 0: none)
+    anneal_steps: u32,
     _pad2: u32,
 }
 
@@ -168,7 +169,8 @@ fn fused_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
                     v = (g[p] + dkl) * fp;
                 } else if (net.sparsity == 2u) {
                     // straight-through (docs/design.md section 11)
-                    v = g[p] * fp + net.beta_over_m * scale * (rho_hat[p] - net.rho) / net.temperature;
+                    let rho_t = annealed_rho(net.rho, state_ro[STATE_STEP] + 1u, net.anneal_steps);
+                    v = g[p] * fp + net.beta_over_m * scale * (rho_hat[p] - rho_t) / net.temperature;
                 } else {
                     let s = sigmoid(z / net.temperature);
                     v = g[p] * fp + dkl * s * (1.0 - s) / net.temperature;

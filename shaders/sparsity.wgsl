@@ -2,7 +2,8 @@
 // (beta is this step's: times the step-values table's beta_scale during a warm-up)
 //   mode 1, mean-activation KL:  delta = (G + (beta/m) KL'(rho_hat_j)) ⊙ f_c'(Z)
 //   mode 2, hard firing-frequency KL, straight-through (docs/design.md section 11):
-//                                delta = G ⊙ f_c'(Z) + (beta/(T m)) (rho_hat_j - rho)
+//                                delta = G ⊙ f_c'(Z) + (beta/(T m)) (rho_hat_j - rho_t),
+//                                rho_t this step's target (annealed_rho, common.wgsl)
 //   mode 3, smooth firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
 //                                s = sigmoid(Z/T)
 // KL'(q) (kl_derivative in common.wgsl) with q clamped to [eps, 1-eps].
@@ -16,6 +17,11 @@ struct Kl {
     beta_over_m: f32,
     temperature: f32,
     eps: f32,
+    // kl-freq's target anneal (annealed_rho in common.wgsl; 0: none)
+    anneal_steps: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> kl: Kl;
@@ -38,7 +44,8 @@ fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
     let fprime = activation_derivative(kl.act, z[i], a[i]);
     if (kl.mode == 2u) {
-        delta[i] = g[i] * fprime + kl.beta_over_m * scale * (rho_hat[j] - kl.rho) / kl.temperature;
+        let rho_t = annealed_rho(kl.rho, state[STATE_STEP] + 1u, kl.anneal_steps);
+        delta[i] = g[i] * fprime + kl.beta_over_m * scale * (rho_hat[j] - rho_t) / kl.temperature;
         return;
     }
     let dkl = kl.beta_over_m * scale * kl_derivative(kl.rho, rho_hat[j], kl.eps);

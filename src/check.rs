@@ -202,21 +202,23 @@ pub fn matmul_backward_input(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, 
 /// `kl_backward` against its reference twin; returns the max relative error.
 pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
-    // Each with a share of beta from the step-values table (a warm-up's), 1 or below.
+    // Each with a share of beta from the step-values table (a warm-up's), 1 or below, and
+    // kl-freq's target annealed over some steps (the check runs step 1: 1/5 of the way).
+    let kl_freq = |rho, beta, temperature| Sparsity::KlFreq { rho, beta, temperature, control: 0.01 };
     let modes = [
-        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 1.0),
-        (Activation::Relu, Sparsity::KlSoftFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }, 0.5),
-        (Activation::Sigmoid, Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }, 1.0),
-        (Activation::Tanh, Sparsity::KlSoftFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }, 0.25),
-        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 0.125),
-        (Activation::Relu, Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5, control: 0.01 }, 1.0),
-        (Activation::Identity, Sparsity::KlFreq { rho: 0.25, beta: 1.5, temperature: 8.0, control: 0.0 }, 0.3),
+        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 1.0, 0),
+        (Activation::Relu, Sparsity::KlSoftFreq { rho: 0.1, beta: 2.0, temperature: 0.5 }, 0.5, 0),
+        (Activation::Sigmoid, Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 1.0 }, 1.0, 0),
+        (Activation::Tanh, Sparsity::KlSoftFreq { rho: 0.2, beta: 0.7, temperature: 2.0 }, 0.25, 0),
+        (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 0.125, 0),
+        (Activation::Relu, kl_freq(0.05, 3.0, 0.5), 1.0, 0),
+        (Activation::Identity, kl_freq(0.25, 1.5, 8.0), 0.3, 5),
     ];
-    for (act, penalty, share) in modes {
+    for (act, penalty, share, anneal) in modes {
         let (state, values, clip) = beta_share(kern, share);
         let steps = StepViews { state: &state, values: &values, clip: &clip };
-        // What the twin computes with: this step's beta.
-        let sparsity = penalty.scaled(share);
+        // What the twin computes with: this step's beta and target.
+        let sparsity = penalty.scaled(share).annealed(optim::beta_scale(anneal, 1));
         let g = random(rng, m * n, -0.1, 0.1);
         let z = random(rng, m * n, -3.0, 3.0);
         let a: Vec<f32> = z.iter().map(|&v| r::activate(act, v as f64) as f32).collect();
@@ -238,6 +240,7 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
             n,
             act,
             penalty,
+            anneal,
             steps,
         )]);
         let want = r::kl_backward(&widen(&g), &widen(&z), &widen(&a), &widen(&rho_hat), act, sparsity, m);
@@ -302,11 +305,12 @@ pub fn column_sum(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
 /// error, the counters exactly (a wrong counter scores 1).
 pub fn fire_count(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
-    // (tracking, (rho, control), beta share): a training step's, a warm-up's, evaluation's.
+    // A training step's, one during a warm-up and an anneal (step 1 of 4), one without a
+    // controller, evaluation's.
     let modes = [
-        FireUpdate { track: true, control: (0.05, 0.01) },
-        FireUpdate { track: true, control: (0.25, 0.5) },
-        FireUpdate { track: true, control: (0.0, 0.0) },
+        FireUpdate { track: true, rho: 0.05, control: 0.01, anneal: 0 },
+        FireUpdate { track: true, rho: 0.25, control: 0.5, anneal: 4 },
+        FireUpdate { track: true, rho: 0.0, control: 0.0, anneal: 0 },
         FireUpdate::NONE,
     ];
     for (i, update) in modes.into_iter().enumerate() {
@@ -333,13 +337,14 @@ pub fn fire_count(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
         let z_view = kern.gpu.upload("z", &z);
         kern.gpu.run(&[kern.fire_count(&z_view, &freq_out, &since_view, &bias_view, m, n, update, steps)]);
         let mut want_bias = widen(&bias);
-        let want = r::fire_count(&widen(&z), m, n, &mut since, &mut want_bias, update, share);
+        let want = r::fire_count(&widen(&z), m, n, &mut since, &mut want_bias, update, share, 1);
         worst = worst.max(max_rel_err(&download(kern, &freq_out), &want, &magnitudes(&want, 1.0 / m as f64)));
         let got: Vec<u32> = download(kern, &since_view).iter().map(|v| v.to_bits()).collect();
         if got != since {
             worst = worst.max(1.0);
         }
-        let (rho, control) = update.control;
+        let (rho, control) =
+            (crate::model::annealed_rho(update.rho, optim::beta_scale(update.anneal, 1)), update.control);
         let scale: Vec<f64> =
             bias.iter().zip(&want).map(|(b, f)| (*b as f64).abs() + control * share * (f + rho) + 1e-12).collect();
         worst = worst.max(max_rel_err(&download(kern, &bias_view), &want_bias, &scale));
@@ -590,6 +595,7 @@ pub fn training_steps(
         optimizer: Optimizer::Sgd,
         schedule: LrSchedule::default(),
         beta_warmup: 0,
+        rho_anneal: 0,
         clip_grad_norm: None,
     };
     training_steps_with(gpu, spec, cfg, m, setup, steps, path)
@@ -603,6 +609,8 @@ pub struct StepsSetup {
     pub schedule: LrSchedule,
     /// Steps of the sparsity weight's warm-up (0: none).
     pub beta_warmup: u64,
+    /// Steps of kl-freq's target anneal (0: none).
+    pub rho_anneal: u64,
     /// The global gradient norm to clip to.
     pub clip_grad_norm: Option<f64>,
 }
@@ -614,7 +622,7 @@ pub fn training_steps_with(
     spec: &crate::ModelSpec,
     cfg: crate::LossConfig,
     m: usize,
-    StepsSetup { lr, optimizer, schedule, beta_warmup, clip_grad_norm }: StepsSetup,
+    StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal, clip_grad_norm }: StepsSetup,
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
@@ -626,10 +634,12 @@ pub fn training_steps_with(
     trainer.set_optimizer(optimizer)?;
     trainer.set_lr_schedule(schedule)?;
     trainer.set_beta_warmup(beta_warmup)?;
+    trainer.set_rho_anneal(rho_anneal)?;
     trainer.set_clip_grad_norm(clip_grad_norm)?;
     let mut model = r::Model::new(spec, &init);
     let mut optim = r::Optim::new(&model, optimizer, schedule, lr, cfg.weight_decay);
     optim.beta_warmup = beta_warmup;
+    optim.rho_anneal = rho_anneal;
     optim.clip_grad_norm = clip_grad_norm;
     let mut rng = Rng::new(77);
     for _ in 0..steps {

@@ -520,6 +520,7 @@ mod tests {
             moments: vec![vec![0.5, -1.25, 3e-8], vec![1e-12, 0.0, 7.0]],
             settings: "{\"lr\":0.01}".into(),
             lbfgs: None,
+            since_fired: vec![0, 32, u32::MAX],
         };
         save_train_state(&path, &state).unwrap();
         assert_eq!(load_train_state(&path).unwrap(), state);

@@ -235,6 +235,17 @@ impl Sparsity {
         }
     }
 
+    /// kl-freq with its target `share` of the way through an anneal (`annealed_rho`): what its
+    /// push and controller aim at that step. Other penalties are unchanged.
+    pub fn annealed(&self, share: f64) -> Sparsity {
+        match *self {
+            Sparsity::KlFreq { rho, beta, temperature, control } => {
+                Sparsity::KlFreq { rho: annealed_rho(rho, share), beta, temperature, control }
+            }
+            other => other,
+        }
+    }
+
     /// `(rho, beta)`, with beta = 0 when there is no penalty.
     pub fn rho_beta(&self) -> (f64, f64) {
         match *self {
@@ -298,6 +309,16 @@ pub fn parse_widths(flag: &str, s: &str) -> Result<Vec<usize>, String> {
         return Err(format!("{flag} {s}: width {} is 0; every layer needs at least one unit", i + 1));
     }
     Ok(widths)
+}
+
+/// Where kl-freq's target starts during an anneal (`--rho-anneal-steps`), if above rho.
+pub const ANNEAL_START: f64 = 0.5;
+
+/// kl-freq's target at `share` of the way through an anneal: geometric from
+/// `max(ANNEAL_START, rho)` to rho (docs/design.md section 11). Dense units find the features
+/// first; the targets then tighten each unit's threshold on its own feature.
+pub fn annealed_rho(rho: f64, share: f64) -> f64 {
+    rho * (ANNEAL_START.max(rho) / rho).powf(1.0 - share.min(1.0))
 }
 
 /// Clamp of rho_hat before KL and its derivative (docs/design.md section 3).

@@ -159,24 +159,27 @@ pub fn column_sum(x: &[f64], m: usize, n: usize, t: ColumnTransform, scale: f64)
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FireUpdate {
     pub track: bool,
-    /// `(rho, control)`: the frequency controller's target and rate (rate 0: off).
-    pub control: (f64, f64),
+    /// The frequency controller's target, rate (0: off) and target anneal in steps (0: none).
+    pub rho: f64,
+    pub control: f64,
+    pub anneal: u64,
 }
 
 impl FireUpdate {
     /// Counting only (evaluation).
-    pub const NONE: FireUpdate = FireUpdate { track: false, control: (0.0, 0.0) };
+    pub const NONE: FireUpdate = FireUpdate { track: false, rho: 0.0, control: 0.0, anneal: 0 };
 
-    /// A training step's: tracking, and kl-freq's controller.
+    /// A training step's: tracking, and kl-freq's controller (without an anneal).
     pub fn for_step(sparsity: Sparsity) -> FireUpdate {
-        FireUpdate { track: true, control: (sparsity.rho_beta().0, sparsity.control()) }
+        FireUpdate { track: true, rho: sparsity.rho_beta().0, control: sparsity.control(), anneal: 0 }
     }
 }
 
 /// The firing frequency `freq[j] = (1/m) #{i : z_ij > 0}` (twin of `fire_count`), and what a
 /// training step's `update` asks: `since_fired[j]` reset to 0 if unit j fired, else advanced by
-/// m (saturating), and kl-freq's controller `bias[j] -= control * beta_scale * (freq[j] - rho)`
-/// (docs/design.md section 11).
+/// m (saturating), and kl-freq's controller `bias[j] -= control * beta_scale * (freq[j] - rho_t)`
+/// with `beta_scale` step t's (1-based) share of beta and `rho_t` its target (`annealed_rho`;
+/// docs/design.md section 11).
 #[allow(clippy::too_many_arguments)]
 pub fn fire_count(
     z: &[f64],
@@ -186,6 +189,7 @@ pub fn fire_count(
     bias: &mut [f64],
     update: FireUpdate,
     beta_scale: f64,
+    t: u64,
 ) -> Vec<f64> {
     let counts: Vec<usize> = (0..n).map(|j| (0..m).filter(|&i| z[i * n + j] > 0.0).count()).collect();
     let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / m as f64).collect();
@@ -194,10 +198,10 @@ pub fn fire_count(
             *s = if c > 0 { 0 } else { s.saturating_add(m as u32) };
         }
     }
-    let (rho, control) = update.control;
-    if control != 0.0 {
+    if update.control != 0.0 {
+        let rho = crate::model::annealed_rho(update.rho, crate::optim::beta_scale(update.anneal, t));
         for (b, f) in bias.iter_mut().zip(&freq) {
-            *b -= control * beta_scale * (f - rho);
+            *b -= update.control * beta_scale * (f - rho);
         }
     }
     freq
@@ -500,6 +504,8 @@ pub struct Optim {
     pub weight_decay: f64,
     /// Steps over which beta ramps up (0: none).
     pub beta_warmup: u64,
+    /// Steps over which kl-freq's target anneals to rho (0: none).
+    pub rho_anneal: u64,
     /// The global gradient norm gradients are clipped to.
     pub clip_grad_norm: Option<f64>,
     /// Steps taken.
@@ -520,6 +526,7 @@ impl Optim {
             lr,
             weight_decay,
             beta_warmup: 0,
+            rho_anneal: 0,
             clip_grad_norm: None,
             t: 0,
             m: zeros.clone(),
@@ -569,14 +576,16 @@ impl Optim {
 /// One step of `optim` on the minibatch `x` (`m` rows); returns the loss before the update.
 pub fn step_with(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, optim: &mut Optim) -> (LossParts, Forward) {
     let share = crate::optim::beta_scale(optim.beta_warmup, optim.t + 1);
+    let target_share = crate::optim::beta_scale(optim.rho_anneal, optim.t + 1);
     let scaled = optim.loss_config(cfg);
     let fwd = forward(model, &scaled, x, m);
     let parts = loss(model, &scaled, &fwd, x, Terms::ALL);
     // Firing counts: tracking, and kl-freq's controller on the code bias.
     let (c, nc) = (model.spec.code_layer, model.spec.code_width());
-    let update = FireUpdate::for_step(cfg.sparsity);
-    fire_count(&fwd.z[c], m, nc, &mut optim.since_fired, &mut model.b[c - 1], update, share);
-    let cfg = scaled;
+    let update = FireUpdate { anneal: optim.rho_anneal, ..FireUpdate::for_step(cfg.sparsity) };
+    fire_count(&fwd.z[c], m, nc, &mut optim.since_fired, &mut model.b[c - 1], update, share, optim.t + 1);
+    // J at rho; kl-freq's push at this step's target.
+    let cfg = LossConfig { sparsity: scaled.sparsity.annealed(target_share), ..scaled };
     let grads = backward(model, &LossConfig { weight_decay: 0.0, ..cfg }, &fwd, x, Terms::ALL);
     optim.update(model, &grads);
     (parts, fwd)

@@ -64,6 +64,27 @@ impl Tmp {
     /// A checkpoint written by a tiny `sae train` (the default 20-80-40-4 seed model).
     fn trained_model(&self) -> PathBuf {
         let dir = self.path("trained");
+        // The classic preset: a sigmoid code, so codes lie in (0, 1).
+        let out = self.sae(&[
+            "train",
+            "--preset",
+            "classic",
+            "--samples",
+            "128",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--out",
+            s(&dir),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "tiny train failed: {}", stderr(&out));
+        dir.join("model.safetensors")
+    }
+
+    /// The same with the default (forum) preset: the post's all-ReLU model.
+    fn trained_forum_model(&self) -> PathBuf {
+        let dir = self.path("trained_forum");
         let out = self.sae(&["train", "--samples", "128", "--epochs", "1", "--batch-size", "64", "--out", s(&dir)]);
         assert_eq!(out.status.code(), Some(0), "tiny train failed: {}", stderr(&out));
         dir.join("model.safetensors")
@@ -703,36 +724,52 @@ fn train_writes_model_config_and_metrics() {
     names.sort();
     assert_eq!(names, ["config.json", "metrics.jsonl", "model.safetensors", "train_state.safetensors"]);
 
+    // The default is the forum preset: the post's model, ReLU everywhere, kl-freq.
     let (spec, params) = checkpoint::load(&out_dir.join("model.safetensors")).expect("loadable checkpoint");
-    assert_eq!(spec, ModelSpec::seed());
+    let forum = ModelSpec::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Relu, Activation::Relu).unwrap();
+    assert_eq!(spec, forum);
     assert!(params.all_finite());
 
+    use sae_wgpu::train::defaults::{self, forum as f};
     let cfg = config_json(&out_dir);
+    assert_eq!(cfg["preset"], "forum");
     assert_eq!(cfg["batch_size"], 32);
     assert_eq!(cfg["epochs"], 2);
     assert_eq!(cfg["log_every"], 2);
     assert_eq!(cfg["validation_split"], 0.25);
     assert_eq!(cfg["seed"], 0);
-    assert_eq!(cfg["lr"], sae_wgpu::train::defaults::LR);
-    assert_eq!(cfg["optimizer"]["kind"], sae_wgpu::train::defaults::OPTIMIZER);
-    assert_eq!(cfg["lr_schedule"]["kind"], "constant");
+    assert_eq!(cfg["lr"], f::LR);
+    assert_eq!(cfg["optimizer"]["kind"], defaults::OPTIMIZER);
+    assert_eq!(cfg["lr_schedule"]["kind"], f::LR_SCHEDULE);
+    assert_eq!(cfg["beta_warmup_steps"], f::BETA_WARMUP_STEPS);
+    assert_eq!(cfg["dead_after"], defaults::DEAD_AFTER);
     assert_eq!(cfg["shuffle"], true);
     assert_eq!(cfg["samples"], 256);
     assert_eq!(cfg["model"]["sizes"], serde_json::json!([20, 80, 40, 4, 40, 80, 20]));
-    assert_eq!(cfg["loss"]["sparsity"]["kind"], "kl");
+    assert_eq!(cfg["loss"]["sparsity"]["kind"], "kl-freq");
     assert_eq!(cfg["loss"]["sparsity"]["rho"], 0.05);
     assert_eq!(cfg["loss"]["sparsity"]["beta"], 3.0);
+    assert_eq!(cfg["loss"]["sparsity"]["temperature"], defaults::FREQ_TEMPERATURE);
+    assert_eq!(cfg["loss"]["sparsity"]["control"], defaults::FREQUENCY_CONTROL);
     assert!(cfg["adapter"].as_str().is_some_and(|a| !a.is_empty()), "adapter recorded: {cfg}");
 
     // 256 samples, 64 held out: 192 / 32 = 6 steps per epoch, 12 in all.
     let lines = metrics(&out_dir);
-    let common = ["kind", "epoch", "step", "loss", "mse", "sparsity", "weight_decay", "rho_hat", "freq"];
+    let common =
+        ["kind", "epoch", "step", "loss", "mse", "sparsity", "weight_decay", "rho_hat", "freq", "since_fired", "dead"];
     for l in &lines {
         for k in common {
             assert!(l.get(k).is_some(), "metrics line lacks {k}: {l}");
         }
         assert_eq!(l["rho_hat"].as_array().map(Vec::len), Some(4), "{l}");
         assert_eq!(l["freq"].as_array().map(Vec::len), Some(4), "{l}");
+        // Samples since each unit fired: counts of whole minibatches, at most the steps so far.
+        let since = l["since_fired"].as_array().unwrap();
+        assert_eq!(since.len(), 4, "{l}");
+        let seen = 32 * l["step"].as_u64().unwrap();
+        assert!(since.iter().all(|v| v.as_u64().is_some_and(|v| v <= seen)), "{l}");
+        // 192 samples are too few for --dead-after's 10,000: no unit can be dead yet.
+        assert_eq!(l["dead"], 0, "{l}");
         assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
     }
     let steps: Vec<u64> = lines.iter().filter(|l| l["kind"] == "step").map(|l| l["step"].as_u64().unwrap()).collect();
@@ -771,7 +808,9 @@ fn config_file_sets_values_and_flags_override() {
     assert_eq!(c["samples"], 128, "from the file: {c}");
     assert_eq!(c["loss"]["sparsity"]["kind"], "kl-freq", "from the file: {c}");
     assert_eq!(c["loss"]["sparsity"]["rho"], 0.2, "the flag overrides the file: {c}");
-    assert_eq!(c["loss"]["sparsity"]["temperature"], 0.5, "default: {c}");
+    assert_eq!(c["loss"]["sparsity"]["temperature"], sae_wgpu::train::defaults::FREQ_TEMPERATURE, "default: {c}");
+    assert_eq!(c["loss"]["sparsity"]["control"], sae_wgpu::train::defaults::FREQUENCY_CONTROL, "default: {c}");
+    assert_eq!(c["preset"], "forum", "default: {c}");
 
     // The same keys in JSON.
     let cfg = t.write("settings.json", r#"{"samples": 128, "epochs": 1, "batch-size": 64, "weight-decay": 0.001}"#);
@@ -1039,7 +1078,8 @@ fn pytorch_state_dict_without_metadata() {
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
     let t = Tmp::new("state_dict_in");
-    let model = t.trained_model();
+    // The default model: the flags' defaults for what --layers leaves out are its activations.
+    let model = t.trained_forum_model();
     let (spec, params) = checkpoint::load(&model).unwrap();
     let bytes: Vec<Vec<u8>> = params
         .weights
@@ -1104,6 +1144,8 @@ fn lbfgs_descends_and_resumes_bit_identically() {
     let (whole, parts) = (t.path("whole"), t.path("parts"));
     let common = [
         "train",
+        "--preset",
+        "classic",
         "--samples",
         "300",
         "--optimizer",
@@ -1173,15 +1215,23 @@ fn lbfgs_descends_and_resumes_bit_identically() {
 /// named; so are an empty history and a history without L-BFGS.
 #[test]
 fn lbfgs_refuses_step_settings() {
-    let cases: [(&[&str], &[&str]); 7] = [
-        (&["--optimizer", "lbfgs", "--steps-per-submit", "4"], &["--steps-per-submit", "meaningless", "lbfgs"]),
-        (&["--optimizer", "lbfgs", "--clip-grad-norm", "1"], &["--clip-grad-norm", "lbfgs"]),
-        (&["--optimizer", "lbfgs", "--lr-schedule", "cosine"], &["--lr-schedule", "lbfgs"]),
-        (&["--optimizer", "lbfgs", "--momentum", "0.5"], &["--momentum", "lbfgs"]),
-        (&["--optimizer", "lbfgs", "--lbfgs-history", "0"], &["--lbfgs-history 0"]),
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["--preset", "classic", "--optimizer", "lbfgs", "--steps-per-submit", "4"],
+            &["--steps-per-submit", "meaningless", "lbfgs"],
+        ),
+        (&["--preset", "classic", "--optimizer", "lbfgs", "--clip-grad-norm", "1"], &["--clip-grad-norm", "lbfgs"]),
+        (&["--preset", "classic", "--optimizer", "lbfgs", "--lr-schedule", "cosine"], &["--lr-schedule", "lbfgs"]),
+        (&["--preset", "classic", "--optimizer", "lbfgs", "--momentum", "0.5"], &["--momentum", "lbfgs"]),
+        (&["--preset", "classic", "--optimizer", "lbfgs", "--lbfgs-history", "0"], &["--lbfgs-history 0"]),
         (&["--lbfgs-history", "5"], &["--lbfgs-history", "--optimizer lbfgs"]),
         // 10^9 pairs of the seed model's 10k parameters: far more memory than any machine has.
-        (&["--optimizer", "lbfgs", "--lbfgs-history", "1000000000"], &["--lbfgs-history 1000000000", "memory"]),
+        (
+            &["--preset", "classic", "--optimizer", "lbfgs", "--lbfgs-history", "1000000000"],
+            &["--lbfgs-history 1000000000", "memory"],
+        ),
+        // The forum preset's kl-freq has no gradient of J for the line search.
+        (&["--optimizer", "lbfgs"], &["--sparsity kl-freq", "straight-through", "lbfgs", "kl-soft-freq"]),
     ];
     for (i, (flags, needles)) in cases.iter().enumerate() {
         // The memory check needs to know the memory there is (/proc/meminfo, on Linux).

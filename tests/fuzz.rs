@@ -147,10 +147,11 @@ fn checkpoint_loader_survives_mutations() {
 fn config_loader_survives_mutations() {
     use sae_wgpu::cli::train::{parse_config, validate};
     let toml = "layers = \"20,8,4\"\nsparsity = \"kl-freq\"\nrho = 0.05\nbeta = 3.0\ntemperature = 0.5\nlr = 0.01\n\
+                frequency-control = 0.02\ndead-after = 500\n\
                 optimizer = \"adamw\"\nadam-betas = \"0.9,0.99\"\nlr-schedule = \"cosine\"\nwarmup-steps = 10\n\
                 batch-size = 16\nepochs = 2\nsamples = 64\nvalidation-split = 0.25\nweight-decay = 1e-4\n\
                 image-shape = \"4x5\"\nout = \"/nonexistent-sae-fuzz/out\"\n";
-    let json = r#"{"layers": "20,8,4", "optimizer": "lbfgs", "lbfgs-history": 5, "epochs": 3, "samples": 64,
+    let json = r#"{"preset": "classic", "layers": "20,8,4", "optimizer": "lbfgs", "lbfgs-history": 5, "epochs": 3, "samples": 64,
                   "rho": 0.1, "beta": 1, "no-shuffle": true, "seed": 7, "checkpoint-every": 1,
                   "out": "/nonexistent-sae-fuzz/out", "path": "layered", "report": true}"#;
     let mut validated = 0;

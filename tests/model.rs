@@ -34,10 +34,17 @@ fn modes(code: Activation) -> Vec<(&'static str, LossConfig)> {
     let mut v = vec![
         ("no sparsity", LossConfig { weight_decay: 0.001, sparsity: Sparsity::None }),
         (
-            "kl-freq",
+            "kl-soft-freq",
             LossConfig {
                 weight_decay: 0.001,
                 sparsity: Sparsity::KlSoftFreq { rho: 0.05, beta: 3.0, temperature: 0.5 },
+            },
+        ),
+        (
+            "kl-freq",
+            LossConfig {
+                weight_decay: 0.001,
+                sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 0.5, control: 0.05 },
             },
         ),
     ];
@@ -54,7 +61,8 @@ fn seed_model_matches_reference() {
         compare(&spec, cfg, 37, 0.5, &format!("seed 20-80-40-4, {name}"));
     }
     // A batch of one.
-    compare(&spec, modes(Activation::Sigmoid)[2].1, 1, 0.1, "seed, kl, batch of 1");
+    compare(&spec, modes(Activation::Sigmoid)[3].1, 1, 0.1, "seed, kl, batch of 1");
+    compare(&spec, modes(Activation::Sigmoid)[2].1, 1, 0.1, "seed, kl-freq, batch of 1");
 }
 
 #[test]
@@ -113,7 +121,7 @@ fn optimizers_match_reference() {
     ];
     for (name, lr, optimizer, schedule, beta_warmup, clip_grad_norm) in cases {
         for path in [Path::Layered, Path::Fused] {
-            let setup = check::StepsSetup { lr, optimizer, schedule, beta_warmup, clip_grad_norm };
+            let setup = check::StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal: 0, clip_grad_norm };
             let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
             println!(
                 "{name:<32} [{path:?}] max rel err after {STEPS} steps {:.2e} ({} weights moved)",
@@ -122,6 +130,38 @@ fn optimizers_match_reference() {
             assert!(r.moved > 0, "{name} [{path:?}]: no weight moved");
             assert!(r.max_rel_err < TOL, "{name} [{path:?}]: max relative error {:e} >= {TOL:e}", r.max_rel_err);
         }
+    }
+}
+
+/// The forum preset's recipe, step for step: the all-ReLU model under kl-freq with Adam, a beta
+/// warm-up and a target anneal (both reaching their end inside the 5 steps), on both paths,
+/// against the f64 reference (parameters, and the samples since each unit fired exactly).
+#[test]
+fn forum_recipe_matches_reference() {
+    use sae_wgpu::optim::{LrSchedule, Optimizer, ScheduleKind};
+    let spec = ModelSpec::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Relu, Activation::Relu).unwrap();
+    let cfg = LossConfig {
+        weight_decay: 0.0,
+        sparsity: Sparsity::KlFreq { rho: 0.05, beta: 3.0, temperature: 8.0, control: 0.05 },
+    };
+    let schedule = LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 0, total_steps: 5, lr_min: 0.0 };
+    let adam = Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    for path in [Path::Layered, Path::Fused] {
+        let setup = check::StepsSetup {
+            lr: 0.003,
+            optimizer: adam,
+            schedule,
+            beta_warmup: 3,
+            rho_anneal: 4,
+            clip_grad_norm: None,
+        };
+        let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
+        println!(
+            "forum recipe [{path:?}] max rel err after {STEPS} steps {:.2e} ({} weights moved)",
+            r.max_rel_err, r.moved
+        );
+        assert!(r.moved > 0, "[{path:?}]: no weight moved");
+        assert!(r.max_rel_err < TOL, "[{path:?}]: max relative error {:e} >= {TOL:e}", r.max_rel_err);
     }
 }
 
@@ -292,6 +332,12 @@ fn full_batch_gradient_matches_reference() {
         .map(|(name, cfg)| (name.to_string(), &sigmoid, cfg))
         .chain(modes(Activation::Relu).into_iter().map(|(name, cfg)| (format!("relu code, {name}"), &relu, cfg)));
     for (name, spec, cfg) in cases {
+        // kl-freq has no gradient of J to give (its term is straight-through): refused.
+        if let Sparsity::KlFreq { .. } = cfg.sparsity {
+            let e = check::full_batch_gradient(&gpu, spec, cfg, 37, 10, None).unwrap_err().to_string();
+            assert!(e.contains("kl-freq") && e.contains("not the gradient"), "{name}: {e}");
+            continue;
+        }
         for (n, chunk) in [(1, 1), (37, 10), (101, 32), (64, 64), (5, 200)] {
             for path in [Path::Layered, Path::Fused] {
                 let r = check::full_batch_gradient(&gpu, spec, cfg, n, chunk, Some(path)).unwrap();

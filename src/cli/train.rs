@@ -115,6 +115,11 @@ pub struct TrainSettings {
     /// beta/N to beta [default: forum 768 (3 epochs of the built-in data), classic 0].
     #[arg(long, value_name = "N")]
     beta_warmup_steps: Option<u64>,
+    /// kl-freq: steps over which the target its push and controller aim at moves geometrically
+    /// from 0.5 down to rho, so units find features while dense [default: forum 2560 (10 epochs
+    /// of the built-in data), else 0].
+    #[arg(long, value_name = "N")]
+    rho_anneal_steps: Option<u64>,
     /// Clip the gradients to this global norm before each update, > 0 (PyTorch's
     /// clip_grad_norm_) [default: no clipping].
     #[arg(long, value_name = "C", allow_negative_numbers = true)]
@@ -196,6 +201,7 @@ struct Resolved {
     optimizer: Method,
     lr_schedule: LrSchedule,
     beta_warmup_steps: u64,
+    rho_anneal_steps: u64,
     dead_after: u64,
     clip_grad_norm: Option<f64>,
     batch_size: usize,
@@ -447,6 +453,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         warmup_steps,
         lr_min,
         beta_warmup_steps,
+        rho_anneal_steps,
         clip_grad_norm,
         batch_size,
         epochs,
@@ -482,6 +489,7 @@ fn preset(name: &str) -> Result<TrainSettings> {
                 lr: Some(f::LR),
                 lr_schedule: text(f::LR_SCHEDULE),
                 beta_warmup_steps: Some(f::BETA_WARMUP_STEPS),
+                rho_anneal_steps: Some(f::RHO_ANNEAL_STEPS),
                 epochs: Some(f::EPOCHS),
                 batch_size: Some(f::BATCH_SIZE),
                 ..Default::default()
@@ -604,6 +612,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     let user = merge(cli, file);
     // Whether the user named the model (else --init's checkpoint defines it).
     let model_given = ModelFlags::of(&user).given();
+    let anneal_given = user.rho_anneal_steps.is_some();
     let s = with_preset(user)?;
     let settings = serde_json::to_string(&s).expect("settings serialise");
     if s.stop_after_epoch == Some(0) {
@@ -696,6 +705,16 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             Sparsity::KlSoftFreq { rho, beta, temperature: s.temperature.unwrap_or(defaults::TEMPERATURE) }
         }
         other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq or kl-soft-freq"))),
+    };
+    // A preset's anneal applies to kl-freq only; one the user gives elsewhere is refused.
+    let rho_anneal_steps = match sparsity {
+        Sparsity::KlFreq { .. } => s.rho_anneal_steps.unwrap_or(0),
+        _ if anneal_given => {
+            return Err(bad(format!(
+                "--rho-anneal-steps: a setting of --sparsity kl-freq (the run's is {kind}); drop it"
+            )))
+        }
+        _ => 0,
     };
     let dead_after = s.dead_after.unwrap_or(defaults::DEAD_AFTER);
     if dead_after == 0 {
@@ -866,6 +885,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             optimizer,
             lr_schedule,
             beta_warmup_steps: s.beta_warmup_steps.unwrap_or(0),
+            rho_anneal_steps,
             dead_after,
             clip_grad_norm: s.clip_grad_norm,
             batch_size,
@@ -895,9 +915,11 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
 /// The learning rate of step `step` and the sparsity weight of step `beta_step` (on step lines
 /// the same step; on epoch lines the last step taken, and the next one, whose beta the
 /// evaluation's J uses).
-fn rates(r: &Resolved, step: u64, beta_step: u64) -> (f64, f64) {
+fn rates(r: &Resolved, step: u64, beta_step: u64) -> (f64, f64, f64) {
     let share = optim::beta_scale(r.beta_warmup_steps, beta_step.max(1));
-    (r.lr_schedule.lr_at(r.lr, step.max(1)), r.loss.sparsity.scaled(share).rho_beta().1)
+    let target = optim::beta_scale(r.rho_anneal_steps, beta_step.max(1));
+    let (rho, beta) = r.loss.sparsity.scaled(share).annealed(target).rho_beta();
+    (r.lr_schedule.lr_at(r.lr, step.max(1)), beta, rho)
 }
 
 /// Code units silent for at least `--dead-after` training samples.
@@ -907,9 +929,9 @@ fn dead(r: &Resolved, since_fired: &[u32]) -> usize {
 
 /// A metrics JSON line (docs/design.md section 6).
 fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
-    let (lr, beta) = rates(r, step, step);
+    let (lr, beta, target) = rates(r, step, step);
     serde_json::json!({
-        "kind": "step", "epoch": epoch, "step": step, "lr": lr, "beta": beta,
+        "kind": "step", "epoch": epoch, "step": step, "lr": lr, "beta": beta, "target": target,
         "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
         "sparsity": m.sparsity, "weight_decay": m.weight_decay,
         "rho_hat": m.rho_hat, "freq": m.freq, "since_fired": m.since_fired, "dead": dead(r, &m.since_fired),
@@ -950,8 +972,9 @@ fn epoch_json(
     since_fired: Option<&[u32]>,
 ) -> serde_json::Value {
     let mut v = eval_json(train);
-    let (lr, beta) = rates(r, step, step + 1);
+    let (lr, beta, target) = rates(r, step, step + 1);
     let obj = v.as_object_mut().unwrap();
+    obj.insert("target".into(), target.into());
     if let Some(since) = since_fired {
         obj.insert("since_fired".into(), since.into());
         obj.insert("dead".into(), dead(r, since).into());
@@ -998,6 +1021,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     }
     trainer.set_lr_schedule(resolved.lr_schedule)?;
     trainer.set_beta_warmup(resolved.beta_warmup_steps)?;
+    trainer.set_rho_anneal(resolved.rho_anneal_steps)?;
     trainer.set_clip_grad_norm(resolved.clip_grad_norm)?;
     let sched = &resolved.lr_schedule;
     if sched.warmup_steps > sched.total_steps {

@@ -22,6 +22,8 @@ struct Kl {
     beta_over_m: f32,
     temperature: f32,
     eps: f32,
+    anneal_steps: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -43,7 +45,7 @@ struct Fires {
     rows: u32,
     cols: u32,
     track: u32,
-    _pad: u32,
+    anneal_steps: u32,
     scale: f32,
     rho: f32,
     control: f32,
@@ -135,7 +137,8 @@ pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
 
 impl Kernels {
     /// The code layer's delta with the KL sparsity gradient (docs/design.md section 4), beta
-    /// times this step's `beta_scale` from the step-values table.
+    /// times this step's `beta_scale` from the step-values table; kl-freq's target annealed
+    /// over `anneal_steps` steps (section 11; 0: none).
     /// `sparsity` is a KL penalty: without one the code layer takes the plain
     /// activation-derivative epilogue instead.
     #[allow(clippy::too_many_arguments)]
@@ -150,6 +153,7 @@ impl Kernels {
         n: usize,
         act: Activation,
         sparsity: Sparsity,
+        anneal_steps: u64,
         steps: StepViews<'_>,
     ) -> Launch {
         let (mode, rho, beta, temperature) = kl_mode(sparsity);
@@ -163,6 +167,8 @@ impl Kernels {
             beta_over_m: (beta / m as f64) as f32,
             temperature: temperature as f32,
             eps: RHO_HAT_EPS as f32,
+            anneal_steps: anneal_steps as u32,
+            _pad: [0; 3],
         };
         let cost = cost(Kernel::KlBackward, format!("{m}x{n}"), m * n, 6.0, 4 * m * n + n);
         let tensors = [g, z, a, rho_hat, delta, steps.state, steps.values];
@@ -209,10 +215,10 @@ impl Kernels {
             rows: m as u32,
             cols: n as u32,
             track: u32::from(update.track),
-            _pad: 0,
+            anneal_steps: update.anneal as u32,
             scale: (1.0 / m as f64) as f32,
-            rho: update.control.0 as f32,
-            control: update.control.1 as f32,
+            rho: update.rho as f32,
+            control: update.control as f32,
             _pad1: 0,
         };
         let cost = cost(Kernel::FireCount, format!("{m}x{n}"), m * n, 1.0, m * n + 4 * n);

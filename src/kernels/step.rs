@@ -48,7 +48,9 @@ pub struct FusedNet {
     pub total_params: u32,
     pub gather: u32,
     pub grads_only: u32,
-    pub _pad: [u32; 2],
+    /// kl-freq's target anneal (`annealed_rho` in shaders/common.wgsl; 0: none).
+    pub anneal_steps: u32,
+    pub _pad: u32,
 }
 
 /// One entry of the fused path's layer table (`Layer` in `shaders/fused.wgsl`).

@@ -99,6 +99,8 @@ pub struct Trainer {
     schedule: LrSchedule,
     /// Steps over which the sparsity weight ramps up from beta/N to beta (0: none).
     beta_warmup: u64,
+    /// Steps over which kl-freq's target anneals to rho (0: none).
+    rho_anneal: u64,
     /// The global gradient norm gradients are clipped to (PyTorch's `clip_grad_norm_`).
     clip_grad_norm: Option<f64>,
     /// Largest minibatch the buffers hold.
@@ -204,6 +206,7 @@ impl Trainer {
             optimizer: Optimizer::Sgd,
             schedule: LrSchedule::default(),
             beta_warmup: 0,
+            rho_anneal: 0,
             clip_grad_norm: None,
             batch_capacity,
             layout,
@@ -268,13 +271,14 @@ impl Trainer {
     fn refresh_step_values(&mut self) -> Result<()> {
         let values = step_values(self.optimizer, &self.schedule, self.lr, self.beta_warmup);
         let what = format!("a step-values table of {} steps", values.len());
-        crate::layout::check_binding(&self.gpu().limits, &what, values.len() * 16, "use fewer steps")?;
-        if values.len() == self.buffers.step_values.len / 4 {
+        let entry = std::mem::size_of::<crate::layout::StepValues>();
+        crate::layout::check_binding(&self.gpu().limits, &what, values.len() * entry, "use fewer steps")?;
+        if values.len() * entry == self.buffers.step_values.len * 4 {
             let view = self.buffers.step_values.clone();
             self.upload(&view, bytemuck::cast_slice(&values));
         } else {
             self.buffers.step_values = self.kernels.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
-            self.stats.bytes_uploaded += (values.len() * 16) as u64;
+            self.stats.bytes_uploaded += (values.len() * entry) as u64;
             self.schedules.clear();
         }
         Ok(())
@@ -326,6 +330,27 @@ impl Trainer {
         }
         self.beta_warmup = steps;
         self.refresh_step_values()
+    }
+
+    /// Anneals kl-freq's target geometrically from `max(0.5, rho)` to rho over the first `steps`
+    /// steps (0, the default: none; docs/design.md section 11); schedules are rebuilt. Only
+    /// kl-freq's push and controller follow it; J is measured at rho.
+    pub fn set_rho_anneal(&mut self, steps: u64) -> Result<()> {
+        if steps > u32::MAX as u64 {
+            return Err(Error::input("--rho-anneal-steps must stay below 2^32"));
+        }
+        if steps > 0 && !matches!(self.loss.sparsity, crate::model::Sparsity::KlFreq { .. }) {
+            return Err(Error::input("--rho-anneal-steps: a setting of --sparsity kl-freq"));
+        }
+        self.rho_anneal = steps;
+        self.schedules.clear();
+        Ok(())
+    }
+
+    /// kl-freq's target at step `t` (1-based), as the step-values table has it.
+    pub fn rho_at(&self, t: u64) -> f64 {
+        let (rho, _) = self.loss.sparsity.rho_beta();
+        crate::model::annealed_rho(rho, crate::optim::beta_scale(self.rho_anneal, t))
     }
 
     /// Clips the gradients to a global norm of `max_norm` before each update (None, the default:

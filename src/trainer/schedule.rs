@@ -214,7 +214,8 @@ impl Trainer {
         .map(|l| l.noting("rho_hat"));
         let (counts, eval_counts): (Vec<Launch>, Vec<Launch>) = match sparsity {
             Sparsity::KlFreq { .. } => {
-                (vec![fires(&b.rho_hat, FireUpdate::for_step(sparsity))], vec![fires(&b.rho_hat, FireUpdate::NONE)])
+                let update = FireUpdate { anneal: self.rho_anneal, ..FireUpdate::for_step(sparsity) };
+                (vec![fires(&b.rho_hat, update)], vec![fires(&b.rho_hat, FireUpdate::NONE)])
             }
             _ => {
                 let freq = b.metrics.slice(ml.freq, nc);
@@ -273,6 +274,7 @@ impl Trainer {
                             kk,
                             act,
                             sparsity,
+                            self.rho_anneal,
                             steps,
                         ));
                     } else {
@@ -403,7 +405,8 @@ impl Trainer {
             total_params: self.spec.parameter_count() as u32,
             gather: from as u32,
             grads_only: u32::from(!inline_sgd),
-            _pad: [0; 2],
+            anneal_steps: self.rho_anneal as u32,
+            _pad: 0,
         }
     }
 
