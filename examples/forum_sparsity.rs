@@ -1,54 +1,77 @@
-//! The forum's case: a 20-80-40-4 sparse autoencoder on context vectors in [0, 1]^20, trained
-//! once without the sparsity penalty (beta = 0) and once with mean-activation KL
-//! (rho = 0.05, beta = 3). Prints, per code unit, the target rho, the achieved rho_hat (batch
-//! mean of the code activation over the training set) and the hard firing frequency
-//! (fraction of samples with z > 0), so the penalty's effect is plain.
+//! The forum's case: the post's own model, 20-80-40-4-40-80-20 with ReLU everywhere (code and
+//! output too), on context vectors in [0, 1]^20, trained three times with the forum preset's
+//! schedule (what `sae train` runs by default): without a penalty, with the smooth
+//! firing-frequency KL (`kl-soft-freq`, what `kl-freq` was before: the KL of mean
+//! sigmoid(z / 0.5)), and with `kl-freq` (the hard frequency, straight-through, with its
+//! controller). Prints, per code unit, the hard firing frequency (the fraction of samples with
+//! z > 0, what the post's author wanted at rho) side by side, then each run's FVU and the units'
+//! alignment with the data's four contexts.
 //!
-//!     cargo run --release --example forum_sparsity [-- EPOCHS BATCH LR]
+//!     cargo run --release --example forum_sparsity [-- RHO SEED]
 
-use sae_wgpu::model::{LossConfig, ModelSpec, Params, Sparsity};
-use sae_wgpu::train::{defaults, fit, TrainOptions};
-use sae_wgpu::trainer::EvalMetrics;
-use sae_wgpu::{synthetic, AdapterRequest, Gpu, Trainer};
+use sae_wgpu::encoder::Encoder;
+use sae_wgpu::model::{Activation, ModelSpec, Params, Sparsity};
+use sae_wgpu::train::{defaults, fit, forum_trainer};
+use sae_wgpu::{synthetic, AdapterRequest, Gpu};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, d: f64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (epochs, batch, lr) =
-        (arg(0, defaults::EPOCHS as f64) as usize, arg(1, defaults::BATCH_SIZE as f64) as usize, arg(2, defaults::LR));
+    let rho: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(defaults::forum::RHO);
+    let seed: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let gpu = Gpu::new(&AdapterRequest::default())?;
     println!("adapter: {}", gpu.describe());
-    let data = synthetic::context_vectors(synthetic::DEFAULT_SAMPLES, 0);
-    let spec = ModelSpec::seed();
-    let rho = defaults::RHO;
-    let runs = [("beta = 0 (no penalty)", 0.0), ("beta = 3 (mean-activation KL)", defaults::BETA)];
-    let mut results: Vec<(&str, EvalMetrics)> = Vec::new();
-    for (label, beta) in runs {
-        let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho, beta } };
-        let mut trainer = Trainer::new(&gpu, &spec, loss, lr, batch, &Params::init(&spec, 0))?;
-        trainer.set_optimizer(defaults::optimizer())?;
-        let opts =
-            TrainOptions { epochs, batch_size: batch, seed: 0, shuffle: true, log_every: None, steps_per_submit: None };
+    let (data, strengths) = synthetic::context_vectors_with_strengths(synthetic::DEFAULT_SAMPLES, seed);
+    let spec = ModelSpec::mirrored(&[20, 80, 40, 4], Activation::Relu, Activation::Relu, Activation::Relu)?;
+    let beta = defaults::forum::BETA;
+    let runs = [
+        ("no penalty", Sparsity::None),
+        ("kl-soft-freq (T 0.5)", Sparsity::KlSoftFreq { rho, beta, temperature: defaults::TEMPERATURE }),
+        (
+            "kl-freq",
+            Sparsity::KlFreq {
+                rho,
+                beta,
+                temperature: defaults::FREQ_TEMPERATURE,
+                control: defaults::FREQUENCY_CONTROL,
+            },
+        ),
+    ];
+    let mut results = Vec::new();
+    for (label, sparsity) in runs {
+        let (mut trainer, opts) = forum_trainer(&gpu, &spec, sparsity, &Params::init(&spec, seed), data.rows, seed)?;
         let t0 = std::time::Instant::now();
         let m = fit(&mut trainer, &data, None, &opts, |_| Ok(()))?;
-        println!("{label}: {epochs} epochs, batch {batch}, adam lr {lr} in {:.1} s", t0.elapsed().as_secs_f64());
-        results.push((label, m));
+        let codes = Encoder::new(&gpu, &spec, &trainer.params()?, 1024)?.activations(&data.values, spec.code_layer)?;
+        let fires: Vec<Vec<bool>> = codes.chunks(4).map(|row| row.iter().map(|&a| a > 0.0).collect()).collect();
+        let aligned = synthetic::context_alignment(&fires, &strengths);
+        let dead = trainer.since_fired()?.iter().filter(|&&s| s as u64 >= defaults::DEAD_AFTER).count();
+        println!("{label}: {} epochs in {:.1} s", opts.epochs, t0.elapsed().as_secs_f64());
+        results.push((label, m, aligned, dead));
+    }
+    println!("\nhard firing frequency per code unit (target rho = {rho}), seed {seed}:");
+    print!("{:<6}", "unit");
+    for (label, ..) in &results {
+        print!(" {label:>22}");
     }
     println!();
-    println!(
-        "{:<6} {:>10} | {:>10} {:>10} | {:>10} {:>10}",
-        "unit", "target rho", "rho_hat", "freq", "rho_hat", "freq"
-    );
-    println!("{:<6} {:>10} | {:^21} | {:^21}", "", "", "beta = 0", "beta = 3");
     for j in 0..spec.code_width() {
-        println!(
-            "{:<6} {:>10.3} | {:>10.4} {:>10.4} | {:>10.4} {:>10.4}",
-            j, rho, results[0].1.rho_hat[j], results[0].1.freq[j], results[1].1.rho_hat[j], results[1].1.freq[j]
-        );
+        print!("{j:<6}");
+        for (_, m, ..) in &results {
+            print!(" {:>22.4}", m.freq[j]);
+        }
+        println!();
     }
-    for (label, m) in &results {
-        println!("{label:<32} mse {:.5}  fvu {:.3}  loss {:.4}", m.mse, m.fvu, m.loss);
+    for (label, m, aligned, dead) in &results {
+        let contexts: Vec<String> = aligned
+            .iter()
+            .map(|a| format!("{} ({:.0}%/{:.0}%)", a.context, 100.0 * a.precision, 100.0 * a.recall))
+            .collect();
+        println!(
+            "{label:<22} fvu {:.3}  dead units {dead}  context per unit (precision/recall): {}",
+            m.fvu,
+            contexts.join(", ")
+        );
     }
     Ok(())
 }

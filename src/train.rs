@@ -90,6 +90,40 @@ pub mod defaults {
     pub const SGD_LR: f64 = 0.5;
 }
 
+/// A trainer for `spec` with the penalty `sparsity`, set up as `sae train --preset forum` sets one
+/// up for `rows` training rows: Adam at the preset's rate with a cosine decay over its epochs, the
+/// beta warm-up and (for kl-freq) the target anneal; with the options `fit` takes for it.
+pub fn forum_trainer(
+    gpu: &crate::Gpu,
+    spec: &crate::ModelSpec,
+    sparsity: crate::model::Sparsity,
+    init: &crate::Params,
+    rows: usize,
+    seed: u64,
+) -> Result<(Trainer, TrainOptions)> {
+    use crate::optim::{LrSchedule, ScheduleKind};
+    use defaults::forum as f;
+    let loss = crate::LossConfig { weight_decay: 0.0, sparsity };
+    let mut trainer = Trainer::new(gpu, spec, loss, f::LR, f::BATCH_SIZE, init)?;
+    trainer.set_optimizer(defaults::optimizer())?;
+    let total_steps = (rows.div_ceil(f::BATCH_SIZE) * f::EPOCHS) as u64;
+    let kind = ScheduleKind::parse(f::LR_SCHEDULE).map_err(Error::Input)?;
+    trainer.set_lr_schedule(LrSchedule { kind, warmup_steps: 0, total_steps, lr_min: 0.0 })?;
+    trainer.set_beta_warmup(f::BETA_WARMUP_STEPS)?;
+    if let crate::model::Sparsity::KlFreq { .. } = sparsity {
+        trainer.set_rho_anneal(f::RHO_ANNEAL_STEPS)?;
+    }
+    let opts = TrainOptions {
+        epochs: f::EPOCHS,
+        batch_size: f::BATCH_SIZE,
+        seed,
+        shuffle: true,
+        log_every: None,
+        steps_per_submit: None,
+    };
+    Ok((trainer, opts))
+}
+
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub epochs: usize,
