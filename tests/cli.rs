@@ -1452,3 +1452,62 @@ fn sigint_checkpoints_and_resumes_exactly() {
         );
     }
 }
+
+/// The forum preset's checkpoint is the post's PyTorch class as it stands: six `nn.Linear`
+/// layers `enc1..enc3`, `dec1..dec3` and nothing else (kl-freq adds no tensor), ReLU after every
+/// one. That class's forward, computed here from the checkpoint's tensors alone as
+/// `load_state_dict` would hand them to it, equals `sae encode`'s codes and reconstructions to
+/// f32 rounding (a 20-to-80 dot product in f32: about 1e-6 of its terms' size; bound 1e-5).
+#[test]
+fn forum_checkpoint_runs_as_the_posts_pytorch_class() {
+    let t = Tmp::new("forum_pytorch_class");
+    let model = t.trained_forum_model();
+    let bytes = fs::read(&model).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let layers = ["enc1", "enc2", "enc3", "dec1", "dec2", "dec3"];
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut want: Vec<String> = layers.iter().flat_map(|l| [format!("{l}.bias"), format!("{l}.weight")]).collect();
+    want.sort();
+    assert_eq!(names, want, "the post's class has exactly these parameters");
+    let tensor = |name: String| -> (Vec<usize>, Vec<f64>) {
+        let v = st.tensor(&name).unwrap();
+        let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+        (v.shape().to_vec(), data)
+    };
+    let rows = 9;
+    let input = t.write("x.csv", csv_text(rows, 20));
+    let x = data::load(&input).unwrap();
+    // forward: h <- relu(h W^T + b) for each Linear; the code is after enc3.
+    let mut codes = Vec::new();
+    let mut recon = Vec::new();
+    for r in 0..rows {
+        let mut h: Vec<f64> = x.values[r * 20..(r + 1) * 20].iter().map(|&v| v as f64).collect();
+        for (i, layer) in layers.iter().enumerate() {
+            let (shape, w) = tensor(format!("{layer}.weight"));
+            let (_, b) = tensor(format!("{layer}.bias"));
+            let (n, k) = (shape[0], shape[1]);
+            assert_eq!(k, h.len(), "{layer} takes the previous layer's output");
+            h = (0..n).map(|j| (b[j] + (0..k).map(|p| w[j * k + p] * h[p]).sum::<f64>()).max(0.0)).collect();
+            if i == 2 {
+                codes.extend(h.clone());
+            }
+        }
+        recon.extend(h);
+    }
+    for (file, reconstruct, python) in [("codes.npy", false, &codes), ("recon.npy", true, &recon)] {
+        let out_file = t.path(file);
+        let mut args = vec!["encode", "--model", s(&model), "--data", s(&input), "--out", s(&out_file)];
+        if reconstruct {
+            args.push("--reconstruct");
+        }
+        let out = t.sae(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let got = data::load(&out_file).unwrap();
+        assert_eq!(got.values.len(), python.len(), "{file}");
+        let scale = python.iter().fold(1e-3f64, |a, v| a.max(v.abs()));
+        for (g, w) in got.values.iter().zip(python.iter()) {
+            assert!((*g as f64 - w).abs() <= 1e-5 * scale, "{file}: sae {g} vs the class's forward {w}");
+        }
+    }
+}

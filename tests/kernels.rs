@@ -117,6 +117,11 @@ fn adam_update() {
 }
 
 #[test]
+fn fire_count() {
+    run("fire_count", check::fire_count);
+}
+
+#[test]
 fn grad_norm() {
     run("grad_norm", check::grad_norm);
 }

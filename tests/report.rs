@@ -130,6 +130,8 @@ fn report_of_a_patch_run_has_filters() {
     let run = d.join("run");
     ok(&sae(&[
         "train",
+        "--preset",
+        "classic",
         "--data",
         patches.to_str().unwrap(),
         "--layers",

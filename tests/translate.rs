@@ -32,6 +32,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("matmul (subgroup)", matmul::source::SUBGROUP, all_epilogues, true),
         ("sparsity", source::SPARSITY, none(), false),
         ("reduce", source::REDUCE, none(), false),
+        ("fires", source::FIRES, none(), false),
         ("loss", source::LOSS, none(), false),
         ("update", source::UPDATE, none(), false),
         ("data", source::DATA, none(), false),

@@ -60,7 +60,7 @@ def main():
     ]
     for name, lr, extra, make in settings:
         out = os.path.join(tmp, name)
-        cmd = [args.sae, "train", "--data", data_path, "--init", init_path, "--no-shuffle", "--log-every", "1",
+        cmd = [args.sae, "train", "--preset", "classic", "--data", data_path, "--init", init_path, "--no-shuffle", "--log-every", "1",
                "--optimizer", name, "--lr", str(lr), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
                "--weight-decay", str(args.weight_decay), "--rho", str(RHO), "--beta", str(BETA), "--out", out] + extra
         subprocess.run(cmd, check=True, capture_output=True)
