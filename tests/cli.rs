@@ -61,31 +61,21 @@ impl Tmp {
         out
     }
 
-    /// A checkpoint written by a tiny `sae train` (the default 20-80-40-4 seed model).
+    /// A checkpoint written by a tiny `sae train` of the classic preset: the 20-80-40-4 seed
+    /// model, whose sigmoid code lies in (0, 1).
     fn trained_model(&self) -> PathBuf {
-        let dir = self.path("trained");
-        // The classic preset: a sigmoid code, so codes lie in (0, 1).
-        let out = self.sae(&[
-            "train",
-            "--preset",
-            "classic",
-            "--samples",
-            "128",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--out",
-            s(&dir),
-        ]);
-        assert_eq!(out.status.code(), Some(0), "tiny train failed: {}", stderr(&out));
-        dir.join("model.safetensors")
+        self.trained("classic")
     }
 
     /// The same with the default (forum) preset: the post's all-ReLU model.
     fn trained_forum_model(&self) -> PathBuf {
-        let dir = self.path("trained_forum");
-        let out = self.sae(&["train", "--samples", "128", "--epochs", "1", "--batch-size", "64", "--out", s(&dir)]);
+        self.trained("forum")
+    }
+
+    fn trained(&self, preset: &str) -> PathBuf {
+        let dir = self.path(&format!("trained_{preset}"));
+        let args = ["--preset", preset, "--samples", "128", "--epochs", "1", "--batch-size", "64", "--out", s(&dir)];
+        let out = self.sae(&[&["train"], &args[..]].concat());
         assert_eq!(out.status.code(), Some(0), "tiny train failed: {}", stderr(&out));
         dir.join("model.safetensors")
     }
