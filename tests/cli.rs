@@ -1501,3 +1501,22 @@ fn forum_checkpoint_runs_as_the_posts_pytorch_class() {
         }
     }
 }
+
+/// The settings of kl-freq and the presets: bad values and misplaced flags are exit 2, one
+/// line naming the flag, nothing written.
+#[test]
+fn kl_freq_and_preset_settings_rejected() {
+    let cases: [(&[&str], &[&str]); 7] = [
+        (&["--preset", "foo"], &["--preset foo", "forum", "classic"]),
+        (&["--dead-after", "0"], &["--dead-after 0"]),
+        (&["--frequency-control", "-1"], &["--frequency-control -1", ">= 0"]),
+        (&["--frequency-control", "0.1", "--sparsity", "none"], &["--frequency-control", "kl-freq"]),
+        (&["--rho-anneal-steps", "5", "--sparsity", "none"], &["--rho-anneal-steps", "kl-freq"]),
+        // The forum preset's ReLU code cannot take the mean-activation KL: the message says how.
+        (&["--sparsity", "kl"], &["--sparsity kl", "sigmoid", "--preset classic"]),
+        (&["--sparsity", "kl-frequency"], &["--sparsity kl-frequency", "kl-soft-freq"]),
+    ];
+    for (i, (flags, needles)) in cases.iter().enumerate() {
+        train_flags_rejected(&format!("kl_freq_rejects_{i}"), flags, needles);
+    }
+}
