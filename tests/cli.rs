@@ -981,7 +981,9 @@ fn same_seed_gives_identical_checkpoints() {
 
 /// `--stop-after-epoch 2` then `--resume DIR` gives the same model file, byte for byte, and the
 /// same metrics lines as the uninterrupted run, for Adam on a cosine schedule with warm-up and
-/// for momentum with a beta warm-up, clipping and a validation split; --resume refuses other
+/// for momentum with a beta warm-up, clipping and a validation split, both under the forum
+/// preset's kl-freq (its controller, target anneal and samples-since-fired counters, which the
+/// step lines carry, continue exactly); --resume refuses other
 /// flags, a directory without a checkpoint, and a run already done.
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
