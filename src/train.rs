@@ -20,8 +20,8 @@ pub mod defaults {
     /// The forum post's own model, 20-80-40-4-40-80-20 with ReLU everywhere (code and output
     /// too), every code unit to fire in a fraction rho of the samples: kl-freq's hard frequency
     /// with its straight-through push and frequency controller, Adam at 0.003 with a cosine
-    /// decay over 20 epochs, beta and the controller ramped in over the first 3 epochs and the
-    /// target annealed from 0.5 to rho over the first 10.
+    /// decay over 20 epochs, beta and the controller ramped in over the first 15 % of the steps
+    /// and the target annealed from 0.5 to rho over the first half.
     /// Measured on the built-in data (docs/design.md section 11): every unit's frequency in
     /// [0.03, 0.08] at rho 0.05, with no dead unit.
     pub mod forum {
@@ -32,12 +32,20 @@ pub mod defaults {
         pub const BETA: f64 = 3.0;
         pub const LR: f64 = 0.003;
         pub const LR_SCHEDULE: &str = "cosine";
-        /// Three epochs of the built-in data's 8192 samples at batch 32.
-        pub const BETA_WARMUP_STEPS: u64 = 768;
-        /// Ten epochs: the target moves from 0.5 to rho over the first half of the run.
-        pub const RHO_ANNEAL_STEPS: u64 = 2560;
         pub const EPOCHS: usize = 20;
         pub const BATCH_SIZE: usize = 32;
+
+        /// The beta warm-up: the first 15 % of the run's `total` steps (768 of the default
+        /// run's 5120: 3 epochs of the built-in data).
+        pub fn beta_warmup_steps(total: u64) -> u64 {
+            (total as f64 * 0.15).round() as u64
+        }
+
+        /// The target anneal: the first half of the run (2560 steps, 10 epochs, by default), so
+        /// a run of any length reaches rho with time to settle there.
+        pub fn rho_anneal_steps(total: u64) -> u64 {
+            total / 2
+        }
     }
 
     /// The mean-activation model that was the default before: sigmoid code and output, the
@@ -109,9 +117,9 @@ pub fn forum_trainer(
     let total_steps = (rows.div_ceil(f::BATCH_SIZE) * f::EPOCHS) as u64;
     let kind = ScheduleKind::parse(f::LR_SCHEDULE).map_err(Error::Input)?;
     trainer.set_lr_schedule(LrSchedule { kind, warmup_steps: 0, total_steps, lr_min: 0.0 })?;
-    trainer.set_beta_warmup(f::BETA_WARMUP_STEPS)?;
+    trainer.set_beta_warmup(f::beta_warmup_steps(total_steps))?;
     if let crate::model::Sparsity::KlFreq { .. } = sparsity {
-        trainer.set_rho_anneal(f::RHO_ANNEAL_STEPS)?;
+        trainer.set_rho_anneal(f::rho_anneal_steps(total_steps))?;
     }
     let opts = TrainOptions {
         epochs: f::EPOCHS,

@@ -731,7 +731,9 @@ fn train_writes_model_config_and_metrics() {
     assert_eq!(cfg["lr"], f::LR);
     assert_eq!(cfg["optimizer"]["kind"], defaults::OPTIMIZER);
     assert_eq!(cfg["lr_schedule"]["kind"], f::LR_SCHEDULE);
-    assert_eq!(cfg["beta_warmup_steps"], f::BETA_WARMUP_STEPS);
+    // The forum preset's warm-up and anneal are shares of the run: 12 steps here.
+    assert_eq!(cfg["beta_warmup_steps"], f::beta_warmup_steps(12));
+    assert_eq!(cfg["rho_anneal_steps"], 6);
     assert_eq!(cfg["dead_after"], defaults::DEAD_AFTER);
     assert_eq!(cfg["shuffle"], true);
     assert_eq!(cfg["samples"], 256);

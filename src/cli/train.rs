@@ -112,12 +112,12 @@ pub struct TrainSettings {
     #[arg(long, allow_negative_numbers = true)]
     lr_min: Option<f64>,
     /// Steps over which the sparsity weight (and kl-freq's controller) ramps linearly from
-    /// beta/N to beta [default: forum 768 (3 epochs of the built-in data), classic 0].
+    /// beta/N to beta [default: forum the first 15 % of the run (768 steps by default), classic 0].
     #[arg(long, value_name = "N")]
     beta_warmup_steps: Option<u64>,
     /// kl-freq: steps over which the target its push and controller aim at moves geometrically
-    /// from 0.5 down to rho, so units find features while dense [default: forum 2560 (10 epochs
-    /// of the built-in data), else 0].
+    /// from 0.5 down to rho, so units find features while dense [default: forum the first half
+    /// of the run (2560 steps by default), else 0].
     #[arg(long, value_name = "N")]
     rho_anneal_steps: Option<u64>,
     /// Clip the gradients to this global norm before each update, > 0 (PyTorch's
@@ -488,8 +488,6 @@ fn preset(name: &str) -> Result<TrainSettings> {
                 beta: Some(f::BETA),
                 lr: Some(f::LR),
                 lr_schedule: text(f::LR_SCHEDULE),
-                beta_warmup_steps: Some(f::BETA_WARMUP_STEPS),
-                rho_anneal_steps: Some(f::RHO_ANNEAL_STEPS),
                 epochs: Some(f::EPOCHS),
                 batch_size: Some(f::BATCH_SIZE),
                 ..Default::default()
@@ -526,7 +524,6 @@ fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
     if user.optimizer.as_deref() == Some("lbfgs") {
         preset.lr = None;
         preset.lr_schedule = None;
-        preset.beta_warmup_steps = None;
         preset.batch_size = None;
         preset.epochs = None;
     }
@@ -706,9 +703,23 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         }
         other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq or kl-soft-freq"))),
     };
-    // A preset's anneal applies to kl-freq only; one the user gives elsewhere is refused.
+    // The forum preset's beta warm-up and target anneal are shares of the run (defaults::forum);
+    // its anneal applies to kl-freq only, and one the user gives elsewhere is refused. Both
+    // are minibatch settings: L-BFGS takes neither.
+    let forum = s.preset.as_deref() == Some("forum") && s.optimizer.as_deref() != Some("lbfgs");
+    let total_steps = {
+        let val = s.validation_split.unwrap_or(0.0);
+        let held_out = if val > 0.0 { (dataset.rows as f64 * val).round() as usize } else { 0 };
+        let rows = dataset.rows.saturating_sub(held_out).max(1);
+        let batch = s.batch_size.unwrap_or(defaults::BATCH_SIZE).max(1);
+        (rows.div_ceil(batch) * s.epochs.unwrap_or(defaults::EPOCHS)) as u64
+    };
+    let beta_warmup_steps =
+        s.beta_warmup_steps.or_else(|| forum.then(|| defaults::forum::beta_warmup_steps(total_steps))).unwrap_or(0);
     let rho_anneal_steps = match sparsity {
-        Sparsity::KlFreq { .. } => s.rho_anneal_steps.unwrap_or(0),
+        Sparsity::KlFreq { .. } => {
+            s.rho_anneal_steps.or_else(|| forum.then(|| defaults::forum::rho_anneal_steps(total_steps))).unwrap_or(0)
+        }
         _ if anneal_given => {
             return Err(bad(format!(
                 "--rho-anneal-steps: a setting of --sparsity kl-freq (the run's is {kind}); drop it"
@@ -884,7 +895,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             lr,
             optimizer,
             lr_schedule,
-            beta_warmup_steps: s.beta_warmup_steps.unwrap_or(0),
+            beta_warmup_steps,
             rho_anneal_steps,
             dead_after,
             clip_grad_norm: s.clip_grad_norm,

@@ -305,6 +305,16 @@ pub fn sparsity(run: &Run) -> Result<Image> {
                 .label(format!("target rho {rho}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(1)));
         }
+        // kl-freq's annealed target (`target` on epoch lines), where it moved during the run.
+        let target = series(&run.epochs, "epoch", |l| l["target"].as_f64());
+        if target.iter().any(|p| Some(p.1) != rho) {
+            let grey = RGBColor(120, 120, 120);
+            chart
+                .draw_series(DashedLineSeries::new(target, 3, 4, grey.stroke_width(2)))
+                .map_err(plot_err)?
+                .label("target during the anneal")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2)));
+        }
         if names.len() <= 17 {
             legend(&mut chart, SeriesLabelPosition::UpperRight, 15)?;
         }
