@@ -703,30 +703,10 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         }
         other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq or kl-soft-freq"))),
     };
-    // The forum preset's beta warm-up and target anneal are shares of the run (defaults::forum);
-    // its anneal applies to kl-freq only, and one the user gives elsewhere is refused. Both
-    // are minibatch settings: L-BFGS takes neither.
-    let forum = s.preset.as_deref() == Some("forum") && s.optimizer.as_deref() != Some("lbfgs");
-    let total_steps = {
-        let val = s.validation_split.unwrap_or(0.0);
-        let held_out = if val > 0.0 { (dataset.rows as f64 * val).round() as usize } else { 0 };
-        let rows = dataset.rows.saturating_sub(held_out).max(1);
-        let batch = s.batch_size.unwrap_or(defaults::BATCH_SIZE).max(1);
-        (rows.div_ceil(batch) * s.epochs.unwrap_or(defaults::EPOCHS)) as u64
-    };
-    let beta_warmup_steps =
-        s.beta_warmup_steps.or_else(|| forum.then(|| defaults::forum::beta_warmup_steps(total_steps))).unwrap_or(0);
-    let rho_anneal_steps = match sparsity {
-        Sparsity::KlFreq { .. } => {
-            s.rho_anneal_steps.or_else(|| forum.then(|| defaults::forum::rho_anneal_steps(total_steps))).unwrap_or(0)
-        }
-        _ if anneal_given => {
-            return Err(bad(format!(
-                "--rho-anneal-steps: a setting of --sparsity kl-freq (the run's is {kind}); drop it"
-            )))
-        }
-        _ => 0,
-    };
+    // kl-freq's target anneal; one the user gives another penalty is refused.
+    if anneal_given && !matches!(sparsity, Sparsity::KlFreq { .. }) {
+        return Err(bad(format!("--rho-anneal-steps: a setting of --sparsity kl-freq (the run's is {kind}); drop it")));
+    }
     let dead_after = s.dead_after.unwrap_or(defaults::DEAD_AFTER);
     if dead_after == 0 {
         return Err(bad("--dead-after 0: must be at least 1 sample"));
@@ -837,6 +817,18 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         lr_min: s.lr_min.unwrap_or(0.0),
     };
     lr_schedule.validate(lr).map_err(bad)?;
+    // The forum preset's beta warm-up and target anneal (kl-freq only) are shares of the run
+    // (defaults::forum); both are minibatch settings, which L-BFGS does not take.
+    let forum = s.preset.as_deref() == Some("forum") && !is_lbfgs;
+    let share_of_run = |of: fn(u64) -> u64| forum.then(|| of(lr_schedule.total_steps));
+    let beta_warmup_steps =
+        s.beta_warmup_steps.or_else(|| share_of_run(defaults::forum::beta_warmup_steps)).unwrap_or(0);
+    let rho_anneal_steps = match sparsity {
+        Sparsity::KlFreq { .. } => {
+            s.rho_anneal_steps.or_else(|| share_of_run(defaults::forum::rho_anneal_steps)).unwrap_or(0)
+        }
+        _ => 0,
+    };
     if let Some(c) = s.clip_grad_norm {
         if !(c.is_finite() && c > 0.0) {
             return Err(bad(format!("--clip-grad-norm {c}: must be a finite number > 0")));

@@ -271,14 +271,13 @@ impl Trainer {
     fn refresh_step_values(&mut self) -> Result<()> {
         let values = step_values(self.optimizer, &self.schedule, self.lr, self.beta_warmup);
         let what = format!("a step-values table of {} steps", values.len());
-        let entry = std::mem::size_of::<crate::layout::StepValues>();
-        crate::layout::check_binding(&self.gpu().limits, &what, values.len() * entry, "use fewer steps")?;
-        if values.len() * entry == self.buffers.step_values.len * 4 {
+        crate::layout::check_binding(&self.gpu().limits, &what, values.len() * 16, "use fewer steps")?;
+        if values.len() == self.buffers.step_values.len / 4 {
             let view = self.buffers.step_values.clone();
             self.upload(&view, bytemuck::cast_slice(&values));
         } else {
             self.buffers.step_values = self.kernels.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
-            self.stats.bytes_uploaded += (values.len() * entry) as u64;
+            self.stats.bytes_uploaded += (values.len() * 16) as u64;
             self.schedules.clear();
         }
         Ok(())
@@ -345,12 +344,6 @@ impl Trainer {
         self.rho_anneal = steps;
         self.schedules.clear();
         Ok(())
-    }
-
-    /// kl-freq's target at step `t` (1-based), as the step-values table has it.
-    pub fn rho_at(&self, t: u64) -> f64 {
-        let (rho, _) = self.loss.sparsity.rho_beta();
-        crate::model::annealed_rho(rho, crate::optim::beta_scale(self.rho_anneal, t))
     }
 
     /// Clips the gradients to a global norm of `max_norm` before each update (None, the default:
