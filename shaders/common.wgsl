@@ -18,10 +18,11 @@ fn activate(act: u32, z: f32) -> f32 {
     }
 }
 
-// f'(z), from the output a = f(z) where cheaper: sigmoid a(1-a), tanh 1-a^2, relu [z > 0].
+// f'(z), from the output a = f(z): sigmoid a(1-a), tanh 1-a^2, relu [a > 0] (the same as
+// [z > 0] for a = max(z, 0), and 0 for a unit a TopK selection zeroed: docs/design.md section 12).
 fn activation_derivative(act: u32, z: f32, a: f32) -> f32 {
     switch act {
-        case 1u: { return select(0.0, 1.0, z > 0.0); }
+        case 1u: { return select(0.0, 1.0, a > 0.0); }
         case 2u: { return a * (1.0 - a); }
         case 3u: { return 1.0 - a * a; }
         default: { return 1.0; }

@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 15] = [
+pub const CHECKS: [(&str, Check); 20] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -46,6 +46,11 @@ pub const CHECKS: [(&str, Check); 15] = [
     ("momentum_update", momentum_update),
     ("adam_update", adam_update),
     ("grad_norm", grad_norm),
+    ("topk", topk),
+    ("center_rows", center_rows),
+    ("pre_bias_backward", pre_bias_backward),
+    ("decoder_project", decoder_project),
+    ("decoder_normalize", decoder_normalize),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -799,4 +804,105 @@ pub fn full_batch_gradient(
         grad_rel_err: worst,
         dispatches,
     })
+}
+
+/// `topk` against its twin. The selection must be exact (a wrong unit is an error of 1 or
+/// more relative to the largest value), so the inputs are made to be hard: values on a coarse
+/// grid (many ties, at the threshold too), signed zeros, K of 1, about half, and the whole
+/// width, and a row wider than the workgroup (several units per invocation, so ties are ranked
+/// across chunks by the scan).
+pub fn topk(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for width in [n, 3 * 256 + n] {
+        let mut z: Vec<f32> = random(rng, m * width, -1.0, 1.0).iter().map(|v| (v * 4.0).round() / 4.0).collect();
+        for (i, v) in z.iter_mut().enumerate().step_by(7) {
+            *v = if i % 2 == 0 { 0.0 } else { -0.0 };
+        }
+        let z_view = kern.gpu.upload("z", &z);
+        for k in [1, width.div_ceil(2), width] {
+            let out = poisoned(kern, m * width);
+            kern.gpu.run(&[kern.topk(&z_view, &out, m, width, k)]);
+            let want = r::topk(&widen(&z), m, width, k);
+            worst = worst.max(max_rel_err(&download(kern, &out), &want, &vec![1.0; want.len()]));
+        }
+    }
+    worst
+}
+
+/// `center_rows` against its twin: one f32 subtraction, relative to |x| + |b|.
+pub fn center_rows(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let (x, b) = (random(rng, m * n, -2.0, 2.0), random(rng, n, -2.0, 2.0));
+    let out = poisoned(kern, m * n);
+    kern.gpu.run(&[kern.center_rows(&kern.gpu.upload("x", &x), &kern.gpu.upload("b", &b), &out, m, n)]);
+    let want = r::center_rows(&widen(&x), &widen(&b), m, n);
+    let scale: Vec<f64> = (0..m * n).map(|i| (x[i] as f64).abs() + (b[i % n] as f64).abs()).collect();
+    max_rel_err(&download(kern, &out), &want, &scale)
+}
+
+/// `pre_bias_backward` against its twin: a dot product of length k per output, relative to
+/// the sum of its terms' magnitudes and the value it is subtracted from.
+pub fn pre_bias_backward(kern: &Kernels, rng: &mut Rng, _m: usize, k: usize, n: usize) -> f64 {
+    let (db1, w1, db_out) = (random(rng, k, -1.0, 1.0), random(rng, k * n, -1.0, 1.0), random(rng, n, -1.0, 1.0));
+    let out = kern.gpu.upload("db out", &db_out);
+    kern.gpu.run(&[kern.pre_bias_backward(&kern.gpu.upload("db1", &db1), &kern.gpu.upload("w1", &w1), &out, k, n)]);
+    let mut want = widen(&db_out);
+    r::pre_bias_backward(&widen(&db1), &widen(&w1), &mut want);
+    let scale: Vec<f64> = (0..n)
+        .map(|c| (db_out[c] as f64).abs() + (0..k).map(|j| (db1[j] * w1[j * n + c]) as f64).map(f64::abs).sum::<f64>())
+        .collect();
+    max_rel_err(&download(kern, &out), &want, &scale)
+}
+
+/// `decoder_project` against its twin on `[k, n]` (columns of random norms, one of them zero).
+/// The coefficient `s = dw.w / ||w||^2` carries the dot products' error (k terms), so each
+/// element is measured against `|dw| + (sum |dw w| / ||w||^2) |w|`.
+pub fn decoder_project(kern: &Kernels, rng: &mut Rng, _m: usize, k: usize, n: usize) -> f64 {
+    let mut w = random(rng, k * n, -1.0, 1.0);
+    for row in w.chunks_mut(n) {
+        row[0] = 0.0;
+    }
+    let dw = random(rng, k * n, -1.0, 1.0);
+    let (w_view, dw_view) = (kern.gpu.upload("w", &w), kern.gpu.upload("dw", &dw));
+    kern.gpu.run(&[kern.decoder_project(&w_view, &dw_view, k, n)]);
+    let mut want = widen(&dw);
+    r::decoder_project(&widen(&w), &mut want, k, n);
+    let coef: Vec<f64> = (0..n)
+        .map(|j| {
+            let terms: f64 = (0..k).map(|i| ((dw[i * n + j] * w[i * n + j]) as f64).abs()).sum();
+            let norm2: f64 = (0..k).map(|i| (w[i * n + j] as f64).powi(2)).sum();
+            if norm2 > 0.0 {
+                terms / norm2
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let scale: Vec<f64> =
+        (0..k * n).map(|i| (dw[i] as f64).abs() + coef[i % n] * (w[i] as f64).abs() + 1e-30).collect();
+    let err = max_rel_err(&download(kern, &dw_view), &want, &scale);
+    // w is bound read-write but must not change.
+    if download(kern, &w_view) != w {
+        return f64::INFINITY;
+    }
+    err
+}
+
+/// `decoder_normalize` against its twin on `[k, n]`: a norm of k terms then a scaling, a
+/// relative error of about k f32 roundings at most.
+pub fn decoder_normalize(kern: &Kernels, rng: &mut Rng, _m: usize, k: usize, n: usize) -> f64 {
+    let mut w = random(rng, k * n, -3.0, 3.0);
+    for row in w.chunks_mut(n) {
+        row[0] = 0.0;
+    }
+    let (w_view, dw_view) = (kern.gpu.upload("w", &w), poisoned(kern, 1));
+    kern.gpu.run(&[kern.decoder_normalize(&w_view, &dw_view, k, n)]);
+    let mut want = widen(&w);
+    r::decoder_normalize(&mut want, k, n);
+    let scale: Vec<f64> = (0..k * n).map(|i| want[i].abs().max(1e-30)).collect();
+    let got = download(kern, &w_view);
+    // The zero column stays zero.
+    if (0..k).any(|i| got[i * n] != 0.0) {
+        return f64::INFINITY;
+    }
+    max_rel_err(&got, &want, &scale)
 }

@@ -55,13 +55,42 @@ impl fmt::Display for Activation {
     }
 }
 
+/// Which code units stay active in a row after the code layer's activation (docs/design.md
+/// section 12): all of them, or the K largest pre-activations of each row (ties to the lower
+/// index), ReLU'd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum CodeSelect {
+    #[default]
+    Dense,
+    TopK {
+        k: usize,
+    },
+}
+
+impl CodeSelect {
+    /// K of a selection (None for dense codes).
+    pub fn k(self) -> Option<usize> {
+        match self {
+            CodeSelect::Dense => None,
+            CodeSelect::TopK { k } => Some(k),
+        }
+    }
+}
+
 /// Shape of the autoencoder: `sizes = [n_0, n_1, .., n_L]`, `activations[l-1] = f_l`,
 /// and `code_layer = c`, the layer whose output is the code (the last encoder layer).
+/// `select` keeps only some code units per row; with `pre_bias` the encoder sees `X - 1 b_L^T`
+/// (the output layer's bias, the dictionary's `b_dec`) instead of X.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub sizes: Vec<usize>,
     pub activations: Vec<Activation>,
     pub code_layer: usize,
+    #[serde(default)]
+    pub select: CodeSelect,
+    #[serde(default)]
+    pub pre_bias: bool,
 }
 
 impl ModelSpec {
@@ -95,7 +124,7 @@ impl ModelSpec {
                 }
             })
             .collect();
-        let spec = ModelSpec { sizes, activations, code_layer };
+        let spec = ModelSpec { sizes, activations, code_layer, select: CodeSelect::Dense, pre_bias: false };
         spec.validate()?;
         Ok(spec)
     }
@@ -117,6 +146,14 @@ impl ModelSpec {
             .expect("the seed model is valid")
     }
 
+    /// The same model with the code selection `select` and pre-bias `pre_bias`.
+    pub fn with_code(mut self, select: CodeSelect, pre_bias: bool) -> Result<Self, String> {
+        self.select = select;
+        self.pre_bias = pre_bias;
+        self.validate()?;
+        Ok(self)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let layers = self.sizes.len().saturating_sub(1);
         if layers == 0 {
@@ -136,6 +173,15 @@ impl ModelSpec {
                 "the decoder ends at width {} but the input is {} wide: an autoencoder reconstructs its input",
                 self.sizes[layers], self.sizes[0]
             ));
+        }
+        if let CodeSelect::TopK { k } = self.select {
+            let n = self.sizes[self.code_layer];
+            if k == 0 || k > n {
+                return Err(format!("--k {k}: TopK keeps between 1 and the code width ({n}) units per row"));
+            }
+            if self.activations[self.code_layer - 1] != Activation::Relu {
+                return Err("a TopK code keeps ReLU'd pre-activations: its code activation is relu".into());
+            }
         }
         // Checked, before anything is allocated: widths come from flags and files.
         let count = (1..=layers).try_fold(0usize, |acc, l| {

@@ -90,12 +90,13 @@ pub fn activate(act: Activation, z: f64) -> f64 {
     }
 }
 
-/// `f'(z)`, from the output `a = f(z)` where that is cheaper (docs/design.md section 4).
-pub fn activation_derivative(act: Activation, z: f64, a: f64) -> f64 {
+/// `f'(z)`, from the output `a = f(z)` (docs/design.md section 4); ReLU's `[a > 0]` is also 0
+/// for a unit a TopK selection zeroed (section 12).
+pub fn activation_derivative(act: Activation, _z: f64, a: f64) -> f64 {
     match act {
         Activation::Identity => 1.0,
         Activation::Relu => {
-            if z > 0.0 {
+            if a > 0.0 {
                 1.0
             } else {
                 0.0
@@ -205,6 +206,64 @@ pub fn fire_count(
         }
     }
     freq
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dictionary learning (docs/design.md section 12)
+// ---------------------------------------------------------------------------------------------
+
+/// TopK over `[m, n]`: `max(z, 0)` for the `k` largest values of each row (ties to the lower
+/// index), 0 elsewhere. Ordered as the kernel orders f32 (-0 below +0).
+pub fn topk(z: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut a = vec![0.0; m * n];
+    for i in 0..m {
+        let row = &z[i * n..(i + 1) * n];
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&p, &q| row[q].total_cmp(&row[p]).then(p.cmp(&q)));
+        for &j in order.iter().take(k) {
+            a[i * n + j] = row[j].max(0.0);
+        }
+    }
+    a
+}
+
+/// `x[i, k] - b[k]` over `[m, n]`: the encoder's input with the pre-bias.
+pub fn center_rows(x: &[f64], b: &[f64], m: usize, n: usize) -> Vec<f64> {
+    (0..m * n).map(|i| x[i] - b[i % n]).collect()
+}
+
+/// `db_out[k] -= sum_j db_1[j] W_1[j, k]`: the pre-bias path's term of `dJ/db_L`.
+pub fn pre_bias_backward(db1: &[f64], w1: &[f64], db_out: &mut [f64]) {
+    let n = db_out.len();
+    for (k, out) in db_out.iter_mut().enumerate() {
+        *out -= (0..db1.len()).map(|j| db1[j] * w1[j * n + k]).sum::<f64>();
+    }
+}
+
+/// `dw_j -= (dw_j . w_j / ||w_j||^2) w_j` for each column j of `w`, `dw` (`[rows, cols]`),
+/// skipping zero columns.
+pub fn decoder_project(w: &[f64], dw: &mut [f64], rows: usize, cols: usize) {
+    for j in 0..cols {
+        let dot: f64 = (0..rows).map(|i| dw[i * cols + j] * w[i * cols + j]).sum();
+        let norm2: f64 = (0..rows).map(|i| w[i * cols + j] * w[i * cols + j]).sum();
+        if norm2 > 0.0 {
+            for i in 0..rows {
+                dw[i * cols + j] -= dot / norm2 * w[i * cols + j];
+            }
+        }
+    }
+}
+
+/// `w_j /= ||w_j||` for each non-zero column j of `w` (`[rows, cols]`).
+pub fn decoder_normalize(w: &mut [f64], rows: usize, cols: usize) {
+    for j in 0..cols {
+        let norm = (0..rows).map(|i| w[i * cols + j] * w[i * cols + j]).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            for i in 0..rows {
+                w[i * cols + j] /= norm;
+            }
+        }
+    }
 }
 
 /// `dKL(rho || q)/dq` with q clamped to [eps, 1-eps]; the clamp passes the gradient through.
@@ -374,23 +433,42 @@ impl Forward {
     }
 }
 
-/// `A_0 = X; Z_l = A_{l-1} W_l^T + 1 b_l^T; A_l = f_l(Z_l)`.
+/// What a code unit's firing is read from: `Z_c > 0`, or for a ReLU code `A_c > 0` (the same
+/// for a dense code; for a TopK code only the selected units fire).
+pub fn fires_source<'a>(spec: &ModelSpec, z: &'a [Vec<f64>], a: &'a [Vec<f64>]) -> &'a [f64] {
+    let c = spec.code_layer;
+    if spec.activation(c) == Activation::Relu {
+        &a[c]
+    } else {
+        &z[c]
+    }
+}
+
+/// `A_0 = X; Z_l = A_{l-1} W_l^T + 1 b_l^T; A_l = f_l(Z_l)`; with a pre-bias layer 1 reads
+/// `X - 1 b_L^T`, and a TopK code keeps the K largest of each row of `Z_c` (section 12).
 pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward {
     let spec = &model.spec;
+    let layers = spec.layers();
+    let c = spec.code_layer;
     let mut z = vec![Vec::new()];
     let mut a = vec![x.to_vec()];
-    for l in 1..=spec.layers() {
+    // With a pre-bias the encoder sees X - 1 b_L^T.
+    let centered = spec.pre_bias.then(|| center_rows(x, &model.b[layers - 1], m, spec.sizes[0]));
+    for l in 1..=layers {
         let (n, k) = spec.shape(l);
-        let mut zl = matmul_forward(&a[l - 1], &model.w[l - 1], m, k, n);
-        let al = bias_activation(&mut zl, &model.b[l - 1], spec.activation(l), n);
+        let input = if l == 1 { centered.as_ref().unwrap_or(&a[0]) } else { &a[l - 1] };
+        let mut zl = matmul_forward(input, &model.w[l - 1], m, k, n);
+        let mut al = bias_activation(&mut zl, &model.b[l - 1], spec.activation(l), n);
+        if let (true, Some(k)) = (l == c, spec.select.k()) {
+            al = topk(&zl, m, n, k);
+        }
         z.push(zl);
         a.push(al);
     }
-    let c = spec.code_layer;
     let nc = spec.code_width();
     let inv_m = 1.0 / m as f64;
     let mean_activation = column_sum(&a[c], m, nc, ColumnTransform::Value, inv_m);
-    let freq = column_sum(&z[c], m, nc, ColumnTransform::Fires, inv_m);
+    let freq = column_sum(fires_source(spec, &z, &a), m, nc, ColumnTransform::Fires, inv_m);
     let rho_hat = match loss.sparsity {
         Sparsity::None => Vec::new(),
         Sparsity::Kl { .. } => mean_activation.clone(),
@@ -467,16 +545,23 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
     let sparsity = if terms.sparsity { cfg.sparsity } else { Sparsity::None };
     let lambda = if terms.weight_decay { cfg.weight_decay } else { 0.0 };
 
+    let centered = spec.pre_bias.then(|| center_rows(x, &model.b[layers - 1], m, spec.sizes[0]));
     for l in (1..=layers).rev() {
         let (n, k) = spec.shape(l);
         // dW_l = delta_l^T A_{l-1} + lambda W_l ;  db_l = column sums of delta_l
-        let mut dwl = matmul_backward_weight(&delta, &fwd.a[l - 1], m, n, k);
+        let input = if l == 1 { centered.as_ref().unwrap_or(&fwd.a[0]) } else { &fwd.a[l - 1] };
+        let mut dwl = matmul_backward_weight(&delta, input, m, n, k);
         for (d, w) in dwl.iter_mut().zip(&model.w[l - 1]) {
             *d += lambda * w;
         }
         dw[l - 1] = dwl;
         db[l - 1] = column_sum(&delta, m, n, ColumnTransform::Value, 1.0);
         if l == 1 {
+            // The pre-bias path: dJ/db_L -= db_1^T W_1.
+            if spec.pre_bias {
+                let db1 = db[0].clone();
+                pre_bias_backward(&db1, &model.w[0], &mut db[layers - 1]);
+            }
             break;
         }
         // G = delta_l W_l
@@ -508,6 +593,9 @@ pub struct Optim {
     pub rho_anneal: u64,
     /// The global gradient norm gradients are clipped to.
     pub clip_grad_norm: Option<f64>,
+    /// Unit-norm decoder columns: `dW_L` projected before the update, `W_L`'s columns
+    /// renormalised after it (docs/design.md section 12).
+    pub decoder_norm: bool,
     /// Steps taken.
     pub t: u64,
     /// Velocity or first moment, and second moment, per tensor.
@@ -528,6 +616,7 @@ impl Optim {
             beta_warmup: 0,
             rho_anneal: 0,
             clip_grad_norm: None,
+            decoder_norm: false,
             t: 0,
             m: zeros.clone(),
             v: zeros,
@@ -549,6 +638,11 @@ impl Optim {
         self.t += 1;
         let lr = scheduled_lr(&self.schedule, self.lr, self.t);
         let layers = model.w.len();
+        let (rows, cols) = model.spec.shape(layers);
+        let mut grads = grads.clone();
+        if self.decoder_norm {
+            decoder_project(&model.w[layers - 1], &mut grads.dw[layers - 1], rows, cols);
+        }
         let coef = match self.clip_grad_norm {
             Some(max_norm) => grad_norm(grads.dw.iter().chain(&grads.db).flatten().copied(), max_norm),
             None => 1.0,
@@ -570,6 +664,9 @@ impl Optim {
                 }
             }
         }
+        if self.decoder_norm {
+            decoder_normalize(&mut model.w[layers - 1], rows, cols);
+        }
     }
 }
 
@@ -583,7 +680,8 @@ pub fn step_with(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, optim
     // Firing counts: tracking, and kl-freq's controller on the code bias.
     let (c, nc) = (model.spec.code_layer, model.spec.code_width());
     let update = FireUpdate { anneal: optim.rho_anneal, ..FireUpdate::for_step(cfg.sparsity) };
-    fire_count(&fwd.z[c], m, nc, &mut optim.since_fired, &mut model.b[c - 1], update, share, optim.t + 1);
+    let fires = fires_source(&model.spec, &fwd.z, &fwd.a).to_vec();
+    fire_count(&fires, m, nc, &mut optim.since_fired, &mut model.b[c - 1], update, share, optim.t + 1);
     // J at rho; kl-freq's push at this step's target.
     let cfg = LossConfig { sparsity: scaled.sparsity.annealed(target_share), ..scaled };
     let grads = backward(model, &LossConfig { weight_decay: 0.0, ..cfg }, &fwd, x, Terms::ALL);

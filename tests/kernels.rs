@@ -122,6 +122,31 @@ fn fire_count() {
 }
 
 #[test]
+fn topk() {
+    run("topk", check::topk);
+}
+
+#[test]
+fn center_rows() {
+    run("center_rows", check::center_rows);
+}
+
+#[test]
+fn pre_bias_backward() {
+    run("pre_bias_backward", check::pre_bias_backward);
+}
+
+#[test]
+fn decoder_project() {
+    run("decoder_project", check::decoder_project);
+}
+
+#[test]
+fn decoder_normalize() {
+    run("decoder_normalize", check::decoder_normalize);
+}
+
+#[test]
 fn grad_norm() {
     run("grad_norm", check::grad_norm);
 }

@@ -37,6 +37,9 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("update", source::UPDATE, none(), false),
         ("data", source::DATA, none(), false),
         ("fused", source::FUSED, none(), false),
+        ("topk", source::TOPK, none(), false),
+        ("prebias", source::PREBIAS, none(), false),
+        ("decoder", source::DECODER, none(), false),
     ]
 }
 

@@ -35,6 +35,7 @@ macro_rules! shader {
     };
 }
 
+pub mod dictionary;
 pub mod elementwise;
 pub mod matmul;
 pub mod step;
@@ -51,6 +52,9 @@ pub mod source {
     pub const UPDATE: &str = shader!("update.wgsl");
     pub const DATA: &str = shader!("data.wgsl");
     pub const FUSED: &str = shader!("fused.wgsl");
+    pub const TOPK: &str = shader!("topk.wgsl");
+    pub const PREBIAS: &str = shader!("prebias.wgsl");
+    pub const DECODER: &str = shader!("decoder.wgsl");
 }
 
 /// How a kernel uses a storage binding.
@@ -106,10 +110,15 @@ pub enum Kernel {
     FusedForward,
     FusedBackward,
     FusedUpdate,
+    TopK,
+    CenterRows,
+    PreBiasBackward,
+    DecoderProject,
+    DecoderNormalize,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -124,6 +133,11 @@ impl Kernel {
         Kernel::FusedForward,
         Kernel::FusedBackward,
         Kernel::FusedUpdate,
+        Kernel::TopK,
+        Kernel::CenterRows,
+        Kernel::PreBiasBackward,
+        Kernel::DecoderProject,
+        Kernel::DecoderNormalize,
     ];
 
     /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
@@ -145,6 +159,11 @@ impl Kernel {
             Kernel::FusedForward => "fused_forward",
             Kernel::FusedBackward => "fused_backward",
             Kernel::FusedUpdate => "fused_update",
+            Kernel::TopK => "topk",
+            Kernel::CenterRows => "center_rows",
+            Kernel::PreBiasBackward => "pre_bias_backward",
+            Kernel::DecoderProject => "decoder_project",
+            Kernel::DecoderNormalize => "decoder_normalize",
         }
     }
 
@@ -157,6 +176,9 @@ impl Kernel {
             Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate | Kernel::GradNorm => source::UPDATE,
             Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
             Kernel::FusedForward | Kernel::FusedBackward | Kernel::FusedUpdate => source::FUSED,
+            Kernel::TopK => source::TOPK,
+            Kernel::CenterRows | Kernel::PreBiasBackward => source::PREBIAS,
+            Kernel::DecoderProject | Kernel::DecoderNormalize => source::DECODER,
         }
     }
 
@@ -178,6 +200,9 @@ impl Kernel {
             Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],
             Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W), (6, R), (19, R)],
             Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, R), (18, W), (19, R)],
+            Kernel::TopK => &[(2, R), (3, W)],
+            Kernel::CenterRows | Kernel::PreBiasBackward => &[(2, R), (3, R), (4, W)],
+            Kernel::DecoderProject | Kernel::DecoderNormalize => &[(2, W), (3, W)],
         }
     }
 

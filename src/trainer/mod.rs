@@ -103,6 +103,8 @@ pub struct Trainer {
     rho_anneal: u64,
     /// The global gradient norm gradients are clipped to (PyTorch's `clip_grad_norm_`).
     clip_grad_norm: Option<f64>,
+    /// Unit-norm decoder columns (docs/design.md section 12).
+    decoder_norm: bool,
     /// Largest minibatch the buffers hold.
     batch_capacity: usize,
     layout: ParamLayout,
@@ -208,6 +210,7 @@ impl Trainer {
             beta_warmup: 0,
             rho_anneal: 0,
             clip_grad_norm: None,
+            decoder_norm: false,
             batch_capacity,
             layout,
             metrics_layout,
@@ -377,14 +380,33 @@ impl Trainer {
         self.max_resident_bytes = bytes;
     }
 
+    /// Unit-norm decoder columns (`--decoder-norm unit`, docs/design.md section 12): each
+    /// step removes from dW_L its component along each column of W_L, and renormalises the
+    /// columns after the update. The layered path runs it (a fused trainer turns layered).
+    pub fn set_decoder_norm(&mut self, on: bool) -> Result<()> {
+        if on && self.path == StepPath::Fused {
+            self.set_path(StepPath::Layered)?;
+        }
+        self.decoder_norm = on;
+        self.schedules.clear();
+        Ok(())
+    }
+
+    pub fn decoder_norm(&self) -> bool {
+        self.decoder_norm
+    }
+
     /// Chooses the step path (the fused one only where every width, and a batch's activations
-    /// in one binding, fit).
+    /// in one binding, fit, and the model and settings are ones it computes).
     pub fn set_path(&mut self, path: StepPath) -> Result<()> {
         if path == StepPath::Fused && !StepPath::fused_fits(&self.spec) {
             return Err(Error::input(format!(
-                "the fused path takes layers up to {} wide",
+                "the fused path takes layers up to {} wide, a dense code and no pre-bias: use the layered path",
                 crate::kernels::FUSED_MAX_WIDTH
             )));
+        }
+        if path == StepPath::Fused && self.decoder_norm {
+            return Err(Error::input("the fused path has no decoder normalisation: use the layered path"));
         }
         let acts = ActivationLayout::new(&self.spec, self.batch_capacity);
         if path == StepPath::Fused && !acts.fits_one_binding(&self.gpu().limits) {

@@ -9,7 +9,7 @@ use crate::kernels::step::Rows;
 use crate::kernels::FUSED_MAX_WIDTH;
 use crate::kernels::{Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, View};
 use crate::layout::{ActivationLayout, ParamLayout, LOSS_SLOTS};
-use crate::model::{ModelSpec, Sparsity, RHO_HAT_EPS};
+use crate::model::{Activation, CodeSelect, ModelSpec, Sparsity, RHO_HAT_EPS};
 use crate::optim::Optimizer;
 use crate::reference::{ColumnTransform, FireUpdate};
 
@@ -38,9 +38,10 @@ impl StepPath {
         }
     }
 
-    /// Whether every layer is narrow enough for the fused kernels.
+    /// Whether every layer is narrow enough for the fused kernels, and the model is one they
+    /// compute (a dense code without a pre-bias: the dictionary recipe's parts run layered).
     pub fn fused_fits(spec: &ModelSpec) -> bool {
-        spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH)
+        spec.sizes.iter().all(|&n| n <= FUSED_MAX_WIDTH) && spec.select == CodeSelect::Dense && !spec.pre_bias
     }
 
     /// `--path`: `auto` (None), `fused` or `layered`.
@@ -72,11 +73,14 @@ pub(crate) struct Activations {
     pub delta: Vec<View>,
     pub layout: ActivationLayout,
     pub all: Option<[View; 3]>,
+    /// With a pre-bias, the encoder's input `X - 1 b_L^T` (`[rows, n_0]`).
+    pub centered: Option<View>,
 }
 
 impl Activations {
     pub fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, path: StepPath) -> Self {
         let layout = ActivationLayout::new(spec, m);
+        let centered = spec.pre_bias.then(|| View::whole(&gpu.storage("x centered", m * spec.sizes[0])));
         let per_layer_of =
             |v: &View| layout.offsets.iter().zip(&layout.lens).map(|(&at, &len)| v.slice(at, len)).collect();
         match path {
@@ -88,6 +92,7 @@ impl Activations {
                     delta: per_layer_of(&all[2]),
                     layout,
                     all: Some(all),
+                    centered,
                 }
             }
             StepPath::Layered => {
@@ -99,7 +104,14 @@ impl Activations {
                         .map(|(l, &len)| View::whole(&gpu.storage(&format!("{name}{l}"), len)))
                         .collect()
                 };
-                Activations { z: per_layer("z"), a: per_layer("a"), delta: per_layer("delta"), layout, all: None }
+                Activations {
+                    z: per_layer("z"),
+                    a: per_layer("a"),
+                    delta: per_layer("delta"),
+                    layout,
+                    all: None,
+                    centered,
+                }
             }
         }
     }
@@ -116,8 +128,25 @@ pub(crate) fn bias(buffer: &View, layout: &ParamLayout, l: usize) -> View {
     buffer.slice(at, len)
 }
 
+impl Activations {
+    /// The encoder's input, rows `0..m`: X, or with a pre-bias `X - 1 b_L^T`.
+    pub fn encoder_input(&self, spec: &ModelSpec, m: usize) -> View {
+        self.centered.as_ref().unwrap_or(&self.a[0]).head(m * spec.sizes[0])
+    }
+
+    /// Where the code's firing is read, rows `0..m` (`reference::fires_source`): `Z_c`, or for
+    /// a ReLU code `A_c` (only the units a TopK selection kept fire).
+    pub fn fires_source(&self, spec: &ModelSpec, m: usize) -> View {
+        let c = spec.code_layer;
+        let per_layer = if spec.activation(c) == Activation::Relu { &self.a } else { &self.z };
+        per_layer[c].head(m * spec.sizes[c])
+    }
+}
+
 /// The layered forward pass, shared by training and inference:
-/// `X = the rows` ; `Z_l = A_{l-1} W_l^T + 1 b_l^T`, `A_l = f_l(Z_l)` in one dispatch a layer.
+/// `X = the rows` ; `Z_l = A_{l-1} W_l^T + 1 b_l^T`, `A_l = f_l(Z_l)` in one dispatch a layer;
+/// with a pre-bias layer 1 reads `X - 1 b_L^T`, and a TopK code keeps the K largest of each
+/// row of `Z_c` (docs/design.md section 12).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layered_forward(
     k: &Kernels,
@@ -131,11 +160,16 @@ pub(crate) fn layered_forward(
 ) -> Vec<Launch> {
     let rows = |v: &[View], l: usize| v[l].head(m * spec.sizes[l]);
     let mut forward = vec![k.gather_rows(data, order, state, &rows(&acts.a, 0), m, spec.sizes[0], from)];
+    if let Some(centered) = &acts.centered {
+        let b_out = bias(params, layout, spec.layers());
+        forward.push(k.center_rows(&rows(&acts.a, 0), &b_out, &centered.head(m * spec.sizes[0]), m, spec.sizes[0]));
+    }
     for l in 1..=spec.layers() {
         let (n, kk) = spec.shape(l);
+        let input = if l == 1 { acts.encoder_input(spec, m) } else { rows(&acts.a, l - 1) };
         forward.push(
             k.matmul_forward_bias_activation(
-                &rows(&acts.a, l - 1),
+                &input,
                 &weight(params, layout, l),
                 &bias(params, layout, l),
                 &rows(&acts.z, l),
@@ -147,6 +181,9 @@ pub(crate) fn layered_forward(
             )
             .at_layer(l),
         );
+        if let (true, Some(topk)) = (l == spec.code_layer, spec.select.k()) {
+            forward.push(k.topk(&rows(&acts.z, l), &rows(&acts.a, l), m, n, topk));
+        }
     }
     forward
 }
@@ -201,8 +238,9 @@ impl Trainer {
         // hard frequency, one fire_count does all of it.
         let ml = &self.metrics_layout;
         let code_bias = bias(&b.params, &self.layout, c);
+        let fired = b.acts.fires_source(spec, m);
         let fires = |out: &View, update: FireUpdate| {
-            k.fire_count(&z(c), out, &b.since_fired, &code_bias, m, nc, update, steps).noting("fires")
+            k.fire_count(&fired, out, &b.since_fired, &code_bias, m, nc, update, steps).noting("fires")
         };
         let smooth_rho_hat = match sparsity {
             Sparsity::None | Sparsity::KlFreq { .. } => None,
@@ -226,7 +264,7 @@ impl Trainer {
 
         // Metrics (on request): loss terms, hard firing frequency, mean code activation.
         let metrics = vec![
-            k.column_sum(&z(c), &b.metrics.slice(ml.freq, nc), m, nc, ColumnTransform::Fires, inv_m).noting("freq"),
+            k.column_sum(&fired, &b.metrics.slice(ml.freq, nc), m, nc, ColumnTransform::Fires, inv_m).noting("freq"),
             k.column_sum(&a(c), &b.metrics.slice(ml.mean, nc), m, nc, ColumnTransform::Value, inv_m).noting("mean"),
             k.loss_value(
                 &a(layers),
@@ -255,8 +293,14 @@ impl Trainer {
                     // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
                     // one dispatch
                     let (dw, db) = (weight(&b.grads, &self.layout, l), bias(&b.grads, &self.layout, l));
-                    backward.push(k.matmul_backward_weight_bias(&delta(l), &a(l - 1), &dw, &db, m, n, kk).at_layer(l));
+                    let input = if l == 1 { b.acts.encoder_input(spec, m) } else { a(l - 1) };
+                    backward.push(k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, m, n, kk).at_layer(l));
                     if l == 1 {
+                        // The pre-bias path's term of dJ/db_L: -db_1^T W_1.
+                        if spec.pre_bias {
+                            let db_out = bias(&b.grads, &self.layout, layers);
+                            backward.push(k.pre_bias_backward(&db, &w(1), &db_out, n, kk));
+                        }
                         break;
                     }
                     // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}), one dispatch, or at the
@@ -298,8 +342,20 @@ impl Trainer {
                 // Update: the optimizer's rule over every parameter in one dispatch (SGD:
                 // W <- W - lr (dW + lambda W), b <- b - lr db), with this step's values from the
                 // step-values table; then the step state moves on to the next minibatch.
-                let mut update = self.clip_launch();
-                update.extend([self.update_launch(), k.advance_cursor(&b.state, m, 1)]);
+                // Unit-norm decoder columns: dW_L loses its component along each column before
+                // the update (and clipping), and the columns are renormalised after it.
+                let (w_out, dw_out) = (w(layers), weight(&b.grads, &self.layout, layers));
+                let (rows_out, cols_out) = spec.shape(layers);
+                let mut update = Vec::new();
+                if self.decoder_norm {
+                    update.push(k.decoder_project(&w_out, &dw_out, rows_out, cols_out));
+                }
+                update.extend(self.clip_launch());
+                update.push(self.update_launch());
+                if self.decoder_norm {
+                    update.push(k.decoder_normalize(&w_out, &dw_out, rows_out, cols_out));
+                }
+                update.push(k.advance_cursor(&b.state, m, 1));
                 (forward, backward, update, vec![])
             }
             StepPath::Fused => {
