@@ -2,9 +2,11 @@
 // input less the output layer's bias b_L (the decoder bias b_dec), and b_L's gradient gains
 // that path's term.
 //   center_rows:       out[i, k] = x[i, k] - b[k]                 over [rows, cols]
-//   pre_bias_backward: out[k] -= sum_j x[j] * b[j * cols + k]     x = db_1 [hidden], b = W_1
-//                      [hidden, cols], out = db_L [cols]: dJ/db_L gains -(db_1^T W_1), since
-//                      dJ/d(X - 1 b_L^T) = delta_1 W_1 summed over the rows is db_1^T W_1.
+//   pre_bias_backward: g[out_at + k] -= sum_j g[db1_at + j] * b[j * cols + k]
+//                      over the gradients g (db_1 [hidden] and db_L [cols] both live there,
+//                      so they share one binding), b = W_1 [hidden, cols]: dJ/db_L gains
+//                      -(db_1^T W_1), since dJ/d(X - 1 b_L^T) = delta_1 W_1 summed over the
+//                      rows is db_1^T W_1.
 // One invocation per element (center_rows) or per input feature k (pre_bias_backward), which
 // sums over j in order: deterministic.
 
@@ -12,7 +14,11 @@ struct PreBias {
     rows: u32,
     cols: u32,
     hidden: u32,
-    _pad: u32,
+    db1_at: u32,
+    out_at: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> pb: PreBias;
@@ -37,7 +43,7 @@ fn pre_bias_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
     }
     var acc = 0.0;
     for (var j = 0u; j < pb.hidden; j++) {
-        acc += x[j] * b[j * pb.cols + k];
+        acc += out[pb.db1_at + j] * b[j * pb.cols + k];
     }
-    out[k] -= acc;
+    out[pb.out_at + k] -= acc;
 }

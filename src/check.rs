@@ -602,6 +602,7 @@ pub fn training_steps(
         beta_warmup: 0,
         rho_anneal: 0,
         clip_grad_norm: None,
+        decoder_norm: false,
     };
     training_steps_with(gpu, spec, cfg, m, setup, steps, path)
 }
@@ -618,6 +619,8 @@ pub struct StepsSetup {
     pub rho_anneal: u64,
     /// The global gradient norm to clip to.
     pub clip_grad_norm: Option<f64>,
+    /// Unit-norm decoder columns.
+    pub decoder_norm: bool,
 }
 
 /// The same with any optimizer, learning-rate schedule and beta warm-up.
@@ -627,7 +630,7 @@ pub fn training_steps_with(
     spec: &crate::ModelSpec,
     cfg: crate::LossConfig,
     m: usize,
-    StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal, clip_grad_norm }: StepsSetup,
+    StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal, clip_grad_norm, decoder_norm }: StepsSetup,
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
@@ -641,11 +644,13 @@ pub fn training_steps_with(
     trainer.set_beta_warmup(beta_warmup)?;
     trainer.set_rho_anneal(rho_anneal)?;
     trainer.set_clip_grad_norm(clip_grad_norm)?;
+    trainer.set_decoder_norm(decoder_norm)?;
     let mut model = r::Model::new(spec, &init);
     let mut optim = r::Optim::new(&model, optimizer, schedule, lr, cfg.weight_decay);
     optim.beta_warmup = beta_warmup;
     optim.rho_anneal = rho_anneal;
     optim.clip_grad_norm = clip_grad_norm;
+    optim.decoder_norm = decoder_norm;
     let mut rng = Rng::new(77);
     for _ in 0..steps {
         let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);
@@ -843,14 +848,21 @@ pub fn center_rows(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
 /// the sum of its terms' magnitudes and the value it is subtracted from.
 pub fn pre_bias_backward(kern: &Kernels, rng: &mut Rng, _m: usize, k: usize, n: usize) -> f64 {
     let (db1, w1, db_out) = (random(rng, k, -1.0, 1.0), random(rng, k * n, -1.0, 1.0), random(rng, n, -1.0, 1.0));
-    let out = kern.gpu.upload("db out", &db_out);
-    kern.gpu.run(&[kern.pre_bias_backward(&kern.gpu.upload("db1", &db1), &kern.gpu.upload("w1", &w1), &out, k, n)]);
+    // The gradients' layout: db_L after db_1, with a gap.
+    let g: Vec<f32> = db1.iter().chain(&[7.0; 3]).chain(&db_out).copied().collect();
+    let g_view = kern.gpu.upload("g", &g);
+    kern.gpu.run(&[kern.pre_bias_backward(&kern.gpu.upload("w1", &w1), &g_view, 0, k + 3, k, n)]);
     let mut want = widen(&db_out);
     r::pre_bias_backward(&widen(&db1), &widen(&w1), &mut want);
     let scale: Vec<f64> = (0..n)
         .map(|c| (db_out[c] as f64).abs() + (0..k).map(|j| (db1[j] * w1[j * n + c]) as f64).map(f64::abs).sum::<f64>())
         .collect();
-    max_rel_err(&download(kern, &out), &want, &scale)
+    let got = download(kern, &g_view);
+    // Only db_L changes.
+    if got[..k + 3] != g[..k + 3] {
+        return f64::INFINITY;
+    }
+    max_rel_err(&got[k + 3..], &want, &scale)
 }
 
 /// `decoder_project` against its twin on `[k, n]` (columns of random norms, one of them zero).

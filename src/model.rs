@@ -174,6 +174,11 @@ impl ModelSpec {
                 self.sizes[layers], self.sizes[0]
             ));
         }
+        if self.pre_bias && layers < 2 {
+            return Err(
+                "a pre-bias subtracts the output layer's bias before the first: it needs at least two layers".into()
+            );
+        }
         if let CodeSelect::TopK { k } = self.select {
             let n = self.sizes[self.code_layer];
             if k == 0 || k > n {

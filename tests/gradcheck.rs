@@ -100,3 +100,23 @@ fn all_terms_together() {
     let relu = ModelSpec::mirrored(&[6, 5, 4, 3], Activation::Relu, Activation::Relu, Activation::Sigmoid).unwrap();
     check(&relu, freq, Terms::ALL, "all terms, firing-frequency KL (relu)");
 }
+
+/// The dictionary model's gradients (docs/design.md section 12): the pre-bias path into b_L, on a
+/// dense ReLU code and on a TopK code (piecewise linear: at eps = 1e-6 no selection changes
+/// on these random inputs, so central differences see one linear piece, and the check fails
+/// if the backward pass let a zeroed unit's gradient through).
+#[test]
+fn dictionary_pre_bias_and_topk() {
+    use sae_wgpu::model::CodeSelect;
+    let dense = ModelSpec::mirrored(&[7, 11], Activation::Relu, Activation::Relu, Activation::Identity).unwrap();
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
+    let pre_bias = ModelSpec { pre_bias: true, ..dense.clone() };
+    check(&pre_bias, cfg, Terms::ALL, "dense relu code, pre-bias");
+    let topk = dense.clone().with_code(CodeSelect::TopK { k: 3 }, true).unwrap();
+    check(&topk, cfg, Terms::ALL, "topk 3 code, pre-bias");
+    let deep = ModelSpec::mirrored(&[7, 9, 11], Activation::Tanh, Activation::Relu, Activation::Identity)
+        .unwrap()
+        .with_code(CodeSelect::TopK { k: 2 }, true)
+        .unwrap();
+    check(&deep, cfg, Terms::ALL, "7-9-11-9-7 topk 2, pre-bias");
+}

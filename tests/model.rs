@@ -121,7 +121,15 @@ fn optimizers_match_reference() {
     ];
     for (name, lr, optimizer, schedule, beta_warmup, clip_grad_norm) in cases {
         for path in [Path::Layered, Path::Fused] {
-            let setup = check::StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal: 0, clip_grad_norm };
+            let setup = check::StepsSetup {
+                lr,
+                optimizer,
+                schedule,
+                beta_warmup,
+                rho_anneal: 0,
+                clip_grad_norm,
+                decoder_norm: false,
+            };
             let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
             println!(
                 "{name:<32} [{path:?}] max rel err after {STEPS} steps {:.2e} ({} weights moved)",
@@ -154,6 +162,7 @@ fn forum_recipe_matches_reference() {
             beta_warmup: 3,
             rho_anneal: 4,
             clip_grad_norm: None,
+            decoder_norm: false,
         };
         let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
         println!(
@@ -162,6 +171,42 @@ fn forum_recipe_matches_reference() {
         );
         assert!(r.moved > 0, "[{path:?}]: no weight moved");
         assert!(r.max_rel_err < TOL, "[{path:?}]: max relative error {:e} >= {TOL:e}", r.max_rel_err);
+    }
+}
+
+/// The dictionary recipe's parts, step for step against the f64 reference on the layered path
+/// (the one that runs them): a TopK code with a pre-bias and unit-norm decoder columns under
+/// Adam, each part alone, and a batch of one. Odd widths (13 -> 29 -> 13), K of 3 and 1.
+#[test]
+fn dictionary_recipes_match_reference() {
+    use sae_wgpu::model::CodeSelect;
+    use sae_wgpu::optim::{LrSchedule, Optimizer};
+    let adam = Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    let dense = ModelSpec::mirrored(&[13, 29], Activation::Relu, Activation::Relu, Activation::Identity).unwrap();
+    let topk = |k| dense.clone().with_code(CodeSelect::TopK { k }, false).unwrap();
+    let with_pre_bias = |spec: ModelSpec| ModelSpec { pre_bias: true, ..spec };
+    let cases = [
+        ("topk 3, pre-bias, decoder norm, adam", with_pre_bias(topk(3)), adam, 0.01, true, 37),
+        ("topk 3, pre-bias, decoder norm, batch of 1", with_pre_bias(topk(3)), adam, 0.01, true, 1),
+        ("topk 1, sgd", topk(1), Optimizer::Sgd, 0.5, false, 37),
+        ("dense relu, pre-bias, sgd", with_pre_bias(dense.clone()), Optimizer::Sgd, 0.5, false, 37),
+        ("dense relu, decoder norm, adam", dense.clone(), adam, 0.01, true, 37),
+    ];
+    for (name, spec, optimizer, lr, decoder_norm, m) in cases {
+        let setup = check::StepsSetup {
+            lr,
+            optimizer,
+            schedule: LrSchedule::default(),
+            beta_warmup: 0,
+            rho_anneal: 0,
+            clip_grad_norm: None,
+            decoder_norm,
+        };
+        let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
+        let r = check::training_steps_with(&gpu(), &spec, cfg, m, setup, STEPS, Some(Path::Layered)).unwrap();
+        println!("{name:<44} max rel err after {STEPS} steps {:.2e} ({} weights moved)", r.max_rel_err, r.moved);
+        assert!(r.moved > 0, "{name}: no weight moved");
+        assert!(r.max_rel_err < TOL, "{name}: max relative error {:e} >= {TOL:e}", r.max_rel_err);
     }
 }
 

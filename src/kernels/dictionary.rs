@@ -5,18 +5,20 @@
 use super::{Cost, Kernel, Kernels, Launch, View};
 use bytemuck::{Pod, Zeroable};
 
-/// The uniform block of every kernel here (`TopK`, `PreBias`, `Decoder` in the shaders).
+/// The uniform block of every kernel here (`TopK`, `PreBias`, `Decoder` in the shaders; the
+/// last two words are `PreBias`'s offsets).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Dims {
     rows: u32,
     cols: u32,
     third: u32,
-    _pad: u32,
+    at: [u32; 2],
+    _pad: [u32; 3],
 }
 
 fn dims(rows: usize, cols: usize, third: usize) -> Dims {
-    Dims { rows: rows as u32, cols: cols as u32, third: third as u32, _pad: 0 }
+    Dims { rows: rows as u32, cols: cols as u32, third: third as u32, at: [0; 2], _pad: [0; 3] }
 }
 
 fn cost(kernel: Kernel, shape: String, flops: usize, floats: usize) -> Cost {
@@ -39,11 +41,22 @@ impl Kernels {
         self.launch(Kernel::CenterRows, dims(m, n, 0), &[x, b, out], Self::elementwise_groups(m * n), cost)
     }
 
-    /// `db_out[k] -= sum_j db1[j] w1[j, k]` (`w1` `[hidden, n]`): the pre-bias path's term of
-    /// the output bias's gradient.
-    pub fn pre_bias_backward(&self, db1: &View, w1: &View, db_out: &View, hidden: usize, n: usize) -> Launch {
+    /// `g[out_at + k] -= sum_j g[db1_at + j] w1[j, k]` (`w1` `[hidden, n]`): the pre-bias path's
+    /// term of the output bias's gradient, with db_1 and db_L both in the gradients `g`
+    /// (disjoint: a pre-bias model has at least two layers).
+    pub fn pre_bias_backward(
+        &self,
+        w1: &View,
+        g: &View,
+        db1_at: usize,
+        out_at: usize,
+        hidden: usize,
+        n: usize,
+    ) -> Launch {
+        assert!(db1_at + hidden <= out_at || out_at + n <= db1_at, "pre_bias_backward: db_1 and db_L overlap");
+        let params = Dims { at: [db1_at as u32, out_at as u32], ..dims(1, n, hidden) };
         let cost = cost(Kernel::PreBiasBackward, format!("{hidden}x{n}"), 2 * hidden * n, hidden * n + hidden + 2 * n);
-        self.launch(Kernel::PreBiasBackward, dims(1, n, hidden), &[db1, w1, db_out], [n.div_ceil(64), 1], cost)
+        self.launch(Kernel::PreBiasBackward, params, &[w1, g], [n.div_ceil(64), 1], cost)
     }
 
     /// Removes from each column of `dw` its component along the same column of `w` (both

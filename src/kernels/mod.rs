@@ -201,7 +201,8 @@ impl Kernel {
             Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W), (6, R), (19, R)],
             Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, R), (18, W), (19, R)],
             Kernel::TopK => &[(2, R), (3, W)],
-            Kernel::CenterRows | Kernel::PreBiasBackward => &[(2, R), (3, R), (4, W)],
+            Kernel::CenterRows => &[(2, R), (3, R), (4, W)],
+            Kernel::PreBiasBackward => &[(3, R), (4, W)],
             Kernel::DecoderProject | Kernel::DecoderNormalize => &[(2, W), (3, W)],
         }
     }

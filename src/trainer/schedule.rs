@@ -298,8 +298,8 @@ impl Trainer {
                     if l == 1 {
                         // The pre-bias path's term of dJ/db_L: -db_1^T W_1.
                         if spec.pre_bias {
-                            let db_out = bias(&b.grads, &self.layout, layers);
-                            backward.push(k.pre_bias_backward(&db, &w(1), &db_out, n, kk));
+                            let (db1_at, out_at) = (self.layout.biases[0].0, self.layout.biases[layers - 1].0);
+                            backward.push(k.pre_bias_backward(&w(1), &b.grads, db1_at, out_at, n, kk));
                         }
                         break;
                     }
