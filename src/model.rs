@@ -440,6 +440,49 @@ impl Params {
         Params { weights, biases }
     }
 
+    /// The dictionary recipe's init (docs/design.md section 12): `init`'s weights, then with
+    /// `unit_decoder` each column of W_L scaled to unit norm, with `tied` each encoder layer
+    /// set to the transpose of its mirror image in the decoder (`W_l = W_{L+1-l}^T` where the
+    /// shapes allow), and with `output_bias` b_L set to it (the data mean, for a pre-bias).
+    pub fn dictionary_init(
+        spec: &ModelSpec,
+        seed: u64,
+        unit_decoder: bool,
+        tied: bool,
+        output_bias: Option<&[f32]>,
+    ) -> Self {
+        let mut p = Params::init(spec, seed);
+        let layers = spec.layers();
+        if unit_decoder {
+            let (rows, cols) = spec.shape(layers);
+            let w = &mut p.weights[layers - 1];
+            for j in 0..cols {
+                let norm = (0..rows).map(|i| (w[i * cols + j] as f64).powi(2)).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    for i in 0..rows {
+                        w[i * cols + j] = (w[i * cols + j] as f64 / norm) as f32;
+                    }
+                }
+            }
+        }
+        if tied {
+            for l in 1..=spec.code_layer {
+                let mirror = layers + 1 - l;
+                let (n, k) = spec.shape(l);
+                if mirror > spec.code_layer && spec.shape(mirror) == (k, n) {
+                    let w = &p.weights[mirror - 1];
+                    p.weights[l - 1] = (0..n * k).map(|e| w[(e % k) * n + e / k]).collect();
+                }
+            }
+        }
+        if let Some(b) = output_bias {
+            if b.len() == spec.sizes[layers] {
+                p.biases[layers - 1] = b.to_vec();
+            }
+        }
+        p
+    }
+
     /// Checks that every tensor has the size `spec` gives it.
     pub fn check_shapes(&self, spec: &ModelSpec) -> Result<(), String> {
         if self.weights.len() != spec.layers() || self.biases.len() != spec.layers() {

@@ -78,3 +78,105 @@ pub fn context_alignment(fires: &[Vec<bool>], strengths: &[[f64; CONTEXTS]]) -> 
         })
         .collect()
 }
+
+/// A synthetic dictionary (`--synthetic dictionary:D,F,S`): the ground truth a dictionary
+/// recipe should recover. `features` true directions in R^`width`, each a standard-normal
+/// vector scaled to unit length; every sample is the sum of `active` distinct directions chosen
+/// uniformly, each at a magnitude from U(0.5, 1.5), plus N(0, NOISE^2) on every coordinate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DictionarySpec {
+    pub width: usize,
+    pub features: usize,
+    pub active: usize,
+}
+
+/// The noise of a synthetic dictionary's samples (standard deviation per coordinate).
+pub const NOISE: f64 = 0.01;
+
+impl DictionarySpec {
+    /// `dictionary:D,F,S` (D the width, F the features, S active per sample).
+    pub fn parse(text: &str) -> Result<DictionarySpec, String> {
+        let usage = "give dictionary:D,F,S (D the width, F the true features, S active per sample, 1 <= S <= F), e.g. dictionary:32,64,3";
+        let Some(rest) = text.strip_prefix("dictionary:") else {
+            return Err(format!("--synthetic {text}: {usage}"));
+        };
+        let n: Vec<usize> = rest.split(',').map(|t| t.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| format!("--synthetic {text}: {usage}"))?;
+        match n.as_slice() {
+            &[width, features, active] if width >= 1 && features >= 1 && (1..=features).contains(&active) && width.saturating_mul(features) <= 1 << 26 => {
+                Ok(DictionarySpec { width, features, active })
+            }
+            _ => Err(format!("--synthetic {text}: {usage}")),
+        }
+    }
+
+    /// `samples` rows and the true directions `[features, width]` (row-major), seeded.
+    pub fn generate(&self, samples: usize, seed: u64) -> (Dataset, Vec<f32>) {
+        let (d, f, s) = (self.width, self.features, self.active);
+        let mut rng = Rng::new(seed ^ 0xD1C7_0000);
+        let mut truth = Vec::with_capacity(f * d);
+        for _ in 0..f {
+            let v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+            truth.extend(v.iter().map(|x| (x / norm) as f32));
+        }
+        let mut values = Vec::with_capacity(samples * d);
+        let mut chosen: Vec<usize> = (0..f).collect();
+        for _ in 0..samples {
+            // S distinct features: the first S of a partial Fisher-Yates shuffle.
+            for i in 0..s {
+                let j = i + rng.below(f - i);
+                chosen.swap(i, j);
+            }
+            let mut row = vec![0.0f64; d];
+            for &feature in &chosen[..s] {
+                let magnitude = 0.5 + rng.next_f64();
+                for (x, t) in row.iter_mut().zip(&truth[feature * d..(feature + 1) * d]) {
+                    *x += magnitude * *t as f64;
+                }
+            }
+            values.extend(row.iter().map(|x| (x + NOISE * rng.normal()) as f32));
+        }
+        (Dataset { rows: samples, cols: d, values }, truth)
+    }
+}
+
+/// How well a decoder recovers known directions: for each true direction the best |cosine|
+/// with any decoder column; their mean (MMCS) and the share above 0.9.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Recovery {
+    pub mmcs: f64,
+    pub above_0_9: f64,
+    pub best: Vec<f64>,
+}
+
+/// Recovery of the true directions `truth` (`[features, width]`) by the columns of `decoder`
+/// (`[width, latents]`, PyTorch's `W_dec` layout: column j is latent j's direction). Zero
+/// vectors have cosine 0 with everything.
+pub fn recovery(truth: &[f32], decoder: &[f32], width: usize) -> Recovery {
+    let features = truth.len() / width;
+    let latents = decoder.len() / width;
+    let column = |j: usize| (0..width).map(move |i| decoder[i * latents + j] as f64);
+    let norms: Vec<f64> = (0..latents).map(|j| column(j).map(|v| v * v).sum::<f64>().sqrt()).collect();
+    let best: Vec<f64> = (0..features)
+        .map(|f| {
+            let t = &truth[f * width..(f + 1) * width];
+            let tn = t.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            (0..latents)
+                .map(|j| {
+                    let dot: f64 = column(j).zip(t).map(|(a, &b)| a * b as f64).sum();
+                    if norms[j] > 0.0 && tn > 0.0 {
+                        (dot / (norms[j] * tn)).abs()
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let n = best.len().max(1) as f64;
+    Recovery {
+        mmcs: best.iter().sum::<f64>() / n,
+        above_0_9: best.iter().filter(|&&b| b > 0.9).count() as f64 / n,
+        best,
+    }
+}

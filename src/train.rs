@@ -67,6 +67,20 @@ pub mod defaults {
         pub const BATCH_SIZE: usize = 32;
     }
 
+    /// A dictionary (docs/design.md section 12): one hidden layer of latents over a synthetic
+    /// dictionary's samples (D = 32, F = 64 true directions, S = 3 active), a TopK code with
+    /// K = S, a pre-bias initialised to the data mean, unit-norm decoder columns, a tied init
+    /// and Adam, no penalty term (TopK sets the sparsity).
+    pub mod dictionary {
+        pub const SYNTHETIC: &str = "dictionary:32,64,3";
+        pub const SAMPLES: usize = 20_000;
+        pub const LAYERS: &str = "32,64";
+        pub const K: usize = 3;
+        pub const LR: f64 = 0.004;
+        pub const EPOCHS: usize = 20;
+        pub const BATCH_SIZE: usize = 64;
+    }
+
     // Settings no preset gives.
     pub const LAYERS: &str = forum::LAYERS;
     pub const SPARSITY: &str = forum::SPARSITY;
@@ -130,6 +144,44 @@ pub fn forum_trainer(
         steps_per_submit: None,
     };
     Ok((trainer, opts))
+}
+
+/// A trainer for a dictionary recipe, set up as `sae train --preset dictionary` sets one up for
+/// `data` (its mean is the pre-bias's start): `spec` with the tied, unit-norm init, decoder
+/// normalisation, Adam at the preset's rate, constant; with the options `fit` takes for it.
+pub fn dictionary_trainer(
+    gpu: &crate::Gpu,
+    spec: &crate::ModelSpec,
+    loss: crate::LossConfig,
+    data: &Dataset,
+    seed: u64,
+) -> Result<(Trainer, TrainOptions)> {
+    use defaults::dictionary as d;
+    let mean = column_means(data);
+    let init = crate::Params::dictionary_init(spec, seed, true, true, spec.pre_bias.then_some(&mean[..]));
+    let mut trainer = Trainer::new(gpu, spec, loss, d::LR, d::BATCH_SIZE, &init)?;
+    trainer.set_optimizer(defaults::optimizer())?;
+    trainer.set_decoder_norm(true)?;
+    let opts = TrainOptions {
+        epochs: d::EPOCHS,
+        batch_size: d::BATCH_SIZE,
+        seed,
+        shuffle: true,
+        log_every: None,
+        steps_per_submit: None,
+    };
+    Ok((trainer, opts))
+}
+
+/// Each column's mean over the rows, in f64 then rounded: the pre-bias's init.
+pub fn column_means(data: &Dataset) -> Vec<f32> {
+    let mut sum = vec![0.0f64; data.cols];
+    for row in data.values.chunks_exact(data.cols.max(1)) {
+        for (s, v) in sum.iter_mut().zip(row) {
+            *s += *v as f64;
+        }
+    }
+    sum.iter().map(|s| (s / data.rows.max(1) as f64) as f32).collect()
 }
 
 #[derive(Clone, Debug)]
