@@ -100,9 +100,18 @@ impl DictionarySpec {
         let Some(rest) = text.strip_prefix("dictionary:") else {
             return Err(format!("--synthetic {text}: {usage}"));
         };
-        let n: Vec<usize> = rest.split(',').map(|t| t.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| format!("--synthetic {text}: {usage}"))?;
+        let n: Vec<usize> = rest
+            .split(',')
+            .map(|t| t.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("--synthetic {text}: {usage}"))?;
         match n.as_slice() {
-            &[width, features, active] if width >= 1 && features >= 1 && (1..=features).contains(&active) && width.saturating_mul(features) <= 1 << 26 => {
+            &[width, features, active]
+                if width >= 1
+                    && features >= 1
+                    && (1..=features).contains(&active)
+                    && width.saturating_mul(features) <= 1 << 26 =>
+            {
                 Ok(DictionarySpec { width, features, active })
             }
             _ => Err(format!("--synthetic {text}: {usage}")),

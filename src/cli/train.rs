@@ -7,7 +7,7 @@ use crate::checkpoint::TrainState;
 use crate::data::{self, write_atomic, Dataset};
 use crate::device::AdapterRequest;
 use crate::lbfgs::{self, LbfgsSettings, LbfgsState};
-use crate::model::{check_lr, parse_widths, Activation, LossConfig, ModelSpec, Params, Sparsity};
+use crate::model::{check_lr, parse_widths, Activation, CodeSelect, LossConfig, ModelSpec, Params, Sparsity};
 use crate::optim::{self, LrSchedule, Optimizer, ScheduleKind};
 use crate::synthetic;
 use crate::train::{defaults, fit_epochs, fit_lbfgs, split_validation, Event, TrainOptions};
@@ -27,8 +27,9 @@ pub struct TrainSettings {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// forum (the forum post's all-ReLU 20-80-40-4 model with a firing-frequency target) or
-    /// classic (sigmoid code and output, mean-activation KL): the defaults of every setting
+    /// forum (the forum post's all-ReLU 20-80-40-4 model with a firing-frequency target),
+    /// classic (sigmoid code and output, mean-activation KL) or dictionary (a TopK dictionary
+    /// of 64 latents over a synthetic 32-wide dictionary): the defaults of every setting
     /// neither a flag nor --config gives [default: forum].
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
@@ -36,9 +37,15 @@ pub struct TrainSettings {
     /// Default: the built-in synthetic context vectors (20 wide).
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
-    /// Size of the built-in dataset when no --data is given [default: 8192].
+    /// Size of the built-in dataset when no --data is given [default: 8192; dictionary preset 20000].
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
+    /// Train on a synthetic dictionary instead of --data: dictionary:D,F,S, samples that are
+    /// sums of S of F random unit directions in R^D (magnitudes U(0.5, 1.5), noise 0.01). With
+    /// --out the true directions are written to DIR/truth.npy and the run ends with their
+    /// recovery (MMCS) [default: dictionary preset dictionary:32,64,3].
+    #[arg(long, value_name = "SPEC")]
+    synthetic: Option<String>,
     /// Encoder widths, input first, code last [default: 20,80,40,4 (both presets)].
     #[arg(long, value_name = "N,N,..")]
     layers: Option<String>,
@@ -48,9 +55,25 @@ pub struct TrainSettings {
     /// identity, relu, sigmoid or tanh [default: relu (both presets)].
     #[arg(long, value_name = "ACT")]
     hidden_activation: Option<String>,
-    /// Activation of the code layer [default: forum relu, classic sigmoid].
+    /// Activation of the code layer, or topk (the --k largest pre-activations of each row,
+    /// ReLU'd; the rest 0) [default: forum relu, classic sigmoid, dictionary topk].
     #[arg(long, value_name = "ACT")]
     code_activation: Option<String>,
+    /// K of --code-activation topk, in 1..=the code width [default: dictionary preset 3].
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// Subtract the output layer's bias (b_dec) from the input before the encoder, initialised
+    /// to the data mean [default: dictionary true, else false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pre_bias: Option<bool>,
+    /// unit (decoder columns renormalised after each step, the gradient along each column
+    /// removed before it) or none [default: dictionary unit, else none].
+    #[arg(long, value_name = "KIND")]
+    decoder_norm: Option<String>,
+    /// Initialise each encoder layer as the transpose of its mirror decoder layer [default:
+    /// dictionary true, else false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    tied_init: Option<bool>,
     /// Activation of the output layer [default: forum relu, classic sigmoid].
     #[arg(long, value_name = "ACT")]
     output_activation: Option<String>,
@@ -197,6 +220,11 @@ struct Resolved {
     samples: usize,
     model: ModelSpec,
     loss: LossConfig,
+    /// Unit-norm decoder columns, and the tied init.
+    decoder_norm: bool,
+    tied_init: bool,
+    /// The synthetic dictionary trained on (`--synthetic`).
+    synthetic: Option<synthetic::DictionarySpec>,
     lr: f64,
     optimizer: Method,
     lr_schedule: LrSchedule,
@@ -313,6 +341,8 @@ pub struct ModelFlags {
     pub hidden_activation: Option<String>,
     pub code_activation: Option<String>,
     pub output_activation: Option<String>,
+    pub k: Option<usize>,
+    pub pre_bias: Option<bool>,
 }
 
 impl ModelFlags {
@@ -323,6 +353,8 @@ impl ModelFlags {
             hidden_activation: s.hidden_activation.clone(),
             code_activation: s.code_activation.clone(),
             output_activation: s.output_activation.clone(),
+            k: s.k,
+            pre_bias: s.pre_bias,
         }
     }
 
@@ -333,6 +365,8 @@ impl ModelFlags {
             || self.hidden_activation.is_some()
             || self.code_activation.is_some()
             || self.output_activation.is_some()
+            || self.k.is_some()
+            || self.pre_bias.is_some()
     }
 
     /// The model the flags describe (defaults for those not given), or None when none is given.
@@ -357,10 +391,21 @@ impl ModelFlags {
         };
         let act = |flag: &str, v: &Option<String>| parse_activation(flag, v.as_deref().unwrap_or(f::ACTIVATION));
         let hidden = act("--hidden-activation", &self.hidden_activation)?;
-        let code = act("--code-activation", &self.code_activation)?;
+        let topk = self.code_activation.as_deref() == Some("topk");
+        let code = if topk { Activation::Relu } else { act("--code-activation", &self.code_activation)? };
         let output = act("--output-activation", &self.output_activation)?;
-        ModelSpec::new(&encoder, &decoder, hidden, code, output)
-            .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))
+        let select = match (topk, self.k) {
+            (true, Some(k)) => CodeSelect::TopK { k },
+            (true, None) => return Err(bad("--code-activation topk: give --k K, the latents kept per row")),
+            (false, Some(_)) => return Err(bad("--k: a setting of --code-activation topk; drop it or add that")),
+            (false, None) => CodeSelect::Dense,
+        };
+        let spec = ModelSpec::new(&encoder, &decoder, hidden, code, output)
+            .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))?;
+        spec.with_code(select, self.pre_bias.unwrap_or(false)).map_err(|e| {
+            let flag = if matches!(select, CodeSelect::TopK { .. }) { "--k/--pre-bias" } else { "--pre-bias" };
+            bad(format!("{flag}: {e}"))
+        })
     }
 }
 
@@ -430,6 +475,11 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
     pick!(
         data,
         samples,
+        synthetic,
+        k,
+        pre_bias,
+        decoder_norm,
+        tied_init,
         preset,
         layers,
         decoder_layers,
@@ -509,8 +559,28 @@ fn preset(name: &str) -> Result<TrainSettings> {
                 ..Default::default()
             })
         }
+        "dictionary" => {
+            use defaults::dictionary as d;
+            Ok(TrainSettings {
+                synthetic: text(d::SYNTHETIC),
+                samples: Some(d::SAMPLES),
+                layers: text(d::LAYERS),
+                hidden_activation: text("relu"),
+                code_activation: text("topk"),
+                k: Some(d::K),
+                output_activation: text("identity"),
+                pre_bias: Some(true),
+                decoder_norm: text("unit"),
+                tied_init: Some(true),
+                sparsity: text("none"),
+                lr: Some(d::LR),
+                epochs: Some(d::EPOCHS),
+                batch_size: Some(d::BATCH_SIZE),
+                ..Default::default()
+            })
+        }
         other => Err(bad(format!(
-            "--preset {other}: use forum (the forum post's all-ReLU model, the default) or classic (sigmoid code, mean-activation KL)"
+            "--preset {other}: use forum (the forum post's all-ReLU model, the default), classic (sigmoid code, mean-activation KL) or dictionary (a TopK dictionary)"
         ))),
     }
 }
@@ -521,6 +591,14 @@ fn preset(name: &str) -> Result<TrainSettings> {
 fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
     let name = user.preset.clone().unwrap_or_else(|| defaults::PRESET.to_string());
     let mut preset = preset(&name)?;
+    // The user's data replaces the preset's synthetic set; a dense code drops the preset's K.
+    if user.data.is_some() || user.synthetic.is_some() {
+        preset.synthetic = None;
+        preset.samples = None;
+    }
+    if user.code_activation.as_deref().is_some_and(|c| c != "topk") {
+        preset.k = None;
+    }
     if user.optimizer.as_deref() == Some("lbfgs") {
         preset.lr = None;
         preset.lr_schedule = None;
@@ -535,6 +613,8 @@ fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
 struct Plan {
     resolved: Resolved,
     dataset: Dataset,
+    /// A synthetic dictionary's true directions, `[F, D]`.
+    truth: Option<Vec<f32>>,
     /// The --init checkpoint's parameters (a fresh init otherwise, made in `run`).
     init: Option<Params>,
     out: Option<PathBuf>,
@@ -620,9 +700,31 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     }
 
     let seed = s.seed.unwrap_or(0);
-    let (dataset, data_name) = match &s.data {
-        Some(p) => (data::load(p)?, p.display().to_string()),
-        None => {
+    let synthetic = match (&s.synthetic, &s.data) {
+        (Some(_), Some(p)) => {
+            return Err(bad(format!("--synthetic and --data {}: train on one or the other; drop one", p.display())))
+        }
+        (Some(text), None) => Some(synthetic::DictionarySpec::parse(text).map_err(bad)?),
+        (None, _) => None,
+    };
+    let mut truth = None;
+    let (dataset, data_name) = match (&s.data, synthetic) {
+        (Some(p), _) => (data::load(p)?, p.display().to_string()),
+        (None, Some(dict)) => {
+            let n = s.samples.unwrap_or(synthetic::DEFAULT_SAMPLES);
+            let bytes = (n as u64).saturating_mul(2 * 4 * dict.width as u64);
+            if n == 0 || n > 1 << 28 || data::available_memory().is_some_and(|free| bytes > free) {
+                return Err(bad(format!(
+                    "--samples {n}: a synthetic dictionary of {n} rows of {} values does not fit in memory (or is empty); use fewer samples",
+                    dict.width
+                )));
+            }
+            let (set, directions) = dict.generate(n, seed);
+            truth = Some(directions);
+            let (d, f, k) = (dict.width, dict.features, dict.active);
+            (set, format!("synthetic dictionary (D={d}, F={f}, S={k}, n={n}, seed={seed})"))
+        }
+        (None, None) => {
             let n = s.samples.unwrap_or(synthetic::DEFAULT_SAMPLES);
             if n == 0 {
                 return Err(bad("--samples 0: the built-in dataset needs at least one sample"));
@@ -713,6 +815,15 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     }
     let loss = LossConfig { weight_decay, sparsity };
     loss.validate(&spec).map_err(bad)?;
+    let decoder_norm = match s.decoder_norm.as_deref() {
+        None | Some("none") => false,
+        Some("unit") => true,
+        Some(other) => return Err(bad(format!("--decoder-norm {other}: use unit or none"))),
+    };
+    let tied_init = s.tied_init.unwrap_or(false);
+    if s.init.is_some() && s.tied_init == Some(true) && !model_given {
+        return Err(bad("--tied-init: the run starts from --init's weights; drop one"));
+    }
     let optimizer_name = s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER);
     let is_lbfgs = optimizer_name == "lbfgs";
     let lr = s.lr.unwrap_or(if is_lbfgs { 1.0 } else { defaults::LR });
@@ -884,6 +995,9 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             samples: dataset.rows,
             model: spec,
             loss,
+            decoder_norm,
+            tied_init,
+            synthetic,
             lr,
             optimizer,
             lr_schedule,
@@ -905,6 +1019,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             adapter: String::new(),
         },
         dataset,
+        truth,
         init,
         out: s.out.clone(),
         request,
@@ -930,14 +1045,39 @@ fn dead(r: &Resolved, since_fired: &[u32]) -> usize {
     since_fired.iter().filter(|&&s| s as u64 >= r.dead_after).count()
 }
 
-/// A metrics JSON line (docs/design.md section 6).
-fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics) -> serde_json::Value {
+/// Mean active code units per row: the sum of the units' firing frequencies.
+fn l0(freq: &[f64]) -> f64 {
+    freq.iter().sum()
+}
+
+/// Edges of the latent-density histogram: log10 of a unit's firing frequency, in buckets
+/// `[-inf, -6)`, `[-6, -5)`, .., `[-1, 0]` (as SAELens plots it), plus the units that never
+/// fired (frequency 0) apart.
+pub const DENSITY_BUCKETS: [&str; 8] =
+    ["never", "<1e-6", "1e-6..1e-5", "1e-5..1e-4", "1e-4..1e-3", "1e-3..1e-2", "1e-2..1e-1", "1e-1..1"];
+
+/// Counts of code units per density bucket ([`DENSITY_BUCKETS`]).
+pub fn density_histogram(freq: &[f64]) -> Vec<usize> {
+    let mut counts = vec![0; DENSITY_BUCKETS.len()];
+    for &f in freq {
+        let bucket = if f <= 0.0 { 0 } else { (f.log10().floor() as i64 + 8).clamp(1, 7) as usize };
+        counts[bucket] += 1;
+    }
+    counts
+}
+
+/// A metrics JSON line (docs/design.md section 6). Its FVU is the minibatch's squared error
+/// per row over the training set's squared deviation from its mean per row (`variance`).
+fn step_json(r: &Resolved, epoch: usize, step: u64, m: &StepMetrics, variance: f64) -> serde_json::Value {
     let (lr, beta, target) = rates(r, step, step);
+    let width = r.model.input_width() as f64;
+    let fvu = if variance > 0.0 { Some(m.mse * width / variance) } else { None };
     serde_json::json!({
         "kind": "step", "epoch": epoch, "step": step, "lr": lr, "beta": beta, "target": target,
-        "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
+        "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse, "fvu": fvu,
         "sparsity": m.sparsity, "weight_decay": m.weight_decay,
         "rho_hat": m.rho_hat, "freq": m.freq, "since_fired": m.since_fired, "dead": dead(r, &m.since_fired),
+        "dead_fraction": dead(r, &m.since_fired) as f64 / m.since_fired.len().max(1) as f64, "l0": l0(&m.freq),
     })
 }
 
@@ -962,7 +1102,7 @@ fn eval_json(m: &EvalMetrics) -> serde_json::Value {
     serde_json::json!({
         "samples": m.samples, "loss": m.loss, "reconstruction": m.reconstruction, "mse": m.mse,
         "sparsity": m.sparsity, "weight_decay": m.weight_decay, "fvu": m.fvu,
-        "rho_hat": m.rho_hat, "freq": m.freq,
+        "rho_hat": m.rho_hat, "freq": m.freq, "l0": l0(&m.freq),
     })
 }
 
@@ -981,7 +1121,9 @@ fn epoch_json(
     if let Some(since) = since_fired {
         obj.insert("since_fired".into(), since.into());
         obj.insert("dead".into(), dead(r, since).into());
+        obj.insert("dead_fraction".into(), (dead(r, since) as f64 / since.len().max(1) as f64).into());
     }
+    obj.insert("density".into(), density_histogram(&train.freq).into());
     obj.insert("kind".into(), "epoch".into());
     obj.insert("epoch".into(), epoch.into());
     obj.insert("step".into(), step.into());
@@ -1002,7 +1144,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         None => (cli, None),
     };
     let resuming = resumed.is_some();
-    let Plan { mut resolved, dataset, init, out, request, settings, stop_after_epoch, report, overwrite } =
+    let Plan { mut resolved, dataset, truth, init, out, request, settings, stop_after_epoch, report, overwrite } =
         plan(cli, resuming)?;
     let gpu = open_gpu(&request)?;
     resolved.adapter = gpu.describe();
@@ -1017,8 +1159,14 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         spec.parameter_count().saturating_mul(4),
         "use smaller --layers",
     )?;
-    let init = init.unwrap_or_else(|| Params::init(&spec, resolved.seed));
+    // A fresh init; the dictionary recipe's (docs/design.md section 12) where it is asked for:
+    // unit decoder columns, tied encoder, the pre-bias at the training rows' mean.
+    let init = init.unwrap_or_else(|| {
+        let mean = spec.pre_bias.then(|| crate::train::column_means(&train_set));
+        Params::dictionary_init(&spec, resolved.seed, resolved.decoder_norm, resolved.tied_init, mean.as_deref())
+    });
     let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
+    trainer.set_decoder_norm(resolved.decoder_norm)?;
     if let Method::Steps(optimizer) = resolved.optimizer {
         trainer.set_optimizer(optimizer)?;
     }
@@ -1147,6 +1295,8 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         }
         eprintln!("\nstopping at the next submit boundary to write a checkpoint (Ctrl-C again to quit at once)");
     });
+    let baseline = crate::trainer::Baseline::of(&train_set.values, train_set.cols);
+    let variance_per_row = baseline.squared_deviation / train_set.rows.max(1) as f64;
     let started = std::time::Instant::now();
     let mut last_val = None;
     let mut last_since: Option<Vec<u32>> = None;
@@ -1156,7 +1306,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 bar.set_position(*step);
                 bar.set_prefix(epoch.to_string());
                 bar.set_message(format!("loss {:.5}", metrics.loss));
-                step_json(&resolved, *epoch, *step, metrics)
+                step_json(&resolved, *epoch, *step, metrics, variance_per_row)
             }
             Event::Epoch { epoch, step, train, validation, trainer } => {
                 bar.set_position(*step);
@@ -1253,6 +1403,22 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let evaluations = lbfgs_state.as_ref().map(|s| s.evaluations);
     let timing = (started.elapsed().as_secs_f64(), steps, evaluations);
     print_summary(&resolved, &last, last_val.as_ref(), last_since.as_deref(), timing);
+    // A synthetic dictionary: how well the decoder's columns recover its true directions.
+    if let (Some(truth), Some(dict)) = (&truth, resolved.synthetic) {
+        let r = synthetic::recovery(truth, &params.weights[spec.layers() - 1], dict.width);
+        println!(
+            "recovery of the {} true directions: MMCS {:.4}, {} above 0.9 ({:.1} %)",
+            dict.features,
+            r.mmcs,
+            (r.above_0_9 * dict.features as f64).round(),
+            100.0 * r.above_0_9
+        );
+        if let Some(dir) = &out {
+            let set = Dataset { rows: dict.features, cols: dict.width, values: truth.clone() };
+            data::save(&dir.join("truth.npy"), &set)?;
+            println!("wrote {}/truth.npy (`sae eval --truth` measures a model against it)", dir.display());
+        }
+    }
     if let Some((at, why)) = stopped {
         println!("L-BFGS stopped after iteration {at} of {}: {}", resolved.epochs, why.describe());
     } else if last_epoch < resolved.epochs {

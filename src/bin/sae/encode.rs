@@ -24,10 +24,16 @@ pub struct EncodeArgs {
     /// For a checkpoint without a model spec [default: relu].
     #[arg(long, value_name = "ACT")]
     hidden_activation: Option<String>,
-    /// For a checkpoint without a model spec [default: sigmoid].
+    /// For a checkpoint without a model spec: an activation, or topk with --k [default: relu].
     #[arg(long, value_name = "ACT")]
     code_activation: Option<String>,
-    /// For a checkpoint without a model spec [default: sigmoid].
+    /// For a checkpoint without a model spec: K of a topk code.
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// For a checkpoint without a model spec: the encoder sees the input less the output bias.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pre_bias: Option<bool>,
+    /// For a checkpoint without a model spec [default: relu].
     #[arg(long, value_name = "ACT")]
     output_activation: Option<String>,
     /// Input data (.npy or .csv), as wide as the model's input.
@@ -69,6 +75,8 @@ pub fn run(a: EncodeArgs) -> Result<()> {
         hidden_activation: a.hidden_activation,
         code_activation: a.code_activation,
         output_activation: a.output_activation,
+        k: a.k,
+        pre_bias: a.pre_bias,
     };
     let flag_spec = flags.spec()?;
     let (spec, params) = checkpoint::load_as(&a.model, flag_spec.as_ref())?;
