@@ -167,8 +167,12 @@ pub fn load(path: &Path) -> Result<(ModelSpec, Params)> {
     load_as(path, None)
 }
 
-/// The same, reading a file without a spec (a PyTorch state dict) as the model `given`.
+/// The same, reading a file without a spec (a PyTorch state dict) as the model `given`. A
+/// directory holding an SAELens SAE (`cfg.json`, `sae_weights.safetensors`) is read as one.
 pub fn load_as(path: &Path, given: Option<&ModelSpec>) -> Result<(ModelSpec, Params)> {
+    if crate::saelens::is_saelens_dir(path) {
+        return crate::saelens::import(path);
+    }
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Input(format!("{}: cannot read the checkpoint ({e}): check the path", path.display())))?;
     from_bytes_as(&bytes, &path.display().to_string(), given).map_err(Error::Input)

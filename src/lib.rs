@@ -10,6 +10,7 @@
 //! * [`train`]: the training loop over epochs.
 //! * [`encoder`]: the forward pass alone, for inference.
 //! * [`data`], [`checkpoint`], [`synthetic`]: data files, safetensors checkpoints, built-in data.
+//! * [`saelens`]: SAELens's directory format, written and read.
 //! * [`check`], [`bench`]: kernels against their twins, and timings with napkin math.
 //! * [`error`]: the error type, with its kind (bad input or runtime failure).
 
@@ -29,6 +30,7 @@ pub mod optim;
 pub mod patches;
 pub mod reference;
 pub mod report;
+pub mod saelens;
 pub mod synthetic;
 pub mod train;
 pub mod trainer;

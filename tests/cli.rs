@@ -1524,3 +1524,183 @@ fn kl_freq_and_preset_settings_rejected() {
         train_flags_rejected(&format!("kl_freq_rejects_{i}"), flags, needles);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dictionary learning: --preset dictionary, sae eval, sae export --format saelens
+// ---------------------------------------------------------------------------------------------
+
+/// A tiny `--preset dictionary` run (2,000 rows of the synthetic dictionary, one epoch): its
+/// --out holds the model and the true directions.
+fn trained_dictionary(t: &Tmp, extra: &[&str]) -> PathBuf {
+    let dir = t.path("dictionary");
+    let mut args = vec!["train", "--preset", "dictionary", "--samples", "2000", "--epochs", "1", "--out", s(&dir)];
+    args.extend_from_slice(extra);
+    let out = t.sae(&args);
+    assert_eq!(out.status.code(), Some(0), "dictionary train failed: {}", stderr(&out));
+    assert!(stdout(&out).contains("MMCS"), "the run reports the recovery: {}", stdout(&out));
+    dir
+}
+
+/// The preset writes truth.npy, metrics lines carry l0, fvu and the dead fraction, epoch lines a
+/// density histogram, and `sae eval` reports the MMCS the run printed.
+#[test]
+fn dictionary_preset_eval_and_metrics() {
+    let t = Tmp::new("dictionary_preset");
+    let dir = trained_dictionary(&t, &["--log-every", "10"]);
+    let lines = metrics(&dir);
+    let step = lines.iter().find(|l| l["kind"] == "step").expect("a step line");
+    let epoch = lines.iter().find(|l| l["kind"] == "epoch").expect("an epoch line");
+    // TopK with K = 3: exactly 3 active latents a row (the synthetic rows fire at least 3).
+    for line in [step, epoch] {
+        let l0 = line["l0"].as_f64().unwrap();
+        assert!((l0 - 3.0).abs() < 1e-6, "l0 {l0} != K");
+        assert!(line["fvu"].as_f64().unwrap() < 1.0, "fvu {}", line["fvu"]);
+        assert!((0.0..=1.0).contains(&line["dead_fraction"].as_f64().unwrap()));
+    }
+    let density: Vec<u64> = epoch["density"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(density.iter().sum::<u64>(), 64, "every latent in one density bucket: {density:?}");
+    let cfg = config_json(&dir);
+    assert_eq!(cfg["model"]["select"]["k"], 3);
+    assert_eq!(cfg["model"]["pre_bias"], true);
+    assert_eq!(cfg["decoder_norm"], true);
+    let model = dir.join("model.safetensors");
+    let truth = dir.join("truth.npy");
+    let out = t.sae(&["eval", "--model", s(&model), "--truth", s(&truth), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let mmcs = v["mmcs"].as_f64().unwrap();
+    assert!(mmcs > 0.5 && mmcs <= 1.0, "mmcs {mmcs}");
+    assert_eq!(v["best"].as_array().unwrap().len(), 64);
+    // A truth file of another width is refused.
+    let narrow = t.write("narrow.csv", csv_text(3, 20));
+    let out = t.sae(&["eval", "--model", s(&model), "--truth", s(&narrow)]);
+    assert_error(&out, 2, &["--truth", "32 wide"]);
+}
+
+fn read_f32_tensor(file: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let t = file.tensor(name).unwrap_or_else(|_| panic!("tensor {name}"));
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
+    (t.shape().to_vec(), v)
+}
+
+/// `sae export --format saelens`, then SAELens's forward written from those files alone,
+/// `relu(topk((x - b_dec) W_enc + b_enc)) W_dec + b_dec` in f64 from cfg.json and
+/// sae_weights.safetensors, equals `sae encode --reconstruct` (f32 on the device: within 1e-5
+/// of the output's scale); the directory also reads back as --init and --model.
+#[test]
+fn saelens_export_forward_matches_encode() {
+    let t = Tmp::new("saelens_export");
+    let dir = trained_dictionary(&t, &[]);
+    let model = dir.join("model.safetensors");
+    let sl = t.path("saelens");
+    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(sl.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "topk");
+    assert_eq!(cfg["apply_b_dec_to_input"], true);
+    let (d, n, k) = (
+        cfg["d_in"].as_u64().unwrap() as usize,
+        cfg["d_sae"].as_u64().unwrap() as usize,
+        cfg["k"].as_u64().unwrap() as usize,
+    );
+    let bytes = fs::read(sl.join("sae_weights.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (s_enc, w_enc) = read_f32_tensor(&file, "W_enc");
+    let (s_dec, w_dec) = read_f32_tensor(&file, "W_dec");
+    let (_, b_enc) = read_f32_tensor(&file, "b_enc");
+    let (_, b_dec) = read_f32_tensor(&file, "b_dec");
+    assert_eq!((s_enc, s_dec), (vec![d, n], vec![n, d]));
+
+    // 37 rows of the training data's kind.
+    let (x, _) = sae_wgpu::synthetic::DictionarySpec { width: d, features: 64, active: 3 }.generate(37, 9);
+    let x_path = t.path("x.npy");
+    data::save(&x_path, &x).unwrap();
+    let recon = t.path("recon.npy");
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&x_path), "--out", s(&recon), "--reconstruct"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = data::load(&recon).unwrap();
+    let mut worst: f64 = 0.0;
+    for (i, row) in x.values.chunks(d).enumerate() {
+        let pre: Vec<f64> = (0..n)
+            .map(|j| b_enc[j] + (0..d).map(|f| (row[f] as f64 - b_dec[f]) * w_enc[f * n + j]).sum::<f64>())
+            .collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&p, &q| pre[q].total_cmp(&pre[p]).then(p.cmp(&q)));
+        let mut acts = vec![0.0; n];
+        for &j in &order[..k] {
+            acts[j] = pre[j].max(0.0);
+        }
+        let scale = 1.0 + row.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
+        for f in 0..d {
+            let want = b_dec[f] + (0..n).map(|j| acts[j] * w_dec[j * d + f]).sum::<f64>();
+            worst = worst.max((got.values[i * d + f] as f64 - want).abs() / scale);
+        }
+    }
+    println!("SAELens forward from the exported files vs sae encode --reconstruct: max error {worst:.2e}");
+    assert!(worst < 1e-5, "max error {worst:e}");
+
+    // The directory is a model for encode and an init for train.
+    let recon2 = t.path("recon2.npy");
+    let out = t.sae(&["encode", "--model", s(&sl), "--data", s(&x_path), "--out", s(&recon2), "--reconstruct"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(data::load(&recon2).unwrap().values, got.values, "the SAELens directory encodes the same");
+    let out = t.sae(&["train", "--preset", "dictionary", "--samples", "256", "--epochs", "1", "--init", s(&sl)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// Bad dictionary input: K of 0 or above the width, a cfg.json that contradicts its tensors, an
+/// SAELens architecture or normalisation sae cannot compute, a model SAELens cannot hold:
+/// exit 2, one line, nothing written.
+#[test]
+fn dictionary_bad_input() {
+    train_flags_rejected("topk_k0", &["--preset", "dictionary", "--k", "0"], &["--k 0", "between 1"]);
+    train_flags_rejected("topk_k_wide", &["--preset", "dictionary", "--k", "65"], &["--k 65", "(64)"]);
+    train_flags_rejected(
+        "topk_no_k",
+        &["--layers", "20,8", "--code-activation", "topk"],
+        &["--code-activation topk", "--k"],
+    );
+    train_flags_rejected("k_no_topk", &["--k", "3"], &["--k", "topk"]);
+    train_flags_rejected("decoder_norm_kind", &["--decoder-norm", "l2"], &["--decoder-norm l2", "unit or none"]);
+    train_flags_rejected("synthetic_bad", &["--synthetic", "dictionary:32,64"], &["--synthetic", "dictionary:D,F,S"]);
+    train_flags_rejected("synthetic_s_over_f", &["--synthetic", "dictionary:8,4,5"], &["--synthetic"]);
+
+    let t = Tmp::new("saelens_bad");
+    let dir = trained_dictionary(&t, &[]);
+    let sl = t.path("saelens");
+    let model = dir.join("model.safetensors");
+    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cfg_text = fs::read_to_string(sl.join("cfg.json")).unwrap();
+    let x_path = t.path("x.csv");
+    fs::write(&x_path, csv_text(4, 32)).unwrap();
+    let out_dir = t.path("encoded");
+    fs::create_dir_all(&out_dir).unwrap();
+    let encode =
+        |t: &Tmp| t.sae(&["encode", "--model", s(&sl), "--data", s(&x_path), "--out", s(&out_dir.join("codes.npy"))]);
+    for (needle, from, to) in [
+        ("d_sae 65", "\"d_sae\": 64", "\"d_sae\": 65"),
+        ("architecture 'gated'", "\"architecture\": \"topk\"", "\"architecture\": \"gated\""),
+        (
+            "normalize_activations 'layer_norm'",
+            "\"normalize_activations\": \"none\"",
+            "\"normalize_activations\": \"layer_norm\"",
+        ),
+        ("--k 80", "\"k\": 3", "\"k\": 80"),
+    ] {
+        fs::write(sl.join("cfg.json"), cfg_text.replace(from, to)).unwrap();
+        let out = encode(&t);
+        let line = assert_error(&out, 2, &["cfg.json"]);
+        assert!(line.contains(needle) || line.contains(&needle.replace('\'', "")), "{needle}: {line}");
+        assert_no_output(&out_dir);
+    }
+    // A model SAELens cannot hold (the forum's deep all-ReLU model).
+    let forum = t.trained_forum_model();
+    let other = t.path("other");
+    let out = t.sae(&["export", "--format", "saelens", "--model", s(&forum), "--out", s(&other)]);
+    assert_error(&out, 2, &["--model", "SAELens", "one hidden layer"]);
+    assert!(!other.exists(), "nothing written");
+    let out = t.sae(&["export", "--format", "onnx", "--model", s(&model), "--out", s(&other)]);
+    assert_error(&out, 2, &["--format onnx"]);
+}

@@ -56,21 +56,20 @@ Set up once:  python3 -m venv venv && venv/bin/pip install torch numpy safetenso
 Run:          venv/bin/python tools/torch_dictionary.py --recipe topk --k 3
               venv/bin/python tools/torch_dictionary.py --recipe jumprelu
               venv/bin/python tools/torch_dictionary.py --recipe l1
+Defaults (batch 64, lr 4e-3, 20 epochs; topk --k 3; jumprelu --l0-coefficient 0.03
+--threshold-init 0.1 --bandwidth 0.05; l1 --l1-coefficient 0.1) were chosen on the default synthetic
+set (D=32, F=64, S=3, 20000 rows, N=64), where each recipe reaches MMCS > 0.95 for seeds 0-2 in
+about 5 s on one CPU thread. SAELens's JumpReLU defaults (threshold 0.001, bandwidth 0.001) do not
+work here: the code starts dense, the thresholds barely move, and the model settles on a dense
+basis (L0 ~ 53, MMCS ~ 0.48). jumprelu also needs lr 4e-3 (at 1e-3 the thresholds are still
+climbing after 20 epochs: MMCS ~ 0.75).
+
 --save W.safetensors writes the trained weights (W_enc, b_enc, W_dec, b_dec, and threshold for
 jumprelu).
 """
 import argparse, json, math, os, sys, time
 import numpy as np
 import torch
-
-# Per-recipe defaults for the options marked None below (chosen on the default synthetic set:
-# D=32, F=64, S=3, 20000 rows, N=64, 20 epochs).
-RECIPE_DEFAULTS = {
-    "topk": {"lr": 4e-3},
-    "jumprelu": {"lr": 4e-3},
-    "l1": {"lr": 4e-3},
-}
-
 
 def synthetic(d, f, s, rows, noise, seed):
     rng = np.random.default_rng(seed)
@@ -200,7 +199,7 @@ def main():
     g.add_argument("--tied-init", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--decoder-norm", choices=["unit", "none"], default="unit")
     g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=None, help="default per recipe (see RECIPE_DEFAULTS)")
+    g.add_argument("--lr", type=float, default=4e-3)
     g.add_argument("--batch", type=int, default=64)
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--seed", type=int, default=0, help="init and shuffle")
@@ -208,9 +207,6 @@ def main():
     g.add_argument("--verbose", action="store_true")
     g.add_argument("--save", metavar="W.safetensors")
     args = p.parse_args()
-    for key, val in RECIPE_DEFAULTS[args.recipe].items():
-        if getattr(args, key) is None:
-            setattr(args, key, val)
     torch.set_num_threads(args.threads)
 
     if (args.data is None) != (args.truth is None):

@@ -690,6 +690,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     // Whether the user named the model (else --init's checkpoint defines it).
     let model_given = ModelFlags::of(&user).given();
     let anneal_given = user.rho_anneal_steps.is_some();
+    let tied_given = user.tied_init == Some(true);
     let s = with_preset(user)?;
     let settings = serde_json::to_string(&s).expect("settings serialise");
     if s.stop_after_epoch == Some(0) {
@@ -821,7 +822,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         Some(other) => return Err(bad(format!("--decoder-norm {other}: use unit or none"))),
     };
     let tied_init = s.tied_init.unwrap_or(false);
-    if s.init.is_some() && s.tied_init == Some(true) && !model_given {
+    if s.init.is_some() && tied_given {
         return Err(bad("--tied-init: the run starts from --init's weights; drop one"));
     }
     let optimizer_name = s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER);

@@ -8,6 +8,8 @@ mod adapters;
 mod bench;
 mod check;
 mod encode;
+mod eval;
+mod export;
 mod patches;
 mod report;
 
@@ -33,6 +35,10 @@ enum Command {
     Train(Box<train::TrainSettings>),
     /// Write code-layer activations (or reconstructions) of a data file with a trained model.
     Encode(encode::EncodeArgs),
+    /// Measure how well a model's decoder recovers known directions (MMCS against a truth file).
+    Eval(eval::EvalArgs),
+    /// Write a trained model in another tool's format (SAELens).
+    Export(export::ExportArgs),
     /// Run every kernel and a few training steps against the f64 CPU reference on an adapter.
     Check(check::CheckArgs),
     /// List every adapter wgpu sees, with the limits that matter here.
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(s) => train::run(*s),
         Command::Encode(a) => encode::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Export(a) => export::run(a),
         Command::Check(a) => check::run(a),
         Command::Adapters(a) => adapters::run(a),
         Command::Bench(a) => bench::run(a),
