@@ -6,17 +6,20 @@
 // k - #{key > T} of lowest index: each invocation owns a contiguous chunk of the row, so an
 // exclusive scan of the chunks' tie counts ranks the ties by index. Only integer comparisons
 // and counts decide, so the selection is exact and the same on every run and adapter.
+// With dead_after > 0 only the dead latents take part (since[j] >= dead_after samples since
+// latent j fired): AuxK's selection. The others rank below every value and are never kept.
 
 struct TopK {
     rows: u32,
     cols: u32,
     k: u32,
-    _pad: u32,
+    dead_after: u32,
 }
 
 @group(0) @binding(1) var<uniform> tk: TopK;
 @group(0) @binding(2) var<storage, read> z: array<f32>;
 @group(0) @binding(3) var<storage, read_write> a: array<f32>;
+@group(0) @binding(4) var<storage, read> since: array<u32>;
 
 const TOPK_WG: u32 = 256u;
 var<workgroup> topk_count: atomic<u32>;
@@ -29,6 +32,15 @@ fn order_key(v: f32) -> u32 {
     return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
 }
 
+fn eligible(j: u32) -> bool {
+    return tk.dead_after == 0u || since[j] >= tk.dead_after;
+}
+
+// The key of unit j of the row at `base`: 0, below every value's, when it does not take part.
+fn unit_key(base: u32, j: u32) -> u32 {
+    return select(0u, order_key(z[base + j]), eligible(j));
+}
+
 // The number of keys >= t in the row at `base`; this invocation counts [start, end). Every
 // invocation of the workgroup must call it.
 fn count_at_least(base: u32, start: u32, end: u32, t: u32, lid: u32) -> u32 {
@@ -39,7 +51,7 @@ fn count_at_least(base: u32, start: u32, end: u32, t: u32, lid: u32) -> u32 {
     workgroupBarrier();
     var c = 0u;
     for (var j = start; j < end; j++) {
-        c += select(0u, 1u, order_key(z[base + j]) >= t);
+        c += select(0u, 1u, unit_key(base, j) >= t);
     }
     atomicAdd(&topk_count, c);
     workgroupBarrier();
@@ -71,7 +83,7 @@ fn topk(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wi
     let need = tk.k - select(above_next, 0u, t == 0xffffffffu);
     var ties = 0u;
     for (var j = start; j < end; j++) {
-        ties += select(0u, 1u, order_key(z[base + j]) == t);
+        ties += select(0u, 1u, unit_key(base, j) == t);
     }
     // Exclusive scan of the tie counts over the invocations (Hillis-Steele, in order).
     workgroupBarrier();
@@ -92,12 +104,12 @@ fn topk(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wi
     }
     for (var j = start; j < end; j++) {
         let v = z[base + j];
-        let key = order_key(v);
+        let key = unit_key(base, j);
         var keep = key > t;
         if (key == t) {
             keep = rank < need;
             rank += 1u;
         }
-        a[base + j] = select(0.0, max(v, 0.0), keep);
+        a[base + j] = select(0.0, max(v, 0.0), keep && eligible(j));
     }
 }

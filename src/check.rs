@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 20] = [
+pub const CHECKS: [(&str, Check); 21] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -51,6 +51,7 @@ pub const CHECKS: [(&str, Check); 20] = [
     ("pre_bias_backward", pre_bias_backward),
     ("decoder_project", decoder_project),
     ("decoder_normalize", decoder_normalize),
+    ("auxk_delta", auxk_delta),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -603,6 +604,7 @@ pub fn training_steps(
         rho_anneal: 0,
         clip_grad_norm: None,
         decoder_norm: false,
+        auxk: None,
     };
     training_steps_with(gpu, spec, cfg, m, setup, steps, path)
 }
@@ -621,6 +623,8 @@ pub struct StepsSetup {
     pub clip_grad_norm: Option<f64>,
     /// Unit-norm decoder columns.
     pub decoder_norm: bool,
+    /// AuxK's auxiliary loss.
+    pub auxk: Option<crate::model::AuxK>,
 }
 
 /// The same with any optimizer, learning-rate schedule and beta warm-up.
@@ -630,7 +634,7 @@ pub fn training_steps_with(
     spec: &crate::ModelSpec,
     cfg: crate::LossConfig,
     m: usize,
-    StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal, clip_grad_norm, decoder_norm }: StepsSetup,
+    StepsSetup { lr, optimizer, schedule, beta_warmup, rho_anneal, clip_grad_norm, decoder_norm, auxk }: StepsSetup,
     steps: usize,
     path: Option<crate::trainer::StepPath>,
 ) -> crate::Result<StepsCheck> {
@@ -645,12 +649,16 @@ pub fn training_steps_with(
     trainer.set_rho_anneal(rho_anneal)?;
     trainer.set_clip_grad_norm(clip_grad_norm)?;
     trainer.set_decoder_norm(decoder_norm)?;
+    if auxk.is_some() {
+        trainer.set_auxk(auxk)?;
+    }
     let mut model = r::Model::new(spec, &init);
     let mut optim = r::Optim::new(&model, optimizer, schedule, lr, cfg.weight_decay);
     optim.beta_warmup = beta_warmup;
     optim.rho_anneal = rho_anneal;
     optim.clip_grad_norm = clip_grad_norm;
     optim.decoder_norm = decoder_norm;
+    optim.auxk = auxk;
     let mut rng = Rng::new(77);
     for _ in 0..steps {
         let x = random(&mut rng, m * spec.input_width(), 0.0, 1.0);
@@ -824,11 +832,22 @@ pub fn topk(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64
             *v = if i % 2 == 0 { 0.0 } else { -0.0 };
         }
         let z_view = kern.gpu.upload("z", &z);
+        // AuxK's selection too: the units silent for 100 samples or more (about a third, the
+        // counters near the threshold and at 0 and u32::MAX included).
+        let since: Vec<u32> = (0..width).map(|j| [0, 99, 100, 5000, u32::MAX, 7][j % 6]).collect();
+        let dead: Vec<bool> = since.iter().map(|&s| s >= 100).collect();
+        let since_view = kern.gpu.upload_bytes("since", bytemuck::cast_slice(&since));
         for k in [1, width.div_ceil(2), width] {
-            let out = poisoned(kern, m * width);
-            kern.gpu.run(&[kern.topk(&z_view, &out, m, width, k)]);
-            let want = r::topk(&widen(&z), m, width, k);
-            worst = worst.max(max_rel_err(&download(kern, &out), &want, &vec![1.0; want.len()]));
+            for among in [None, Some(&dead)] {
+                let out = poisoned(kern, m * width);
+                let launch = match among {
+                    None => kern.topk(&z_view, &out, m, width, k),
+                    Some(_) => kern.topk_among(&z_view, &out, m, width, k, Some((&since_view, 100))),
+                };
+                kern.gpu.run(&[launch]);
+                let want = r::topk(&widen(&z), m, width, k, among.map(|d| &d[..]));
+                worst = worst.max(max_rel_err(&download(kern, &out), &want, &vec![1.0; want.len()]));
+            }
         }
     }
     worst
@@ -917,4 +936,36 @@ pub fn decoder_normalize(kern: &Kernels, rng: &mut Rng, _m: usize, k: usize, n: 
         return f64::INFINITY;
     }
     max_rel_err(&got, &want, &scale)
+}
+
+/// `auxk_delta` against its twin: two subtractions and a product, relative to
+/// `scale (|recons| + |x| + |xhat|)`; the rows it is told to zero are exactly 0 and the rows
+/// before them untouched.
+pub fn auxk_delta(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let len = m * n;
+    let (recons, x, xhat) = (random(rng, len, -2.0, 2.0), random(rng, len, -2.0, 2.0), random(rng, len, -2.0, 2.0));
+    let scale = 0.03 / m as f64;
+    let (pad_from, aux_at) = (len, crate::layout::align(len + 1));
+    let before = random(rng, pad_from, -1.0, 1.0);
+    let initial: Vec<f32> =
+        before.iter().copied().chain(std::iter::repeat_n(f32::NAN, aux_at + len - pad_from)).collect();
+    let out = kern.gpu.upload("delta", &initial);
+    let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+    kern.gpu.run(&[kern.auxk_delta(
+        &up("recons", &recons),
+        &up("x", &x),
+        &up("xhat", &xhat),
+        &out,
+        (pad_from, aux_at),
+        len,
+        scale,
+    )]);
+    let got = download(kern, &out);
+    if got[..pad_from] != before[..] || got[pad_from..aux_at].iter().any(|&v| v != 0.0) {
+        return f64::INFINITY;
+    }
+    let want = r::auxk_delta(&widen(&recons), &widen(&x), &widen(&xhat), scale);
+    let size: Vec<f64> =
+        (0..len).map(|i| scale * ((recons[i] as f64).abs() + (x[i] as f64).abs() + (xhat[i] as f64).abs())).collect();
+    max_rel_err(&got[aux_at..], &want, &size)
 }

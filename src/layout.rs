@@ -16,6 +16,13 @@ pub fn align(n: usize) -> usize {
     n.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
 }
 
+/// The row where AuxK's rows start after a batch of `m` rows in the activation buffers
+/// (docs/design.md section 12): `m` rounded up to [`ALIGN_FLOATS`] rows, so each layer's AuxK
+/// rows start at an aligned offset whatever its width.
+pub fn auxk_row(m: usize) -> usize {
+    align(m)
+}
+
 /// Fails with bad input when `bytes` of `what` do not fit one storage binding of an adapter
 /// with `limits`; `advice` says what to change.
 pub fn check_binding(limits: &wgpu::Limits, what: &str, bytes: usize, advice: &str) -> Result<()> {

@@ -321,6 +321,41 @@ impl Sparsity {
     }
 }
 
+/// The auxiliary loss of a TopK dictionary (Gao et al. 2024; docs/design.md section 12): the
+/// `k` largest pre-activations among the dead latents (silent for `dead_after` samples or
+/// more), ReLU'd and decoded, `recons = A_aux W_L^T + b_L`, are trained to reconstruct the
+/// main reconstruction's residual: `J_aux = (coefficient / 2m) sum_i ||recons_i - (x_i -
+/// xhat_i)||^2`, the residual held constant.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuxK {
+    pub k: usize,
+    pub coefficient: f64,
+    pub dead_after: u64,
+}
+
+impl AuxK {
+    /// Checks the settings against the model; the message names the flag.
+    pub fn validate(&self, spec: &ModelSpec) -> Result<(), String> {
+        if spec.layers() != 2 || spec.select.k().is_none() || spec.activation(2) != Activation::Identity {
+            return Err(
+                "--auxk: the auxiliary loss is a TopK dictionary's (one hidden layer, --code-activation topk, identity output)"
+                    .into(),
+            );
+        }
+        let n = spec.code_width();
+        if self.k == 0 || self.k > n {
+            return Err(format!("--auxk {}: between 1 and the code width ({n}) latents", self.k));
+        }
+        if !((self.coefficient as f32).is_finite() && self.coefficient >= 0.0) {
+            return Err(format!("--auxk-coefficient {}: must be a finite number >= 0", self.coefficient));
+        }
+        if self.dead_after == 0 || self.dead_after > u32::MAX as u64 {
+            return Err(format!("--dead-after {}: between 1 and {} samples with --auxk", self.dead_after, u32::MAX));
+        }
+        Ok(())
+    }
+}
+
 /// Everything the loss J of docs/design.md section 3 depends on besides the data and parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossConfig {

@@ -213,18 +213,30 @@ pub fn fire_count(
 // ---------------------------------------------------------------------------------------------
 
 /// TopK over `[m, n]`: `max(z, 0)` for the `k` largest values of each row (ties to the lower
-/// index), 0 elsewhere. Ordered as the kernel orders f32 (-0 below +0).
-pub fn topk(z: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+/// index), 0 elsewhere. Ordered as the kernel orders f32 (-0 below +0). With `dead` (one flag
+/// a column), only those columns take part: AuxK's selection among the dead latents.
+pub fn topk(z: &[f64], m: usize, n: usize, k: usize, dead: Option<&[bool]>) -> Vec<f64> {
     let mut a = vec![0.0; m * n];
+    let eligible: Vec<usize> = (0..n).filter(|&j| dead.is_none_or(|d| d[j])).collect();
     for i in 0..m {
         let row = &z[i * n..(i + 1) * n];
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut order = eligible.clone();
         order.sort_by(|&p, &q| row[q].total_cmp(&row[p]).then(p.cmp(&q)));
         for &j in order.iter().take(k) {
             a[i * n + j] = row[j].max(0.0);
         }
     }
     a
+}
+
+/// `delta[i] = scale (recons[i] - (x[i] - xhat[i]))`: AuxK's output delta (scale = C/m).
+pub fn auxk_delta(recons: &[f64], x: &[f64], xhat: &[f64], scale: f64) -> Vec<f64> {
+    (0..x.len()).map(|i| scale * (recons[i] - (x[i] - xhat[i]))).collect()
+}
+
+/// The same from the residual `x - xhat` itself.
+fn auxk_delta_of(recons: &[f64], residual: &[f64], scale: f64) -> Vec<f64> {
+    (0..residual.len()).map(|i| scale * (recons[i] - residual[i])).collect()
 }
 
 /// `x[i, k] - b[k]` over `[m, n]`: the encoder's input with the pre-bias.
@@ -425,6 +437,33 @@ pub struct Forward {
     pub mean_activation: Vec<f64>,
     /// Hard firing frequency `(1/m) #{i : z_ij > 0}`: measured, never differentiated.
     pub freq: Vec<f64>,
+    /// AuxK's rows (`with_auxk`), when the step has them.
+    pub aux: Option<AuxRows>,
+}
+
+/// AuxK's part of a forward pass: its coefficient, the dead latents' selected activations
+/// `A_aux` `[m, n_c]`, their decoding `recons = A_aux W_L^T + b_L` `[m, n_0]`, and the
+/// residual `X - Xhat` they are trained toward, a constant of the term.
+#[derive(Clone, Debug)]
+pub struct AuxRows {
+    pub coefficient: f64,
+    pub a: Vec<f64>,
+    pub recons: Vec<f64>,
+    pub residual: Vec<f64>,
+}
+
+/// `fwd` with AuxK's rows: the `auxk.k` largest pre-activations of the latents `dead` flags,
+/// decoded (docs/design.md section 12). A two-layer TopK model.
+pub fn with_auxk(model: &Model, mut fwd: Forward, x: &[f64], auxk: crate::model::AuxK, dead: &[bool]) -> Forward {
+    let spec = &model.spec;
+    let (m, c) = (fwd.m, spec.code_layer);
+    let (n0, nc) = (spec.sizes[0], spec.code_width());
+    let a = topk(&fwd.z[c], m, nc, auxk.k, Some(dead));
+    let mut recons = matmul_forward(&a, &model.w[1], m, nc, n0);
+    bias_activation(&mut recons, &model.b[1], Activation::Identity, n0);
+    let residual = x.iter().zip(fwd.xhat()).map(|(x, xhat)| x - xhat).collect();
+    fwd.aux = Some(AuxRows { coefficient: auxk.coefficient, a, recons, residual });
+    fwd
 }
 
 impl Forward {
@@ -460,7 +499,7 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
         let mut zl = matmul_forward(input, &model.w[l - 1], m, k, n);
         let mut al = bias_activation(&mut zl, &model.b[l - 1], spec.activation(l), n);
         if let (true, Some(k)) = (l == c, spec.select.k()) {
-            al = topk(&zl, m, n, k);
+            al = topk(&zl, m, n, k, None);
         }
         z.push(zl);
         a.push(al);
@@ -477,7 +516,7 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
             column_sum(&z[c], m, nc, ColumnTransform::SoftFires { temperature }, inv_m)
         }
     };
-    Forward { m, z, a, rho_hat, mean_activation, freq }
+    Forward { m, z, a, rho_hat, mean_activation, freq, aux: None }
 }
 
 /// Which terms of J to include; the gradient check takes them one at a time.
@@ -514,8 +553,13 @@ pub fn loss(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Te
         0.0
     };
     let (rho, beta) = cfg.sparsity.rho_beta();
-    let sparsity =
+    let mut sparsity =
         if terms.sparsity { beta * fwd.rho_hat.iter().map(|&q| kl_divergence(rho, q)).sum::<f64>() } else { 0.0 };
+    // AuxK's term counts with the sparsity terms (it serves the code, not the reconstruction).
+    if let (true, Some(aux)) = (terms.sparsity, &fwd.aux) {
+        let residual_err: f64 = (0..x.len()).map(|i| (aux.recons[i] - aux.residual[i]).powi(2)).sum();
+        sparsity += 0.5 * aux.coefficient * residual_err / fwd.m as f64;
+    }
     LossParts { reconstruction, weight_decay, sparsity, total: reconstruction + weight_decay + sparsity }
 }
 
@@ -546,10 +590,28 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
     let lambda = if terms.weight_decay { cfg.weight_decay } else { 0.0 };
 
     let centered = spec.pre_bias.then(|| center_rows(x, &model.b[layers - 1], m, spec.sizes[0]));
+    let mut input_of: Vec<Vec<f64>> = (0..layers)
+        .map(|l| if l == 0 { centered.clone().unwrap_or_else(|| x.to_vec()) } else { fwd.a[l].clone() })
+        .collect();
+    let mut z_of: Vec<Vec<f64>> = fwd.z.clone();
+    // AuxK (a two-layer TopK model): its rows follow the main rows through the decoder and
+    // encoder, so one pass over 2m rows gives both terms' gradients (docs/design.md section 12):
+    // delta_2 rows m..2m = (C/m) (recons - (X - Xhat)), the decoder reads A_aux there, the
+    // encoder the same input again.
+    let mut m = m;
+    if let (true, Some(aux)) = (terms.sparsity, &fwd.aux) {
+        delta.extend(auxk_delta_of(&aux.recons, &aux.residual, aux.coefficient / m as f64));
+        let again = input_of[0].clone();
+        input_of[0].extend(again);
+        input_of[1].extend(&aux.a);
+        let zc = z_of[1].clone();
+        z_of[1].extend(zc);
+        m *= 2;
+    }
     for l in (1..=layers).rev() {
         let (n, k) = spec.shape(l);
         // dW_l = delta_l^T A_{l-1} + lambda W_l ;  db_l = column sums of delta_l
-        let input = if l == 1 { centered.as_ref().unwrap_or(&fwd.a[0]) } else { &fwd.a[l - 1] };
+        let input = &input_of[l - 1];
         let mut dwl = matmul_backward_weight(&delta, input, m, n, k);
         for (d, w) in dwl.iter_mut().zip(&model.w[l - 1]) {
             *d += lambda * w;
@@ -570,7 +632,7 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
         delta = if l - 1 == c && sparsity != Sparsity::None {
             kl_backward(&g, &fwd.z[c], &fwd.a[c], &fwd.rho_hat, act, sparsity, m)
         } else {
-            activation_backward(&g, &fwd.z[l - 1], &fwd.a[l - 1], act)
+            activation_backward(&g, &z_of[l - 1], &input_of[l - 1], act)
         };
     }
     Grads { dw, db }
@@ -596,6 +658,8 @@ pub struct Optim {
     /// Unit-norm decoder columns: `dW_L` projected before the update, `W_L`'s columns
     /// renormalised after it (docs/design.md section 12).
     pub decoder_norm: bool,
+    /// AuxK's term, over the latents dead before the step's gradient.
+    pub auxk: Option<crate::model::AuxK>,
     /// Steps taken.
     pub t: u64,
     /// Velocity or first moment, and second moment, per tensor.
@@ -617,6 +681,7 @@ impl Optim {
             rho_anneal: 0,
             clip_grad_norm: None,
             decoder_norm: false,
+            auxk: None,
             t: 0,
             m: zeros.clone(),
             v: zeros,
@@ -682,6 +747,14 @@ pub fn step_with(model: &mut Model, cfg: &LossConfig, x: &[f64], m: usize, optim
     let update = FireUpdate { anneal: optim.rho_anneal, ..FireUpdate::for_step(cfg.sparsity) };
     let fires = fires_source(&model.spec, &fwd.z, &fwd.a).to_vec();
     fire_count(&fires, m, nc, &mut optim.since_fired, &mut model.b[c - 1], update, share, optim.t + 1);
+    // AuxK: the latents dead after this step's counts.
+    let fwd = match optim.auxk {
+        Some(auxk) => {
+            let dead: Vec<bool> = optim.since_fired.iter().map(|&s| s as u64 >= auxk.dead_after).collect();
+            with_auxk(model, fwd, x, auxk, &dead)
+        }
+        None => fwd,
+    };
     // J at rho; kl-freq's push at this step's target.
     let cfg = LossConfig { sparsity: scaled.sparsity.annealed(target_share), ..scaled };
     let grads = backward(model, &LossConfig { weight_decay: 0.0, ..cfg }, &fwd, x, Terms::ALL);

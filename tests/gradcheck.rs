@@ -14,6 +14,17 @@ const BOUND: f64 = 1e-7;
 const M: usize = 9;
 
 fn check(spec: &ModelSpec, cfg: LossConfig, terms: Terms, label: &str) {
+    check_with(spec, cfg, terms, label, &|_, fwd, _| fwd);
+}
+
+/// The same, each forward pass completed by `complete` (AuxK's rows), the base model's first.
+fn check_with(
+    spec: &ModelSpec,
+    cfg: LossConfig,
+    terms: Terms,
+    label: &str,
+    complete: &dyn Fn(&r::Model, r::Forward, &[f64]) -> r::Forward,
+) {
     let mut params = Params::init(spec, 3);
     // Non-zero biases so their gradients are exercised away from the init.
     let mut rng = Rng::new(11);
@@ -22,10 +33,10 @@ fn check(spec: &ModelSpec, cfg: LossConfig, terms: Terms, label: &str) {
     }
     let model = r::Model::new(spec, &params);
     let x: Vec<f64> = (0..M * spec.input_width()).map(|_| rng.next_f64()).collect();
-    let fwd = r::forward(&model, &cfg, &x, M);
+    let fwd = complete(&model, r::forward(&model, &cfg, &x, M), &x);
     let grads = r::backward(&model, &cfg, &fwd, &x, terms);
     let j = |m: &r::Model| {
-        let f = r::forward(m, &cfg, &x, M);
+        let f = complete(m, r::forward(m, &cfg, &x, M), &x);
         r::loss(m, &cfg, &f, &x, terms).total
     };
     let (mut diff2, mut sum2) = (0.0, 0.0);
@@ -119,4 +130,35 @@ fn dictionary_pre_bias_and_topk() {
         .with_code(CodeSelect::TopK { k: 2 }, true)
         .unwrap();
     check(&deep, cfg, Terms::ALL, "7-9-11-9-7 topk 2, pre-bias");
+}
+
+/// AuxK's term (docs/design.md section 12) alone and with the reconstruction, through the
+/// decoder, the TopK encoder and the pre-bias: the dead latents fixed (every third), K_aux 4.
+#[test]
+fn auxk_term() {
+    use sae_wgpu::model::{AuxK, CodeSelect};
+    let spec = ModelSpec::mirrored(&[7, 11], Activation::Relu, Activation::Relu, Activation::Identity)
+        .unwrap()
+        .with_code(CodeSelect::TopK { k: 2 }, true)
+        .unwrap();
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
+    let dead: Vec<bool> = (0..11).map(|j| j % 3 == 0).collect();
+    let auxk = AuxK { k: 4, coefficient: 0.7, dead_after: 1 };
+    // The residual X - Xhat is a constant of the term (its gradient does not flow into the main
+    // reconstruction): J is differenced with the residual of the unperturbed model.
+    let residual = std::cell::RefCell::new(None::<Vec<f64>>);
+    let complete = |m: &r::Model, fwd: r::Forward, x: &[f64]| {
+        let mut f = r::with_auxk(m, fwd, x, auxk, &dead);
+        let aux = f.aux.as_mut().unwrap();
+        let mut frozen = residual.borrow_mut();
+        match frozen.as_ref() {
+            Some(r) => aux.residual = r.clone(),
+            None => *frozen = Some(aux.residual.clone()),
+        }
+        f
+    };
+    let only = Terms { reconstruction: false, weight_decay: false, sparsity: true };
+    check_with(&spec, cfg, only, "auxk alone", &complete);
+    residual.borrow_mut().take();
+    check_with(&spec, cfg, Terms::ALL, "reconstruction and auxk", &complete);
 }

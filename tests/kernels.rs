@@ -142,6 +142,11 @@ fn decoder_project() {
 }
 
 #[test]
+fn auxk_delta() {
+    run("auxk_delta", check::auxk_delta);
+}
+
+#[test]
 fn decoder_normalize() {
     run("decoder_normalize", check::decoder_normalize);
 }

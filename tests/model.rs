@@ -129,6 +129,7 @@ fn optimizers_match_reference() {
                 rho_anneal: 0,
                 clip_grad_norm,
                 decoder_norm: false,
+                auxk: None,
             };
             let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
             println!(
@@ -163,6 +164,7 @@ fn forum_recipe_matches_reference() {
             rho_anneal: 4,
             clip_grad_norm: None,
             decoder_norm: false,
+            auxk: None,
         };
         let r = check::training_steps_with(&gpu(), &spec, cfg, 37, setup, STEPS, Some(path)).unwrap();
         println!(
@@ -185,14 +187,20 @@ fn dictionary_recipes_match_reference() {
     let dense = ModelSpec::mirrored(&[13, 29], Activation::Relu, Activation::Relu, Activation::Identity).unwrap();
     let topk = |k| dense.clone().with_code(CodeSelect::TopK { k }, false).unwrap();
     let with_pre_bias = |spec: ModelSpec| ModelSpec { pre_bias: true, ..spec };
+    // AuxK over the latents silent for 30 samples: after a step of 37 rows, every latent that
+    // did not fire in it (K = 3 of 29 fire a row: many).
+    let auxk = Some(sae_wgpu::model::AuxK { k: 6, coefficient: 0.5, dead_after: 30 });
     let cases = [
-        ("topk 3, pre-bias, decoder norm, adam", with_pre_bias(topk(3)), adam, 0.01, true, 37),
-        ("topk 3, pre-bias, decoder norm, batch of 1", with_pre_bias(topk(3)), adam, 0.01, true, 1),
-        ("topk 1, sgd", topk(1), Optimizer::Sgd, 0.5, false, 37),
-        ("dense relu, pre-bias, sgd", with_pre_bias(dense.clone()), Optimizer::Sgd, 0.5, false, 37),
-        ("dense relu, decoder norm, adam", dense.clone(), adam, 0.01, true, 37),
+        ("topk 3, pre-bias, decoder norm, adam", with_pre_bias(topk(3)), adam, 0.01, true, None, 37),
+        ("topk 3, pre-bias, decoder norm, batch of 1", with_pre_bias(topk(3)), adam, 0.01, true, None, 1),
+        ("topk 1, sgd", topk(1), Optimizer::Sgd, 0.5, false, None, 37),
+        ("dense relu, pre-bias, sgd", with_pre_bias(dense.clone()), Optimizer::Sgd, 0.5, false, None, 37),
+        ("dense relu, decoder norm, adam", dense.clone(), adam, 0.01, true, None, 37),
+        ("topk 3, pre-bias, decoder norm, auxk 6, adam", with_pre_bias(topk(3)), adam, 0.01, true, auxk, 37),
+        ("topk 2, auxk 6, sgd", topk(2), Optimizer::Sgd, 0.5, false, auxk, 37),
+        ("topk 2, pre-bias, auxk 6, batch of 1", with_pre_bias(topk(2)), Optimizer::Sgd, 0.5, false, auxk, 1),
     ];
-    for (name, spec, optimizer, lr, decoder_norm, m) in cases {
+    for (name, spec, optimizer, lr, decoder_norm, auxk, m) in cases {
         let setup = check::StepsSetup {
             lr,
             optimizer,
@@ -201,6 +209,7 @@ fn dictionary_recipes_match_reference() {
             rho_anneal: 0,
             clip_grad_norm: None,
             decoder_norm,
+            auxk,
         };
         let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
         let r = check::training_steps_with(&gpu(), &spec, cfg, m, setup, STEPS, Some(Path::Layered)).unwrap();

@@ -40,6 +40,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("topk", source::TOPK, none(), false),
         ("prebias", source::PREBIAS, none(), false),
         ("decoder", source::DECODER, none(), false),
+        ("auxk", source::AUXK, none(), false),
     ]
 }
 

@@ -17,6 +17,18 @@ struct Dims {
     _pad: [u32; 3],
 }
 
+/// `AuxDelta` of `shaders/auxk.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AuxDelta {
+    len: u32,
+    pad_from: u32,
+    aux_at: u32,
+    _pad: u32,
+    scale: f32,
+    _pad1: [u32; 3],
+}
+
 fn dims(rows: usize, cols: usize, third: usize) -> Dims {
     Dims { rows: rows as u32, cols: cols as u32, third: third as u32, at: [0; 2], _pad: [0; 3] }
 }
@@ -29,10 +41,46 @@ impl Kernels {
     /// `a[i, j] = max(z[i, j], 0)` for the `k` largest values of row i of `z` `[m, n]` (ties
     /// to the lower index), 0 elsewhere: one workgroup per row.
     pub fn topk(&self, z: &View, a: &View, m: usize, n: usize, k: usize) -> Launch {
+        self.topk_among(z, a, m, n, k, None)
+    }
+
+    /// The same among the units `since[j] >= dead_after` only (`since` u32, one a unit):
+    /// AuxK's selection of the dead latents; the others are 0. `None`: every unit.
+    pub fn topk_among(&self, z: &View, a: &View, m: usize, n: usize, k: usize, dead: Option<(&View, u64)>) -> Launch {
         // 33 counting passes over each row (32 bits of the radix select, one for the ties),
         // then the write: napkin math of one operation per element per pass.
         let cost = cost(Kernel::TopK, format!("{m}x{n} k{k}"), 34 * m * n, 34 * m * n + m * n);
-        self.launch(Kernel::TopK, dims(m, n, k), &[z, a], [m, 1], cost)
+        let (since, dead_after) = dead.map_or((z, 0), |(v, after)| (v, after.clamp(1, u32::MAX as u64) as u32));
+        let params = Dims { at: [dead_after, 0], ..dims(m, n, k) };
+        self.launch(Kernel::TopK, params, &[z, a, since], [m, 1], cost)
+    }
+
+    /// `delta[aux_at + i] = scale (recons[i] - (x[i] - xhat[i]))` for `i < len`, and
+    /// `delta[pad_from..aux_at] = 0`: AuxK's output delta, its rows at an aligned offset in
+    /// `delta` (bound whole), the rows between the main ones and them zeroed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn auxk_delta(
+        &self,
+        recons: &View,
+        x: &View,
+        xhat: &View,
+        delta: &View,
+        (pad_from, aux_at): (usize, usize),
+        len: usize,
+        scale: f64,
+    ) -> Launch {
+        assert!(pad_from <= aux_at && aux_at + len <= delta.len, "auxk_delta: rows outside delta");
+        let params = AuxDelta {
+            len: len as u32,
+            pad_from: pad_from as u32,
+            aux_at: aux_at as u32,
+            _pad: 0,
+            scale: scale as f32,
+            _pad1: [0; 3],
+        };
+        let cost = cost(Kernel::AuxkDelta, format!("{len}"), 3 * len, 4 * len + aux_at - pad_from);
+        let groups = Self::elementwise_groups(aux_at + len - pad_from);
+        self.launch(Kernel::AuxkDelta, params, &[recons, x, xhat, delta], groups, cost)
     }
 
     /// `out[i, k] = x[i, k] - b[k]` over `[m, n]`: the encoder's input with the pre-bias.

@@ -55,6 +55,7 @@ pub mod source {
     pub const TOPK: &str = shader!("topk.wgsl");
     pub const PREBIAS: &str = shader!("prebias.wgsl");
     pub const DECODER: &str = shader!("decoder.wgsl");
+    pub const AUXK: &str = shader!("auxk.wgsl");
 }
 
 /// How a kernel uses a storage binding.
@@ -115,10 +116,11 @@ pub enum Kernel {
     PreBiasBackward,
     DecoderProject,
     DecoderNormalize,
+    AuxkDelta,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -138,6 +140,7 @@ impl Kernel {
         Kernel::PreBiasBackward,
         Kernel::DecoderProject,
         Kernel::DecoderNormalize,
+        Kernel::AuxkDelta,
     ];
 
     /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
@@ -164,6 +167,7 @@ impl Kernel {
             Kernel::PreBiasBackward => "pre_bias_backward",
             Kernel::DecoderProject => "decoder_project",
             Kernel::DecoderNormalize => "decoder_normalize",
+            Kernel::AuxkDelta => "auxk_delta",
         }
     }
 
@@ -179,6 +183,7 @@ impl Kernel {
             Kernel::TopK => source::TOPK,
             Kernel::CenterRows | Kernel::PreBiasBackward => source::PREBIAS,
             Kernel::DecoderProject | Kernel::DecoderNormalize => source::DECODER,
+            Kernel::AuxkDelta => source::AUXK,
         }
     }
 
@@ -200,10 +205,11 @@ impl Kernel {
             Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],
             Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W), (6, R), (19, R)],
             Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, R), (18, W), (19, R)],
-            Kernel::TopK => &[(2, R), (3, W)],
+            Kernel::TopK => &[(2, R), (3, W), (4, R)],
             Kernel::CenterRows => &[(2, R), (3, R), (4, W)],
             Kernel::PreBiasBackward => &[(3, R), (4, W)],
             Kernel::DecoderProject | Kernel::DecoderNormalize => &[(2, W), (3, W)],
+            Kernel::AuxkDelta => &[(2, R), (3, R), (4, R), (5, W)],
         }
     }
 

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::kernels::step::Rows;
 use crate::kernels::{record, Kernels, Launch, View};
 use crate::layout::{ActivationLayout, MetricsLayout, ParamLayout, StepState};
-use crate::model::{LossConfig, ModelSpec, Params};
+use crate::model::{AuxK, LossConfig, ModelSpec, Params, Sparsity};
 use crate::optim::{step_values, LrSchedule, Optimizer, UpdateRule};
 use metrics::Pending;
 use schedule::{Activations, Schedule};
@@ -105,6 +105,9 @@ pub struct Trainer {
     clip_grad_norm: Option<f64>,
     /// Unit-norm decoder columns (docs/design.md section 12).
     decoder_norm: bool,
+    /// AuxK's auxiliary loss (section 12): its rows follow the main rows through the backward
+    /// pass, so the activations hold twice the batch.
+    auxk: Option<AuxK>,
     /// Largest minibatch the buffers hold.
     batch_capacity: usize,
     layout: ParamLayout,
@@ -211,6 +214,7 @@ impl Trainer {
             rho_anneal: 0,
             clip_grad_norm: None,
             decoder_norm: false,
+            auxk: None,
             batch_capacity,
             layout,
             metrics_layout,
@@ -396,6 +400,44 @@ impl Trainer {
         self.decoder_norm
     }
 
+    /// AuxK's auxiliary loss (`--auxk`, docs/design.md section 12) for a TopK dictionary trained
+    /// without another penalty; the layered path runs it, with activations for twice the batch
+    /// (the AuxK rows after the main ones).
+    pub fn set_auxk(&mut self, auxk: Option<AuxK>) -> Result<()> {
+        if let Some(a) = auxk {
+            a.validate(&self.spec).map_err(Error::Input)?;
+            if self.loss.sparsity != Sparsity::None {
+                return Err(Error::input(format!(
+                    "--auxk: a TopK dictionary's term, trained without --sparsity {}: drop one",
+                    self.loss.sparsity.name()
+                )));
+            }
+            let rows = crate::layout::auxk_row(self.batch_capacity) + self.batch_capacity;
+            ActivationLayout::check_layers(&self.spec, rows, &self.gpu().limits)?;
+        }
+        let gpu = self.kernels.gpu.clone();
+        self.auxk = auxk;
+        self.path = StepPath::Layered;
+        self.buffers.acts = Activations::new(&gpu, &self.spec, self.activation_rows(), StepPath::Layered);
+        self.schedules.clear();
+        Ok(())
+    }
+
+    pub fn auxk(&self) -> Option<AuxK> {
+        self.auxk
+    }
+
+    /// Rows the activation buffers hold: the batch, and with AuxK its rows after them from an
+    /// aligned row (`layout::auxk_row`).
+    fn activation_rows(&self) -> usize {
+        let m = self.batch_capacity;
+        if self.auxk.is_some() {
+            crate::layout::auxk_row(m) + m
+        } else {
+            m
+        }
+    }
+
     /// Chooses the step path (the fused one only where every width, and a batch's activations
     /// in one binding, fit, and the model and settings are ones it computes).
     pub fn set_path(&mut self, path: StepPath) -> Result<()> {
@@ -405,8 +447,8 @@ impl Trainer {
                 crate::kernels::FUSED_MAX_WIDTH
             )));
         }
-        if path == StepPath::Fused && self.decoder_norm {
-            return Err(Error::input("the fused path has no decoder normalisation: use the layered path"));
+        if path == StepPath::Fused && (self.decoder_norm || self.auxk.is_some()) {
+            return Err(Error::input("the fused path has no decoder normalisation or AuxK: use the layered path"));
         }
         let acts = ActivationLayout::new(&self.spec, self.batch_capacity);
         if path == StepPath::Fused && !acts.fits_one_binding(&self.gpu().limits) {
@@ -418,7 +460,7 @@ impl Trainer {
         if path != self.path {
             let gpu = self.kernels.gpu.clone();
             self.path = path;
-            self.buffers.acts = Activations::new(&gpu, &self.spec, self.batch_capacity, path);
+            self.buffers.acts = Activations::new(&gpu, &self.spec, self.activation_rows(), path);
             let table = Self::layer_table(&self.spec, &self.layout, &self.buffers.acts.layout);
             self.buffers.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&table));
             self.schedules.clear();

@@ -288,13 +288,61 @@ impl Trainer {
                 // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
                 let mut backward =
                     vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
+                // AuxK (docs/design.md section 12): rows m..2m of a two-layer TopK dictionary are
+                // the dead latents' rows. The encoder's input again; the largest pre-activations
+                // among the latents dead after this step's counts; their decoding; and its delta
+                // against the residual. The backward pass below then runs over 2m rows.
+                let mb = if let Some(aux) = self.auxk {
+                    // From row p = auxk_row(m) (an aligned offset); rows m..p of delta_L are
+                    // zeroed by auxk_delta, so they add nothing to the gradients.
+                    let p = crate::layout::auxk_row(m);
+                    let second =
+                        |per_layer: &[View], l: usize| per_layer[l].slice(p * spec.sizes[l], m * spec.sizes[l]);
+                    backward.push(k.gather_rows(data, &b.order, &b.state, &second(&b.acts.a, 0), m, n0, from));
+                    if let Some(centered) = &b.acts.centered {
+                        let at = centered.slice(p * n0, m * n0);
+                        backward.push(k.center_rows(
+                            &second(&b.acts.a, 0),
+                            &bias(&b.params, &self.layout, 2),
+                            &at,
+                            m,
+                            n0,
+                        ));
+                    }
+                    let dead = Some((&b.since_fired, aux.dead_after));
+                    backward.push(k.topk_among(&z(1), &second(&b.acts.a, 1), m, nc, aux.k, dead).noting("auxk"));
+                    backward.push(
+                        k.matmul_forward_bias_activation(
+                            &second(&b.acts.a, 1),
+                            &w(2),
+                            &bias(&b.params, &self.layout, 2),
+                            &second(&b.acts.z, 2),
+                            &second(&b.acts.a, 2),
+                            m,
+                            nc,
+                            n0,
+                            spec.activation(2),
+                        )
+                        .noting("auxk"),
+                    );
+                    let scale = aux.coefficient / m as f64;
+                    let recons = second(&b.acts.a, 2);
+                    let rows = (m * n0, p * n0);
+                    backward.push(k.auxk_delta(&recons, &a(0), &a(2), &b.acts.delta[2], rows, m * n0, scale));
+                    p + m
+                } else {
+                    m
+                };
+                let z = |l: usize| self.rows(&b.acts.z, l, mb);
+                let a = |l: usize| self.rows(&b.acts.a, l, mb);
+                let delta = |l: usize| self.rows(&b.acts.delta, l, mb);
                 for l in (1..=layers).rev() {
                     let (n, kk) = spec.shape(l);
                     // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
                     // one dispatch
                     let (dw, db) = (weight(&b.grads, &self.layout, l), bias(&b.grads, &self.layout, l));
-                    let input = if l == 1 { b.acts.encoder_input(spec, m) } else { a(l - 1) };
-                    backward.push(k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, m, n, kk).at_layer(l));
+                    let input = if l == 1 { b.acts.encoder_input(spec, mb) } else { a(l - 1) };
+                    backward.push(k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, mb, n, kk).at_layer(l));
                     if l == 1 {
                         // The pre-bias path's term of dJ/db_L: -db_1^T W_1.
                         if spec.pre_bias {
@@ -307,14 +355,14 @@ impl Trainer {
                     // code layer with a penalty, G then the KL term
                     let act = spec.activation(l - 1);
                     if l - 1 == c && sparsity != Sparsity::None {
-                        backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), m, n, kk).at_layer(l));
+                        backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), mb, n, kk).at_layer(l));
                         backward.push(k.kl_backward(
                             &g(kk),
                             &z(c),
                             &a(c),
                             &b.rho_hat,
                             &delta(c),
-                            m,
+                            mb,
                             kk,
                             act,
                             sparsity,
@@ -329,7 +377,7 @@ impl Trainer {
                                 &z(l - 1),
                                 &a(l - 1),
                                 &delta(l - 1),
-                                m,
+                                mb,
                                 n,
                                 kk,
                                 act,
