@@ -91,7 +91,7 @@ fn not_finite(path: &Path, row: usize, col: usize, what: &str) -> Result<Dataset
     )
 }
 
-fn empty(path: &Path) -> Result<Dataset> {
+fn empty<T>(path: &Path) -> Result<T> {
     fail(path, "the file holds no samples: it needs at least one row and one column of numbers")
 }
 
@@ -185,10 +185,23 @@ pub fn load_npy(path: &Path) -> Result<Dataset> {
     parse_npy(&read(path)?, path)
 }
 
-/// The npy parser behind [`load_npy`], on bytes already read; `path` only names the file in
-/// errors (the fuzz tests call it directly).
-pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
-    let bad = |what: &str| fail::<Dataset>(path, format!("{what}: save the array with numpy.save (a .npy file)"));
+/// An npy file's header: what [`parse_npy`] and a streamed reader (`stream`) need to find
+/// and decode the values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NpyHeader {
+    /// Bytes a value: 4 (f32) or 8 (f64), little-endian.
+    pub item: usize,
+    pub fortran: bool,
+    pub rows: usize,
+    pub cols: usize,
+    /// Where the values start.
+    pub data_at: usize,
+}
+
+/// The header of an npy file from its first bytes (at least the whole header); an empty array
+/// is bad input, as a file is.
+pub fn parse_npy_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
+    let bad = |what: &str| fail::<NpyHeader>(path, format!("{what}: save the array with numpy.save (a .npy file)"));
     if bytes.is_empty() {
         return empty(path);
     }
@@ -275,6 +288,14 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
     if rows == 0 || cols == 0 {
         return empty(path);
     }
+    Ok(NpyHeader { item, fortran, rows, cols, data_at })
+}
+
+/// The npy parser behind [`load_npy`], on bytes already read; `path` only names the file in
+/// errors (the fuzz tests call it directly).
+pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
+    let bad = |what: &str| fail::<Dataset>(path, format!("{what}: save the array with numpy.save (a .npy file)"));
+    let NpyHeader { item, fortran, rows, cols, data_at } = parse_npy_header(bytes, path)?;
     // Checked: a hostile header's shape can overflow the product.
     let data = &bytes[data_at..];
     let need = rows.checked_mul(cols).and_then(|n| n.checked_mul(item));

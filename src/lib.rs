@@ -11,6 +11,7 @@
 //! * [`encoder`]: the forward pass alone, for inference.
 //! * [`data`], [`checkpoint`], [`synthetic`]: data files, safetensors checkpoints, built-in data.
 //! * [`saelens`]: SAELens's directory format, written and read.
+//! * [`stream`]: training data larger than memory, read in chunks through a mixing buffer.
 //! * [`check`], [`bench`]: kernels against their twins, and timings with napkin math.
 //! * [`error`]: the error type, with its kind (bad input or runtime failure).
 
@@ -31,6 +32,7 @@ pub mod patches;
 pub mod reference;
 pub mod report;
 pub mod saelens;
+pub mod stream;
 pub mod synthetic;
 pub mod train;
 pub mod trainer;

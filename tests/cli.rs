@@ -1704,3 +1704,165 @@ fn dictionary_bad_input() {
     let out = t.sae(&["export", "--format", "onnx", "--model", s(&model), "--out", s(&other)]);
     assert_error(&out, 2, &["--format onnx"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Data larger than memory: streamed .npy files and shard directories
+// ---------------------------------------------------------------------------------------------
+
+/// A `[rows, cols]` f32 .npy written a chunk at a time (never whole in memory): row i, column j
+/// holds a smooth function of (i, j) plus a seeded jitter, so the rows differ.
+fn write_big_npy(path: &Path, rows: usize, cols: usize) {
+    use std::io::Write;
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let header = data::npy_file(&dict, &[]);
+    let mut f = std::io::BufWriter::with_capacity(1 << 22, fs::File::create(path).unwrap());
+    f.write_all(&header).unwrap();
+    let mut rng = sae_wgpu::model::Rng::new(3);
+    let mut chunk = Vec::with_capacity(1 << 22);
+    for i in 0..rows {
+        for j in 0..cols {
+            let v = ((i % 97) as f32 * 0.01 + j as f32 * 0.03).sin() + 0.1 * rng.next_f64() as f32;
+            chunk.extend_from_slice(&v.to_le_bytes());
+        }
+        if chunk.len() >= 1 << 22 {
+            f.write_all(&chunk).unwrap();
+            chunk.clear();
+        }
+    }
+    f.write_all(&chunk).unwrap();
+}
+
+/// Training from a 2 GiB .npy (16.8 million rows of 32) streams it: a bounded number of steps
+/// (200, with the default 64 MiB mixing buffer and the pre-bias's pass over every row) keeps the
+/// process's peak resident memory under 512 MiB, as `sae train` reports it.
+#[test]
+fn two_gib_npy_streams_in_bounded_memory() {
+    let t = Tmp::new("big_npy");
+    let big = t.path("big.npy");
+    let rows = (2usize << 30) / (32 * 4);
+    write_big_npy(&big, rows, 32);
+    assert!(fs::metadata(&big).unwrap().len() > 2 << 30);
+    let out_dir = t.path("out");
+    let out = t.sae(&[
+        "train",
+        "--preset",
+        "dictionary",
+        "--data",
+        s(&big),
+        "--auxk",
+        "16",
+        "--max-steps",
+        "200",
+        "--eval-rows",
+        "8192",
+        "--out",
+        s(&out_dir),
+    ]);
+    let _ = fs::remove_file(&big);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.starts_with("peak memory:")).expect("the run reports its peak memory");
+    let mib: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    println!("2 GiB npy, 200 steps: {line}");
+    assert!(mib < 512.0, "{line}");
+    assert!(stderr(&out).contains("streamed"), "the data line says it streams: {}", stderr(&out));
+    let cfg = config_json(&out_dir);
+    assert_eq!(cfg["max_steps"], 200);
+}
+
+/// The same rows trained from a directory of shards, from one file streamed, and loaded resident
+/// (in the mixing buffer's order, `--shuffle-buffer`), give the same parameters bit for bit; so
+/// does the unshuffled file order.
+#[test]
+fn shards_stream_and_resident_train_the_same() {
+    let t = Tmp::new("shards_same");
+    let (x, _) = sae_wgpu::synthetic::DictionarySpec { width: 12, features: 20, active: 2 }.generate(1501, 4);
+    let whole = t.path("all.npy");
+    data::save(&whole, &x).unwrap();
+    let shards = t.path("shards");
+    fs::create_dir_all(&shards).unwrap();
+    for (i, (a, b)) in [(0, 500), (500, 501), (501, 1240), (1240, 1501)].iter().enumerate() {
+        let part = data::Dataset { rows: b - a, cols: 12, values: x.values[a * 12..b * 12].to_vec() };
+        data::save(&shards.join(format!("part{i}.npy")), &part).unwrap();
+    }
+    let common = [
+        "--layers",
+        "12,20",
+        "--code-activation",
+        "topk",
+        "--k",
+        "2",
+        "--output-activation",
+        "identity",
+        "--sparsity",
+        "none",
+        "--pre-bias",
+        "--decoder-norm",
+        "unit",
+        "--auxk",
+        "5",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+    ];
+    for order in [&["--shuffle-buffer", "300"][..], &["--no-shuffle"][..]] {
+        let mut models = Vec::new();
+        for (name, data, extra) in
+            [("resident", &whole, &[][..]), ("stream", &whole, &["--stream"][..]), ("shards", &shards, &[][..])]
+        {
+            let dir = t.path(&format!("{name}{}", order.len()));
+            let mut args = vec!["train", "--data", s(data), "--out", s(&dir)];
+            args.extend_from_slice(&common);
+            args.extend_from_slice(order);
+            args.extend_from_slice(extra);
+            let out = t.sae(&args);
+            assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+            models.push((name, fs::read(dir.join("model.safetensors")).unwrap()));
+        }
+        for (name, bytes) in &models[1..] {
+            assert!(bytes == &models[0].1, "{name} {order:?}: parameters differ from the resident run's");
+        }
+    }
+}
+
+/// Bad streamed input: a shard of another width or dtype, an empty directory, streaming
+/// settings without streamed data, a streamed run with a validation split: exit 2, one line,
+/// nothing written.
+#[test]
+fn streamed_data_bad_input() {
+    let t = Tmp::new("stream_bad");
+    let make_dir = |name: &str, parts: &[(&str, Vec<u8>)]| {
+        let dir = t.path(name);
+        fs::create_dir_all(&dir).unwrap();
+        for (file, bytes) in parts {
+            fs::write(dir.join(file), bytes).unwrap();
+        }
+        dir
+    };
+    let f32_rows =
+        |rows: usize, cols: usize| npy_bytes("<f4", &format!("({rows}, {cols})"), &f32_bytes(&vec![0.5; rows * cols]));
+    let f64_rows = npy_bytes("<f8", "(3, 20)", &[0u8; 3 * 20 * 8]);
+    let wide = make_dir("wide", &[("a.npy", f32_rows(4, 20)), ("b.npy", f32_rows(4, 21))]);
+    let dtype = make_dir("dtype", &[("a.npy", f32_rows(4, 20)), ("b.npy", f64_rows)]);
+    let empty = make_dir("empty", &[("notes.txt", b"no shards".to_vec())]);
+    let cases: [(&Path, &[&str], &[&str]); 3] = [
+        (&wide, &[], &["b.npy", "21 columns", "same width"]),
+        (&dtype, &[], &["b.npy", "f64", "same dtype"]),
+        (&empty, &[], &["no .npy shards"]),
+    ];
+    for (data, extra, needles) in cases {
+        let (out, dir) = train_on(&t, data, extra);
+        assert_bad_input(&t, &out, &dir, needles);
+    }
+    let small = t.write("small.npy", f32_rows(8, 20));
+    for (flags, needles) in [
+        (&["--max-steps", "5"][..], &["--max-steps", "streamed"][..]),
+        (&["--eval-rows", "5"][..], &["--eval-rows", "streamed"][..]),
+        (&["--stream", "--validation-split", "0.25"][..], &["--validation-split", "streamed"][..]),
+        (&["--stream", "--shuffle-buffer", "0"][..], &["--shuffle-buffer 0"][..]),
+    ] {
+        let (out, dir) = train_on(&t, &small, flags);
+        assert_bad_input(&t, &out, &dir, needles);
+    }
+}

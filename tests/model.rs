@@ -310,8 +310,15 @@ fn streamed_training_equals_resident_training() {
     let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
     let mut rng = Rng::new(8);
     let data = Dataset { rows: 90, cols: 20, values: random(&mut rng, 90 * 20, 0.0, 1.0) };
-    let opts =
-        TrainOptions { epochs: 2, batch_size: 16, seed: 4, shuffle: true, log_every: Some(5), steps_per_submit: None };
+    let opts = TrainOptions {
+        epochs: 2,
+        batch_size: 16,
+        seed: 4,
+        shuffle: true,
+        log_every: Some(5),
+        steps_per_submit: None,
+        shuffle_buffer: None,
+    };
     let run = |streamed: bool| {
         let mut t = Trainer::new(&gpu, &spec, cfg, 0.5, 16, &Params::init(&spec, 1)).unwrap();
         if streamed {

@@ -35,6 +35,7 @@ fn train(spec: &ModelSpec, sparsity: Sparsity, epochs: usize, sgd: bool) -> Eval
         shuffle: true,
         log_every: None,
         steps_per_submit: None,
+        shuffle_buffer: None,
     };
     let m = fit(&mut trainer, &data, None, &opts, |_| Ok(())).unwrap();
     println!("{sparsity:?}, {epochs} epochs: rho_hat {:.4?} freq {:.4?} fvu {:.3}", m.rho_hat, m.freq, m.fvu);

@@ -33,10 +33,27 @@ pub struct TrainSettings {
     /// neither a flag nor --config gives [default: forum].
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
-    /// Training data: .npy (f32/f64, 2-D) or .csv (optional header), one sample per row.
-    /// Default: the built-in synthetic context vectors (20 wide).
-    #[arg(long, value_name = "FILE")]
+    /// Training data: .npy (f32/f64, 2-D) or .csv (optional header), one sample per row, or a
+    /// directory of .npy shards of one width and dtype. A directory, or an .npy above 256 MiB,
+    /// is streamed (read in chunks, never whole). Default: the built-in synthetic context
+    /// vectors (20 wide).
+    #[arg(long, value_name = "FILE|DIR")]
     data: Option<PathBuf>,
+    /// Stream --data even when it is small (a .npy file or a directory of them).
+    #[arg(long)]
+    #[serde(default)]
+    stream: bool,
+    /// Shuffle through a mixing buffer of ROWS rows (rows enter in file order; each minibatch
+    /// row is a seeded random slot, refilled by the next): a streamed run's shuffle, also taken
+    /// by resident data when given [default for streamed data: 64 MiB of rows].
+    #[arg(long, value_name = "ROWS")]
+    shuffle_buffer: Option<usize>,
+    /// Streamed data: stop after N training steps in all (schedules still span --epochs).
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
+    /// Streamed data: measure epoch metrics on the first N rows [default: 1048576].
+    #[arg(long, value_name = "N")]
+    eval_rows: Option<usize>,
     /// Size of the built-in dataset when no --data is given [default: 8192; dictionary preset 20000].
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
@@ -70,6 +87,14 @@ pub struct TrainSettings {
     /// removed before it) or none [default: dictionary unit, else none].
     #[arg(long, value_name = "KIND")]
     decoder_norm: Option<String>,
+    /// AuxK (Gao et al. 2024): the K largest pre-activations among the dead latents (silent for
+    /// --dead-after samples) are trained to reconstruct the residual; a TopK dictionary's
+    /// [default: dictionary 16, else off].
+    #[arg(long, value_name = "K")]
+    auxk: Option<usize>,
+    /// Weight of the AuxK term, >= 0 [default: 1/32].
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    auxk_coefficient: Option<f64>,
     /// Initialise each encoder layer as the transpose of its mirror decoder layer [default:
     /// dictionary true, else false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -222,6 +247,7 @@ struct Resolved {
     loss: LossConfig,
     /// Unit-norm decoder columns, and the tied init.
     decoder_norm: bool,
+    auxk: Option<crate::model::AuxK>,
     tied_init: bool,
     /// The synthetic dictionary trained on (`--synthetic`).
     synthetic: Option<synthetic::DictionarySpec>,
@@ -236,6 +262,9 @@ struct Resolved {
     epochs: usize,
     seed: u64,
     shuffle: bool,
+    /// The mixing buffer's rows (`--shuffle-buffer`; streamed data's default when unset).
+    shuffle_buffer: Option<usize>,
+    max_steps: Option<u64>,
     init: Option<PathBuf>,
     log_every: Option<usize>,
     path: String,
@@ -470,15 +499,20 @@ pub fn validate(settings: TrainSettings) -> Result<()> {
 /// Flags override the config file, which overrides the defaults.
 fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, report: cli.report || file.report, overwrite: cli.overwrite, config: cli.config, resume: cli.resume } };
+        ($($f:ident),*) => { TrainSettings { $($f: cli.$f.or(file.$f),)* no_shuffle: cli.no_shuffle || file.no_shuffle, stream: cli.stream || file.stream, report: cli.report || file.report, overwrite: cli.overwrite, config: cli.config, resume: cli.resume } };
     }
     pick!(
         data,
+        shuffle_buffer,
+        max_steps,
+        eval_rows,
         samples,
         synthetic,
         k,
         pre_bias,
         decoder_norm,
+        auxk,
+        auxk_coefficient,
         tied_init,
         preset,
         layers,
@@ -571,6 +605,7 @@ fn preset(name: &str) -> Result<TrainSettings> {
                 output_activation: text("identity"),
                 pre_bias: Some(true),
                 decoder_norm: text("unit"),
+                auxk: Some(d::AUXK),
                 tied_init: Some(true),
                 sparsity: text("none"),
                 lr: Some(d::LR),
@@ -598,8 +633,14 @@ fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
     }
     if user.code_activation.as_deref().is_some_and(|c| c != "topk") {
         preset.k = None;
+        preset.auxk = None;
+    }
+    if user.sparsity.as_deref().is_some_and(|k| k != "none") {
+        preset.auxk = None;
     }
     if user.optimizer.as_deref() == Some("lbfgs") {
+        preset.auxk = None;
+        preset.decoder_norm = None;
         preset.lr = None;
         preset.lr_schedule = None;
         preset.batch_size = None;
@@ -612,7 +653,11 @@ fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
 
 struct Plan {
     resolved: Resolved,
+    /// The rows (for streamed data: its shape only, no values).
     dataset: Dataset,
+    /// Streamed data (`--data` a directory, a large .npy, or `--stream`).
+    store: Option<crate::stream::RowStore>,
+    limits: crate::train::StreamLimits,
     /// A synthetic dictionary's true directions, `[F, D]`.
     truth: Option<Vec<f32>>,
     /// The --init checkpoint's parameters (a fresh init otherwise, made in `run`).
@@ -709,7 +754,20 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         (None, _) => None,
     };
     let mut truth = None;
+    let streamed =
+        s.data.as_deref().is_some_and(|p| s.stream || crate::stream::streams(p, defaults::STREAM_ABOVE_BYTES));
+    if s.stream && s.data.is_none() {
+        return Err(bad("--stream: streams a --data .npy file or directory; give --data"));
+    }
+    let mut store = None;
     let (dataset, data_name) = match (&s.data, synthetic) {
+        (Some(p), _) if streamed => {
+            let st = crate::stream::RowStore::open(p)?;
+            let shape = Dataset { rows: st.rows, cols: st.cols, values: Vec::new() };
+            let name = format!("{} (streamed, {} bytes)", p.display(), st.data_bytes());
+            store = Some(st);
+            (shape, name)
+        }
         (Some(p), _) => (data::load(p)?, p.display().to_string()),
         (None, Some(dict)) => {
             let n = s.samples.unwrap_or(synthetic::DEFAULT_SAMPLES);
@@ -822,6 +880,26 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         Some(other) => return Err(bad(format!("--decoder-norm {other}: use unit or none"))),
     };
     let tied_init = s.tied_init.unwrap_or(false);
+    if s.auxk_coefficient.is_some() && s.auxk.is_none() {
+        return Err(bad("--auxk-coefficient: a setting of --auxk K; drop it or add --auxk"));
+    }
+    let auxk = match s.auxk {
+        Some(k) => {
+            let a = crate::model::AuxK {
+                k,
+                coefficient: s.auxk_coefficient.unwrap_or(defaults::AUXK_COEFFICIENT),
+                dead_after,
+            };
+            a.validate(&spec).map_err(bad)?;
+            if sparsity != Sparsity::None {
+                return Err(bad(format!(
+                    "--auxk: a TopK dictionary's term, trained without --sparsity {kind}: drop one"
+                )));
+            }
+            Some(a)
+        }
+        None => None,
+    };
     if s.init.is_some() && tied_given {
         return Err(bad("--tied-init: the run starts from --init's weights; drop one"));
     }
@@ -854,6 +932,8 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             ("--lr-min", s.lr_min.is_some()),
             ("--beta-warmup-steps", s.beta_warmup_steps.is_some()),
             ("--clip-grad-norm", s.clip_grad_norm.is_some()),
+            ("--auxk", s.auxk.is_some()),
+            ("--decoder-norm", decoder_norm),
             ("--momentum", s.momentum.is_some()),
             ("--adam-betas", s.adam_betas.is_some()),
             ("--adam-eps", s.adam_eps.is_some()),
@@ -887,6 +967,32 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             .map_err(bad)?,
         )
     };
+    if store.is_some() {
+        let refused =
+            [("--validation-split", s.validation_split.is_some_and(|v| v > 0.0)), ("--optimizer lbfgs", is_lbfgs)];
+        if let Some((flag, _)) = refused.iter().find(|(_, given)| *given) {
+            return Err(bad(format!(
+                "{flag}: not with streamed data (hold a shard out and evaluate it with sae encode; L-BFGS needs the whole set each iteration)"
+            )));
+        }
+    } else {
+        for (flag, given) in [("--max-steps", s.max_steps.is_some()), ("--eval-rows", s.eval_rows.is_some())] {
+            if given {
+                return Err(bad(format!(
+                    "{flag}: a setting of streamed data (--data DIR, a large .npy, or --stream); drop it"
+                )));
+            }
+        }
+    }
+    for (flag, v) in [
+        ("--shuffle-buffer", s.shuffle_buffer.map(|v| v as u64)),
+        ("--max-steps", s.max_steps),
+        ("--eval-rows", s.eval_rows.map(|v| v as u64)),
+    ] {
+        if v == Some(0) {
+            return Err(bad(format!("{flag} 0: must be at least 1")));
+        }
+    }
     let validation_split = s.validation_split.unwrap_or(0.0);
     if !(0.0..1.0).contains(&validation_split) {
         return Err(bad(format!("--validation-split {validation_split}: must be in [0, 1)")));
@@ -997,6 +1103,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             model: spec,
             loss,
             decoder_norm,
+            auxk,
             tied_init,
             synthetic,
             lr,
@@ -1010,6 +1117,8 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             epochs,
             seed,
             shuffle: !s.no_shuffle,
+            shuffle_buffer: s.shuffle_buffer,
+            max_steps: s.max_steps,
             init: s.init.clone(),
             log_every: s.log_every,
             path: s.path.clone().unwrap_or_else(|| "auto".into()),
@@ -1020,6 +1129,11 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             adapter: String::new(),
         },
         dataset,
+        store,
+        limits: crate::train::StreamLimits {
+            max_steps: s.max_steps,
+            eval_rows: Some(s.eval_rows.unwrap_or(defaults::EVAL_ROWS)),
+        },
         truth,
         init,
         out: s.out.clone(),
@@ -1145,8 +1259,20 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         None => (cli, None),
     };
     let resuming = resumed.is_some();
-    let Plan { mut resolved, dataset, truth, init, out, request, settings, stop_after_epoch, report, overwrite } =
-        plan(cli, resuming)?;
+    let Plan {
+        mut resolved,
+        dataset,
+        store,
+        limits,
+        truth,
+        init,
+        out,
+        request,
+        settings,
+        stop_after_epoch,
+        report,
+        overwrite,
+    } = plan(cli, resuming)?;
     let gpu = open_gpu(&request)?;
     resolved.adapter = gpu.describe();
     eprintln!("adapter: {}", resolved.adapter);
@@ -1162,12 +1288,22 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     )?;
     // A fresh init; the dictionary recipe's (docs/design.md section 12) where it is asked for:
     // unit decoder columns, tied encoder, the pre-bias at the training rows' mean.
-    let init = init.unwrap_or_else(|| {
-        let mean = spec.pre_bias.then(|| crate::train::column_means(&train_set));
-        Params::dictionary_init(&spec, resolved.seed, resolved.decoder_norm, resolved.tied_init, mean.as_deref())
-    });
+    let init = match init {
+        Some(init) => init,
+        None => {
+            let mean = match (&store, spec.pre_bias) {
+                (_, false) => None,
+                (Some(st), true) => Some(st.column_means()?),
+                (None, true) => Some(crate::train::column_means(&train_set)),
+            };
+            Params::dictionary_init(&spec, resolved.seed, resolved.decoder_norm, resolved.tied_init, mean.as_deref())
+        }
+    };
     let mut trainer = Trainer::new(&gpu, &spec, resolved.loss, resolved.lr, resolved.batch_size, &init)?;
     trainer.set_decoder_norm(resolved.decoder_norm)?;
+    if resolved.auxk.is_some() {
+        trainer.set_auxk(resolved.auxk)?;
+    }
     if let Method::Steps(optimizer) = resolved.optimizer {
         trainer.set_optimizer(optimizer)?;
     }
@@ -1274,12 +1410,19 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         Method::Lbfgs(_) => 1,
         Method::Steps(_) => train_set.rows.div_ceil(resolved.batch_size) as u64,
     };
-    let bar = indicatif::ProgressBar::new(steps_per_epoch * resolved.epochs as u64);
+    // A streamed run's bar counts rows read, their rate and the time left; another's, steps.
+    let streaming = store.is_some();
+    let run_steps = limits.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * resolved.epochs as u64);
+    let per_step = if streaming { resolved.batch_size as u64 } else { 1 };
+    let at = |step: u64| (step * per_step).min(run_steps * per_step);
+    let bar = indicatif::ProgressBar::new(run_steps * per_step);
     bar.set_prefix("1");
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} epoch {prefix} step {pos}/{len} {msg} [{elapsed_precise}]")
-            .expect("template"),
-    );
+    let template = if streaming {
+        "{bar:30} epoch {prefix} rows {human_pos}/{human_len} ({per_sec}, {eta} left) {msg}"
+    } else {
+        "{bar:30} epoch {prefix} step {pos}/{len} {msg} [{elapsed_precise}]"
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("template"));
     let opts = TrainOptions {
         epochs: resolved.epochs,
         batch_size: resolved.batch_size,
@@ -1287,6 +1430,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         shuffle: resolved.shuffle,
         log_every: resolved.log_every,
         steps_per_submit: resolved.steps_per_submit,
+        shuffle_buffer: resolved.shuffle_buffer,
     };
     // The first Ctrl-C stops the run at its next submit boundary, where it writes a checkpoint
     // (`Event::Interrupted`) and exits 130; a second exits at once.
@@ -1296,21 +1440,31 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         }
         eprintln!("\nstopping at the next submit boundary to write a checkpoint (Ctrl-C again to quit at once)");
     });
-    let baseline = crate::trainer::Baseline::of(&train_set.values, train_set.cols);
-    let variance_per_row = baseline.squared_deviation / train_set.rows.max(1) as f64;
+    let (baseline, baseline_rows) = match &store {
+        Some(st) => {
+            let rows = limits.eval_rows.unwrap_or(st.rows).min(st.rows);
+            (st.baseline(rows)?, rows)
+        }
+        None => (crate::trainer::Baseline::of(&train_set.values, train_set.cols), train_set.rows),
+    };
+    let variance_per_row = baseline.squared_deviation / baseline_rows.max(1) as f64;
     let started = std::time::Instant::now();
     let mut last_val = None;
     let mut last_since: Option<Vec<u32>> = None;
     let on_event = |event: Event<'_>| {
         let line = match &event {
+            Event::Rows { read } => {
+                bar.set_position(*read);
+                return Ok(());
+            }
             Event::Step { epoch, step, metrics } => {
-                bar.set_position(*step);
+                bar.set_position(at(*step));
                 bar.set_prefix(epoch.to_string());
                 bar.set_message(format!("loss {:.5}", metrics.loss));
                 step_json(&resolved, *epoch, *step, metrics, variance_per_row)
             }
             Event::Epoch { epoch, step, train, validation, trainer } => {
-                bar.set_position(*step);
+                bar.set_position(at(*step));
                 // The epoch now running; the message is the one just finished.
                 bar.set_prefix((epoch + 1).min(resolved.epochs).to_string());
                 let since = trainer.since_fired()?;
@@ -1347,7 +1501,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         let (epoch, trainer, lbfgs) = match &event {
             Event::Epoch { epoch, trainer, .. } => (*epoch, *trainer, None),
             Event::Iteration { iteration, trainer, state, .. } => (*iteration, *trainer, Some(*state)),
-            Event::Step { .. } => return Ok(()),
+            Event::Step { .. } | Event::Rows { .. } => return Ok(()),
             Event::Interrupted { epochs_done, steps_into_epoch, trainer, lbfgs } => {
                 // Ctrl-C: everything submitted has run; a checkpoint --resume continues from.
                 return match &out {
@@ -1379,13 +1533,18 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         Ok(())
     };
     let epochs = first_epoch..=last_epoch;
-    let result = match resolved.optimizer {
-        Method::Steps(_) => {
+    let result = match (resolved.optimizer, &store) {
+        (Method::Steps(_), Some(store)) => {
+            let skip = resumed.as_ref().map_or(0, |s| s.steps_into_epoch as usize);
+            crate::train::fit_stream(&mut trainer, store, &opts, limits, epochs, skip, on_event)
+                .map(|m| (m, None, None))
+        }
+        (Method::Steps(_), None) => {
             let skip = resumed.as_ref().map_or(0, |s| s.steps_into_epoch as usize);
             fit_epochs(&mut trainer, &train_set, val_set.as_ref(), &opts, epochs, skip, on_event)
                 .map(|m| (m, None, None))
         }
-        Method::Lbfgs(settings) => {
+        (Method::Lbfgs(settings), _) => {
             let resume = resumed.as_ref().and_then(|s| s.lbfgs.clone());
             fit_lbfgs(&mut trainer, &train_set, val_set.as_ref(), settings, resume, epochs, on_event)
                 .map(|run| (run.metrics, Some(run.state), run.stop))
@@ -1404,6 +1563,9 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let evaluations = lbfgs_state.as_ref().map(|s| s.evaluations);
     let timing = (started.elapsed().as_secs_f64(), steps, evaluations);
     print_summary(&resolved, &last, last_val.as_ref(), last_since.as_deref(), timing);
+    if let Some(peak) = crate::stream::peak_rss() {
+        println!("peak memory: {:.1} MiB resident", peak as f64 / (1u64 << 20) as f64);
+    }
     // A synthetic dictionary: how well the decoder's columns recover its true directions.
     if let (Some(truth), Some(dict)) = (&truth, resolved.synthetic) {
         let r = synthetic::recovery(truth, &params.weights[spec.layers() - 1], dict.width);

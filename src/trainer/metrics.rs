@@ -185,6 +185,25 @@ impl Trainer {
         self.evaluate_batches(n, baseline, |t, rows| t.stage(&data[rows.start * n0..rows.end * n0]).map(|_| Rows::Host))
     }
 
+    /// The same over `n` rows `read` writes a minibatch at a time (streamed data): `read(rows,
+    /// out)` appends rows `rows` to `out`.
+    pub fn evaluate_stream(
+        &mut self,
+        n: usize,
+        baseline: &Baseline,
+        mut read: impl FnMut(std::ops::Range<usize>, &mut Vec<f32>) -> Result<()>,
+    ) -> Result<EvalMetrics> {
+        if n == 0 {
+            return Err(Error::input("no rows to evaluate"));
+        }
+        let mut chunk = Vec::new();
+        self.evaluate_batches(n, baseline, |t, rows| {
+            chunk.clear();
+            read(rows, &mut chunk)?;
+            t.stage(&chunk).map(|_| Rows::Host)
+        })
+    }
+
     /// The same over the resident data (`set_data`), in file order: nothing is uploaded but
     /// the cursor.
     pub fn evaluate_resident(&mut self, baseline: &Baseline) -> Result<EvalMetrics> {

@@ -504,6 +504,16 @@ impl Trainer {
         Ok(m)
     }
 
+    /// Waits until the device has run everything submitted.
+    pub fn wait_idle(&self) -> Result<()> {
+        self.kernels
+            .gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Runtime(format!("{}: the device stopped responding ({e})", self.gpu().describe())))
+    }
+
     /// One SGD step on a host minibatch `x` (row-major, `m x n_0`): one upload, one submit, no
     /// wait. `train_epoch` is the fast way to train on a whole dataset.
     pub fn step(&mut self, x: &[f32]) -> Result<()> {
