@@ -88,8 +88,8 @@ pub struct TrainSettings {
     #[arg(long, value_name = "KIND")]
     decoder_norm: Option<String>,
     /// AuxK (Gao et al. 2024): the K largest pre-activations among the dead latents (silent for
-    /// --dead-after samples) are trained to reconstruct the residual; a TopK dictionary's
-    /// [default: dictionary 16, else off].
+    /// --dead-after samples) are trained to reconstruct the residual; a TopK dictionary's;
+    /// 0: off [default: dictionary 16, else off].
     #[arg(long, value_name = "K")]
     auxk: Option<usize>,
     /// Weight of the AuxK term, >= 0 [default: 1/32].
@@ -880,10 +880,10 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         Some(other) => return Err(bad(format!("--decoder-norm {other}: use unit or none"))),
     };
     let tied_init = s.tied_init.unwrap_or(false);
-    if s.auxk_coefficient.is_some() && s.auxk.is_none() {
+    if s.auxk_coefficient.is_some() && s.auxk.unwrap_or(0) == 0 {
         return Err(bad("--auxk-coefficient: a setting of --auxk K; drop it or add --auxk"));
     }
-    let auxk = match s.auxk {
+    let auxk = match s.auxk.filter(|&k| k > 0) {
         Some(k) => {
             let a = crate::model::AuxK {
                 k,
@@ -932,7 +932,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             ("--lr-min", s.lr_min.is_some()),
             ("--beta-warmup-steps", s.beta_warmup_steps.is_some()),
             ("--clip-grad-norm", s.clip_grad_norm.is_some()),
-            ("--auxk", s.auxk.is_some()),
+            ("--auxk", s.auxk.unwrap_or(0) > 0),
             ("--decoder-norm", decoder_norm),
             ("--momentum", s.momentum.is_some()),
             ("--adam-betas", s.adam_betas.is_some()),
