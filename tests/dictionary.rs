@@ -44,12 +44,28 @@ fn train_until(spec: &ModelSpec, loss: LossConfig, seed: u64, goal: f64) -> (usi
     last
 }
 
+/// The bar, seeds 0-2: MMCS >= 0.9 within 20 epochs (reached in the first here), L0 = K.
 #[test]
 fn topk_recovers_a_synthetic_dictionary() {
     let truth = DictionarySpec::parse(defaults::dictionary::SYNTHETIC).unwrap();
     let spec = preset_spec(truth.width, truth.features, CodeSelect::TopK { k: defaults::dictionary::K });
     let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
-    let (epochs, mmcs, _, _, l0) = train_until(&spec, loss, 0, 0.9);
-    assert!(mmcs >= 0.9, "MMCS {mmcs:.4} < 0.9 after {epochs} epochs");
-    assert!((l0 - 3.0).abs() < 0.2, "L0 {l0} is not about K = 3");
+    for seed in 0..3 {
+        let (epochs, mmcs, _, _, l0) = train_until(&spec, loss, seed, 0.9);
+        assert!(mmcs >= 0.9, "seed {seed}: MMCS {mmcs:.4} < 0.9 after {epochs} epochs");
+        assert!((l0 - 3.0).abs() < 1e-9, "seed {seed}: L0 {l0} is not K = 3");
+    }
+}
+
+/// With AuxK no latent stays dead, so nearly every true direction gets a latent of its own:
+/// seed 0 reaches MMCS >= 0.99 with at least 60 of the 64 directions above 0.9 (without AuxK,
+/// 7 latents die and the run ends at MMCS 0.959 with 50 above 0.9: README).
+#[test]
+fn auxk_recovers_every_direction() {
+    let truth = DictionarySpec::parse(defaults::dictionary::SYNTHETIC).unwrap();
+    let spec = preset_spec(truth.width, truth.features, CodeSelect::TopK { k: defaults::dictionary::K });
+    let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
+    let (epochs, mmcs, above, _, _) = train_until(&spec, loss, 0, 0.99);
+    assert!(mmcs >= 0.99, "MMCS {mmcs:.4} < 0.99 after {epochs} epochs");
+    assert!(above * 64.0 >= 60.0, "only {:.0} of 64 directions above 0.9", above * 64.0);
 }
