@@ -60,7 +60,8 @@ fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let sum_ww = tree_sum(t, ww);
     var kl = 0.0;
-    if (ls.sparsity != 0u) {
+    // Mode 4 (L1) is measured on the host, from the mean activations and the column norms.
+    if (ls.sparsity != 0u && ls.sparsity != 4u) {
         for (var j = t; j < ls.code_width; j += TREE_WG) {
             kl += kl_divergence(ls.rho, rho_hat[j], ls.eps);
         }

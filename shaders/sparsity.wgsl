@@ -6,6 +6,8 @@
 //                                rho_t this step's target (annealed_rho, common.wgsl)
 //   mode 3, smooth firing-frequency KL: delta = G ⊙ f_c'(Z) + (beta/m) KL'(rho_hat_j) s(1-s)/T,
 //                                s = sigmoid(Z/T)
+//   mode 4, L1 weighted by the decoder's column norms (section 12), a ReLU code:
+//                                delta = (G + (C/m) ||w_j||) ⊙ f_c'(Z), the norms in rho_hat
 // KL'(q) (kl_derivative in common.wgsl) with q clamped to [eps, 1-eps].
 
 struct Kl {
@@ -43,6 +45,10 @@ fn kl_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let j = i % kl.cols;
     let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
     let fprime = activation_derivative(kl.act, z[i], a[i]);
+    if (kl.mode == 4u) {
+        delta[i] = (g[i] + kl.beta_over_m * scale * rho_hat[j]) * fprime;
+        return;
+    }
     if (kl.mode == 2u) {
         let rho_t = annealed_rho(kl.rho, state[STATE_STEP] + 1u, kl.anneal_steps);
         delta[i] = g[i] * fprime + kl.beta_over_m * scale * (rho_hat[j] - rho_t) / kl.temperature;

@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 21] = [
+pub const CHECKS: [(&str, Check); 23] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -52,6 +52,8 @@ pub const CHECKS: [(&str, Check); 21] = [
     ("decoder_project", decoder_project),
     ("decoder_normalize", decoder_normalize),
     ("auxk_delta", auxk_delta),
+    ("column_norms", column_norms),
+    ("l1_decoder_grad", l1_decoder_grad),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -219,6 +221,8 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
         (Activation::Sigmoid, Sparsity::Kl { rho: 0.05, beta: 3.0 }, 0.125, 0),
         (Activation::Relu, kl_freq(0.05, 3.0, 0.5), 1.0, 0),
         (Activation::Identity, kl_freq(0.25, 1.5, 8.0), 0.3, 5),
+        // L1 (mode 4): rho_hat holds the decoder's column norms.
+        (Activation::Relu, Sparsity::L1 { coefficient: 0.3 }, 0.6, 0),
     ];
     for (act, penalty, share, anneal) in modes {
         let (state, values, clip) = beta_share(kern, share);
@@ -261,6 +265,7 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
                 let term = match sparsity {
                     // The straight-through term: (beta/(T m)) (rho_hat - rho), judged on |rho_hat| + rho.
                     Sparsity::KlFreq { .. } => beta / (t * m as f64) * (rho_hat[j] as f64 + rho),
+                    Sparsity::L1 { .. } => beta / m as f64 * (rho_hat[j] as f64) * fp,
                     _ => {
                         let q = (rho_hat[j] as f64).clamp(1e-6, 1.0 - 1e-6);
                         let dkl = beta / m as f64 * (rho / q + (1.0 - rho) / (1.0 - q));
@@ -968,4 +973,43 @@ pub fn auxk_delta(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
     let size: Vec<f64> =
         (0..len).map(|i| scale * ((recons[i] as f64).abs() + (x[i] as f64).abs() + (xhat[i] as f64).abs())).collect();
     max_rel_err(&got[aux_at..], &want, &size)
+}
+
+/// `column_norms` against its twin on `[k, n]`: a sum of k squares and a square root, within
+/// about k f32 roundings relative to the norm.
+pub fn column_norms(kern: &Kernels, rng: &mut Rng, _m: usize, k: usize, n: usize) -> f64 {
+    let w = random(rng, k * n, -2.0, 2.0);
+    let out = poisoned(kern, n);
+    kern.gpu.run(&[kern.column_norms(&kern.gpu.upload("w", &w), &out, k, n)]);
+    let want = r::column_norms(&widen(&w), k, n);
+    max_rel_err(&download(kern, &out), &want, &magnitudes(&want, 1e-30))
+}
+
+/// `l1_decoder_grad` against its twin on `a` `[m, n]`, `w` `[k, n]` (a zero column kept as it
+/// is), at a warm-up share of 0.5: each element moves by `c s_j w_ij / ||w_j||`, a sum of m
+/// magnitudes and a norm of k terms, so it is judged against `|dw| + c s_j |w_ij| / ||w_j||`.
+pub fn l1_decoder_grad(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let a: Vec<f32> = random(rng, m * n, -1.0, 1.0).iter().map(|v| v.max(0.0)).collect();
+    let mut w = random(rng, k * n, -1.0, 1.0);
+    for row in w.chunks_mut(n) {
+        row[0] = 0.0;
+    }
+    let dw = random(rng, k * n, -1.0, 1.0);
+    let (state, values, _) = beta_share(kern, 0.5);
+    let coef = 0.2 / m as f64;
+    let dw_view = kern.gpu.upload("dw", &dw);
+    let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+    kern.gpu.run(&[kern.l1_decoder_grad(&up("a", &a), &up("w", &w), &dw_view, (m, k, n), coef, &state, &values)]);
+    let mut want = widen(&dw);
+    r::l1_decoder_grad(&widen(&a), m, &widen(&w), &mut want, k, n, coef * 0.5);
+    let norms = r::column_norms(&widen(&w), k, n);
+    let scale: Vec<f64> = (0..k * n)
+        .map(|i| {
+            let j = i % n;
+            let total: f64 = (0..m).map(|r| a[r * n + j] as f64).sum();
+            let moved = if norms[j] > 0.0 { coef * 0.5 * total * (w[i] as f64).abs() / norms[j] } else { 0.0 };
+            (dw[i] as f64).abs() + moved + 1e-30
+        })
+        .collect();
+    max_rel_err(&download(kern, &dw_view), &want, &scale)
 }

@@ -261,6 +261,11 @@ pub enum Sparsity {
         beta: f64,
         temperature: f64,
     },
+    /// `(C/m) sum_i sum_j |a_ij| ||w_j||`: the L1 of each code unit weighted by its decoder
+    /// column's norm (SAELens v6; docs/design.md section 12). A ReLU code and a one-layer decoder.
+    L1 {
+        coefficient: f64,
+    },
 }
 
 impl Sparsity {
@@ -270,6 +275,7 @@ impl Sparsity {
             Sparsity::Kl { .. } => "kl",
             Sparsity::KlFreq { .. } => "kl-freq",
             Sparsity::KlSoftFreq { .. } => "kl-soft-freq",
+            Sparsity::L1 { .. } => "l1",
         }
     }
     /// The same penalty with beta times `scale` (a warm-up's share).
@@ -283,6 +289,7 @@ impl Sparsity {
             Sparsity::KlSoftFreq { rho, beta, temperature } => {
                 Sparsity::KlSoftFreq { rho, beta: beta * scale, temperature }
             }
+            Sparsity::L1 { coefficient } => Sparsity::L1 { coefficient: coefficient * scale },
         }
     }
 
@@ -304,6 +311,7 @@ impl Sparsity {
             Sparsity::Kl { rho, beta }
             | Sparsity::KlFreq { rho, beta, .. }
             | Sparsity::KlSoftFreq { rho, beta, .. } => (rho, beta),
+            Sparsity::L1 { coefficient } => (0.05, coefficient),
         }
     }
     pub fn temperature(&self) -> f64 {
@@ -418,6 +426,19 @@ impl LossConfig {
         }
         match self.sparsity {
             Sparsity::None => Ok(()),
+            Sparsity::L1 { coefficient } => {
+                if !((coefficient as f32).is_finite() && coefficient >= 0.0) {
+                    return Err(format!("--l1-coefficient {coefficient}: must be a finite number >= 0"));
+                }
+                let c = spec.code_layer;
+                if spec.activation(c) != Activation::Relu || spec.layers() != c + 1 {
+                    return Err(
+                        "--sparsity l1: weights each code unit's L1 by its decoder column's norm, so it needs a ReLU (or topk) code and a one-layer decoder (--layers D,N)"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
             Sparsity::Kl { rho, beta }
             | Sparsity::KlFreq { rho, beta, .. }
             | Sparsity::KlSoftFreq { rho, beta, .. } => {

@@ -239,6 +239,25 @@ fn auxk_delta_of(recons: &[f64], residual: &[f64], scale: f64) -> Vec<f64> {
     (0..residual.len()).map(|i| scale * (recons[i] - residual[i])).collect()
 }
 
+/// `||w_j||` of each column of `w` (`[rows, cols]`).
+pub fn column_norms(w: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols).map(|j| (0..rows).map(|i| w[i * cols + j] * w[i * cols + j]).sum::<f64>().sqrt()).collect()
+}
+
+/// `dw_j += coef (sum_i |a_ij|) w_j / ||w_j||` over `a` `[m, cols]`, skipping zero columns:
+/// the L1 term's decoder gradient (`coef` = C/m).
+pub fn l1_decoder_grad(a: &[f64], m: usize, w: &[f64], dw: &mut [f64], rows: usize, cols: usize, coef: f64) {
+    let norms = column_norms(w, rows, cols);
+    for j in 0..cols {
+        if norms[j] > 0.0 {
+            let total: f64 = (0..m).map(|i| a[i * cols + j].abs()).sum();
+            for i in 0..rows {
+                dw[i * cols + j] += coef * total / norms[j] * w[i * cols + j];
+            }
+        }
+    }
+}
+
 /// `x[i, k] - b[k]` over `[m, n]`: the encoder's input with the pre-bias.
 pub fn center_rows(x: &[f64], b: &[f64], m: usize, n: usize) -> Vec<f64> {
     (0..m * n).map(|i| x[i] - b[i % n]).collect()
@@ -317,6 +336,8 @@ pub fn kl_backward(
                     let s = sigmoid(z[idx] / temperature);
                     g[idx] * fprime + beta / m as f64 * kl_derivative(rho, rho_hat[j]) * s * (1.0 - s) / temperature
                 }
+                // rho_hat holds the decoder's column norms; a >= 0 (a ReLU code): |a|' = f'.
+                Sparsity::L1 { coefficient } => (g[idx] + coefficient / m as f64 * rho_hat[j]) * fprime,
             }
         })
         .collect()
@@ -515,6 +536,10 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
         Sparsity::KlSoftFreq { temperature, .. } => {
             column_sum(&z[c], m, nc, ColumnTransform::SoftFires { temperature }, inv_m)
         }
+        Sparsity::L1 { .. } => {
+            let (rows, cols) = spec.shape(layers);
+            column_norms(&model.w[layers - 1], rows, cols)
+        }
     };
     Forward { m, z, a, rho_hat, mean_activation, freq, aux: None }
 }
@@ -553,8 +578,14 @@ pub fn loss(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Te
         0.0
     };
     let (rho, beta) = cfg.sparsity.rho_beta();
-    let mut sparsity =
-        if terms.sparsity { beta * fwd.rho_hat.iter().map(|&q| kl_divergence(rho, q)).sum::<f64>() } else { 0.0 };
+    let mut sparsity = match (terms.sparsity, cfg.sparsity) {
+        (false, _) => 0.0,
+        // C sum_j mean_i |a_ij| ||w_j||
+        (true, Sparsity::L1 { coefficient }) => {
+            coefficient * fwd.mean_activation.iter().zip(&fwd.rho_hat).map(|(a, n)| a * n).sum::<f64>()
+        }
+        (true, _) => beta * fwd.rho_hat.iter().map(|&q| kl_divergence(rho, q)).sum::<f64>(),
+    };
     // AuxK's term counts with the sparsity terms (it serves the code, not the reconstruction).
     if let (true, Some(aux)) = (terms.sparsity, &fwd.aux) {
         let residual_err: f64 = (0..x.len()).map(|i| (aux.recons[i] - aux.residual[i]).powi(2)).sum();
@@ -634,6 +665,19 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
         } else {
             activation_backward(&g, &z_of[l - 1], &input_of[l - 1], act)
         };
+    }
+    // L1's decoder term: dW_L's column j gains (C/m) (sum_i |a_ij|) w_j / ||w_j||.
+    if let Sparsity::L1 { coefficient } = sparsity {
+        let (rows, cols) = spec.shape(layers);
+        l1_decoder_grad(
+            &fwd.a[c],
+            fwd.m,
+            &model.w[layers - 1],
+            &mut dw[layers - 1],
+            rows,
+            cols,
+            coefficient / fwd.m as f64,
+        );
     }
     Grads { dw, db }
 }

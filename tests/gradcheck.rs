@@ -132,6 +132,20 @@ fn dictionary_pre_bias_and_topk() {
     check(&deep, cfg, Terms::ALL, "7-9-11-9-7 topk 2, pre-bias");
 }
 
+/// The L1 term weighted by the decoder's column norms (docs/design.md section 12), alone and
+/// with the rest, on a dense ReLU code and a TopK one with a pre-bias.
+#[test]
+fn l1_term() {
+    use sae_wgpu::model::CodeSelect;
+    let dense = ModelSpec::mirrored(&[7, 11], Activation::Relu, Activation::Relu, Activation::Identity).unwrap();
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::L1 { coefficient: 0.4 } };
+    let only = Terms { reconstruction: false, weight_decay: false, sparsity: true };
+    check(&dense, cfg, only, "l1 alone");
+    check(&dense, cfg, Terms::ALL, "reconstruction and l1");
+    let topk = dense.with_code(CodeSelect::TopK { k: 3 }, true).unwrap();
+    check(&topk, cfg, Terms::ALL, "topk 3, pre-bias, reconstruction and l1");
+}
+
 /// AuxK's term (docs/design.md section 12) alone and with the reconstruction, through the
 /// decoder, the TopK encoder and the pre-bias: the dead latents fixed (every third), K_aux 4.
 #[test]

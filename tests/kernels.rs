@@ -142,6 +142,16 @@ fn decoder_project() {
 }
 
 #[test]
+fn column_norms() {
+    run("column_norms", check::column_norms);
+}
+
+#[test]
+fn l1_decoder_grad() {
+    run("l1_decoder_grad", check::l1_decoder_grad);
+}
+
+#[test]
 fn auxk_delta() {
     run("auxk_delta", check::auxk_delta);
 }

@@ -200,7 +200,15 @@ fn dictionary_recipes_match_reference() {
         ("topk 2, auxk 6, sgd", topk(2), Optimizer::Sgd, 0.5, false, auxk, 37),
         ("topk 2, pre-bias, auxk 6, batch of 1", with_pre_bias(topk(2)), Optimizer::Sgd, 0.5, false, auxk, 1),
     ];
-    for (name, spec, optimizer, lr, decoder_norm, auxk, m) in cases {
+    let l1 = Sparsity::L1 { coefficient: 0.3 };
+    let cases = cases.map(|c| (c, Sparsity::None)).into_iter().chain([
+        (
+            ("dense relu, l1, pre-bias, decoder norm, adam", with_pre_bias(dense.clone()), adam, 0.01, true, None, 37),
+            l1,
+        ),
+        (("dense relu, l1, sgd, batch of 1", dense.clone(), Optimizer::Sgd, 0.5, false, None, 1), l1),
+    ]);
+    for ((name, spec, optimizer, lr, decoder_norm, auxk, m), sparsity) in cases {
         let setup = check::StepsSetup {
             lr,
             optimizer,
@@ -211,7 +219,7 @@ fn dictionary_recipes_match_reference() {
             decoder_norm,
             auxk,
         };
-        let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::None };
+        let cfg = LossConfig { weight_decay: 0.0, sparsity };
         let r = check::training_steps_with(&gpu(), &spec, cfg, m, setup, STEPS, Some(Path::Layered)).unwrap();
         println!("{name:<44} max rel err after {STEPS} steps {:.2e} ({} weights moved)", r.max_rel_err, r.moved);
         assert!(r.moved > 0, "{name}: no weight moved");

@@ -41,6 +41,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("prebias", source::PREBIAS, none(), false),
         ("decoder", source::DECODER, none(), false),
         ("auxk", source::AUXK, none(), false),
+        ("l1", source::L1, none(), false),
     ]
 }
 

@@ -1638,7 +1638,7 @@ fn print_summary(
         Sparsity::KlFreq { .. } => "rho_hat (hard freq)",
         Sparsity::KlSoftFreq { .. } => "rho_hat (soft freq)",
         Sparsity::Kl { .. } => "rho_hat (mean act.)",
-        Sparsity::None => "mean activation",
+        Sparsity::None | Sparsity::L1 { .. } => "mean activation",
     };
     println!("{:<6} {:>10} {:>20} {:>12} {:>12}", "unit", "target rho", rho_col, "hard freq", "since fired");
     for j in 0..m.rho_hat.len() {

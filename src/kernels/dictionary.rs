@@ -29,6 +29,18 @@ struct AuxDelta {
     _pad1: [u32; 3],
 }
 
+/// `L1` of `shaders/l1.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct L1 {
+    rows: u32,
+    cols: u32,
+    m: u32,
+    _pad: u32,
+    coef_over_m: f32,
+    _pad1: [u32; 3],
+}
+
 fn dims(rows: usize, cols: usize, third: usize) -> Dims {
     Dims { rows: rows as u32, cols: cols as u32, third: third as u32, at: [0; 2], _pad: [0; 3] }
 }
@@ -81,6 +93,39 @@ impl Kernels {
         let cost = cost(Kernel::AuxkDelta, format!("{len}"), 3 * len, 4 * len + aux_at - pad_from);
         let groups = Self::elementwise_groups(aux_at + len - pad_from);
         self.launch(Kernel::AuxkDelta, params, &[recons, x, xhat, delta], groups, cost)
+    }
+
+    /// `norms[j] = ||w_j||` for each column of `w` (`[rows, cols]`).
+    pub fn column_norms(&self, w: &View, norms: &View, rows: usize, cols: usize) -> Launch {
+        let params = L1 { rows: rows as u32, cols: cols as u32, m: 0, _pad: 0, coef_over_m: 0.0, _pad1: [0; 3] };
+        let cost = cost(Kernel::ColumnNorms, format!("{rows}x{cols}"), 2 * rows * cols, rows * cols + cols);
+        self.launch(Kernel::ColumnNorms, params, &[w, norms], [cols.div_ceil(64), 1], cost)
+    }
+
+    /// `dw_j += coef (sum_i |a_ij|) w_j / ||w_j||` over `a` `[m, cols]` (`w`, `dw` `[rows,
+    /// cols]`), coef = C/m times this step's beta share: the L1 term's decoder gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn l1_decoder_grad(
+        &self,
+        a: &View,
+        w: &View,
+        dw: &View,
+        (m, rows, cols): (usize, usize, usize),
+        coef_over_m: f64,
+        state: &View,
+        values: &View,
+    ) -> Launch {
+        let params = L1 {
+            rows: rows as u32,
+            cols: cols as u32,
+            m: m as u32,
+            _pad: 0,
+            coef_over_m: coef_over_m as f32,
+            _pad1: [0; 3],
+        };
+        let cost =
+            cost(Kernel::L1DecoderGrad, format!("{m}x{cols}"), m * cols + 4 * rows * cols, m * cols + 3 * rows * cols);
+        self.launch(Kernel::L1DecoderGrad, params, &[w, a, dw, state, values], [cols.div_ceil(64), 1], cost)
     }
 
     /// `out[i, k] = x[i, k] - b[k]` over `[m, n]`: the encoder's input with the pre-bias.

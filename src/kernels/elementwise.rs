@@ -132,6 +132,7 @@ pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
         Sparsity::Kl { rho, beta } => (1, rho, beta, 1.0),
         Sparsity::KlFreq { rho, beta, temperature, .. } => (2, rho, beta, temperature),
         Sparsity::KlSoftFreq { rho, beta, temperature } => (3, rho, beta, temperature),
+        Sparsity::L1 { coefficient } => (4, 0.05, coefficient, 1.0),
     }
 }
 

@@ -56,6 +56,7 @@ pub mod source {
     pub const PREBIAS: &str = shader!("prebias.wgsl");
     pub const DECODER: &str = shader!("decoder.wgsl");
     pub const AUXK: &str = shader!("auxk.wgsl");
+    pub const L1: &str = shader!("l1.wgsl");
 }
 
 /// How a kernel uses a storage binding.
@@ -117,10 +118,12 @@ pub enum Kernel {
     DecoderProject,
     DecoderNormalize,
     AuxkDelta,
+    ColumnNorms,
+    L1DecoderGrad,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -141,6 +144,8 @@ impl Kernel {
         Kernel::DecoderProject,
         Kernel::DecoderNormalize,
         Kernel::AuxkDelta,
+        Kernel::ColumnNorms,
+        Kernel::L1DecoderGrad,
     ];
 
     /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
@@ -168,6 +173,8 @@ impl Kernel {
             Kernel::DecoderProject => "decoder_project",
             Kernel::DecoderNormalize => "decoder_normalize",
             Kernel::AuxkDelta => "auxk_delta",
+            Kernel::ColumnNorms => "column_norms",
+            Kernel::L1DecoderGrad => "l1_decoder_grad",
         }
     }
 
@@ -184,6 +191,7 @@ impl Kernel {
             Kernel::CenterRows | Kernel::PreBiasBackward => source::PREBIAS,
             Kernel::DecoderProject | Kernel::DecoderNormalize => source::DECODER,
             Kernel::AuxkDelta => source::AUXK,
+            Kernel::ColumnNorms | Kernel::L1DecoderGrad => source::L1,
         }
     }
 
@@ -210,6 +218,8 @@ impl Kernel {
             Kernel::PreBiasBackward => &[(3, R), (4, W)],
             Kernel::DecoderProject | Kernel::DecoderNormalize => &[(2, W), (3, W)],
             Kernel::AuxkDelta => &[(2, R), (3, R), (4, R), (5, W)],
+            Kernel::ColumnNorms => &[(2, R), (3, W)],
+            Kernel::L1DecoderGrad => &[(2, R), (4, R), (5, W), (6, R), (7, R)],
         }
     }
 

@@ -135,7 +135,7 @@ impl Trainer {
             p.staging.unmap();
             self.metrics_pool.push(p.staging);
             self.stats.readbacks += 1;
-            let metrics = self.step_metrics(&raw, p.m);
+            let metrics = self.step_metrics(&raw, p.m, p.step);
             on_step(p.step, &metrics)?;
         }
         Ok(())
@@ -157,16 +157,26 @@ impl Trainer {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
-    pub(super) fn step_metrics(&self, raw: &[f32], m: usize) -> StepMetrics {
+    /// The metrics of step `step` (1-based) of `m` rows from its block `raw`.
+    pub(super) fn step_metrics(&self, raw: &[f32], m: usize, step: u64) -> StepMetrics {
         let ml = &self.metrics_layout;
         let nc = self.spec.code_width();
         let vec_at = |at: usize| raw[at..at + nc].iter().map(|&v| v as f64).collect::<Vec<f64>>();
-        let rho_hat = if self.loss.sparsity == Sparsity::None { vec_at(ml.mean) } else { vec_at(ml.rho_hat) };
+        let dense = matches!(self.loss.sparsity, Sparsity::None | Sparsity::L1 { .. });
+        let rho_hat = if dense { vec_at(ml.mean) } else { vec_at(ml.rho_hat) };
+        // L1 is measured here: C (this step's share) sum_j mean_j ||w_j||, the norms in rho_hat.
+        let l1 = match self.loss.sparsity {
+            Sparsity::L1 { coefficient } => {
+                let c = coefficient * self.beta_scale_at(step);
+                c * vec_at(ml.mean).iter().zip(vec_at(ml.rho_hat)).map(|(a, n)| a * n).sum::<f64>()
+            }
+            _ => 0.0,
+        };
         StepMetrics {
-            loss: raw[0] as f64,
+            loss: raw[0] as f64 + l1,
             reconstruction: raw[1] as f64,
             weight_decay: raw[2] as f64,
-            sparsity: raw[3] as f64,
+            sparsity: raw[3] as f64 + l1,
             mse: raw[4] as f64 / (m * self.spec.input_width()) as f64,
             rho_hat,
             freq: vec_at(ml.freq),
@@ -268,14 +278,15 @@ impl Trainer {
         }
         let nf = n as f64;
         rho.iter_mut().chain(freq.iter_mut()).chain(mean.iter_mut()).for_each(|v| *v /= nf);
-        let rho_hat = if self.loss.sparsity == Sparsity::None { mean } else { rho };
         // beta as loss_value applied it: the share of the step after the last one taken.
         let (target, beta) = self.loss.sparsity.scaled(self.beta_scale_at(self.steps_done + 1)).rho_beta();
-        let sparsity = if self.loss.sparsity == Sparsity::None {
-            0.0
-        } else {
-            beta * rho_hat.iter().map(|&q| kl_divergence(target, q)).sum::<f64>()
+        let sparsity = match self.loss.sparsity {
+            Sparsity::None => 0.0,
+            // C sum_j mean_j ||w_j||: the norms are in rho_hat, the same in every minibatch.
+            Sparsity::L1 { .. } => beta * mean.iter().zip(&rho).map(|(a, n)| a * n).sum::<f64>(),
+            _ => beta * rho.iter().map(|&q| kl_divergence(target, q)).sum::<f64>(),
         };
+        let rho_hat = if matches!(self.loss.sparsity, Sparsity::None | Sparsity::L1 { .. }) { mean } else { rho };
         let reconstruction = 0.5 * sum_sq / nf;
         let var = baseline.squared_deviation;
         EvalMetrics {

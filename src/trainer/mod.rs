@@ -176,7 +176,9 @@ impl Trainer {
         let layout = ParamLayout::new(spec);
         layout.check(spec, &gpu.limits)?;
         let metrics_layout = MetricsLayout::new(spec.code_width());
-        let path = if ActivationLayout::new(spec, m).fits_one_binding(&gpu.limits) {
+        let path = if ActivationLayout::new(spec, m).fits_one_binding(&gpu.limits)
+            && !matches!(loss.sparsity, Sparsity::L1 { .. })
+        {
             StepPath::auto(spec, &gpu.info)
         } else {
             StepPath::Layered
@@ -447,8 +449,10 @@ impl Trainer {
                 crate::kernels::FUSED_MAX_WIDTH
             )));
         }
-        if path == StepPath::Fused && (self.decoder_norm || self.auxk.is_some()) {
-            return Err(Error::input("the fused path has no decoder normalisation or AuxK: use the layered path"));
+        if path == StepPath::Fused
+            && (self.decoder_norm || self.auxk.is_some() || matches!(self.loss.sparsity, Sparsity::L1 { .. }))
+        {
+            return Err(Error::input("the fused path has no decoder normalisation, AuxK or L1: use the layered path"));
         }
         let acts = ActivationLayout::new(&self.spec, self.batch_capacity);
         if path == StepPath::Fused && !acts.fits_one_binding(&self.gpu().limits) {
@@ -536,7 +540,7 @@ impl Trainer {
         self.submit(encoder);
         self.steps_done += 1;
         let raw = self.read_metrics()?;
-        Ok(self.step_metrics(&raw, m))
+        Ok(self.step_metrics(&raw, m, self.steps_done))
     }
 
     /// Whether `len` floats of training data fit in one storage binding (`set_data`).

@@ -248,6 +248,11 @@ impl Trainer {
             Sparsity::KlSoftFreq { temperature, .. } => {
                 Some(k.column_sum(&z(c), &b.rho_hat, m, nc, ColumnTransform::SoftFires { temperature }, inv_m))
             }
+            // L1: the decoder's column norms, which weight each unit's L1 (docs/design.md section 12).
+            Sparsity::L1 { .. } => {
+                let (rows, cols) = spec.shape(layers);
+                Some(k.column_norms(&w(layers), &b.rho_hat, rows, cols))
+            }
         }
         .map(|l| l.noting("rho_hat"));
         let (counts, eval_counts): (Vec<Launch>, Vec<Launch>) = match sparsity {
@@ -385,6 +390,14 @@ impl Trainer {
                             .at_layer(l),
                         );
                     }
+                }
+                // L1's decoder term: dW_L's column j gains (C/m) (sum_i |a_ij|) w_j / ||w_j||.
+                if let Sparsity::L1 { coefficient } = sparsity {
+                    let (rows, cols) = spec.shape(layers);
+                    let dw_out = weight(&b.grads, &self.layout, layers);
+                    let dims = (mb, rows, cols);
+                    let coef = coefficient / mb as f64;
+                    backward.push(k.l1_decoder_grad(&a(c), &w(layers), &dw_out, dims, coef, &b.state, &b.step_values));
                 }
 
                 // Update: the optimizer's rule over every parameter in one dispatch (SGD:
