@@ -98,6 +98,9 @@ pub mod defaults {
     pub const FREQ_TEMPERATURE: f64 = 8.0;
     /// kl-freq's frequency controller: the code bias moves by -0.01 (rho_hat - rho) a step.
     pub const FREQUENCY_CONTROL: f64 = 0.01;
+    /// `--sparsity l1`'s coefficient: measured on the dictionary preset's data (docs/design.md
+    /// section 12).
+    pub const L1_COEFFICIENT: f64 = 0.05;
     /// AuxK's weight: Gao et al. (2024) use 1/32.
     pub const AUXK_COEFFICIENT: f64 = 1.0 / 32.0;
     /// Rows of a streamed set its metrics are measured on (the first, in file order).

@@ -69,3 +69,16 @@ fn auxk_recovers_every_direction() {
     assert!(mmcs >= 0.99, "MMCS {mmcs:.4} < 0.99 after {epochs} epochs");
     assert!(above * 64.0 >= 60.0, "only {:.0} of 64 directions above 0.9", above * 64.0);
 }
+
+/// L1 weighted by the decoder's norms (`--sparsity l1`, C = 0.05, a dense ReLU code): MMCS >= 0.9
+/// within 20 epochs on seed 0 (the full run ends at 0.991 with all 64 directions above 0.9: README).
+#[test]
+fn l1_recovers_a_synthetic_dictionary() {
+    let truth = DictionarySpec::parse(defaults::dictionary::SYNTHETIC).unwrap();
+    let spec = preset_spec(truth.width, truth.features, CodeSelect::Dense);
+    let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::L1 { coefficient: defaults::L1_COEFFICIENT } };
+    let (epochs, mmcs, _, _, l0) = train_until(&spec, loss, 0, 0.9);
+    assert!(mmcs >= 0.9, "MMCS {mmcs:.4} < 0.9 after {epochs} epochs");
+    // L0 falls as the run goes (27 after one epoch, 15.5 when MMCS reaches 0.9 at epoch 6).
+    assert!(l0 < 24.0, "L0 {l0}: the code is not sparse");
+}

@@ -103,10 +103,15 @@ pub struct TrainSettings {
     #[arg(long, value_name = "ACT")]
     output_activation: Option<String>,
     /// none, kl (mean-activation KL, sigmoid code), kl-freq (KL of the hard firing frequency,
-    /// any code) or kl-soft-freq (KL of a smooth firing frequency, any code) [default: forum
-    /// kl-freq, classic kl].
+    /// any code), kl-soft-freq (KL of a smooth firing frequency, any code) or l1 (each code
+    /// unit's L1 times its decoder column's norm, a ReLU dictionary) [default: forum kl-freq,
+    /// classic kl, dictionary none].
     #[arg(long, value_name = "KIND")]
     sparsity: Option<String>,
+    /// --sparsity l1's C in (C/m) sum_i sum_j |a_ij| ||w_j||, >= 0 (its warm-up is
+    /// --beta-warmup-steps) [default: 0.05].
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    l1_coefficient: Option<f64>,
     /// Target activation / firing frequency per code unit, in (0, 1) [default: 0.05].
     #[arg(long, allow_negative_numbers = true)]
     rho: Option<f64>,
@@ -521,6 +526,7 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         code_activation,
         output_activation,
         sparsity,
+        l1_coefficient,
         rho,
         beta,
         temperature,
@@ -845,6 +851,9 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     let beta = s.beta.unwrap_or(defaults::BETA);
     let weight_decay = s.weight_decay.unwrap_or(0.0);
     let kind = s.sparsity.as_deref().unwrap_or(defaults::SPARSITY);
+    if s.l1_coefficient.is_some() && kind != "l1" {
+        return Err(bad(format!("--l1-coefficient: a setting of --sparsity l1 (the run's is {kind}); drop it")));
+    }
     if s.frequency_control.is_some() && kind != "kl-freq" {
         return Err(bad(format!(
             "--frequency-control: a setting of --sparsity kl-freq (the run's is {kind}); drop it"
@@ -862,7 +871,8 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         "kl-soft-freq" => {
             Sparsity::KlSoftFreq { rho, beta, temperature: s.temperature.unwrap_or(defaults::TEMPERATURE) }
         }
-        other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq or kl-soft-freq"))),
+        "l1" => Sparsity::L1 { coefficient: s.l1_coefficient.unwrap_or(defaults::L1_COEFFICIENT) },
+        other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq, kl-soft-freq or l1"))),
     };
     // kl-freq's target anneal; one the user gives another penalty is refused.
     if anneal_given && !matches!(sparsity, Sparsity::KlFreq { .. }) {
@@ -915,6 +925,11 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         },
     };
     let optimizer = if is_lbfgs {
+        if let Sparsity::L1 { .. } = sparsity {
+            return Err(bad(
+                "--sparsity l1: --optimizer lbfgs's objective is evaluated on the device, which measures KL terms only; use a minibatch optimizer",
+            ));
+        }
         if let Sparsity::KlFreq { .. } = sparsity {
             return Err(bad(
                 "--sparsity kl-freq: its straight-through term is not the gradient of J (the hard frequency is a step function), so --optimizer lbfgs's line search cannot use it; use a minibatch optimizer, or kl-soft-freq",
