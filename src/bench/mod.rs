@@ -74,14 +74,29 @@ pub fn preset(name: &str) -> Option<(Vec<usize>, Vec<usize>)> {
     }
 }
 
-/// The loss every benchmark step uses: KL sparsity on a sigmoid code, no weight decay.
+/// The loss of the classic benchmark step: KL sparsity on a sigmoid code, no weight decay.
 pub const SPARSITY: Sparsity = Sparsity::Kl { rho: 0.05, beta: 3.0 };
+
+/// What a case's step trains: the classic KL step (sigmoid code and output, SGD), or the
+/// dictionary recipe of `sae train --preset dictionary` (TopK code of `k`, pre-bias, identity
+/// output, unit-norm decoder columns, AuxK of `auxk`, Adam, no penalty term).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    Kl,
+    TopK { k: usize, auxk: usize },
+}
+
+/// The dictionary preset's K and AuxK K (a typical TopK dictionary's: Gao et al. use K 32 and
+/// AuxK 512 on GPT-2's 768-wide residual stream).
+pub const DICTIONARY_K: usize = 32;
+pub const DICTIONARY_AUXK: usize = 256;
 pub const LR: f64 = 0.1;
 
 /// One model at one batch size.
 #[derive(Clone, Debug)]
 pub struct Case {
     pub preset: String,
+    pub recipe: Recipe,
     pub spec: ModelSpec,
     pub batch: usize,
     /// The batch asked for (larger than `batch` when `--quick` shrank it).
@@ -92,6 +107,12 @@ pub struct Case {
 impl Case {
     pub fn name(&self) -> String {
         format!("{} b{}", self.preset, self.batch)
+    }
+
+    /// The loss its step trains.
+    pub fn loss(&self) -> LossConfig {
+        let sparsity = if self.recipe == Recipe::Kl { SPARSITY } else { Sparsity::None };
+        LossConfig { weight_decay: 0.0, sparsity }
     }
 }
 
@@ -155,11 +176,20 @@ pub fn plan(opts: &Options) -> Result<Vec<Case>> {
         let (encoder, batches) = preset(&name).unwrap_or_else(|| (Vec::new(), vec![256]));
         let encoder = layers.clone().unwrap_or(encoder);
         let batches = opts.batch_size.map(|b| vec![b]).unwrap_or(batches);
-        let spec = ModelSpec::mirrored(&encoder, Activation::Relu, Activation::Sigmoid, Activation::Sigmoid)
-            .map_err(|e| BadInput(format!("--layers: {e}")))?;
+        let code = encoder.last().copied().unwrap_or(1);
+        let (recipe, spec) = if name == "dictionary" {
+            let recipe = Recipe::TopK { k: DICTIONARY_K.min(code), auxk: DICTIONARY_AUXK.min(code) };
+            let spec = ModelSpec::mirrored(&encoder, Activation::Relu, Activation::Relu, Activation::Identity)
+                .and_then(|s| s.with_code(crate::model::CodeSelect::TopK { k: DICTIONARY_K.min(code) }, true));
+            (recipe, spec)
+        } else {
+            (Recipe::Kl, ModelSpec::mirrored(&encoder, Activation::Relu, Activation::Sigmoid, Activation::Sigmoid))
+        };
+        let spec = spec.map_err(|e| BadInput(format!("--layers: {e}")))?;
         for batch in batches {
             cases.push(Case {
                 preset: name.clone(),
+                recipe,
                 spec: spec.clone(),
                 batch,
                 requested_batch: batch,
@@ -367,8 +397,7 @@ fn bench_lbfgs(gpu: &Gpu, case: &Case, s: &Settings, rng: &mut Rng) -> Result<Lb
     };
     let evaluation = time(&mut trainer, true);
     let one_chunk = if crate::layout::ActivationLayout::new(&case.spec, rows).fits_one_binding(&gpu.limits) {
-        let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
-        let mut whole = Trainer::new(gpu, &case.spec, loss, LR, rows, &Params::init(&case.spec, 1))?;
+        let mut whole = Trainer::new(gpu, &case.spec, case.loss(), LR, rows, &Params::init(&case.spec, 1))?;
         whole.set_data(&random(rng, rows * case.spec.input_width(), 0.0, 1.0))?;
         whole.loss_and_gradient(&baseline)?;
         Some((time(&mut whole, false), time(&mut whole, true)))
@@ -421,8 +450,15 @@ const RESIDENT_BATCHES: usize = 8;
 pub(crate) fn case_trainer(gpu: &Gpu, case: &Case, rng: &mut Rng, path: Option<StepPath>) -> Result<Trainer> {
     let spec = &case.spec;
     let m = case.batch;
-    let loss = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
-    let mut trainer = Trainer::new(gpu, spec, loss, LR, m, &Params::init(spec, 1))?;
+    let mut trainer = Trainer::new(gpu, spec, case.loss(), LR, m, &Params::init(spec, 1))?;
+    if let Recipe::TopK { auxk, .. } = case.recipe {
+        use crate::train::defaults;
+        trainer.set_optimizer(defaults::optimizer())?;
+        trainer.set_decoder_norm(true)?;
+        let auxk =
+            crate::model::AuxK { k: auxk, coefficient: defaults::AUXK_COEFFICIENT, dead_after: defaults::DEAD_AFTER };
+        trainer.set_auxk(Some(auxk))?;
+    }
     if let Some(p) = path {
         trainer.set_path(p).map_err(|e| Runtime(e.to_string()))?;
     }
@@ -494,7 +530,7 @@ pub(crate) fn bench_step(
 
 pub(crate) fn bench_reference(case: &Case, s: &Settings, rng: &mut Rng) -> ReferenceResult {
     let spec = &case.spec;
-    let cfg = LossConfig { weight_decay: 0.0, sparsity: SPARSITY };
+    let cfg = case.loss();
     let mut model = reference::Model::new(spec, &Params::init(spec, 1));
     let n0 = spec.input_width();
     let x: Vec<f64> = random(rng, case.batch * n0, 0.0, 1.0).iter().map(|&v| v as f64).collect();

@@ -43,7 +43,14 @@ pub(crate) fn print_case(r: &CaseResult) {
     let c = &r.case;
     println!();
     println!("== {}: {}, batch {} ==", c.name(), sizes(&c.spec), c.batch);
-    println!("   relu hidden, sigmoid code with KL sparsity (rho 0.05, beta 3), sigmoid output, SGD lr {LR}");
+    match c.recipe {
+        super::Recipe::Kl => {
+            println!("   relu hidden, sigmoid code with KL sparsity (rho 0.05, beta 3), sigmoid output, SGD lr {LR}")
+        }
+        super::Recipe::TopK { k, auxk } => println!(
+            "   TopK code (k {k}), pre-bias, identity output, unit-norm decoder columns, AuxK (k {auxk}), Adam lr {LR}"
+        ),
+    }
     for note in &c.notes {
         println!("   note: {note}");
     }
@@ -301,6 +308,10 @@ pub(crate) fn to_json(
             };
             let mut case = json!({
                 "name": r.case.name(), "preset": r.case.preset, "sizes": r.case.spec.sizes,
+                "recipe": match r.case.recipe {
+                    super::Recipe::Kl => json!({"kind": "kl"}),
+                    super::Recipe::TopK { k, auxk } => json!({"kind": "topk", "k": k, "auxk": auxk}),
+                },
                 "code_layer": r.case.spec.code_layer, "batch": r.case.batch,
                 "requested_batch": r.case.requested_batch, "notes": r.case.notes,
                 "kernels": kernels,
