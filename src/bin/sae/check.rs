@@ -75,6 +75,34 @@ pub fn run(a: CheckArgs) -> Result<()> {
             failures += usize::from(!pass);
             println!("{:<40} {:>13.2e} {:>9.0e}  {}", label, err, step_tol, if pass { "pass" } else { "FAIL" });
         }
+        // The dictionary recipes (docs/design.md section 12): TopK with a pre-bias, unit-norm
+        // decoder columns and AuxK under Adam; L1 on a dense ReLU code.
+        let dense = ModelSpec::mirrored(&[13, 29], Activation::Relu, Activation::Relu, Activation::Identity)
+            .expect("valid model");
+        let topk = dense.clone().with_code(sae_wgpu::model::CodeSelect::TopK { k: 3 }, true).expect("valid model");
+        let adam = sae_wgpu::optim::Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        let auxk = Some(sae_wgpu::model::AuxK { k: 6, coefficient: 0.5, dead_after: 30 });
+        let dictionary = [
+            ("dictionary, topk + auxk, adam", &topk, Sparsity::None, auxk),
+            ("dictionary, l1, adam", &dense, Sparsity::L1 { coefficient: 0.3 }, None),
+        ];
+        for (label, spec, sparsity, auxk) in dictionary {
+            let setup = check::StepsSetup {
+                lr: 0.01,
+                optimizer: adam,
+                schedule: Default::default(),
+                beta_warmup: 0,
+                rho_anneal: 0,
+                clip_grad_norm: None,
+                decoder_norm: true,
+                auxk,
+            };
+            let cfg = LossConfig { weight_decay: 0.0, sparsity };
+            let err = check::training_steps_with(gpu, spec, cfg, 37, setup, 5, None)?.max_rel_err;
+            let pass = err < step_tol;
+            failures += usize::from(!pass);
+            println!("{:<40} {:>13.2e} {:>9.0e}  {}", label, err, step_tol, if pass { "pass" } else { "FAIL" });
+        }
         // L-BFGS's objective (tests/model.rs argues the bounds: J is one sum, each gradient
         // entry a chain of kernels like a step's).
         println!("{:<40} {:>13} {:>9}  result", "L-BFGS objective: 101 rows, chunks of 32", "max rel err", "tolerance");
