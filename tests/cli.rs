@@ -1577,6 +1577,16 @@ fn dictionary_preset_eval_and_metrics() {
     assert_error(&out, 2, &["--truth", "32 wide"]);
 }
 
+/// A tiny dictionary run exported with `sae export --format saelens`: (its model, the SAELens
+/// directory).
+fn exported_dictionary(t: &Tmp) -> (PathBuf, PathBuf) {
+    let model = trained_dictionary(t, &[]).join("model.safetensors");
+    let sl = t.path("saelens");
+    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (model, sl)
+}
+
 fn read_f32_tensor(file: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f64>) {
     let t = file.tensor(name).unwrap_or_else(|_| panic!("tensor {name}"));
     assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
@@ -1591,11 +1601,7 @@ fn read_f32_tensor(file: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usiz
 #[test]
 fn saelens_export_forward_matches_encode() {
     let t = Tmp::new("saelens_export");
-    let dir = trained_dictionary(&t, &[]);
-    let model = dir.join("model.safetensors");
-    let sl = t.path("saelens");
-    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (model, sl) = exported_dictionary(&t);
     let cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(sl.join("cfg.json")).unwrap()).unwrap();
     assert_eq!(cfg["architecture"], "topk");
     assert_eq!(cfg["apply_b_dec_to_input"], true);
@@ -1667,11 +1673,7 @@ fn dictionary_bad_input() {
     train_flags_rejected("synthetic_s_over_f", &["--synthetic", "dictionary:8,4,5"], &["--synthetic"]);
 
     let t = Tmp::new("saelens_bad");
-    let dir = trained_dictionary(&t, &[]);
-    let sl = t.path("saelens");
-    let model = dir.join("model.safetensors");
-    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (model, sl) = exported_dictionary(&t);
     let cfg_text = fs::read_to_string(sl.join("cfg.json")).unwrap();
     let x_path = t.path("x.csv");
     fs::write(&x_path, csv_text(4, 32)).unwrap();
@@ -1771,8 +1773,8 @@ fn two_gib_npy_streams_in_bounded_memory() {
 }
 
 /// The same rows trained from a directory of shards, from one file streamed, and loaded resident
-/// (in the mixing buffer's order, `--shuffle-buffer`), give the same parameters bit for bit; so
-/// does the unshuffled file order.
+/// (in the mixing buffer's order, `--shuffle-buffer`), give the same parameters bit for bit, and
+/// so does a streamed run stopped after an epoch and resumed; in the unshuffled file order too.
 #[test]
 fn shards_stream_and_resident_train_the_same() {
     let t = Tmp::new("shards_same");
@@ -1820,6 +1822,17 @@ fn shards_stream_and_resident_train_the_same() {
             assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
             models.push((name, fs::read(dir.join("model.safetensors")).unwrap()));
         }
+        // A streamed run stopped after its first epoch and resumed (AuxK's counters and the
+        // mixing buffer's generator restored) ends where the uninterrupted one does.
+        let dir = t.path(&format!("resumed{}", order.len()));
+        let mut args = vec!["train", "--data", s(&shards), "--out", s(&dir), "--stop-after-epoch", "1"];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(order);
+        let out = t.sae(&args);
+        assert_eq!(out.status.code(), Some(0), "stopped run: {}", stderr(&out));
+        let out = t.sae(&["train", "--resume", s(&dir), "--epochs", "2"]);
+        assert_eq!(out.status.code(), Some(0), "resumed run: {}", stderr(&out));
+        models.push(("resumed", fs::read(dir.join("model.safetensors")).unwrap()));
         for (name, bytes) in &models[1..] {
             assert!(bytes == &models[0].1, "{name} {order:?}: parameters differ from the resident run's");
         }

@@ -910,7 +910,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         }
         None => None,
     };
-    if s.init.is_some() && tied_given {
+    if s.init.is_some() && tied_given && !resuming {
         return Err(bad("--tied-init: the run starts from --init's weights; drop one"));
     }
     let optimizer_name = s.optimizer.as_deref().unwrap_or(defaults::OPTIMIZER);
