@@ -113,3 +113,25 @@ fn topk(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wi
         a[base + j] = select(0.0, max(v, 0.0), keep && eligible(j));
     }
 }
+
+// The same selection for narrow rows, one invocation per element and no barriers: unit j of row
+// i is kept when its rank, #{j' : key j' > key j} + #{j' < j : key j' = key j}, is below k (ties
+// to the lower index, as above). O(cols) comparisons an element: for rows up to
+// TOPK_RANK_MAX_COLS wide (src/kernels/dictionary.rs), where the radix select's 33 barrier-
+// separated passes cost more than the comparisons (and on CPU adapters far more).
+@compute @workgroup_size(256)
+fn topk_rank(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let idx = (wid.x + grid.offset.x) * 256u + lid.x;
+    if (idx >= tk.rows * tk.cols) {
+        return;
+    }
+    let j = idx % tk.cols;
+    let base = idx - j;
+    let key = unit_key(base, j);
+    var rank = 0u;
+    for (var q = 0u; q < tk.cols; q++) {
+        let other = unit_key(base, q);
+        rank += select(0u, 1u, other > key || (other == key && q < j));
+    }
+    a[idx] = select(0.0, max(z[idx], 0.0), rank < tk.k && eligible(j));
+}

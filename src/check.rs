@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 23] = [
+pub const CHECKS: [(&str, Check); 24] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -47,6 +47,7 @@ pub const CHECKS: [(&str, Check); 23] = [
     ("adam_update", adam_update),
     ("grad_norm", grad_norm),
     ("topk", topk),
+    ("topk_rank", topk_rank),
     ("center_rows", center_rows),
     ("pre_bias_backward", pre_bias_backward),
     ("decoder_project", decoder_project),
@@ -830,6 +831,16 @@ pub fn full_batch_gradient(
 /// width, and a row wider than the workgroup (several units per invocation, so ties are ranked
 /// across chunks by the scan).
 pub fn topk(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    topk_entry(kern, rng, m, n, crate::kernels::Kernel::TopK)
+}
+
+/// `topk_rank` against its twin (`reference::topk_rank`, the same selection), on the inputs of
+/// [`topk`], narrow and wide rows alike.
+pub fn topk_rank(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    topk_entry(kern, rng, m, n, crate::kernels::Kernel::TopKRank)
+}
+
+fn topk_entry(kern: &Kernels, rng: &mut Rng, m: usize, n: usize, kernel: crate::kernels::Kernel) -> f64 {
     let mut worst: f64 = 0.0;
     for width in [n, 3 * 256 + n] {
         let mut z: Vec<f32> = random(rng, m * width, -1.0, 1.0).iter().map(|v| (v * 4.0).round() / 4.0).collect();
@@ -844,13 +855,12 @@ pub fn topk(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64
         let since_view = kern.gpu.upload_bytes("since", bytemuck::cast_slice(&since));
         for k in [1, width.div_ceil(2), width] {
             for among in [None, Some(&dead)] {
+                // This entry point whatever the width (the launcher picks one by width).
                 let out = poisoned(kern, m * width);
-                let launch = match among {
-                    None => kern.topk(&z_view, &out, m, width, k),
-                    Some(_) => kern.topk_among(&z_view, &out, m, width, k, Some((&since_view, 100))),
-                };
-                kern.gpu.run(&[launch]);
-                let want = r::topk(&widen(&z), m, width, k, among.map(|d| &d[..]));
+                let dead_view = among.map(|_| (&since_view, 100));
+                kern.gpu.run(&[kern.topk_with(kernel, &z_view, &out, (m, width, k), dead_view)]);
+                let twin = if kernel == crate::kernels::Kernel::TopKRank { r::topk_rank } else { r::topk };
+                let want = twin(&widen(&z), m, width, k, among.map(|d| &d[..]));
                 worst = worst.max(max_rel_err(&download(kern, &out), &want, &vec![1.0; want.len()]));
             }
         }

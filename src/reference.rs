@@ -229,6 +229,11 @@ pub fn topk(z: &[f64], m: usize, n: usize, k: usize, dead: Option<&[bool]>) -> V
     a
 }
 
+/// Twin of the narrow rows' entry point: the same selection as [`topk`].
+pub fn topk_rank(z: &[f64], m: usize, n: usize, k: usize, dead: Option<&[bool]>) -> Vec<f64> {
+    topk(z, m, n, k, dead)
+}
+
 /// `delta[i] = scale (recons[i] - (x[i] - xhat[i]))`: AuxK's output delta (scale = C/m).
 pub fn auxk_delta(recons: &[f64], x: &[f64], xhat: &[f64], scale: f64) -> Vec<f64> {
     (0..x.len()).map(|i| scale * (recons[i] - (x[i] - xhat[i]))).collect()

@@ -127,6 +127,11 @@ fn topk() {
 }
 
 #[test]
+fn topk_rank() {
+    run("topk_rank", check::topk_rank);
+}
+
+#[test]
 fn center_rows() {
     run("center_rows", check::center_rows);
 }

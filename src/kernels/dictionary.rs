@@ -5,6 +5,11 @@
 use super::{Cost, Kernel, Kernels, Launch, View};
 use bytemuck::{Pod, Zeroable};
 
+/// Rows up to this wide take `topk_rank` (n comparisons an element, no barriers); wider ones the
+/// radix select. Measured on lavapipe at 64 x 64: the radix select took 5.1 ms, 75 % of a
+/// dictionary step (its 33 passes are separated by workgroup barriers, each costly there).
+pub const TOPK_RANK_MAX_COLS: usize = 128;
+
 /// The uniform block of every kernel here (`TopK`, `PreBias`, `Decoder` in the shaders; the
 /// last two words are `PreBias`'s offsets).
 #[repr(C)]
@@ -59,11 +64,32 @@ impl Kernels {
     /// The same among the units `since[j] >= dead_after` only (`since` u32, one a unit):
     /// AuxK's selection of the dead latents; the others are 0. `None`: every unit.
     pub fn topk_among(&self, z: &View, a: &View, m: usize, n: usize, k: usize, dead: Option<(&View, u64)>) -> Launch {
-        // 33 counting passes over each row (32 bits of the radix select, one for the ties),
-        // then the write: napkin math of one operation per element per pass.
-        let cost = cost(Kernel::TopK, format!("{m}x{n} k{k}"), 34 * m * n, 34 * m * n + m * n);
+        let kernel = if n <= TOPK_RANK_MAX_COLS { Kernel::TopKRank } else { Kernel::TopK };
+        self.topk_with(kernel, z, a, (m, n, k), dead)
+    }
+
+    /// The same with the entry point chosen: `topk` (a radix select, a workgroup a row) or
+    /// `topk_rank` (an invocation an element, comparing it with its row). Both are exact and
+    /// agree bit for bit (`check::topk`).
+    pub fn topk_with(
+        &self,
+        kernel: Kernel,
+        z: &View,
+        a: &View,
+        (m, n, k): (usize, usize, usize),
+        dead: Option<(&View, u64)>,
+    ) -> Launch {
         let (since, dead_after) = dead.map_or((z, 0), |(v, after)| (v, after.clamp(1, u32::MAX as u64) as u32));
         let params = Dims { at: [dead_after, 0], ..dims(m, n, k) };
+        let label = format!("{m}x{n} k{k}");
+        if kernel == Kernel::TopKRank {
+            // n comparisons an element.
+            let cost = cost(Kernel::TopKRank, label, m * n * n, m * n * n + m * n);
+            return self.launch(Kernel::TopKRank, params, &[z, a, since], Self::elementwise_groups(m * n), cost);
+        }
+        // 33 counting passes over each row (32 bits of the radix select, one for the ties),
+        // then the write: napkin math of one operation per element per pass.
+        let cost = cost(Kernel::TopK, label, 34 * m * n, 34 * m * n + m * n);
         self.launch(Kernel::TopK, params, &[z, a, since], [m, 1], cost)
     }
 

@@ -113,6 +113,7 @@ pub enum Kernel {
     FusedBackward,
     FusedUpdate,
     TopK,
+    TopKRank,
     CenterRows,
     PreBiasBackward,
     DecoderProject,
@@ -123,7 +124,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -139,6 +140,7 @@ impl Kernel {
         Kernel::FusedBackward,
         Kernel::FusedUpdate,
         Kernel::TopK,
+        Kernel::TopKRank,
         Kernel::CenterRows,
         Kernel::PreBiasBackward,
         Kernel::DecoderProject,
@@ -168,6 +170,7 @@ impl Kernel {
             Kernel::FusedBackward => "fused_backward",
             Kernel::FusedUpdate => "fused_update",
             Kernel::TopK => "topk",
+            Kernel::TopKRank => "topk_rank",
             Kernel::CenterRows => "center_rows",
             Kernel::PreBiasBackward => "pre_bias_backward",
             Kernel::DecoderProject => "decoder_project",
@@ -187,7 +190,7 @@ impl Kernel {
             Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate | Kernel::GradNorm => source::UPDATE,
             Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
             Kernel::FusedForward | Kernel::FusedBackward | Kernel::FusedUpdate => source::FUSED,
-            Kernel::TopK => source::TOPK,
+            Kernel::TopK | Kernel::TopKRank => source::TOPK,
             Kernel::CenterRows | Kernel::PreBiasBackward => source::PREBIAS,
             Kernel::DecoderProject | Kernel::DecoderNormalize => source::DECODER,
             Kernel::AuxkDelta => source::AUXK,
@@ -213,7 +216,7 @@ impl Kernel {
             Kernel::FusedForward => &[(2, R), (3, R), (4, R), (5, R), (6, R), (7, W), (8, W), (9, W)],
             Kernel::FusedBackward => &[(2, R), (3, R), (10, R), (11, R), (12, R), (13, W), (6, R), (19, R)],
             Kernel::FusedUpdate => &[(2, R), (14, R), (15, R), (16, W), (17, R), (18, W), (19, R)],
-            Kernel::TopK => &[(2, R), (3, W), (4, R)],
+            Kernel::TopK | Kernel::TopKRank => &[(2, R), (3, W), (4, R)],
             Kernel::CenterRows => &[(2, R), (3, R), (4, W)],
             Kernel::PreBiasBackward => &[(3, R), (4, W)],
             Kernel::DecoderProject | Kernel::DecoderNormalize => &[(2, W), (3, W)],
