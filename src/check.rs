@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 24] = [
+pub const CHECKS: [(&str, Check); 26] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -55,6 +55,8 @@ pub const CHECKS: [(&str, Check); 24] = [
     ("auxk_delta", auxk_delta),
     ("column_norms", column_norms),
     ("l1_decoder_grad", l1_decoder_grad),
+    ("batch_threshold", batch_threshold),
+    ("threshold_code", threshold_code),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -1022,4 +1024,29 @@ pub fn l1_decoder_grad(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usi
         })
         .collect();
     max_rel_err(&download(kern, &dw_view), &want, &scale)
+}
+
+/// `batch_threshold` against its twin: unset (theta < 0), set (a running average), and with
+/// nothing kept (unchanged). The minimum is exact; the average is a product and a sum, relative
+/// to |theta| + the minimum.
+pub fn batch_threshold(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let kept: Vec<f32> = random(rng, m * n, -1.0, 1.0).iter().map(|&v| if v > 0.3 { v } else { 0.0 }).collect();
+    for (a, theta) in [(kept.clone(), -1.0f32), (kept, 0.7), (vec![0.0; m * n], 0.4)] {
+        let theta_view = kern.gpu.upload("theta", &[theta]);
+        kern.gpu.run(&[kern.batch_threshold(&kern.gpu.upload("a", &a), &theta_view, m, n, 0.999)]);
+        let want = r::batch_threshold(&widen(&a), theta as f64, 0.999);
+        let scale = (theta as f64).abs() + want.abs() + 1e-30;
+        worst = worst.max(max_rel_err(&download(kern, &theta_view), &[want], &[scale]));
+    }
+    worst
+}
+
+/// `threshold_code` against its twin: a comparison and a copy, exact.
+pub fn threshold_code(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let z = random(rng, m * n, -1.0, 1.0);
+    let out = poisoned(kern, m * n);
+    kern.gpu.run(&[kern.threshold_code(&kern.gpu.upload("z", &z), &out, m, n, 0.25)]);
+    let want = r::threshold_code(&widen(&z), 0.25f32 as f64);
+    max_rel_err(&download(kern, &out), &want, &vec![1.0; m * n])
 }

@@ -78,6 +78,7 @@ impl Encoder {
                     sources,
                     Rows::Host,
                     m,
+                    false,
                 );
                 self.forwards.insert(m, launches);
             }

@@ -56,15 +56,21 @@ impl fmt::Display for Activation {
 }
 
 /// Which code units stay active in a row after the code layer's activation (docs/design.md
-/// section 12): all of them, or the K largest pre-activations of each row (ties to the lower
-/// index), ReLU'd.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// section 12): all of them, the K largest pre-activations of each row (ties to the lower
+/// index), ReLU'd, or BatchTopK: in training the K m largest of the minibatch's, at inference
+/// those above `threshold`, the running estimate training keeps (the smallest kept activation;
+/// below 0 while unset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CodeSelect {
     #[default]
     Dense,
     TopK {
         k: usize,
+    },
+    BatchTopK {
+        k: usize,
+        threshold: f32,
     },
 }
 
@@ -73,7 +79,7 @@ impl CodeSelect {
     pub fn k(self) -> Option<usize> {
         match self {
             CodeSelect::Dense => None,
-            CodeSelect::TopK { k } => Some(k),
+            CodeSelect::TopK { k } | CodeSelect::BatchTopK { k, .. } => Some(k),
         }
     }
 }
@@ -154,6 +160,17 @@ impl ModelSpec {
         Ok(self)
     }
 
+    /// The same model as `other` but for BatchTopK's threshold, which training moves.
+    pub fn same_model(&self, other: &ModelSpec) -> bool {
+        let unset = |s: &ModelSpec| match s.select {
+            CodeSelect::BatchTopK { k, .. } => {
+                ModelSpec { select: CodeSelect::BatchTopK { k, threshold: 0.0 }, ..s.clone() }
+            }
+            _ => s.clone(),
+        };
+        unset(self) == unset(other)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let layers = self.sizes.len().saturating_sub(1);
         if layers == 0 {
@@ -179,7 +196,7 @@ impl ModelSpec {
                 "a pre-bias subtracts the output layer's bias before the first: it needs at least two layers".into()
             );
         }
-        if let CodeSelect::TopK { k } = self.select {
+        if let Some(k) = self.select.k() {
             let n = self.sizes[self.code_layer];
             if k == 0 || k > n {
                 return Err(format!("--k {k}: TopK keeps between 1 and the code width ({n}) units per row"));

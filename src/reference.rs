@@ -229,6 +229,25 @@ pub fn topk(z: &[f64], m: usize, n: usize, k: usize, dead: Option<&[bool]>) -> V
     a
 }
 
+/// BatchTopK's running threshold after a step whose kept activations are `a`: the smallest
+/// positive one, averaged into `theta` with `decay` (taken as it is while `theta < 0`); `theta`
+/// unchanged when nothing was kept.
+pub fn batch_threshold(a: &[f64], theta: f64, decay: f64) -> f64 {
+    let low = a.iter().copied().filter(|&v| v > 0.0).fold(f64::INFINITY, f64::min);
+    if low.is_infinite() {
+        theta
+    } else if theta < 0.0 {
+        low
+    } else {
+        decay * theta + (1.0 - decay) * low
+    }
+}
+
+/// BatchTopK's code at inference: `z` where `z > theta`, else 0.
+pub fn threshold_code(z: &[f64], theta: f64) -> Vec<f64> {
+    z.iter().map(|&v| if v > theta { v } else { 0.0 }).collect()
+}
+
 /// Twin of the narrow rows' entry point: the same selection as [`topk`].
 pub fn topk_rank(z: &[f64], m: usize, n: usize, k: usize, dead: Option<&[bool]>) -> Vec<f64> {
     topk(z, m, n, k, dead)
@@ -524,8 +543,11 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
         let input = if l == 1 { centered.as_ref().unwrap_or(&a[0]) } else { &a[l - 1] };
         let mut zl = matmul_forward(input, &model.w[l - 1], m, k, n);
         let mut al = bias_activation(&mut zl, &model.b[l - 1], spec.activation(l), n);
-        if let (true, Some(k)) = (l == c, spec.select.k()) {
-            al = topk(&zl, m, n, k, None);
+        match (l == c, spec.select) {
+            (true, crate::model::CodeSelect::TopK { k }) => al = topk(&zl, m, n, k, None),
+            // BatchTopK in training: the K m largest of the minibatch.
+            (true, crate::model::CodeSelect::BatchTopK { k, .. }) => al = topk(&zl, 1, m * n, k * m, None),
+            _ => {}
         }
         z.push(zl);
         a.push(al);

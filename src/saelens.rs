@@ -35,9 +35,12 @@ pub fn unsupported(spec: &ModelSpec) -> Option<String> {
 
 /// `cfg.json` of `spec` (which [`unsupported`] accepts).
 pub fn config(spec: &ModelSpec) -> serde_json::Value {
+    // BatchTopK is saved for inference as SAELens saves it: a JumpReLU SAE whose thresholds
+    // are all the trained threshold.
     let (architecture, activation) = match spec.select {
         CodeSelect::Dense => ("standard", "relu"),
         CodeSelect::TopK { .. } => ("topk", "topk"),
+        CodeSelect::BatchTopK { .. } => ("jumprelu", "relu"),
     };
     let mut cfg = serde_json::json!({
         "architecture": architecture,
@@ -53,7 +56,9 @@ pub fn config(spec: &ModelSpec) -> serde_json::Value {
     });
     if let Some(k) = spec.select.k() {
         cfg["k"] = k.into();
-        cfg["activation_fn_kwargs"] = serde_json::json!({ "k": k });
+        if let CodeSelect::TopK { .. } = spec.select {
+            cfg["activation_fn_kwargs"] = serde_json::json!({ "k": k });
+        }
     }
     cfg
 }
@@ -72,12 +77,19 @@ pub fn export(dir: &Path, spec: &ModelSpec, params: &Params) -> Result<()> {
     // W_1 is [n, d] (out x in): W_enc = W_1^T is [d, n]; W_2 is [d, n]: W_dec = W_2^T is [n, d].
     let w_enc = transpose(&params.weights[0], n, d);
     let w_dec = transpose(&params.weights[1], d, n);
-    let tensors: [(&str, &[f32], Vec<usize>); 4] = [
+    let thresholds = match spec.select {
+        CodeSelect::BatchTopK { threshold, .. } => vec![threshold.max(0.0); n],
+        _ => Vec::new(),
+    };
+    let mut tensors: Vec<(&str, &[f32], Vec<usize>)> = vec![
         ("W_enc", &w_enc, vec![d, n]),
         ("W_dec", &w_dec, vec![n, d]),
         ("b_enc", &params.biases[0], vec![n]),
         ("b_dec", &params.biases[1], vec![d]),
     ];
+    if !thresholds.is_empty() {
+        tensors.push(("threshold", &thresholds, vec![n]));
+    }
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, data, shape)| {
@@ -123,8 +135,18 @@ pub fn import(dir: &Path) -> Result<(ModelSpec, Params)> {
             let k = cfg["k"].as_u64().or_else(|| cfg["activation_fn_kwargs"]["k"].as_u64());
             CodeSelect::TopK { k: k.ok_or_else(|| bad(&cfg_path, "a topk SAE needs 'k'".into()))? as usize }
         }
+        // What `export` writes for BatchTopK: every threshold equal (checked below), and k.
+        "jumprelu" => {
+            let k = cfg["k"].as_u64().ok_or_else(|| {
+                bad(&cfg_path, "a jumprelu SAE without 'k': sae reads the BatchTopK ones it exports (one threshold for all latents, and k)".into())
+            })?;
+            CodeSelect::BatchTopK { k: k as usize, threshold: 0.0 }
+        }
         other => {
-            return Err(bad(&cfg_path, format!("architecture '{other}': sae reads standard and topk SAEs")));
+            return Err(bad(
+                &cfg_path,
+                format!("architecture '{other}': sae reads standard, topk and its own jumprelu (BatchTopK) SAEs"),
+            ));
         }
     };
     let normalize = cfg["normalize_activations"].as_str().unwrap_or("none");
@@ -162,6 +184,26 @@ pub fn import(dir: &Path) -> Result<(ModelSpec, Params)> {
         }
         tensors.insert(name, values);
     }
+    let spec = match spec.select {
+        CodeSelect::BatchTopK { k, .. } => {
+            let t =
+                file.tensor("threshold").map_err(|_| bad(&weights_path, "a jumprelu SAE needs 'threshold'".into()))?;
+            if t.dtype() != Dtype::F32 || t.shape() != [d_sae] {
+                return Err(bad(&weights_path, format!("'threshold' must be float32 [{d_sae}]")));
+            }
+            let values: Vec<f32> =
+                t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let threshold = values[0];
+            if !threshold.is_finite() || values.iter().any(|&v| v != threshold) {
+                return Err(bad(
+                    &weights_path,
+                    "'threshold' differs between latents: sae's inference uses one threshold (BatchTopK's); a per-latent JumpReLU is not supported yet".into(),
+                ));
+            }
+            ModelSpec { select: CodeSelect::BatchTopK { k, threshold }, ..spec }
+        }
+        _ => spec,
+    };
     let params = Params {
         weights: vec![transpose(&tensors["W_enc"], d_in, d_sae), transpose(&tensors["W_dec"], d_sae, d_in)],
         biases: vec![tensors["b_enc"].clone(), tensors["b_dec"].clone()],

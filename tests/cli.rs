@@ -1587,6 +1587,51 @@ fn exported_dictionary(t: &Tmp) -> (PathBuf, PathBuf) {
     (model, sl)
 }
 
+/// SAELens's forward written from an exported directory's files alone, in f64, against
+/// reconstructions `got` of the rows `x`: `relu(topk((x - b_dec) W_enc + b_enc)) W_dec + b_dec`
+/// for a topk SAE, the JumpReLU `z [z > threshold]` for a jumprelu one, ReLU for a standard
+/// one. Returns the largest error relative to 1 + the row's largest |x|.
+fn saelens_forward_error(sl: &Path, x: &data::Dataset, got: &[f32]) -> f64 {
+    let cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(sl.join("cfg.json")).unwrap()).unwrap();
+    let (d, n) = (cfg["d_in"].as_u64().unwrap() as usize, cfg["d_sae"].as_u64().unwrap() as usize);
+    let bytes = fs::read(sl.join("sae_weights.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (s_enc, w_enc) = read_f32_tensor(&file, "W_enc");
+    let (s_dec, w_dec) = read_f32_tensor(&file, "W_dec");
+    let (_, b_enc) = read_f32_tensor(&file, "b_enc");
+    let (_, b_dec) = read_f32_tensor(&file, "b_dec");
+    assert_eq!((s_enc, s_dec), (vec![d, n], vec![n, d]));
+    let apply_b_dec = cfg["apply_b_dec_to_input"].as_bool().unwrap();
+    let architecture = cfg["architecture"].as_str().unwrap();
+    let threshold = (architecture == "jumprelu").then(|| read_f32_tensor(&file, "threshold").1);
+    let mut worst: f64 = 0.0;
+    for (i, row) in x.values.chunks(d).enumerate() {
+        let input: Vec<f64> = (0..d).map(|f| row[f] as f64 - if apply_b_dec { b_dec[f] } else { 0.0 }).collect();
+        let pre: Vec<f64> =
+            (0..n).map(|j| b_enc[j] + (0..d).map(|f| input[f] * w_enc[f * n + j]).sum::<f64>()).collect();
+        let acts: Vec<f64> = match (architecture, &threshold) {
+            ("topk", _) => {
+                let k = cfg["k"].as_u64().unwrap() as usize;
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&p, &q| pre[q].total_cmp(&pre[p]).then(p.cmp(&q)));
+                let mut acts = vec![0.0; n];
+                for &j in &order[..k] {
+                    acts[j] = pre[j].max(0.0);
+                }
+                acts
+            }
+            ("jumprelu", Some(t)) => (0..n).map(|j| if pre[j] > t[j] { pre[j] } else { 0.0 }).collect(),
+            _ => pre.iter().map(|v| v.max(0.0)).collect(),
+        };
+        let scale = 1.0 + row.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
+        for f in 0..d {
+            let want = b_dec[f] + (0..n).map(|j| acts[j] * w_dec[j * d + f]).sum::<f64>();
+            worst = worst.max((got[i * d + f] as f64 - want).abs() / scale);
+        }
+    }
+    worst
+}
+
 fn read_f32_tensor(file: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f64>) {
     let t = file.tensor(name).unwrap_or_else(|_| panic!("tensor {name}"));
     assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
@@ -1605,18 +1650,7 @@ fn saelens_export_forward_matches_encode() {
     let cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(sl.join("cfg.json")).unwrap()).unwrap();
     assert_eq!(cfg["architecture"], "topk");
     assert_eq!(cfg["apply_b_dec_to_input"], true);
-    let (d, n, k) = (
-        cfg["d_in"].as_u64().unwrap() as usize,
-        cfg["d_sae"].as_u64().unwrap() as usize,
-        cfg["k"].as_u64().unwrap() as usize,
-    );
-    let bytes = fs::read(sl.join("sae_weights.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (s_enc, w_enc) = read_f32_tensor(&file, "W_enc");
-    let (s_dec, w_dec) = read_f32_tensor(&file, "W_dec");
-    let (_, b_enc) = read_f32_tensor(&file, "b_enc");
-    let (_, b_dec) = read_f32_tensor(&file, "b_dec");
-    assert_eq!((s_enc, s_dec), (vec![d, n], vec![n, d]));
+    let d = cfg["d_in"].as_u64().unwrap() as usize;
 
     // 37 rows of the training data's kind.
     let (x, _) = sae_wgpu::synthetic::DictionarySpec { width: d, features: 64, active: 3 }.generate(37, 9);
@@ -1626,23 +1660,7 @@ fn saelens_export_forward_matches_encode() {
     let out = t.sae(&["encode", "--model", s(&model), "--data", s(&x_path), "--out", s(&recon), "--reconstruct"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let got = data::load(&recon).unwrap();
-    let mut worst: f64 = 0.0;
-    for (i, row) in x.values.chunks(d).enumerate() {
-        let pre: Vec<f64> = (0..n)
-            .map(|j| b_enc[j] + (0..d).map(|f| (row[f] as f64 - b_dec[f]) * w_enc[f * n + j]).sum::<f64>())
-            .collect();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&p, &q| pre[q].total_cmp(&pre[p]).then(p.cmp(&q)));
-        let mut acts = vec![0.0; n];
-        for &j in &order[..k] {
-            acts[j] = pre[j].max(0.0);
-        }
-        let scale = 1.0 + row.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
-        for f in 0..d {
-            let want = b_dec[f] + (0..n).map(|j| acts[j] * w_dec[j * d + f]).sum::<f64>();
-            worst = worst.max((got.values[i * d + f] as f64 - want).abs() / scale);
-        }
-    }
+    let worst = saelens_forward_error(&sl, &x, &got.values);
     println!("SAELens forward from the exported files vs sae encode --reconstruct: max error {worst:.2e}");
     assert!(worst < 1e-5, "max error {worst:e}");
 
@@ -1878,4 +1896,42 @@ fn streamed_data_bad_input() {
         let (out, dir) = train_on(&t, &small, flags);
         assert_bad_input(&t, &out, &dir, needles);
     }
+}
+
+/// BatchTopK: the checkpoint holds the threshold training estimated; `sae encode` codes by it
+/// (every code is 0 or above it), and the SAELens export is a JumpReLU SAE whose forward, from
+/// its files alone, equals `sae encode --reconstruct`; read back, it encodes the same.
+#[test]
+fn batch_topk_threshold_at_inference_and_in_saelens() {
+    let t = Tmp::new("batch_topk");
+    let dir = trained_dictionary(&t, &["--code-activation", "batch-topk"]);
+    let model = dir.join("model.safetensors");
+    let (spec, _) = sae_wgpu::checkpoint::load(&model).unwrap();
+    let sae_wgpu::model::CodeSelect::BatchTopK { k, threshold } = spec.select else { panic!("{:?}", spec.select) };
+    assert_eq!(k, 3);
+    assert!(threshold > 0.0, "threshold {threshold}");
+    let (x, _) = sae_wgpu::synthetic::DictionarySpec { width: 32, features: 64, active: 3 }.generate(41, 5);
+    let x_path = t.path("x.npy");
+    data::save(&x_path, &x).unwrap();
+    let codes = t.path("codes.npy");
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&x_path), "--out", s(&codes)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let codes = data::load(&codes).unwrap();
+    assert!(codes.values.iter().all(|&v| v == 0.0 || v > threshold), "a code below the threshold");
+    assert!(codes.values.iter().any(|&v| v > 0.0), "every code is 0");
+    let sl = t.path("saelens");
+    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cfg = fs::read_to_string(sl.join("cfg.json")).unwrap();
+    assert!(cfg.contains("\"jumprelu\""), "{cfg}");
+    let recon = t.path("recon.npy");
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&x_path), "--out", s(&recon), "--reconstruct"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let worst = saelens_forward_error(&sl, &x, &data::load(&recon).unwrap().values);
+    println!("JumpReLU forward from the exported files vs sae encode --reconstruct: max error {worst:.2e}");
+    assert!(worst < 1e-5, "max error {worst:e}");
+    let recon2 = t.path("recon2.npy");
+    let out = t.sae(&["encode", "--model", s(&sl), "--data", s(&x_path), "--out", s(&recon2), "--reconstruct"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(data::load(&recon2).unwrap().values, data::load(&recon).unwrap().values);
 }

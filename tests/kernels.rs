@@ -147,6 +147,16 @@ fn decoder_project() {
 }
 
 #[test]
+fn batch_threshold() {
+    run("batch_threshold", check::batch_threshold);
+}
+
+#[test]
+fn threshold_code() {
+    run("threshold_code", check::threshold_code);
+}
+
+#[test]
 fn column_norms() {
     run("column_norms", check::column_norms);
 }

@@ -187,6 +187,7 @@ fn dictionary_recipes_match_reference() {
     let dense = ModelSpec::mirrored(&[13, 29], Activation::Relu, Activation::Relu, Activation::Identity).unwrap();
     let topk = |k| dense.clone().with_code(CodeSelect::TopK { k }, false).unwrap();
     let with_pre_bias = |spec: ModelSpec| ModelSpec { pre_bias: true, ..spec };
+    let batch_topk = |k| dense.clone().with_code(CodeSelect::BatchTopK { k, threshold: -1.0 }, false).unwrap();
     // AuxK over the latents silent for 30 samples: after a step of 37 rows, every latent that
     // did not fire in it (K = 3 of 29 fire a row: many).
     let auxk = Some(sae_wgpu::model::AuxK { k: 6, coefficient: 0.5, dead_after: 30 });
@@ -199,6 +200,8 @@ fn dictionary_recipes_match_reference() {
         ("topk 3, pre-bias, decoder norm, auxk 6, adam", with_pre_bias(topk(3)), adam, 0.01, true, auxk, 37),
         ("topk 2, auxk 6, sgd", topk(2), Optimizer::Sgd, 0.5, false, auxk, 37),
         ("topk 2, pre-bias, auxk 6, batch of 1", with_pre_bias(topk(2)), Optimizer::Sgd, 0.5, false, auxk, 1),
+        ("batch-topk 3, pre-bias, decoder norm, adam", with_pre_bias(batch_topk(3)), adam, 0.01, true, None, 37),
+        ("batch-topk 2, auxk 6, sgd, batch of 1", batch_topk(2), Optimizer::Sgd, 0.5, false, auxk, 1),
     ];
     let l1 = Sparsity::L1 { coefficient: 0.3 };
     let cases = cases.map(|c| (c, Sparsity::None)).into_iter().chain([

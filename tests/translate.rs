@@ -42,6 +42,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("decoder", source::DECODER, none(), false),
         ("auxk", source::AUXK, none(), false),
         ("l1", source::L1, none(), false),
+        ("threshold", source::THRESHOLD, none(), false),
     ]
 }
 

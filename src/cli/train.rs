@@ -73,7 +73,9 @@ pub struct TrainSettings {
     #[arg(long, value_name = "ACT")]
     hidden_activation: Option<String>,
     /// Activation of the code layer, or topk (the --k largest pre-activations of each row,
-    /// ReLU'd; the rest 0) [default: forum relu, classic sigmoid, dictionary topk].
+    /// ReLU'd; the rest 0), or batch-topk (in training the --k times batch largest of the
+    /// minibatch; at inference those above the threshold training estimates) [default: forum
+    /// relu, classic sigmoid, dictionary topk].
     #[arg(long, value_name = "ACT")]
     code_activation: Option<String>,
     /// K of --code-activation topk, in 1..=the code width [default: dictionary preset 3].
@@ -425,19 +427,25 @@ impl ModelFlags {
         };
         let act = |flag: &str, v: &Option<String>| parse_activation(flag, v.as_deref().unwrap_or(f::ACTIVATION));
         let hidden = act("--hidden-activation", &self.hidden_activation)?;
-        let topk = self.code_activation.as_deref() == Some("topk");
+        let kind = self.code_activation.as_deref();
+        let topk = matches!(kind, Some("topk" | "batch-topk"));
         let code = if topk { Activation::Relu } else { act("--code-activation", &self.code_activation)? };
         let output = act("--output-activation", &self.output_activation)?;
-        let select = match (topk, self.k) {
-            (true, Some(k)) => CodeSelect::TopK { k },
-            (true, None) => return Err(bad("--code-activation topk: give --k K, the latents kept per row")),
-            (false, Some(_)) => return Err(bad("--k: a setting of --code-activation topk; drop it or add that")),
-            (false, None) => CodeSelect::Dense,
+        let select = match (kind, self.k) {
+            (Some("topk"), Some(k)) => CodeSelect::TopK { k },
+            (Some("batch-topk"), Some(k)) => CodeSelect::BatchTopK { k, threshold: -1.0 },
+            (Some(kind @ ("topk" | "batch-topk")), None) => {
+                return Err(bad(format!("--code-activation {kind}: give --k K, the latents kept per row")))
+            }
+            (_, Some(_)) => {
+                return Err(bad("--k: a setting of --code-activation topk or batch-topk; drop it or add that"))
+            }
+            (_, None) => CodeSelect::Dense,
         };
         let spec = ModelSpec::new(&encoder, &decoder, hidden, code, output)
             .map_err(|e| bad(format!("--layers/--decoder-layers: {e}")))?;
         spec.with_code(select, self.pre_bias.unwrap_or(false)).map_err(|e| {
-            let flag = if matches!(select, CodeSelect::TopK { .. }) { "--k/--pre-bias" } else { "--pre-bias" };
+            let flag = if select.k().is_some() { "--k/--pre-bias" } else { "--pre-bias" };
             bad(format!("{flag}: {e}"))
         })
     }
@@ -637,7 +645,7 @@ fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
         preset.synthetic = None;
         preset.samples = None;
     }
-    if user.code_activation.as_deref().is_some_and(|c| c != "topk") {
+    if user.code_activation.as_deref().is_some_and(|c| c != "topk" && c != "batch-topk") {
         preset.k = None;
         preset.auxk = None;
     }
@@ -828,7 +836,7 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         (None, None) => flags.spec_or_default()?,
     };
     if let (Some((ckpt_spec, _)), Some(init_path)) = (&init_ckpt, &s.init) {
-        if ckpt_spec != &spec {
+        if !ckpt_spec.same_model(&spec) {
             let what = spec_difference(ckpt_spec, &spec, "the run's");
             return Err(bad(format!(
                 "--init {}: its model differs from the run's ({what}); drop the model flags to train the checkpoint's model",
@@ -836,6 +844,11 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             )));
         }
     }
+    // The checkpoint's own spec: BatchTopK's threshold is the one it trained.
+    let spec = match &init_ckpt {
+        Some((ckpt_spec, _)) => ckpt_spec.clone(),
+        None => spec,
+    };
     if dataset.cols != spec.input_width() {
         return Err(bad(format!(
             "{data_name}: {} columns, but the model's input is {} wide; pass --layers starting with {}",
@@ -1521,7 +1534,11 @@ pub fn run(cli: TrainSettings) -> Result<()> {
                 // Ctrl-C: everything submitted has run; a checkpoint --resume continues from.
                 return match &out {
                     Some(dir) => {
-                        checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
+                        checkpoint::save(
+                            &dir.join("model.safetensors"),
+                            &trainer.checkpoint_spec()?,
+                            &trainer.params()?,
+                        )?;
                         save_state(dir, trainer, (*epochs_done, *steps_into_epoch), *lbfgs)?;
                         eprintln!(
                             "interrupted: checkpoint written to {} ({epochs_done} epochs and {steps_into_epoch} steps done); `sae train --resume {}` continues the run",
@@ -1541,7 +1558,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
             if epoch % n == 0 {
                 // Atomic (temporary file, then rename): a crash or a later divergence leaves
                 // the previous checkpoint intact.
-                checkpoint::save(&dir.join("model.safetensors"), &spec, &trainer.params()?)?;
+                checkpoint::save(&dir.join("model.safetensors"), &trainer.checkpoint_spec()?, &trainer.params()?)?;
                 save_state(dir, trainer, (epoch, 0), lbfgs)?;
             }
         }
@@ -1571,7 +1588,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let epochs_done = stopped.map_or(last_epoch, |(at, _)| at);
     let params = trainer.params()?;
     if let Some(dir) = &out {
-        checkpoint::save(&dir.join("model.safetensors"), &spec, &params)?;
+        checkpoint::save(&dir.join("model.safetensors"), &trainer.checkpoint_spec()?, &params)?;
         save_state(dir, &trainer, (epochs_done, 0), lbfgs_state.as_ref())?;
     }
     let steps = lbfgs_state.as_ref().map_or(trainer.steps_done(), |s| s.iterations);

@@ -34,6 +34,18 @@ struct AuxDelta {
     _pad1: [u32; 3],
 }
 
+/// `Threshold` of `shaders/threshold.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Threshold {
+    rows: u32,
+    cols: u32,
+    _pad: [u32; 2],
+    decay: f32,
+    theta: f32,
+    _pad1: [u32; 2],
+}
+
 /// `L1` of `shaders/l1.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -119,6 +131,23 @@ impl Kernels {
         let cost = cost(Kernel::AuxkDelta, format!("{len}"), 3 * len, 4 * len + aux_at - pad_from);
         let groups = Self::elementwise_groups(aux_at + len - pad_from);
         self.launch(Kernel::AuxkDelta, params, &[recons, x, xhat, delta], groups, cost)
+    }
+
+    /// BatchTopK's running threshold `theta` (one value): the smallest positive activation of
+    /// `a` (`[m, n]`, after the batch's selection), averaged in with `decay`, or taken as it is
+    /// while `theta < 0` (unset). One workgroup.
+    pub fn batch_threshold(&self, a: &View, theta: &View, m: usize, n: usize, decay: f64) -> Launch {
+        let params =
+            Threshold { rows: m as u32, cols: n as u32, _pad: [0; 2], decay: decay as f32, theta: 0.0, _pad1: [0; 2] };
+        let cost = cost(Kernel::BatchThreshold, format!("{m}x{n}"), m * n, m * n + 1);
+        self.launch(Kernel::BatchThreshold, params, &[a, theta], [1, 1], cost)
+    }
+
+    /// `code = z` where `z > theta`, else 0, over `[m, n]`: BatchTopK's code at inference.
+    pub fn threshold_code(&self, z: &View, code: &View, m: usize, n: usize, theta: f32) -> Launch {
+        let params = Threshold { rows: m as u32, cols: n as u32, _pad: [0; 2], decay: 0.0, theta, _pad1: [0; 2] };
+        let cost = cost(Kernel::ThresholdCode, format!("{m}x{n}"), m * n, 2 * m * n);
+        self.launch(Kernel::ThresholdCode, params, &[z, code], Self::elementwise_groups(m * n), cost)
     }
 
     /// `norms[j] = ||w_j||` for each column of `w` (`[rows, cols]`).

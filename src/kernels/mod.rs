@@ -57,6 +57,7 @@ pub mod source {
     pub const DECODER: &str = shader!("decoder.wgsl");
     pub const AUXK: &str = shader!("auxk.wgsl");
     pub const L1: &str = shader!("l1.wgsl");
+    pub const THRESHOLD: &str = shader!("threshold.wgsl");
 }
 
 /// How a kernel uses a storage binding.
@@ -121,10 +122,12 @@ pub enum Kernel {
     AuxkDelta,
     ColumnNorms,
     L1DecoderGrad,
+    BatchThreshold,
+    ThresholdCode,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 25] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -148,6 +151,8 @@ impl Kernel {
         Kernel::AuxkDelta,
         Kernel::ColumnNorms,
         Kernel::L1DecoderGrad,
+        Kernel::BatchThreshold,
+        Kernel::ThresholdCode,
     ];
 
     /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
@@ -178,6 +183,8 @@ impl Kernel {
             Kernel::AuxkDelta => "auxk_delta",
             Kernel::ColumnNorms => "column_norms",
             Kernel::L1DecoderGrad => "l1_decoder_grad",
+            Kernel::BatchThreshold => "batch_threshold",
+            Kernel::ThresholdCode => "threshold_code",
         }
     }
 
@@ -195,6 +202,7 @@ impl Kernel {
             Kernel::DecoderProject | Kernel::DecoderNormalize => source::DECODER,
             Kernel::AuxkDelta => source::AUXK,
             Kernel::ColumnNorms | Kernel::L1DecoderGrad => source::L1,
+            Kernel::BatchThreshold | Kernel::ThresholdCode => source::THRESHOLD,
         }
     }
 
@@ -223,6 +231,8 @@ impl Kernel {
             Kernel::AuxkDelta => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::ColumnNorms => &[(2, R), (3, W)],
             Kernel::L1DecoderGrad => &[(2, R), (4, R), (5, W), (6, R), (7, R)],
+            Kernel::BatchThreshold => &[(2, R), (3, W)],
+            Kernel::ThresholdCode => &[(4, R), (5, W)],
         }
     }
 

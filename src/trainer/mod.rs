@@ -83,6 +83,8 @@ pub(crate) struct Buffers {
     pub rho_hat: View,
     /// Samples since each code unit last fired (u32; `fire_count` keeps it).
     pub since_fired: View,
+    /// BatchTopK's running threshold (one value; below 0 while unset).
+    pub threshold: View,
     /// The optimizer's state in the parameter layout: velocity, or first and second moments
     /// (one-element placeholders where the optimizer has fewer).
     pub moments: [View; 2],
@@ -202,6 +204,13 @@ impl Trainer {
             metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
             rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
             since_fired: View::whole(&gpu.storage("since fired", spec.code_width())),
+            threshold: gpu.upload(
+                "threshold",
+                &[match spec.select {
+                    crate::model::CodeSelect::BatchTopK { threshold, .. } if threshold > 0.0 => threshold,
+                    _ => -1.0,
+                }],
+            ),
             moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
         })?;
         Ok(Trainer {
@@ -427,6 +436,19 @@ impl Trainer {
 
     pub fn auxk(&self) -> Option<AuxK> {
         self.auxk
+    }
+
+    /// The model as a checkpoint holds it: with BatchTopK, the threshold training has reached
+    /// (a read-back).
+    pub fn checkpoint_spec(&self) -> Result<ModelSpec> {
+        match self.spec.select {
+            crate::model::CodeSelect::BatchTopK { k, .. } => {
+                let threshold = self.kernels.gpu.download(&self.buffers.threshold)?[0];
+                let select = crate::model::CodeSelect::BatchTopK { k, threshold };
+                Ok(ModelSpec { select, ..self.spec.clone() })
+            }
+            _ => Ok(self.spec.clone()),
+        }
     }
 
     /// Rows the activation buffers hold: the batch, and with AuxK its rows after them from an

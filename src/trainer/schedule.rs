@@ -13,6 +13,10 @@ use crate::model::{Activation, CodeSelect, ModelSpec, Sparsity, RHO_HAT_EPS};
 use crate::optim::Optimizer;
 use crate::reference::{ColumnTransform, FireUpdate};
 
+/// BatchTopK's running threshold: `theta = d theta + (1 - d) low` each step, as
+/// saprmarks' dictionary_learning keeps it.
+pub const BATCH_THRESHOLD_DECAY: f64 = 0.999;
+
 /// How a step is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepPath {
@@ -143,7 +147,8 @@ impl Activations {
     }
 }
 
-/// The layered forward pass, shared by training and inference:
+/// The layered forward pass, shared by training and inference (`training`: BatchTopK selects
+/// over the minibatch; at inference, by its threshold):
 /// `X = the rows` ; `Z_l = A_{l-1} W_l^T + 1 b_l^T`, `A_l = f_l(Z_l)` in one dispatch a layer;
 /// with a pre-bias layer 1 reads `X - 1 b_L^T`, and a TopK code keeps the K largest of each
 /// row of `Z_c` (docs/design.md section 12).
@@ -157,6 +162,7 @@ pub(crate) fn layered_forward(
     (data, order, state): (&View, &View, &View),
     from: Rows,
     m: usize,
+    training: bool,
 ) -> Vec<Launch> {
     let rows = |v: &[View], l: usize| v[l].head(m * spec.sizes[l]);
     let mut forward = vec![k.gather_rows(data, order, state, &rows(&acts.a, 0), m, spec.sizes[0], from)];
@@ -181,8 +187,24 @@ pub(crate) fn layered_forward(
             )
             .at_layer(l),
         );
-        if let (true, Some(topk)) = (l == spec.code_layer, spec.select.k()) {
-            forward.push(k.topk(&rows(&acts.z, l), &rows(&acts.a, l), m, n, topk));
+        match (l == spec.code_layer, spec.select) {
+            (true, CodeSelect::TopK { k: topk }) => {
+                forward.push(k.topk(&rows(&acts.z, l), &rows(&acts.a, l), m, n, topk))
+            }
+            (true, CodeSelect::BatchTopK { k: topk, .. }) if training => {
+                let dims = (1, m * n, topk * m);
+                forward.push(k.topk_with(
+                    crate::kernels::Kernel::TopK,
+                    &rows(&acts.z, l),
+                    &rows(&acts.a, l),
+                    dims,
+                    None,
+                ));
+            }
+            (true, CodeSelect::BatchTopK { threshold, .. }) => {
+                forward.push(k.threshold_code(&rows(&acts.z, l), &rows(&acts.a, l), m, n, threshold))
+            }
+            _ => {}
         }
     }
     forward
@@ -255,7 +277,7 @@ impl Trainer {
             }
         }
         .map(|l| l.noting("rho_hat"));
-        let (counts, eval_counts): (Vec<Launch>, Vec<Launch>) = match sparsity {
+        let (mut counts, eval_counts): (Vec<Launch>, Vec<Launch>) = match sparsity {
             Sparsity::KlFreq { .. } => {
                 let update = FireUpdate { anneal: self.rho_anneal, ..FireUpdate::for_step(sparsity) };
                 (vec![fires(&b.rho_hat, update)], vec![fires(&b.rho_hat, FireUpdate::NONE)])
@@ -266,6 +288,10 @@ impl Trainer {
                 (train.collect(), smooth_rho_hat.into_iter().collect())
             }
         };
+        // BatchTopK: the running threshold inference uses, from this step's kept activations.
+        if let CodeSelect::BatchTopK { .. } = spec.select {
+            counts.push(k.batch_threshold(&a(c), &b.threshold, m, nc, BATCH_THRESHOLD_DECAY));
+        }
 
         // Metrics (on request): loss terms, hard firing frequency, mean code activation.
         let metrics = vec![
@@ -287,8 +313,17 @@ impl Trainer {
 
         let (forward, backward, update, gradients) = match self.path {
             StepPath::Layered => {
-                let forward =
-                    layered_forward(k, spec, &b.params, &self.layout, &b.acts, (data, &b.order, &b.state), from, m);
+                let forward = layered_forward(
+                    k,
+                    spec,
+                    &b.params,
+                    &self.layout,
+                    &b.acts,
+                    (data, &b.order, &b.state),
+                    from,
+                    m,
+                    true,
+                );
 
                 // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
                 let mut backward =
