@@ -1674,7 +1674,8 @@ fn print_summary(
     };
     println!("{:<6} {:>10} {:>20} {:>12} {:>12}", "unit", "target rho", rho_col, "hard freq", "since fired");
     for j in 0..m.rho_hat.len() {
-        let target = if r.loss.sparsity == Sparsity::None { "-".to_string() } else { format!("{rho:.4}") };
+        let no_target = matches!(r.loss.sparsity, Sparsity::None | Sparsity::L1 { .. });
+        let target = if no_target { "-".to_string() } else { format!("{rho:.4}") };
         let since = since_fired.map_or("-".to_string(), |s| s[j].to_string());
         println!("{:<6} {:>10} {:>20.4} {:>12.4} {:>12}", j, target, m.rho_hat[j], m.freq[j], since);
     }
