@@ -32,6 +32,10 @@ Recipes:
     l1        a = relu(z); sparsity term  l1_coefficient * mean over rows of
               sum_j |a_j| ||W_dec[:, j]||_2  (SAELens's standard SAE with the penalty scaled by
               the decoder norm).
+AuxK (--auxk K, 0 off; `sae train --auxk`): a latent silent for --dead-after samples is dead; the
+K largest pre-activations among the dead latents, ReLU'd and decoded (with b_dec), are trained
+toward the residual (x - xhat, held constant): J gains --auxk-coefficient (1/32) times the mean
+over rows of the sum of squares of (recons - residual).
 Init (tied, the default): W_dec columns standard normal scaled to unit length, W_enc = W_dec^T,
 b_enc = 0, b_dec = the data mean with the pre-bias (else 0). --no-tied-init draws W_enc on its own
 (Kaiming uniform). With --decoder-norm unit (the default) the gradient of each column W_dec[:, j]
@@ -152,6 +156,9 @@ class SAE(torch.nn.Module):
     def threshold(self):
         return torch.exp(self.log_threshold)
 
+    def pre_activations(self, x):
+        return (x - self.b_dec if self.pre_bias else x) @ self.W_enc.t() + self.b_enc
+
     def forward(self, x):
         """Returns (xhat, a, sparsity term)."""
         z = (x - self.b_dec if self.pre_bias else x) @ self.W_enc.t() + self.b_enc
@@ -177,6 +184,10 @@ def mmcs(w_dec, truth):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--auxk", type=int, default=0,
+                   help="AuxK: the K largest pre-activations of the dead latents reconstruct the residual (0: off)")
+    p.add_argument("--auxk-coefficient", type=float, default=1 / 32)
+    p.add_argument("--dead-after", type=int, default=10000, help="samples without firing that make a latent dead")
     p.add_argument("--recipe", choices=["topk", "jumprelu", "l1"], default="topk")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="X.npy, float32 [rows, D]")
@@ -231,6 +242,8 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     unit = args.decoder_norm == "unit"
     coef = {"topk": 0.0, "jumprelu": args.l0_coefficient, "l1": args.l1_coefficient}[args.recipe]
+    # AuxK (`sae train --auxk`): samples since each latent last fired, counted before the term.
+    since = torch.zeros(n)
 
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
@@ -241,6 +254,16 @@ def main():
             xb = x[perm[s:s + args.batch]]
             xhat, a, sparsity = model(xb)
             loss = (xhat - xb).pow(2).sum(1).mean() + coef * sparsity
+            if args.auxk > 0:
+                fired_now = (a.detach() != 0).any(0)
+                since = torch.where(fired_now, torch.zeros_like(since), since + xb.shape[0])
+                dead = since >= args.dead_after
+                if dead.any():
+                    z = model.pre_activations(xb).masked_fill(~dead, float("-inf"))
+                    v, i = z.topk(min(args.auxk, n), dim=1)
+                    a_aux = torch.zeros_like(z).scatter(1, i, v.clamp(min=0))
+                    recons = a_aux @ model.W_dec.t() + model.b_dec
+                    loss = loss + args.auxk_coefficient * (recons - (xb - xhat).detach()).pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if unit:
