@@ -1,6 +1,7 @@
 //! The WGSL kernels and their Rust launchers, one host file per shader family:
 //! [`matmul`] (`shaders/matmul*.wgsl`), [`elementwise`] (sparsity, reduce, fires, loss and
-//! update shaders) and [`step`] (minibatch gathering and the fused small-MLP step). Each launcher
+//! update shaders), [`step`] (minibatch gathering and the fused small-MLP step) and
+//! [`dictionary`] (TopK, pre-bias, decoder norm, AuxK, L1 and BatchTopK's threshold). Each launcher
 //! has the name of its WGSL entry point and of its f64 twin in `reference.rs`, and returns a
 //! [`Launch`]: a pipeline with its bind groups, workgroup counts and napkin-math cost, built once
 //! and recorded into as many steps as needed.
