@@ -60,8 +60,9 @@ fn loss_value(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let sum_ww = tree_sum(t, ww);
     var kl = 0.0;
-    // Mode 4 (L1) is measured on the host, from the mean activations and the column norms.
-    if (ls.sparsity != 0u && ls.sparsity != 4u) {
+    // Modes 4 (L1) and 5 (L0) are measured on the host, from the mean activations and the
+    // column norms, and from the firing frequencies.
+    if (ls.sparsity != 0u && ls.sparsity < 4u) {
         for (var j = t; j < ls.code_width; j += TREE_WG) {
             kl += kl_divergence(ls.rho, rho_hat[j], ls.eps);
         }

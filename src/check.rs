@@ -30,7 +30,7 @@ pub const CASES: [(usize, usize, usize, u32); 4] =
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 26] = [
+pub const CHECKS: [(&str, Check); 28] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_backward_weight", matmul_backward_weight),
@@ -57,6 +57,8 @@ pub const CHECKS: [(&str, Check); 26] = [
     ("l1_decoder_grad", l1_decoder_grad),
     ("batch_threshold", batch_threshold),
     ("threshold_code", threshold_code),
+    ("jumprelu_forward", jumprelu_forward),
+    ("jumprelu_backward", jumprelu_backward),
 ];
 
 pub fn is_matmul(name: &str) -> bool {
@@ -676,7 +678,9 @@ pub fn training_steps_with(
     let got = trainer.params()?;
     let want = model.to_params();
     let mut worst: f64 = 0.0;
-    for (g, w) in got.weights.iter().chain(&got.biases).zip(want.weights.iter().chain(&want.biases)) {
+    let tensors =
+        |p: &crate::Params| p.weights.iter().chain(&p.biases).chain([&p.thresholds]).cloned().collect::<Vec<_>>();
+    for (g, w) in tensors(&got).iter().zip(&tensors(&want)) {
         let size = w.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64)).max(1e-3);
         for (a, b) in g.iter().zip(w) {
             let e = if a.is_finite() { (*a as f64 - *b as f64).abs() / size } else { f64::INFINITY };
@@ -1049,4 +1053,48 @@ pub fn threshold_code(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usi
     kern.gpu.run(&[kern.threshold_code(&kern.gpu.upload("z", &z), &out, m, n, 0.25)]);
     let want = r::threshold_code(&widen(&z), 0.25f32 as f64);
     max_rel_err(&download(kern, &out), &want, &vec![1.0; m * n])
+}
+
+/// Log thresholds around ln 0.5 and pre-activations spread around them: many within the
+/// kernel's width of their threshold, none (with these draws) within f32 rounding of it.
+fn jumprelu_inputs(rng: &mut Rng, m: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let t: Vec<f32> = random(rng, n, -1.2, -0.2);
+    let z: Vec<f32> = random(rng, m * n, -0.5, 1.5);
+    (z, t)
+}
+
+/// `jumprelu_forward` against its twin: a comparison with exp(t) and a copy (exact).
+pub fn jumprelu_forward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let (z, t) = jumprelu_inputs(rng, m, n);
+    let out = poisoned(kern, m * n);
+    kern.gpu.run(&[kern.jumprelu_forward(&kern.gpu.upload("z", &z), &kern.gpu.upload("t", &t), &out, m, n)]);
+    let want = r::jumprelu_forward(&widen(&z), &widen(&t));
+    max_rel_err(&download(kern, &out), &want, &vec![1.0; m * n])
+}
+
+/// `jumprelu_backward` against its twin at a warm-up share of 0.5, kernel width 0.3: delta is a
+/// masked copy (exact); dt a sum of m terms, relative to theta times the sum of their magnitudes.
+pub fn jumprelu_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let (z, t) = jumprelu_inputs(rng, m, n);
+    let g = random(rng, m * n, -1.0, 1.0);
+    let (state, values, _) = beta_share(kern, 0.5);
+    let (eps, c) = (0.3, 0.2 / m as f64);
+    let (delta, dt) = (poisoned(kern, m * n), poisoned(kern, n));
+    let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+    let inputs = (&up("g", &g), &up("z", &z), &up("t", &t));
+    kern.gpu.run(&[kern.jumprelu_backward(inputs, &delta, &dt, (m, n), eps, c, &state, &values)]);
+    let eps32 = eps as f32 as f64;
+    let (want_delta, want_dt) = r::jumprelu_backward(&widen(&g), &widen(&z), &widen(&t), eps32, c * 0.5);
+    let scale: Vec<f64> = (0..n)
+        .map(|j| {
+            let theta = (t[j] as f64).exp();
+            let terms: f64 = (j..m * n).step_by(n).map(|i| theta / eps32 * (g[i] as f64).abs() + c * 0.5 / eps32).sum();
+            theta * terms + 1e-30
+        })
+        .collect();
+    max_rel_err(&download(kern, &delta), &want_delta, &vec![1.0; m * n]).max(max_rel_err(
+        &download(kern, &dt),
+        &want_dt,
+        &scale,
+    ))
 }

@@ -33,6 +33,7 @@ pub fn to_bytes(spec: &ModelSpec, params: &Params) -> std::result::Result<Vec<u8
     // Explicit little-endian bytes, whatever the host's byte order.
     let bytes: Vec<Vec<u8>> = (0..spec.layers())
         .flat_map(|i| [&params.weights[i], &params.biases[i]])
+        .chain((!params.thresholds.is_empty()).then_some(&params.thresholds))
         .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
         .collect();
     let views = named
@@ -110,7 +111,7 @@ pub fn from_bytes_as(
         (None, None) => return Err(no_spec(&format!("the metadata has no '{SPEC_KEY}' entry"))),
     };
 
-    let mut params = Params { weights: Vec::new(), biases: Vec::new() };
+    let mut params = Params { weights: Vec::new(), biases: Vec::new(), thresholds: Vec::new() };
     let expected = tensor_names(&spec);
     for (name, shape) in &expected {
         let t = st.tensor(name).map_err(|_| {
@@ -136,6 +137,8 @@ pub fn from_bytes_as(
         }
         if name.ends_with(".weight") {
             params.weights.push(values);
+        } else if name.ends_with(".log_threshold") {
+            params.thresholds = values;
         } else {
             params.biases.push(values);
         }

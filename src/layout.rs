@@ -47,6 +47,8 @@ pub struct ParamLayout {
     pub biases: Vec<(usize, usize)>,
     /// Elements in the weight region (weight decay applies below this index).
     pub weights_len: usize,
+    /// `(offset, len)` of a JumpReLU code's `log theta` after the biases (len 0 otherwise).
+    pub thresholds: (usize, usize),
     /// Elements in the whole buffer.
     pub len: usize,
 }
@@ -67,8 +69,10 @@ impl ParamLayout {
             (places, at)
         };
         let (weights, weights_len) = place(0, (1..=spec.layers()).map(|l| spec.shape(l).0 * spec.shape(l).1).collect());
-        let (biases, len) = place(weights_len, spec.sizes[1..].to_vec());
-        ParamLayout { weights, biases, weights_len, len }
+        let (biases, thresholds_at) = place(weights_len, spec.sizes[1..].to_vec());
+        let count = spec.threshold_count();
+        let len = thresholds_at + align(count);
+        ParamLayout { weights, biases, weights_len, thresholds: (thresholds_at, count), len }
     }
 
     pub fn flatten(&self, params: &Params) -> Vec<f32> {
@@ -77,12 +81,15 @@ impl ParamLayout {
         for (&(at, len), values) in tensors {
             flat[at..at + len].copy_from_slice(values);
         }
+        let (at, len) = self.thresholds;
+        flat[at..at + len].copy_from_slice(&params.thresholds);
         flat
     }
 
     pub fn unflatten(&self, flat: &[f32]) -> Params {
         let take = |places: &[(usize, usize)]| places.iter().map(|&(at, len)| flat[at..at + len].to_vec()).collect();
-        Params { weights: take(&self.weights), biases: take(&self.biases) }
+        let (at, len) = self.thresholds;
+        Params { weights: take(&self.weights), biases: take(&self.biases), thresholds: flat[at..at + len].to_vec() }
     }
 
     /// Checks that the parameters fit one storage binding.
@@ -100,6 +107,10 @@ pub fn tensor_names(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
             let name = spec.layer_name(l);
             [(format!("{name}.weight"), vec![n_out, n_in]), (format!("{name}.bias"), vec![n_out])]
         })
+        .chain(
+            (spec.threshold_count() > 0)
+                .then(|| (format!("{}.log_threshold", spec.layer_name(spec.code_layer)), vec![spec.code_width()])),
+        )
         .collect()
 }
 

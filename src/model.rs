@@ -72,13 +72,20 @@ pub enum CodeSelect {
         k: usize,
         threshold: f32,
     },
+    /// JumpReLU (Rajamanoharan et al. 2024): `a = z [z > theta_j]` with a learned threshold per
+    /// unit, trained as `log theta` (`Params::thresholds`) with a straight-through gradient of
+    /// rectangle kernel width `bandwidth`, starting at `threshold_init`.
+    JumpRelu {
+        bandwidth: f32,
+        threshold_init: f32,
+    },
 }
 
 impl CodeSelect {
     /// K of a selection (None for dense codes).
     pub fn k(self) -> Option<usize> {
         match self {
-            CodeSelect::Dense => None,
+            CodeSelect::Dense | CodeSelect::JumpRelu { .. } => None,
             CodeSelect::TopK { k } | CodeSelect::BatchTopK { k, .. } => Some(k),
         }
     }
@@ -196,6 +203,20 @@ impl ModelSpec {
                 "a pre-bias subtracts the output layer's bias before the first: it needs at least two layers".into()
             );
         }
+        if let CodeSelect::JumpRelu { bandwidth, threshold_init } = self.select {
+            if !(bandwidth.is_finite() && bandwidth > 0.0) {
+                return Err(format!("--jumprelu-bandwidth {bandwidth}: must be a finite number > 0"));
+            }
+            if !(threshold_init.is_finite() && threshold_init > 0.0) {
+                return Err(format!("--jumprelu-threshold {threshold_init}: must be a finite number > 0"));
+            }
+            if self.activations[self.code_layer - 1] != Activation::Relu {
+                return Err(
+                    "a JumpReLU code keeps pre-activations above a positive threshold: its code activation is relu"
+                        .into(),
+                );
+            }
+        }
         if let Some(k) = self.select.k() {
             let n = self.sizes[self.code_layer];
             if k == 0 || k > n {
@@ -236,7 +257,17 @@ impl ModelSpec {
         self.activations[l - 1]
     }
     pub fn parameter_count(&self) -> usize {
-        (1..=self.layers()).map(|l| self.sizes[l] * self.sizes[l - 1] + self.sizes[l]).sum()
+        (1..=self.layers()).map(|l| self.sizes[l] * self.sizes[l - 1] + self.sizes[l]).sum::<usize>()
+            + self.threshold_count()
+    }
+
+    /// Learned thresholds: one a code unit for a JumpReLU code.
+    pub fn threshold_count(&self) -> usize {
+        if let CodeSelect::JumpRelu { .. } = self.select {
+            self.code_width()
+        } else {
+            0
+        }
     }
     /// Name of layer `l` as a PyTorch module attribute: `enc1..encK`, `dec1..decK'`.
     pub fn layer_name(&self, l: usize) -> String {
@@ -283,6 +314,11 @@ pub enum Sparsity {
     L1 {
         coefficient: f64,
     },
+    /// `(C/m) sum_i #{j : z_ij > theta_j}`: JumpReLU's L0, whose straight-through gradient
+    /// reaches the thresholds only (docs/design.md section 12).
+    L0 {
+        coefficient: f64,
+    },
 }
 
 impl Sparsity {
@@ -293,6 +329,7 @@ impl Sparsity {
             Sparsity::KlFreq { .. } => "kl-freq",
             Sparsity::KlSoftFreq { .. } => "kl-soft-freq",
             Sparsity::L1 { .. } => "l1",
+            Sparsity::L0 { .. } => "l0",
         }
     }
     /// The same penalty with beta times `scale` (a warm-up's share).
@@ -307,6 +344,7 @@ impl Sparsity {
                 Sparsity::KlSoftFreq { rho, beta: beta * scale, temperature }
             }
             Sparsity::L1 { coefficient } => Sparsity::L1 { coefficient: coefficient * scale },
+            Sparsity::L0 { coefficient } => Sparsity::L0 { coefficient: coefficient * scale },
         }
     }
 
@@ -328,7 +366,7 @@ impl Sparsity {
             Sparsity::Kl { rho, beta }
             | Sparsity::KlFreq { rho, beta, .. }
             | Sparsity::KlSoftFreq { rho, beta, .. } => (rho, beta),
-            Sparsity::L1 { coefficient } => (0.05, coefficient),
+            Sparsity::L1 { coefficient } | Sparsity::L0 { coefficient } => (0.05, coefficient),
         }
     }
     pub fn temperature(&self) -> f64 {
@@ -443,6 +481,15 @@ impl LossConfig {
         }
         match self.sparsity {
             Sparsity::None => Ok(()),
+            Sparsity::L0 { coefficient } => {
+                if !((coefficient as f32).is_finite() && coefficient >= 0.0) {
+                    return Err(format!("--l0-coefficient {coefficient}: must be a finite number >= 0"));
+                }
+                if !matches!(spec.select, CodeSelect::JumpRelu { .. }) {
+                    return Err("--sparsity l0: JumpReLU's penalty; it needs --code-activation jumprelu".into());
+                }
+                Ok(())
+            }
             Sparsity::L1 { coefficient } => {
                 if !((coefficient as f32).is_finite() && coefficient >= 0.0) {
                     return Err(format!("--l1-coefficient {coefficient}: must be a finite number >= 0"));
@@ -496,6 +543,8 @@ impl LossConfig {
 pub struct Params {
     pub weights: Vec<Vec<f32>>,
     pub biases: Vec<Vec<f32>>,
+    /// A JumpReLU code's `log theta_j`, one a code unit (empty for other codes).
+    pub thresholds: Vec<f32>,
 }
 
 impl Params {
@@ -510,7 +559,11 @@ impl Params {
             weights.push((0..n_out * n_in).map(|_| ((2.0 * rng.next_f64() - 1.0) * r) as f32).collect());
             biases.push(vec![0.0; n_out]);
         }
-        Params { weights, biases }
+        let thresholds = match spec.select {
+            CodeSelect::JumpRelu { threshold_init, .. } => vec![threshold_init.ln(); spec.code_width()],
+            _ => Vec::new(),
+        };
+        Params { weights, biases, thresholds }
     }
 
     /// The dictionary recipe's init (docs/design.md section 12): `init`'s weights, then with
@@ -572,11 +625,15 @@ impl Params {
                 return Err(format!("{}: expected weight [{n_out}, {n_in}] and bias [{n_out}]", spec.layer_name(l)));
             }
         }
+        let want = spec.threshold_count();
+        if self.thresholds.len() != want {
+            return Err(format!("{} thresholds for a model with {want}", self.thresholds.len()));
+        }
         Ok(())
     }
 
     pub fn all_finite(&self) -> bool {
-        self.weights.iter().chain(&self.biases).all(|t| t.iter().all(|v| v.is_finite()))
+        self.weights.iter().chain(&self.biases).chain([&self.thresholds]).all(|t| t.iter().all(|v| v.is_finite()))
     }
 }
 

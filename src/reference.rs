@@ -362,6 +362,8 @@ pub fn kl_backward(
                 }
                 // rho_hat holds the decoder's column norms; a >= 0 (a ReLU code): |a|' = f'.
                 Sparsity::L1 { coefficient } => (g[idx] + coefficient / m as f64 * rho_hat[j]) * fprime,
+                // JumpReLU's L0 reaches the thresholds only.
+                Sparsity::L0 { .. } => g[idx] * fprime,
             }
         })
         .collect()
@@ -456,17 +458,49 @@ pub struct Model {
     pub spec: ModelSpec,
     pub w: Vec<Vec<f64>>,
     pub b: Vec<Vec<f64>>,
+    /// A JumpReLU code's `log theta` (empty otherwise).
+    pub t: Vec<f64>,
 }
 
 impl Model {
     pub fn new(spec: &ModelSpec, params: &Params) -> Self {
         let widen = |t: &Vec<Vec<f32>>| t.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
-        Model { spec: spec.clone(), w: widen(&params.weights), b: widen(&params.biases) }
+        let t = params.thresholds.iter().map(|&x| x as f64).collect();
+        Model { spec: spec.clone(), w: widen(&params.weights), b: widen(&params.biases), t }
     }
     pub fn to_params(&self) -> Params {
         let narrow = |t: &Vec<Vec<f64>>| t.iter().map(|v| v.iter().map(|&x| x as f32).collect()).collect();
-        Params { weights: narrow(&self.w), biases: narrow(&self.b) }
+        let thresholds = self.t.iter().map(|&x| x as f32).collect();
+        Params { weights: narrow(&self.w), biases: narrow(&self.b), thresholds }
     }
+}
+
+/// JumpReLU's code: `a = z` where `z > exp(t_j)`, else 0, over `[m, n]` (`t` the log thresholds).
+pub fn jumprelu_forward(z: &[f64], t: &[f64]) -> Vec<f64> {
+    let n = t.len();
+    (0..z.len()).map(|i| if z[i] > t[i % n].exp() { z[i] } else { 0.0 }).collect()
+}
+
+/// JumpReLU's backward at the code (docs/design.md section 12): `delta = g [z > theta]`, and the
+/// log thresholds' straight-through gradient with the rectangle kernel `K(u) = [|u| < 1/2]`,
+/// `u = (z - theta) / eps`:
+/// `dt_j = theta_j sum_i K(u_ij) (-(theta_j / eps) g_ij - c / eps)`, `c` the L0 weight over m.
+/// Returns (delta, dt).
+pub fn jumprelu_backward(g: &[f64], z: &[f64], t: &[f64], eps: f64, c: f64) -> (Vec<f64>, Vec<f64>) {
+    let n = t.len();
+    let delta = (0..z.len()).map(|i| if z[i] > t[i % n].exp() { g[i] } else { 0.0 }).collect();
+    let dt = (0..n)
+        .map(|j| {
+            let theta = t[j].exp();
+            let sum: f64 = (j..z.len())
+                .step_by(n)
+                .filter(|&i| ((z[i] - theta) / eps).abs() < 0.5)
+                .map(|i| -(theta / eps) * g[i] - c / eps)
+                .sum();
+            theta * sum
+        })
+        .collect();
+    (delta, dt)
 }
 
 /// Everything the forward pass keeps for backward: `z[l]` and `a[l]` for l = 0..=L
@@ -547,6 +581,7 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
             (true, crate::model::CodeSelect::TopK { k }) => al = topk(&zl, m, n, k, None),
             // BatchTopK in training: the K m largest of the minibatch.
             (true, crate::model::CodeSelect::BatchTopK { k, .. }) => al = topk(&zl, 1, m * n, k * m, None),
+            (true, crate::model::CodeSelect::JumpRelu { .. }) => al = jumprelu_forward(&zl, &model.t),
             _ => {}
         }
         z.push(zl);
@@ -567,6 +602,7 @@ pub fn forward(model: &Model, loss: &LossConfig, x: &[f64], m: usize) -> Forward
             let (rows, cols) = spec.shape(layers);
             column_norms(&model.w[layers - 1], rows, cols)
         }
+        Sparsity::L0 { .. } => freq.clone(),
     };
     Forward { m, z, a, rho_hat, mean_activation, freq, aux: None }
 }
@@ -611,6 +647,8 @@ pub fn loss(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Te
         (true, Sparsity::L1 { coefficient }) => {
             coefficient * fwd.mean_activation.iter().zip(&fwd.rho_hat).map(|(a, n)| a * n).sum::<f64>()
         }
+        // C (1/m) #{z > theta}: the firing frequencies' sum.
+        (true, Sparsity::L0 { coefficient }) => coefficient * fwd.freq.iter().sum::<f64>(),
         (true, _) => beta * fwd.rho_hat.iter().map(|&q| kl_divergence(rho, q)).sum::<f64>(),
     };
     // AuxK's term counts with the sparsity terms (it serves the code, not the reconstruction).
@@ -626,6 +664,8 @@ pub fn loss(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms: Te
 pub struct Grads {
     pub dw: Vec<Vec<f64>>,
     pub db: Vec<Vec<f64>>,
+    /// The log thresholds' (straight-through) gradient, for a JumpReLU code.
+    pub dt: Vec<f64>,
 }
 
 /// docs/design.md section 4, line by line. The weight-decay part `lambda W` of dW is added here so
@@ -636,6 +676,7 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
     let layers = spec.layers();
     let c = spec.code_layer;
     let mut dw = vec![Vec::new(); layers];
+    let mut dt = vec![0.0; model.t.len()];
     let mut db = vec![Vec::new(); layers];
 
     // delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
@@ -687,6 +728,12 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
         // G = delta_l W_l
         let g = matmul_backward_input(&delta, &model.w[l - 1], m, n, k);
         let act = spec.activation(l - 1);
+        // JumpReLU: G [z > theta], and the thresholds' straight-through gradient with L0's.
+        if let (true, crate::model::CodeSelect::JumpRelu { bandwidth, .. }) = (l - 1 == c, spec.select) {
+            let l0 = if let Sparsity::L0 { coefficient } = sparsity { coefficient / m as f64 } else { 0.0 };
+            (delta, dt) = jumprelu_backward(&g, &z_of[c], &model.t, bandwidth as f64, l0);
+            continue;
+        }
         delta = if l - 1 == c && sparsity != Sparsity::None {
             kl_backward(&g, &fwd.z[c], &fwd.a[c], &fwd.rho_hat, act, sparsity, m)
         } else {
@@ -706,7 +753,7 @@ pub fn backward(model: &Model, cfg: &LossConfig, fwd: &Forward, x: &[f64], terms
             coefficient / fwd.m as f64,
         );
     }
-    Grads { dw, db }
+    Grads { dw, db, dt }
 }
 
 /// An optimizer in f64 with its state: the twin of the device's update step. The state
@@ -742,7 +789,9 @@ pub struct Optim {
 
 impl Optim {
     pub fn new(model: &Model, optimizer: Optimizer, schedule: LrSchedule, lr: f64, weight_decay: f64) -> Optim {
-        let zeros: Vec<Vec<f64>> = model.w.iter().chain(&model.b).map(|t| vec![0.0; t.len()]).collect();
+        // Weights, biases, then a JumpReLU code's log thresholds (empty otherwise).
+        let zeros: Vec<Vec<f64>> =
+            model.w.iter().chain(&model.b).chain(std::iter::once(&model.t)).map(|t| vec![0.0; t.len()]).collect();
         Optim {
             optimizer,
             schedule,
@@ -780,12 +829,14 @@ impl Optim {
             decoder_project(&model.w[layers - 1], &mut grads.dw[layers - 1], rows, cols);
         }
         let coef = match self.clip_grad_norm {
-            Some(max_norm) => grad_norm(grads.dw.iter().chain(&grads.db).flatten().copied(), max_norm),
+            Some(max_norm) => {
+                grad_norm(grads.dw.iter().chain(&grads.db).chain([&grads.dt]).flatten().copied(), max_norm)
+            }
             None => 1.0,
         };
         let clipped: Vec<Vec<f64>> =
-            grads.dw.iter().chain(&grads.db).map(|g| g.iter().map(|v| v * coef).collect()).collect();
-        let params = model.w.iter_mut().chain(model.b.iter_mut());
+            grads.dw.iter().chain(&grads.db).chain([&grads.dt]).map(|g| g.iter().map(|v| v * coef).collect()).collect();
+        let params = model.w.iter_mut().chain(model.b.iter_mut()).chain(std::iter::once(&mut model.t));
         let gs = clipped.iter();
         for (i, ((p, g), (m, v))) in params.zip(gs).zip(self.m.iter_mut().zip(self.v.iter_mut())).enumerate() {
             let decay = if i < layers { self.weight_decay } else { 0.0 };

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const WEIGHTS: &str = "sae_weights.safetensors";
+/// A JumpReLU SAE's bandwidth when its cfg.json does not give `jumprelu_bandwidth`.
+pub const JUMPRELU_BANDWIDTH: f64 = 0.05;
 pub const CONFIG: &str = "cfg.json";
 
 /// Why `spec` is not an SAE SAELens can hold, or None when it is.
@@ -40,7 +42,7 @@ pub fn config(spec: &ModelSpec) -> serde_json::Value {
     let (architecture, activation) = match spec.select {
         CodeSelect::Dense => ("standard", "relu"),
         CodeSelect::TopK { .. } => ("topk", "topk"),
-        CodeSelect::BatchTopK { .. } => ("jumprelu", "relu"),
+        CodeSelect::BatchTopK { .. } | CodeSelect::JumpRelu { .. } => ("jumprelu", "relu"),
     };
     let mut cfg = serde_json::json!({
         "architecture": architecture,
@@ -54,6 +56,9 @@ pub fn config(spec: &ModelSpec) -> serde_json::Value {
         "activation_fn": activation,
         "meta": { "model_name": null, "hook_name": null },
     });
+    if let CodeSelect::JumpRelu { bandwidth, .. } = spec.select {
+        cfg["jumprelu_bandwidth"] = (bandwidth as f64).into();
+    }
     if let Some(k) = spec.select.k() {
         cfg["k"] = k.into();
         if let CodeSelect::TopK { .. } = spec.select {
@@ -79,6 +84,7 @@ pub fn export(dir: &Path, spec: &ModelSpec, params: &Params) -> Result<()> {
     let w_dec = transpose(&params.weights[1], d, n);
     let thresholds = match spec.select {
         CodeSelect::BatchTopK { threshold, .. } => vec![threshold.max(0.0); n],
+        CodeSelect::JumpRelu { .. } => params.thresholds.iter().map(|t| t.exp()).collect(),
         _ => Vec::new(),
     };
     let mut tensors: Vec<(&str, &[f32], Vec<usize>)> = vec![
@@ -136,12 +142,15 @@ pub fn import(dir: &Path) -> Result<(ModelSpec, Params)> {
             CodeSelect::TopK { k: k.ok_or_else(|| bad(&cfg_path, "a topk SAE needs 'k'".into()))? as usize }
         }
         // What `export` writes for BatchTopK: every threshold equal (checked below), and k.
-        "jumprelu" => {
-            let k = cfg["k"].as_u64().ok_or_else(|| {
-                bad(&cfg_path, "a jumprelu SAE without 'k': sae reads the BatchTopK ones it exports (one threshold for all latents, and k)".into())
-            })?;
-            CodeSelect::BatchTopK { k: k as usize, threshold: 0.0 }
-        }
+        // A BatchTopK SAE as `export` writes it (with k), or a JumpReLU one (a threshold per
+        // latent; the bandwidth only matters to further training).
+        "jumprelu" => match cfg["k"].as_u64() {
+            Some(k) => CodeSelect::BatchTopK { k: k as usize, threshold: 0.0 },
+            None => CodeSelect::JumpRelu {
+                bandwidth: cfg["jumprelu_bandwidth"].as_f64().unwrap_or(JUMPRELU_BANDWIDTH) as f32,
+                threshold_init: 0.1,
+            },
+        },
         other => {
             return Err(bad(
                 &cfg_path,
@@ -184,29 +193,41 @@ pub fn import(dir: &Path) -> Result<(ModelSpec, Params)> {
         }
         tensors.insert(name, values);
     }
+    let threshold_values = || -> Result<Vec<f32>> {
+        let t = file.tensor("threshold").map_err(|_| bad(&weights_path, "a jumprelu SAE needs 'threshold'".into()))?;
+        if t.dtype() != Dtype::F32 || t.shape() != [d_sae] {
+            return Err(bad(&weights_path, format!("'threshold' must be float32 [{d_sae}]")));
+        }
+        let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(bad(&weights_path, "'threshold' holds a value that is not a finite number > 0".into()));
+        }
+        Ok(values)
+    };
+    let mut thresholds = Vec::new();
     let spec = match spec.select {
         CodeSelect::BatchTopK { k, .. } => {
-            let t =
-                file.tensor("threshold").map_err(|_| bad(&weights_path, "a jumprelu SAE needs 'threshold'".into()))?;
-            if t.dtype() != Dtype::F32 || t.shape() != [d_sae] {
-                return Err(bad(&weights_path, format!("'threshold' must be float32 [{d_sae}]")));
-            }
-            let values: Vec<f32> =
-                t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let values = threshold_values()?;
             let threshold = values[0];
-            if !threshold.is_finite() || values.iter().any(|&v| v != threshold) {
+            if values.iter().any(|&v| v != threshold) {
                 return Err(bad(
                     &weights_path,
-                    "'threshold' differs between latents: sae's inference uses one threshold (BatchTopK's); a per-latent JumpReLU is not supported yet".into(),
+                    "'threshold' differs between latents but cfg.json gives k (a BatchTopK SAE has one threshold): drop k to read it as JumpReLU".into(),
                 ));
             }
             ModelSpec { select: CodeSelect::BatchTopK { k, threshold }, ..spec }
+        }
+        CodeSelect::JumpRelu { .. } => {
+            // The engine trains log theta.
+            thresholds = threshold_values()?.iter().map(|v| v.ln()).collect();
+            spec
         }
         _ => spec,
     };
     let params = Params {
         weights: vec![transpose(&tensors["W_enc"], d_in, d_sae), transpose(&tensors["W_dec"], d_sae, d_in)],
         biases: vec![tensors["b_enc"].clone(), tensors["b_dec"].clone()],
+        thresholds,
     };
     Ok((spec, params))
 }

@@ -147,6 +147,16 @@ fn decoder_project() {
 }
 
 #[test]
+fn jumprelu_forward() {
+    run("jumprelu_forward", check::jumprelu_forward);
+}
+
+#[test]
+fn jumprelu_backward() {
+    run("jumprelu_backward", check::jumprelu_backward);
+}
+
+#[test]
 fn batch_threshold() {
     run("batch_threshold", check::batch_threshold);
 }

@@ -204,7 +204,13 @@ fn dictionary_recipes_match_reference() {
         ("batch-topk 2, auxk 6, sgd, batch of 1", batch_topk(2), Optimizer::Sgd, 0.5, false, auxk, 1),
     ];
     let l1 = Sparsity::L1 { coefficient: 0.3 };
+    // JumpReLU: thresholds from 0.1 with a kernel 0.3 wide, so many pre-activations sit inside it.
+    let jump = dense.clone().with_code(CodeSelect::JumpRelu { bandwidth: 0.3, threshold_init: 0.1 }, true).unwrap();
+    let l0 = Sparsity::L0 { coefficient: 0.2 };
     let cases = cases.map(|c| (c, Sparsity::None)).into_iter().chain([
+        (("jumprelu, l0, pre-bias, decoder norm, adam", jump.clone(), adam, 0.01, true, None, 37), l0),
+        (("jumprelu, l0, sgd, batch of 1", jump.clone(), Optimizer::Sgd, 0.5, false, None, 1), l0),
+        (("jumprelu without a penalty, sgd", jump, Optimizer::Sgd, 0.5, false, None, 37), Sparsity::None),
         (
             ("dense relu, l1, pre-bias, decoder norm, adam", with_pre_bias(dense.clone()), adam, 0.01, true, None, 37),
             l1,

@@ -43,6 +43,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("auxk", source::AUXK, none(), false),
         ("l1", source::L1, none(), false),
         ("threshold", source::THRESHOLD, none(), false),
+        ("jumprelu", source::JUMPRELU, none(), false),
     ]
 }
 

@@ -1670,11 +1670,11 @@ fn print_summary(
         Sparsity::KlFreq { .. } => "rho_hat (hard freq)",
         Sparsity::KlSoftFreq { .. } => "rho_hat (soft freq)",
         Sparsity::Kl { .. } => "rho_hat (mean act.)",
-        Sparsity::None | Sparsity::L1 { .. } => "mean activation",
+        Sparsity::None | Sparsity::L1 { .. } | Sparsity::L0 { .. } => "mean activation",
     };
     println!("{:<6} {:>10} {:>20} {:>12} {:>12}", "unit", "target rho", rho_col, "hard freq", "since fired");
     for j in 0..m.rho_hat.len() {
-        let no_target = matches!(r.loss.sparsity, Sparsity::None | Sparsity::L1 { .. });
+        let no_target = matches!(r.loss.sparsity, Sparsity::None | Sparsity::L1 { .. } | Sparsity::L0 { .. });
         let target = if no_target { "-".to_string() } else { format!("{rho:.4}") };
         let since = since_fired.map_or("-".to_string(), |s| s[j].to_string());
         println!("{:<6} {:>10} {:>20.4} {:>12.4} {:>12}", j, target, m.rho_hat[j], m.freq[j], since);

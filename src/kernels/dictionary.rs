@@ -46,6 +46,18 @@ struct Threshold {
     _pad1: [u32; 2],
 }
 
+/// `Jump` of `shaders/jumprelu.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Jump {
+    rows: u32,
+    cols: u32,
+    _pad: [u32; 2],
+    eps: f32,
+    l0_over_m: f32,
+    _pad1: [u32; 2],
+}
+
 /// `L1` of `shaders/l1.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -148,6 +160,42 @@ impl Kernels {
         let params = Threshold { rows: m as u32, cols: n as u32, _pad: [0; 2], decay: 0.0, theta, _pad1: [0; 2] };
         let cost = cost(Kernel::ThresholdCode, format!("{m}x{n}"), m * n, 2 * m * n);
         self.launch(Kernel::ThresholdCode, params, &[z, code], Self::elementwise_groups(m * n), cost)
+    }
+
+    /// `a = z` where `z > exp(t_j)`, else 0, over `[m, n]`: JumpReLU's code (`t` the log
+    /// thresholds).
+    pub fn jumprelu_forward(&self, z: &View, t: &View, a: &View, m: usize, n: usize) -> Launch {
+        let params = Jump { rows: m as u32, cols: n as u32, _pad: [0; 2], eps: 1.0, l0_over_m: 0.0, _pad1: [0; 2] };
+        let cost = cost(Kernel::JumpreluForward, format!("{m}x{n}"), m * n, 2 * m * n + n);
+        self.launch(Kernel::JumpreluForward, params, &[z, t, a], Self::elementwise_groups(m * n), cost)
+    }
+
+    /// JumpReLU's backward over `[m, n]`: `delta = g [z > theta]` and the log thresholds'
+    /// straight-through gradient `dt` (kernel width `eps`, the L0 weight `l0_over_m` times this
+    /// step's share). One invocation per unit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn jumprelu_backward(
+        &self,
+        (g, z, t): (&View, &View, &View),
+        delta: &View,
+        dt: &View,
+        (m, n): (usize, usize),
+        eps: f64,
+        l0_over_m: f64,
+        state: &View,
+        values: &View,
+    ) -> Launch {
+        let params = Jump {
+            rows: m as u32,
+            cols: n as u32,
+            _pad: [0; 2],
+            eps: eps as f32,
+            l0_over_m: l0_over_m as f32,
+            _pad1: [0; 2],
+        };
+        let cost = cost(Kernel::JumpreluBackward, format!("{m}x{n}"), 6 * m * n, 3 * m * n + 2 * n);
+        let tensors = [z, t, delta, g, dt, state, values];
+        self.launch(Kernel::JumpreluBackward, params, &tensors, [n.div_ceil(64), 1], cost)
     }
 
     /// `norms[j] = ||w_j||` for each column of `w` (`[rows, cols]`).

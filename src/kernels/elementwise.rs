@@ -133,6 +133,8 @@ pub fn kl_mode(sparsity: Sparsity) -> (u32, f64, f64, f64) {
         Sparsity::KlFreq { rho, beta, temperature, .. } => (2, rho, beta, temperature),
         Sparsity::KlSoftFreq { rho, beta, temperature } => (3, rho, beta, temperature),
         Sparsity::L1 { coefficient } => (4, 0.05, coefficient, 1.0),
+        // JumpReLU's L0 reaches the thresholds only (jumprelu_backward); measured on the host.
+        Sparsity::L0 { coefficient } => (5, 0.05, coefficient, 1.0),
     }
 }
 

@@ -59,6 +59,7 @@ pub mod source {
     pub const AUXK: &str = shader!("auxk.wgsl");
     pub const L1: &str = shader!("l1.wgsl");
     pub const THRESHOLD: &str = shader!("threshold.wgsl");
+    pub const JUMPRELU: &str = shader!("jumprelu.wgsl");
 }
 
 /// How a kernel uses a storage binding.
@@ -125,10 +126,12 @@ pub enum Kernel {
     L1DecoderGrad,
     BatchThreshold,
     ThresholdCode,
+    JumpreluForward,
+    JumpreluBackward,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 25] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -154,6 +157,8 @@ impl Kernel {
         Kernel::L1DecoderGrad,
         Kernel::BatchThreshold,
         Kernel::ThresholdCode,
+        Kernel::JumpreluForward,
+        Kernel::JumpreluBackward,
     ];
 
     /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
@@ -186,6 +191,8 @@ impl Kernel {
             Kernel::L1DecoderGrad => "l1_decoder_grad",
             Kernel::BatchThreshold => "batch_threshold",
             Kernel::ThresholdCode => "threshold_code",
+            Kernel::JumpreluForward => "jumprelu_forward",
+            Kernel::JumpreluBackward => "jumprelu_backward",
         }
     }
 
@@ -204,6 +211,7 @@ impl Kernel {
             Kernel::AuxkDelta => source::AUXK,
             Kernel::ColumnNorms | Kernel::L1DecoderGrad => source::L1,
             Kernel::BatchThreshold | Kernel::ThresholdCode => source::THRESHOLD,
+            Kernel::JumpreluForward | Kernel::JumpreluBackward => source::JUMPRELU,
         }
     }
 
@@ -234,6 +242,8 @@ impl Kernel {
             Kernel::L1DecoderGrad => &[(2, R), (4, R), (5, W), (6, R), (7, R)],
             Kernel::BatchThreshold => &[(2, R), (3, W)],
             Kernel::ThresholdCode => &[(4, R), (5, W)],
+            Kernel::JumpreluForward => &[(2, R), (3, R), (4, W)],
+            Kernel::JumpreluBackward => &[(2, R), (3, R), (4, W), (5, R), (6, W), (7, R), (8, R)],
         }
     }
 

@@ -162,13 +162,17 @@ impl Trainer {
         let ml = &self.metrics_layout;
         let nc = self.spec.code_width();
         let vec_at = |at: usize| raw[at..at + nc].iter().map(|&v| v as f64).collect::<Vec<f64>>();
-        let dense = matches!(self.loss.sparsity, Sparsity::None | Sparsity::L1 { .. });
+        let dense = matches!(self.loss.sparsity, Sparsity::None | Sparsity::L1 { .. } | Sparsity::L0 { .. });
         let rho_hat = if dense { vec_at(ml.mean) } else { vec_at(ml.rho_hat) };
         // L1 is measured here: C (this step's share) sum_j mean_j ||w_j||, the norms in rho_hat.
         let l1 = match self.loss.sparsity {
             Sparsity::L1 { coefficient } => {
                 let c = coefficient * self.beta_scale_at(step);
                 c * vec_at(ml.mean).iter().zip(vec_at(ml.rho_hat)).map(|(a, n)| a * n).sum::<f64>()
+            }
+            // L0: C (this step's share) times the firing frequencies' sum.
+            Sparsity::L0 { coefficient } => {
+                coefficient * self.beta_scale_at(step) * vec_at(ml.freq).iter().sum::<f64>()
             }
             _ => 0.0,
         };
@@ -284,9 +288,14 @@ impl Trainer {
             Sparsity::None => 0.0,
             // C sum_j mean_j ||w_j||: the norms are in rho_hat, the same in every minibatch.
             Sparsity::L1 { .. } => beta * mean.iter().zip(&rho).map(|(a, n)| a * n).sum::<f64>(),
+            Sparsity::L0 { .. } => beta * freq.iter().sum::<f64>(),
             _ => beta * rho.iter().map(|&q| kl_divergence(target, q)).sum::<f64>(),
         };
-        let rho_hat = if matches!(self.loss.sparsity, Sparsity::None | Sparsity::L1 { .. }) { mean } else { rho };
+        let rho_hat = if matches!(self.loss.sparsity, Sparsity::None | Sparsity::L1 { .. } | Sparsity::L0 { .. }) {
+            mean
+        } else {
+            rho
+        };
         let reconstruction = 0.5 * sum_sq / nf;
         let var = baseline.squared_deviation;
         EvalMetrics {

@@ -204,6 +204,10 @@ pub(crate) fn layered_forward(
             (true, CodeSelect::BatchTopK { threshold, .. }) => {
                 forward.push(k.threshold_code(&rows(&acts.z, l), &rows(&acts.a, l), m, n, threshold))
             }
+            (true, CodeSelect::JumpRelu { .. }) => {
+                let (at, len) = layout.thresholds;
+                forward.push(k.jumprelu_forward(&rows(&acts.z, l), &params.slice(at, len), &rows(&acts.a, l), m, n))
+            }
             _ => {}
         }
     }
@@ -265,7 +269,7 @@ impl Trainer {
             k.fire_count(&fired, out, &b.since_fired, &code_bias, m, nc, update, steps).noting("fires")
         };
         let smooth_rho_hat = match sparsity {
-            Sparsity::None | Sparsity::KlFreq { .. } => None,
+            Sparsity::None | Sparsity::KlFreq { .. } | Sparsity::L0 { .. } => None,
             Sparsity::Kl { .. } => Some(k.column_sum(&a(c), &b.rho_hat, m, nc, ColumnTransform::Value, inv_m)),
             Sparsity::KlSoftFreq { temperature, .. } => {
                 Some(k.column_sum(&z(c), &b.rho_hat, m, nc, ColumnTransform::SoftFires { temperature }, inv_m))
@@ -394,7 +398,24 @@ impl Trainer {
                     // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}), one dispatch, or at the
                     // code layer with a penalty, G then the KL term
                     let act = spec.activation(l - 1);
-                    if l - 1 == c && sparsity != Sparsity::None {
+                    if let (true, CodeSelect::JumpRelu { bandwidth, .. }) = (l - 1 == c, spec.select) {
+                        // G = delta_l W_l, then G [z > theta] and the thresholds' gradient.
+                        let (at, len) = self.layout.thresholds;
+                        let (t, dt) = (b.params.slice(at, len), b.grads.slice(at, len));
+                        let l0 =
+                            if let Sparsity::L0 { coefficient } = sparsity { coefficient / mb as f64 } else { 0.0 };
+                        backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), mb, n, kk).at_layer(l));
+                        backward.push(k.jumprelu_backward(
+                            (&g(kk), &z(c), &t),
+                            &delta(c),
+                            &dt,
+                            (mb, kk),
+                            bandwidth as f64,
+                            l0,
+                            &b.state,
+                            &b.step_values,
+                        ));
+                    } else if l - 1 == c && sparsity != Sparsity::None {
                         backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), mb, n, kk).at_layer(l));
                         backward.push(k.kl_backward(
                             &g(kk),
