@@ -101,6 +101,13 @@ pub mod defaults {
     /// `--sparsity l1`'s coefficient: measured on the dictionary preset's data (docs/design.md
     /// section 12).
     pub const L1_COEFFICIENT: f64 = 0.05;
+    /// JumpReLU's kernel width and starting threshold, and `--sparsity l0`'s weight: the
+    /// settings that recover the synthetic dictionary in PyTorch (`tools/torch_dictionary.py`;
+    /// SAELens's 0.001 / 0.001 leave a dense code there), the L0 weight halved to sae's units
+    /// (its reconstruction term is half PyTorch's MSE).
+    pub const JUMPRELU_BANDWIDTH: f32 = 0.05;
+    pub const JUMPRELU_THRESHOLD: f32 = 0.1;
+    pub const L0_COEFFICIENT: f64 = 0.015;
     /// AuxK's weight: Gao et al. (2024) use 1/32.
     pub const AUXK_COEFFICIENT: f64 = 1.0 / 32.0;
     /// Rows of a streamed set its metrics are measured on (the first, in file order).

@@ -1935,3 +1935,50 @@ fn batch_topk_threshold_at_inference_and_in_saelens() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(data::load(&recon2).unwrap().values, data::load(&recon).unwrap().values);
 }
+
+/// JumpReLU: the checkpoint holds each latent's log threshold (`enc1.log_threshold`); the SAELens
+/// export is a jumprelu SAE with those thresholds, whose forward from the files alone equals
+/// `sae encode --reconstruct`, and which reads back as the same model. Its settings without
+/// --code-activation jumprelu, and --sparsity l0 on another code, are refused.
+#[test]
+fn jumprelu_checkpoint_and_saelens() {
+    let t = Tmp::new("jumprelu");
+    let dir = trained_dictionary(&t, &["--code-activation", "jumprelu", "--sparsity", "l0"]);
+    let model = dir.join("model.safetensors");
+    let bytes = fs::read(&model).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, log_t) = read_f32_tensor(&file, "enc1.log_threshold");
+    assert_eq!(shape, vec![64]);
+    assert!(log_t.iter().any(|&v| (v - 0.1f64.ln()).abs() > 1e-3), "no threshold moved from its init");
+    let (x, _) = sae_wgpu::synthetic::DictionarySpec { width: 32, features: 64, active: 3 }.generate(41, 5);
+    let x_path = t.path("x.npy");
+    data::save(&x_path, &x).unwrap();
+    let sl = t.path("saelens");
+    let out = t.sae(&["export", "--format", "saelens", "--model", s(&model), "--out", s(&sl)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let recon = t.path("recon.npy");
+    let out = t.sae(&["encode", "--model", s(&model), "--data", s(&x_path), "--out", s(&recon), "--reconstruct"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = data::load(&recon).unwrap().values;
+    let worst = saelens_forward_error(&sl, &x, &got);
+    println!("JumpReLU (per latent) forward from the exported files vs sae encode --reconstruct: {worst:.2e}");
+    assert!(worst < 1e-5, "max error {worst:e}");
+    let recon2 = t.path("recon2.npy");
+    let out = t.sae(&["encode", "--model", s(&sl), "--data", s(&x_path), "--out", s(&recon2), "--reconstruct"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let back = data::load(&recon2).unwrap().values;
+    let diff = got.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    // The thresholds go through exp and ln once: equal to f32 rounding.
+    assert!(diff < 1e-5, "read back, the model encodes differently (max diff {diff})");
+    train_flags_rejected(
+        "jumprelu_flag_alone",
+        &["--jumprelu-bandwidth", "0.1"],
+        &["--jumprelu-bandwidth", "jumprelu"],
+    );
+    train_flags_rejected("l0_on_relu", &["--sparsity", "l0"], &["--sparsity l0", "jumprelu"]);
+    train_flags_rejected(
+        "jumprelu_bad_bandwidth",
+        &["--layers", "20,8", "--code-activation", "jumprelu", "--jumprelu-bandwidth", "0", "--sparsity", "none"],
+        &["--jumprelu-bandwidth 0"],
+    );
+}

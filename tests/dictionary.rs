@@ -102,3 +102,17 @@ fn batch_topk_recovers_a_synthetic_dictionary() {
     // The minibatch keeps 3 m activations; those that are 0 (a pre-activation <= 0) do not fire.
     assert!(l0 <= 3.0 + 1e-9 && l0 > 2.5, "L0 {l0}");
 }
+
+/// JumpReLU with its L0 penalty (C = 0.015, thresholds from 0.1, kernel width 0.05): MMCS >= 0.9
+/// within 20 epochs on seed 0 (the full run ends at 0.981 with 61 of 64 above 0.9: README).
+#[test]
+fn jumprelu_recovers_a_synthetic_dictionary() {
+    let truth = DictionarySpec::parse(defaults::dictionary::SYNTHETIC).unwrap();
+    let select =
+        CodeSelect::JumpRelu { bandwidth: defaults::JUMPRELU_BANDWIDTH, threshold_init: defaults::JUMPRELU_THRESHOLD };
+    let spec = preset_spec(truth.width, truth.features, select);
+    let loss = LossConfig { weight_decay: 0.0, sparsity: Sparsity::L0 { coefficient: defaults::L0_COEFFICIENT } };
+    let (epochs, mmcs, _, _, l0) = train_until(&spec, loss, 0, 0.9);
+    assert!(mmcs >= 0.9, "MMCS {mmcs:.4} < 0.9 after {epochs} epochs");
+    assert!(l0 < 12.0, "L0 {l0}: the thresholds did not rise");
+}

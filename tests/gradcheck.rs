@@ -176,3 +176,18 @@ fn auxk_term() {
     residual.borrow_mut().take();
     check_with(&spec, cfg, Terms::ALL, "reconstruction and auxk", &complete);
 }
+
+/// A JumpReLU code (thresholds fixed at 0.1): the weights' and biases' gradients through
+/// `z [z > theta]` and the pre-bias, with its L0 term (piecewise constant in them: no gradient,
+/// as the analytic one says). The thresholds' straight-through gradient is not a gradient of J
+/// and is checked against its twin instead (`check::jumprelu_backward`).
+#[test]
+fn jumprelu_code() {
+    use sae_wgpu::model::CodeSelect;
+    let spec = ModelSpec::mirrored(&[7, 11], Activation::Relu, Activation::Relu, Activation::Identity)
+        .unwrap()
+        .with_code(CodeSelect::JumpRelu { bandwidth: 0.05, threshold_init: 0.1 }, true)
+        .unwrap();
+    let cfg = LossConfig { weight_decay: 0.0, sparsity: Sparsity::L0 { coefficient: 0.3 } };
+    check(&spec, cfg, Terms::ALL, "jumprelu, pre-bias, reconstruction and l0");
+}

@@ -81,6 +81,17 @@ pub struct TrainSettings {
     /// K of --code-activation topk, in 1..=the code width [default: dictionary preset 3].
     #[arg(long, value_name = "K")]
     k: Option<usize>,
+    /// --code-activation jumprelu: the width of the rectangle kernel of its thresholds'
+    /// straight-through gradient, > 0 [default: 0.05].
+    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
+    jumprelu_bandwidth: Option<f32>,
+    /// --code-activation jumprelu: every latent's starting threshold, > 0 [default: 0.1].
+    #[arg(long, value_name = "THETA", allow_negative_numbers = true)]
+    jumprelu_threshold: Option<f32>,
+    /// --sparsity l0's C in (C/m) sum_i #{j : z_ij > theta_j} (JumpReLU's; ramps in with
+    /// --beta-warmup-steps) [default: 0.015].
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    l0_coefficient: Option<f64>,
     /// Subtract the output layer's bias (b_dec) from the input before the encoder, initialised
     /// to the data mean [default: dictionary true, else false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -379,6 +390,7 @@ pub struct ModelFlags {
     pub output_activation: Option<String>,
     pub k: Option<usize>,
     pub pre_bias: Option<bool>,
+    pub jumprelu: (Option<f32>, Option<f32>),
 }
 
 impl ModelFlags {
@@ -391,6 +403,7 @@ impl ModelFlags {
             output_activation: s.output_activation.clone(),
             k: s.k,
             pre_bias: s.pre_bias,
+            jumprelu: (s.jumprelu_bandwidth, s.jumprelu_threshold),
         }
     }
 
@@ -428,10 +441,19 @@ impl ModelFlags {
         let act = |flag: &str, v: &Option<String>| parse_activation(flag, v.as_deref().unwrap_or(f::ACTIVATION));
         let hidden = act("--hidden-activation", &self.hidden_activation)?;
         let kind = self.code_activation.as_deref();
-        let topk = matches!(kind, Some("topk" | "batch-topk"));
+        let topk = matches!(kind, Some("topk" | "batch-topk" | "jumprelu"));
         let code = if topk { Activation::Relu } else { act("--code-activation", &self.code_activation)? };
         let output = act("--output-activation", &self.output_activation)?;
+        let jump = kind == Some("jumprelu");
+        if !jump && (self.jumprelu.0.is_some() || self.jumprelu.1.is_some()) {
+            return Err(bad("--jumprelu-bandwidth/--jumprelu-threshold: settings of --code-activation jumprelu; drop them or add that"));
+        }
+        let code = if jump { Activation::Relu } else { code };
         let select = match (kind, self.k) {
+            (Some("jumprelu"), None) => CodeSelect::JumpRelu {
+                bandwidth: self.jumprelu.0.unwrap_or(defaults::JUMPRELU_BANDWIDTH),
+                threshold_init: self.jumprelu.1.unwrap_or(defaults::JUMPRELU_THRESHOLD),
+            },
             (Some("topk"), Some(k)) => CodeSelect::TopK { k },
             (Some("batch-topk"), Some(k)) => CodeSelect::BatchTopK { k, threshold: -1.0 },
             (Some(kind @ ("topk" | "batch-topk")), None) => {
@@ -522,6 +544,9 @@ fn merge(cli: TrainSettings, file: TrainSettings) -> TrainSettings {
         samples,
         synthetic,
         k,
+        jumprelu_bandwidth,
+        jumprelu_threshold,
+        l0_coefficient,
         pre_bias,
         decoder_norm,
         auxk,
@@ -646,6 +671,7 @@ fn with_preset(user: TrainSettings) -> Result<TrainSettings> {
         preset.samples = None;
     }
     if user.code_activation.as_deref().is_some_and(|c| c != "topk" && c != "batch-topk") {
+        // (JumpReLU has no K, and AuxK is a TopK dictionary's.)
         preset.k = None;
         preset.auxk = None;
     }
@@ -864,6 +890,9 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
     let beta = s.beta.unwrap_or(defaults::BETA);
     let weight_decay = s.weight_decay.unwrap_or(0.0);
     let kind = s.sparsity.as_deref().unwrap_or(defaults::SPARSITY);
+    if s.l0_coefficient.is_some() && kind != "l0" {
+        return Err(bad(format!("--l0-coefficient: a setting of --sparsity l0 (the run's is {kind}); drop it")));
+    }
     if s.l1_coefficient.is_some() && kind != "l1" {
         return Err(bad(format!("--l1-coefficient: a setting of --sparsity l1 (the run's is {kind}); drop it")));
     }
@@ -885,7 +914,8 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
             Sparsity::KlSoftFreq { rho, beta, temperature: s.temperature.unwrap_or(defaults::TEMPERATURE) }
         }
         "l1" => Sparsity::L1 { coefficient: s.l1_coefficient.unwrap_or(defaults::L1_COEFFICIENT) },
-        other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq, kl-soft-freq or l1"))),
+        "l0" => Sparsity::L0 { coefficient: s.l0_coefficient.unwrap_or(defaults::L0_COEFFICIENT) },
+        other => return Err(bad(format!("--sparsity {other}: use none, kl, kl-freq, kl-soft-freq, l1 or l0"))),
     };
     // kl-freq's target anneal; one the user gives another penalty is refused.
     if anneal_given && !matches!(sparsity, Sparsity::KlFreq { .. }) {
@@ -938,9 +968,9 @@ fn plan(cli: TrainSettings, resuming: bool) -> Result<Plan> {
         },
     };
     let optimizer = if is_lbfgs {
-        if let Sparsity::L1 { .. } = sparsity {
+        if let Sparsity::L1 { .. } | Sparsity::L0 { .. } = sparsity {
             return Err(bad(
-                "--sparsity l1: --optimizer lbfgs's objective is evaluated on the device, which measures KL terms only; use a minibatch optimizer",
+                "--sparsity l1/l0: --optimizer lbfgs's objective is evaluated on the device, which measures KL terms only (and l0 has no gradient of J); use a minibatch optimizer",
             ));
         }
         if let Sparsity::KlFreq { .. } = sparsity {

@@ -77,6 +77,7 @@ pub fn run(a: EncodeArgs) -> Result<()> {
         output_activation: a.output_activation,
         k: a.k,
         pre_bias: a.pre_bias,
+        jumprelu: (None, None),
     };
     let flag_spec = flags.spec()?;
     let (spec, params) = checkpoint::load_as(&a.model, flag_spec.as_ref())?;
