@@ -82,9 +82,14 @@ pub fn run(a: CheckArgs) -> Result<()> {
         let topk = dense.clone().with_code(sae_wgpu::model::CodeSelect::TopK { k: 3 }, true).expect("valid model");
         let adam = sae_wgpu::optim::Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
         let auxk = Some(sae_wgpu::model::AuxK { k: 6, coefficient: 0.5, dead_after: 30 });
+        let jump = dense
+            .clone()
+            .with_code(sae_wgpu::model::CodeSelect::JumpRelu { bandwidth: 0.3, threshold_init: 0.1 }, true)
+            .expect("valid model");
         let dictionary = [
             ("dictionary, topk + auxk, adam", &topk, Sparsity::None, auxk),
             ("dictionary, l1, adam", &dense, Sparsity::L1 { coefficient: 0.3 }, None),
+            ("dictionary, jumprelu + l0, adam", &jump, Sparsity::L0 { coefficient: 0.2 }, None),
         ];
         for (label, spec, sparsity, auxk) in dictionary {
             let setup = check::StepsSetup {
