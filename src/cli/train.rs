@@ -441,14 +441,14 @@ impl ModelFlags {
         let act = |flag: &str, v: &Option<String>| parse_activation(flag, v.as_deref().unwrap_or(f::ACTIVATION));
         let hidden = act("--hidden-activation", &self.hidden_activation)?;
         let kind = self.code_activation.as_deref();
-        let topk = matches!(kind, Some("topk" | "batch-topk" | "jumprelu"));
-        let code = if topk { Activation::Relu } else { act("--code-activation", &self.code_activation)? };
+        // The selections keep ReLU'd pre-activations: their code layer's activation is relu.
+        let selection = matches!(kind, Some("topk" | "batch-topk" | "jumprelu"));
+        let code = if selection { Activation::Relu } else { act("--code-activation", &self.code_activation)? };
         let output = act("--output-activation", &self.output_activation)?;
         let jump = kind == Some("jumprelu");
         if !jump && (self.jumprelu.0.is_some() || self.jumprelu.1.is_some()) {
             return Err(bad("--jumprelu-bandwidth/--jumprelu-threshold: settings of --code-activation jumprelu; drop them or add that"));
         }
-        let code = if jump { Activation::Relu } else { code };
         let select = match (kind, self.k) {
             (Some("jumprelu"), None) => CodeSelect::JumpRelu {
                 bandwidth: self.jumprelu.0.unwrap_or(defaults::JUMPRELU_BANDWIDTH),

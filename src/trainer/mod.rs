@@ -426,10 +426,16 @@ impl Trainer {
             let rows = crate::layout::auxk_row(self.batch_capacity) + self.batch_capacity;
             ActivationLayout::check_layers(&self.spec, rows, &self.gpu().limits)?;
         }
+        if auxk == self.auxk {
+            return Ok(());
+        }
         let gpu = self.kernels.gpu.clone();
         self.auxk = auxk;
-        self.path = StepPath::Layered;
-        self.buffers.acts = Activations::new(&gpu, &self.spec, self.activation_rows(), StepPath::Layered);
+        // AuxK runs on the layered path; turning it off keeps the path the trainer has.
+        if auxk.is_some() {
+            self.path = StepPath::Layered;
+        }
+        self.buffers.acts = Activations::new(&gpu, &self.spec, self.activation_rows(), self.path);
         self.schedules.clear();
         Ok(())
     }
