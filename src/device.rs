@@ -31,6 +31,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Seconds spent finding the adapter and opening the device (start-up's first part).
+    pub setup_seconds: f64,
     /// The first error the device reported outside an error scope (wgpu would panic on it
     /// by default): `wait` and `map_read` turn it into a runtime failure.
     uncaptured: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -144,11 +146,14 @@ impl Gpu {
     /// The best adapter matching `req`. No adapter is a runtime failure that says what to
     /// install.
     pub fn new(req: &AdapterRequest) -> Result<Gpu> {
+        let started = std::time::Instant::now();
         let found = adapters(req)?;
         let Some(adapter) = found.into_iter().next() else {
             return Err(none_found(req)?);
         };
-        Gpu::from_adapter(adapter)
+        let mut gpu = Gpu::from_adapter(adapter)?;
+        gpu.setup_seconds = started.elapsed().as_secs_f64();
+        Ok(gpu)
     }
 
     /// One device per adapter present (for tests that run every kernel on every adapter).
@@ -169,8 +174,9 @@ impl Gpu {
 
     /// A device with `limits` rather than the adapter's (tests: WebGPU's default limits).
     pub fn with_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Gpu> {
+        let started = std::time::Instant::now();
         let info = adapter.get_info();
-        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & optional;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("sae"),
@@ -188,7 +194,8 @@ impl Gpu {
                 s.get_or_insert_with(|| e.to_string().replace('\n', " "));
             }
         }));
-        Ok(Gpu { device, queue, info, limits, features, uncaptured })
+        let setup_seconds = started.elapsed().as_secs_f64();
+        Ok(Gpu { device, queue, info, limits, features, setup_seconds, uncaptured })
     }
 
     pub fn describe(&self) -> String {
@@ -213,6 +220,15 @@ impl Gpu {
                 "{} reported an error: {e}; if it ran out of memory, use a smaller --batch-size or model",
                 self.describe()
             ))),
+        }
+    }
+
+    /// Records `error` as if the device had reported it: the next [`Self::wait`] or
+    /// [`Self::check`] fails with it (a pipeline the adapter rejected, found when a launcher
+    /// first asked for it).
+    pub fn note_error(&self, error: String) {
+        if let Ok(mut s) = self.uncaptured.lock() {
+            s.get_or_insert(error.replace('\n', " "));
         }
     }
 

@@ -5,7 +5,8 @@
 //! * [`reference`]: the f64 CPU reference, one twin per kernel, and the whole step.
 //! * [`layout`]: every size and offset: parameters, activations, metrics, the step state.
 //! * [`device`]: headless adapter selection, buffers and read-backs.
-//! * [`kernels`]: the WGSL kernels (`shaders/`) and their launchers.
+//! * [`kernels`]: the WGSL kernels (`shaders/`) and their launchers, created on first use.
+//! * [`cache`]: the driver's pipeline cache on disk.
 //! * [`trainer`]: device-resident buffers, the schedule of a training step, metrics.
 //! * [`train`]: the training loop over epochs.
 //! * [`encoder`]: the forward pass alone, for inference.
@@ -16,6 +17,7 @@
 //! * [`error`]: the error type, with its kind (bad input or runtime failure).
 
 pub mod bench;
+pub mod cache;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;

@@ -11,7 +11,7 @@
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use sae_wgpu::kernels::{matmul, source, MatmulOp};
+use sae_wgpu::kernels::{matmul, source, MatmulOp, MatmulVariant};
 
 /// The override-constant values of each pipeline built from a module.
 type ConstantSets = Vec<Vec<(String, f64)>>;
@@ -29,6 +29,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
     vec![
         ("matmul (tiled16)", matmul::source::TILED, all_epilogues.clone(), false),
         ("matmul (blocked4x4)", matmul::source::BLOCKED, all_epilogues.clone(), false),
+        ("matmul (tiled64)", matmul::source::TILED64, all_epilogues.clone(), false),
         ("matmul (subgroup)", matmul::source::SUBGROUP, all_epilogues, true),
         ("sparsity", source::SPARSITY, none(), false),
         ("reduce", source::REDUCE, none(), false),
@@ -101,7 +102,7 @@ fn every_entry_point_translates_to_every_back_end() {
         }
     }
     println!("{translated} entry point / constant combinations translated");
-    // 3 matmul variants x 3 entry points x the 4 epilogues, and every other kernel once.
-    let expected = 3 * MatmulOp::ALL.len() * 4 + sae_wgpu::kernels::Kernel::ALL.len();
+    // Every matmul variant x 3 entry points x the 4 epilogues, and every other kernel once.
+    let expected = MatmulVariant::ALL.len() * MatmulOp::ALL.len() * 4 + sae_wgpu::kernels::Kernel::ALL.len();
     assert_eq!(translated, expected, "a module lost (or gained) entry points: keep this list in step with `Kernel`");
 }

@@ -254,6 +254,8 @@ pub(crate) struct VariantComparison {
     pub(crate) tiled: VariantRow,
     pub(crate) default: VariantRow,
     pub(crate) default_name: &'static str,
+    /// Every other variant the adapter runs (e.g. `tiled64`, the GPU default, on a CPU adapter).
+    pub(crate) others: Vec<VariantRow>,
     pub(crate) cpu: VariantRow,
 }
 
@@ -573,6 +575,7 @@ pub(crate) fn bench_variants(
     let (a_view, w_view, z_view) = (gpu.upload("a", &a), gpu.upload("w", &w), View::whole(&gpu.storage("z", m * n)));
     let flops = 2.0 * (m * k * n) as f64;
     let default = kernels.matmul_variant();
+    let available = kernels.matmul_variants();
     let mut time_variant = |variant: MatmulVariant, id: String| -> Result<VariantRow> {
         kernels.set_matmul_variant(variant)?;
         let launches = [kernels.matmul_forward(&a_view, &w_view, &z_view, m, k, n)];
@@ -581,6 +584,13 @@ pub(crate) fn bench_variants(
     };
     let tiled = time_variant(MatmulVariant::Tiled, format!("GPU {} (baseline)", MatmulVariant::Tiled.name()))?;
     let default_row = time_variant(default, format!("GPU {} (default for this adapter)", default.name()))?;
+    let mut others = Vec::new();
+    for variant in available {
+        if variant != MatmulVariant::Tiled && variant != default {
+            others.push(time_variant(variant, format!("GPU {}", variant.name()))?);
+        }
+    }
+    kernels.set_matmul_variant(default)?;
 
     // The CPU's own figure: the same product, Z = A W^T, with matrixmultiply on one thread.
     let mut z = vec![0.0f32; m * n];
@@ -614,7 +624,7 @@ pub(crate) fn bench_variants(
     };
     let cpu_time = measure(&mut sgemm, s, 20e-3, 1000);
     let cpu = VariantRow { id: "CPU matrixmultiply::sgemm, 1 thread".into(), time: cpu_time, flops };
-    Ok(VariantComparison { mkn: (m, k, n), tiled, default: default_row, default_name: default.name(), cpu })
+    Ok(VariantComparison { mkn: (m, k, n), tiled, default: default_row, default_name: default.name(), others, cpu })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,6 +734,15 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
 
+    // Before anything else compiles: the first case's time to its first step, as `sae train`
+    // reports it.
+    let startup = match cases.first() {
+        Some(case) => Some(bench_startup(&gpu, case)?),
+        None => None,
+    };
+    if let Some((name, first)) = &startup {
+        println!("{} ({name}, in this process)", crate::cli::train::startup_line(gpu.setup_seconds, *first));
+    }
     let mut kernels = Kernels::new(&gpu)?;
     let (validation_line, validation_json) = validate(&gpu, &mut kernels)?;
     println!("{validation_line}");
@@ -752,7 +771,14 @@ pub fn run(opts: &Options) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     println!("bench took {elapsed:.1} s");
 
-    let doc = to_json(&gpu, &timer, &s, validation_json, &results, elapsed);
+    let mut doc = to_json(&gpu, &timer, &s, validation_json, &results, elapsed);
+    if let Some((name, first)) = &startup {
+        doc["startup"] = serde_json::json!({
+            "case": name, "device_seconds": gpu.setup_seconds,
+            "pipelines_seconds": first.pipelines.seconds, "pipelines_created": first.pipelines.created,
+            "first_step_seconds": first.seconds,
+        });
+    }
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&doc).expect("serialises");
         std::fs::write(path, text + "\n").map_err(|e| Runtime(format!("--json {}: {e}", path.display())))?;
@@ -762,6 +788,15 @@ pub fn run(opts: &Options) -> Result<()> {
         print_comparison(old, &doc, path);
     }
     Ok(())
+}
+
+/// Time to the first completed step of `case` on a fresh trainer (its own kernels: every
+/// pipeline it needs is created here).
+fn bench_startup(gpu: &Gpu, case: &Case) -> Result<(String, crate::trainer::FirstStep)> {
+    let mut trainer = case_trainer(gpu, case, &mut Rng::new(42), None)?;
+    time_steps(&mut trainer, RESIDENT_BATCHES, 1)?;
+    let first = trainer.first_step().ok_or_else(|| Runtime("the first step was not timed".into()))?;
+    Ok((case.name(), first))
 }
 
 fn bench_case(gpu: &Gpu, kernels: &mut Kernels, timer: &Timer, case: Case, s: &Settings) -> Result<CaseResult> {

@@ -221,7 +221,7 @@ pub(crate) fn print_case(r: &CaseResult) {
             "max µs",
             "GFLOP/s"
         );
-        for row in [&v.tiled, &v.default, &v.cpu] {
+        for row in [&v.tiled, &v.default].into_iter().chain(&v.others).chain([&v.cpu]) {
             println!(
                 "{:<44} {:>11} {:>11} {:>11} {:>9}",
                 row.id,
@@ -351,6 +351,7 @@ pub(crate) fn to_json(
                 case["matmul_variants"] = json!({
                     "m": m, "k": k, "n": n, "default": v.default_name,
                     "tiled": row(&v.tiled), "default_variant": row(&v.default), "cpu_sgemm": row(&v.cpu),
+                    "other_variants": v.others.iter().map(row).collect::<Vec<_>>(),
                     "default_over_tiled": v.default.gflops() / v.tiled.gflops(),
                     "default_over_cpu_sgemm": v.default.gflops() / v.cpu.gflops(),
                 });

@@ -1625,6 +1625,9 @@ pub fn run(cli: TrainSettings) -> Result<()> {
     let evaluations = lbfgs_state.as_ref().map(|s| s.evaluations);
     let timing = (started.elapsed().as_secs_f64(), steps, evaluations);
     print_summary(&resolved, &last, last_val.as_ref(), last_since.as_deref(), timing);
+    if let Some(first) = trainer.first_step() {
+        println!("{}", startup_line(gpu.setup_seconds, first));
+    }
     if let Some(peak) = crate::stream::peak_rss() {
         println!("peak memory: {:.1} MiB resident", peak as f64 / (1u64 << 20) as f64);
     }
@@ -1657,6 +1660,20 @@ pub fn run(cli: TrainSettings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "start-up: device 0.045 s, pipelines 0.210 s (14 created), first step 0.150 s": time to the
+/// first completed step, split (docs/design.md, "Start-up"). The first step's figure is the rest
+/// of its time: building its launches and the driver's compilation at first dispatch.
+pub fn startup_line(device_seconds: f64, first: crate::trainer::FirstStep) -> String {
+    let p = first.pipelines;
+    format!(
+        "start-up: device {device_seconds:.3} s, pipelines {:.3} s ({} created), first step {:.3} s; to the first step {:.3} s",
+        p.seconds,
+        p.created,
+        (first.seconds - p.seconds).max(0.0),
+        device_seconds + first.seconds.max(p.seconds)
+    )
 }
 
 /// FVU is undefined for data without variance (constant features, a single sample): the

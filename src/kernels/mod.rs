@@ -365,13 +365,38 @@ struct Pipeline {
     bindings: &'static [(u32, Access)],
 }
 
-/// The compiled pipelines of every kernel, created once per device.
+/// Which pipeline: a kernel, or a matmul's variant, operation and epilogue (a
+/// pipeline-overridable constant, so each pipeline compiles only its own epilogue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PipelineKey {
+    Kernel(Kernel),
+    Matmul(MatmulVariant, MatmulOp, Epilogue),
+}
+
+/// What start-up cost: pipelines created so far and the host time spent creating them (a
+/// driver may compile further at the first dispatch; that time falls in the first step).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PipelineStats {
+    pub created: usize,
+    pub seconds: f64,
+}
+
+/// The pipelines made so far, with the shader modules they came from.
+#[derive(Default)]
+struct PipelineStore {
+    pipelines: HashMap<PipelineKey, Pipeline>,
+    /// Keyed by the source's address: one module per shader file.
+    modules: HashMap<usize, wgpu::ShaderModule>,
+    stats: PipelineStats,
+}
+
+/// The kernels of one device. A pipeline is created when a launcher first asks for it, so a
+/// run pays only for the kernels its path uses (see docs/design.md, "Start-up").
 pub struct Kernels {
     pub gpu: Gpu,
-    pipelines: HashMap<Kernel, Pipeline>,
-    /// Per variant, operation and epilogue (a pipeline-overridable constant, so each pipeline
-    /// compiles only its own epilogue). Variants the device cannot run are absent.
-    matmul_pipelines: HashMap<(MatmulVariant, MatmulOp, Epilogue), Pipeline>,
+    store: std::sync::Mutex<PipelineStore>,
+    /// The driver's pipeline cache, where the backend offers one (see [`crate::cache`]).
+    cache: Option<wgpu::PipelineCache>,
     /// Which matmul implementation the launchers use (one this device runs).
     matmul_variant: MatmulVariant,
     /// One-element buffers bound where an entry point's binding is unused (a read-only and a
@@ -384,63 +409,100 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles every pipeline. A shader or layout the adapter rejects is a runtime failure
-    /// naming the adapter.
+    /// The kernels of `gpu`, no pipeline created yet. An adapter whose limits are too small is
+    /// a runtime failure naming the limit.
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
         check_limits(gpu)?;
-        let device = &gpu.device;
-        // Capture validation errors (a shader an adapter rejects) instead of panicking.
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut modules: HashMap<*const u8, wgpu::ShaderModule> = HashMap::new();
-        let mut build =
-            |entry: &'static str, src: &'static str, bindings: &'static [(u32, Access)], constants: &[(&str, f64)]| {
-                let module = modules.entry(src.as_ptr()).or_insert_with(|| {
-                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(entry),
-                        source: wgpu::ShaderSource::Wgsl(src.into()),
-                    })
-                });
-                let layout = bind_group_layout(device, entry, bindings);
-                let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some(entry),
-                    bind_group_layouts: &[Some(&layout)],
-                    immediate_size: 0,
-                });
-                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: Some(&pipeline_layout),
-                    module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
-                    cache: None,
-                });
-                Pipeline { pipeline, layout, bindings }
-            };
-        let pipelines: HashMap<_, _> =
-            Kernel::ALL.iter().map(|&k| (k, build(k.name(), k.source(), k.bindings(), &[]))).collect();
-        let mut matmul_pipelines = HashMap::new();
-        // Variants the device cannot run (no SUBGROUP, e.g. the GL backend) are left out.
-        for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu.features)) {
-            for op in MatmulOp::ALL {
-                for &epilogue in op.epilogues() {
-                    let constants = [("EPILOGUE", epilogue.code() as f64)];
-                    let p = build(op.name(), variant.source(), &matmul::BINDINGS, &constants);
-                    matmul_pipelines.insert((variant, op, epilogue), p);
-                }
-            }
-        }
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::runtime(format!("shader compilation failed on {}: {err}", gpu.describe())));
-        }
         Ok(Kernels {
             placeholder_ro: View::whole(&gpu.storage("placeholder (read)", 1)),
             placeholder_rw: View::whole(&gpu.storage("placeholder (read-write)", 1)),
             gpu: gpu.clone(),
-            pipelines,
-            matmul_pipelines,
+            store: Default::default(),
+            cache: crate::cache::open(gpu),
             matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
+    }
+
+    /// Creates every pipeline this device runs now (`sae check` and the tests: a shader an
+    /// adapter rejects is then a runtime failure naming the adapter).
+    pub fn create_all(&self) -> Result<()> {
+        for k in Kernel::ALL {
+            self.pipeline(PipelineKey::Kernel(k));
+        }
+        for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(self.gpu.features)) {
+            for op in MatmulOp::ALL {
+                for &epilogue in op.epilogues() {
+                    self.pipeline(PipelineKey::Matmul(variant, op, epilogue));
+                }
+            }
+        }
+        self.gpu.check()
+    }
+
+    /// Pipelines created so far and the time spent creating them.
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        self.store.lock().map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// Writes the driver's pipeline cache back (temporary name, then rename); nothing where the
+    /// backend has none. A failure to write is not an error: the next run compiles again.
+    pub fn save_cache(&self) {
+        if let Some(cache) = &self.cache {
+            crate::cache::save(&self.gpu, cache);
+        }
+    }
+
+    /// The pipeline for `key`, created on first use. A shader or layout the adapter rejects
+    /// is recorded on the device and reported as a runtime failure naming the adapter at the
+    /// next wait ([`Gpu::check`]); launchers stay infallible.
+    fn pipeline(&self, key: PipelineKey) -> Pipeline {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = store.pipelines.get(&key) {
+            return p.clone();
+        }
+        let start = std::time::Instant::now();
+        let (entry, src, bindings, epilogue) = match key {
+            PipelineKey::Kernel(k) => (k.name(), k.source(), k.bindings(), None),
+            PipelineKey::Matmul(variant, op, epilogue) => {
+                (op.name(), variant.source(), &matmul::BINDINGS[..], Some(epilogue.code() as f64))
+            }
+        };
+        let device = &self.gpu.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = store
+            .modules
+            .entry(src.as_ptr() as usize)
+            .or_insert_with(|| {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(entry),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                })
+            })
+            .clone();
+        let layout = bind_group_layout(device, entry, bindings);
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants: Vec<(&str, f64)> = epilogue.map(|e| ("EPILOGUE", e)).into_iter().collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+            cache: self.cache.as_ref(),
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            self.gpu.note_error(format!("shader compilation of {entry} failed: {err}"));
+        }
+        let p = Pipeline { pipeline, layout, bindings };
+        store.pipelines.insert(key, p.clone());
+        store.stats.created += 1;
+        store.stats.seconds += start.elapsed().as_secs_f64();
+        p
     }
 
     /// The matmul variant the launchers use.
@@ -464,17 +526,14 @@ impl Kernels {
 
     /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.
     pub fn matmul_variants(&self) -> Vec<MatmulVariant> {
-        MatmulVariant::ALL
-            .into_iter()
-            .filter(|v| self.matmul_pipelines.contains_key(&(*v, MatmulOp::Forward, Epilogue::Plain)))
-            .collect()
+        MatmulVariant::ALL.into_iter().filter(|v| v.available(self.gpu.features)).collect()
     }
 
     /// Builds a launch of `kernel` over a `groups` grid of workgroups; `tensors` are its
     /// storage bindings in the order of [`Kernel::bindings`].
     fn launch<P: Pod>(&self, kernel: Kernel, params: P, tensors: &[&View], groups: [usize; 2], cost: Cost) -> Launch {
-        let pipeline = &self.pipelines[&kernel];
-        self.launch_with(kernel.name(), pipeline, params, tensors, groups, cost)
+        let pipeline = self.pipeline(PipelineKey::Kernel(kernel));
+        self.launch_with(kernel.name(), &pipeline, params, tensors, groups, cost)
     }
 
     /// A launch of `pipeline`, its grid split into dispatches of at most `max_groups` per
@@ -529,6 +588,15 @@ impl Kernels {
 
     fn elementwise_groups(len: usize) -> [usize; 2] {
         [len.div_ceil(256), 1]
+    }
+}
+
+impl Drop for Kernels {
+    /// Keeps what the driver compiled for the next run ([`crate::cache`]).
+    fn drop(&mut self) {
+        if self.pipeline_stats().created > 0 {
+            self.save_cache();
+        }
     }
 }
 

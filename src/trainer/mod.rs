@@ -45,6 +45,17 @@ pub struct Stats {
     pub readbacks: u64,
 }
 
+/// Time to the first completed step (docs/design.md, "Start-up"): the trainer submits its first
+/// step alone and waits for it, once.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FirstStep {
+    /// From recording the first step to the device finishing it: building its launches, the
+    /// pipelines created for them, and the driver's compilation at first dispatch.
+    pub seconds: f64,
+    /// The pipelines created by then (the trainer's own and those of the first step).
+    pub pipelines: crate::kernels::PipelineStats,
+}
+
 /// Options of `Trainer::train_epoch`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EpochOptions {
@@ -127,6 +138,7 @@ pub struct Trainer {
     schedules: HashMap<(usize, Rows), Schedule>,
     steps_done: u64,
     stats: Stats,
+    first_step: Option<FirstStep>,
     /// Largest training set `fit` keeps on the device: the adapter's largest storage binding
     /// (tests lower it to exercise streaming).
     max_resident_bytes: usize,
@@ -237,12 +249,26 @@ impl Trainer {
             schedules: HashMap::new(),
             steps_done: 0,
             stats: Stats::default(),
+            first_step: None,
             max_resident_bytes: gpu.limits.max_storage_buffer_binding_size as usize,
         })
     }
 
     pub fn gpu(&self) -> &Gpu {
         &self.kernels.gpu
+    }
+    /// Time to the first completed step, once one has run.
+    pub fn first_step(&self) -> Option<FirstStep> {
+        self.first_step
+    }
+    /// After the first step's submit: waits for it and notes the time since `started`.
+    fn note_first_step(&mut self, started: std::time::Instant) -> Result<()> {
+        if self.first_step.is_none() {
+            self.wait_idle()?;
+            self.first_step =
+                Some(FirstStep { seconds: started.elapsed().as_secs_f64(), pipelines: self.kernels.pipeline_stats() });
+        }
+        Ok(())
     }
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
@@ -549,17 +575,19 @@ impl Trainer {
     /// One SGD step on a host minibatch `x` (row-major, `m x n_0`): one upload, one submit, no
     /// wait. `train_epoch` is the fast way to train on a whole dataset.
     pub fn step(&mut self, x: &[f32]) -> Result<()> {
+        let started = std::time::Instant::now();
         self.host_params = None;
         let m = self.stage(x)?;
         let mut encoder = self.encoder();
         self.record(&mut encoder, m, Rows::Host, |s| &s.step);
         self.submit(encoder);
         self.steps_done += 1;
-        Ok(())
+        self.note_first_step(started)
     }
 
     /// One SGD step on a host minibatch that also returns its metrics, measured before the update.
     pub fn step_with_metrics(&mut self, x: &[f32]) -> Result<StepMetrics> {
+        let started = std::time::Instant::now();
         self.host_params = None;
         let m = self.stage(x)?;
         let mut encoder = self.encoder();
@@ -567,6 +595,7 @@ impl Trainer {
         self.copy_metrics(&mut encoder, &self.metrics_staging, 0);
         self.submit(encoder);
         self.steps_done += 1;
+        self.note_first_step(started)?;
         let raw = self.read_metrics()?;
         Ok(self.step_metrics(&raw, m, self.steps_done))
     }
@@ -619,6 +648,9 @@ impl Trainer {
         if order.is_empty() || order.len() > n || order.iter().any(|&i| i as usize >= n) {
             return Err(Error::input(format!("an epoch order must hold row indices below {n} (set_data first)")));
         }
+        let started = std::time::Instant::now();
+        // The first step of the trainer's life goes alone, to time it (`first_step`).
+        let mut first = self.first_step.is_none();
         let order_view = self.buffers.order.clone();
         self.upload(&order_view, bytemuck::cast_slice(order));
         self.set_cursor(0);
@@ -644,12 +676,15 @@ impl Trainer {
             self.steps_done += 1;
             taken += 1;
             in_encoder += 1;
-            if log || in_encoder == per_submit {
+            if log || in_encoder == per_submit || first {
                 let full = std::mem::replace(&mut encoder, self.encoder());
                 self.submit(full);
                 in_encoder = 0;
                 if log {
                     pending.back().expect("just queued").map();
+                }
+                if std::mem::take(&mut first) {
+                    self.note_first_step(started)?;
                 }
                 // Collect finished read-backs without waiting for the rest of the queue.
                 let _ = self.kernels.gpu.device.poll(wgpu::PollType::Poll);

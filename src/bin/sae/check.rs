@@ -28,6 +28,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
     for gpu in &gpus {
         println!("adapter: {}", gpu.describe());
         let mut kernels = Kernels::new(gpu)?;
+        kernels.create_all()?;
         println!(
             "{:<34} {:<11} {:>5} {:>4} {:>4} {:>11} {:>13} {:>9}  result",
             "kernel", "variant", "m", "k", "n", "max groups", "max rel err", "tolerance"
