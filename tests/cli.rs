@@ -1982,3 +1982,49 @@ fn jumprelu_checkpoint_and_saelens() {
         &["--jumprelu-bandwidth 0"],
     );
 }
+
+/// Start-up (docs/design.md section 13): `sae train` reports its time to the first step, split,
+/// having created only the pipelines its path uses; the driver's pipeline cache file is written
+/// whole, and a damaged one (flipped bytes, truncated, garbage) is ignored: the run succeeds and
+/// gives the same model byte for byte, then leaves a whole file again.
+#[test]
+fn start_up_is_reported_and_a_damaged_pipeline_cache_is_ignored() {
+    let t = Tmp::new("pipeline_cache");
+    let cache = t.path("cache");
+    let run = |name: &str| {
+        let dir = t.path(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(["train", "--samples", "128", "--epochs", "1", "--batch-size", "64", "--seed", "3", "--out", s(&dir)])
+            .env("XDG_RUNTIME_DIR", t.path("xdg"))
+            .env("SAE_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        (out, fs::read(dir.join("model.safetensors")).unwrap())
+    };
+    let (out, first) = run("a");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().find(|l| l.starts_with("start-up: device ")).unwrap_or_else(|| panic!("{text}"));
+    // "start-up: device 0.045 s, pipelines 0.050 s (12 created), first step ..."
+    let created: usize = line.split(" created)").next().and_then(|h| h.rsplit('(').next()).unwrap().parse().unwrap();
+    let every = sae_wgpu::kernels::Kernel::ALL.len() + 6;
+    assert!(created > 0 && created < every, "{line}: a seed run needs fewer pipelines than one variant's {every}");
+    assert!(line.contains(", first step ") && line.contains("to the first step"), "{line}");
+    let files: Vec<PathBuf> = fs::read_dir(&cache).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    if stderr(&out).contains("(Vulkan,") {
+        assert_eq!(files.len(), 1, "one cache file for the adapter: {files:?}");
+        let bytes = fs::read(&files[0]).unwrap();
+        assert!(sae_wgpu::cache::unwrap(&bytes).is_some(), "the cache file is whole");
+        let mut flipped = bytes.clone();
+        let at = flipped.len() - 1;
+        flipped[at] ^= 0xff;
+        for (i, damaged) in
+            [flipped, bytes[..bytes.len() / 2].to_vec(), b"not a pipeline cache".to_vec()].into_iter().enumerate()
+        {
+            fs::write(&files[0], damaged).unwrap();
+            let (_, again) = run(&format!("b{i}"));
+            assert!(again == first, "a damaged cache changed the model");
+            assert!(sae_wgpu::cache::unwrap(&fs::read(&files[0]).unwrap()).is_some(), "rewritten whole");
+        }
+    }
+}

@@ -202,3 +202,32 @@ fn every_kernel_is_checked() {
         assert!(checked.contains(&entry), "no check for {entry}");
     }
 }
+
+/// Pipelines are created when a launcher first asks for them (docs/design.md section 13): none
+/// at `Kernels::new`, a step's worth at the first step, none more at the next, and every one
+/// the device runs with `create_all` (what `sae check` does).
+#[test]
+fn pipelines_are_created_on_first_use() {
+    use sae_wgpu::model::{LossConfig, ModelSpec, Params};
+    for gpu in gpus() {
+        let kernels = Kernels::new(&gpu).expect("kernels");
+        assert_eq!(kernels.pipeline_stats().created, 0, "{}", gpu.describe());
+        let variants = kernels.matmul_variants().len();
+        let spec = ModelSpec::seed();
+        let mut trainer = sae_wgpu::Trainer::new(kernels, &spec, LossConfig::default(), 0.1, 5, &Params::init(&spec, 1))
+            .expect("trainer");
+        let x: Vec<f32> = (0..5 * spec.input_width()).map(|i| (i % 7) as f32 / 7.0).collect();
+        trainer.step(&x).unwrap();
+        let after_one = trainer.kernels().pipeline_stats().created;
+        trainer.step(&x).unwrap();
+        trainer.wait_idle().unwrap();
+        assert_eq!(trainer.kernels().pipeline_stats().created, after_one, "a second step creates none");
+        let first = trainer.first_step().expect("the first step is timed");
+        assert_eq!(first.pipelines.created, after_one);
+        let every = sae_wgpu::kernels::Kernel::ALL.len() + variants * 6;
+        assert!(after_one > 0 && after_one < every / 2, "{after_one} of {every} pipelines for a step");
+        let all = Kernels::new(&gpu).unwrap();
+        all.create_all().expect("every pipeline compiles");
+        assert_eq!(all.pipeline_stats().created, every, "{}", gpu.describe());
+    }
+}
