@@ -1,6 +1,6 @@
 //! The driver's pipeline cache on disk, one file per adapter and driver, so that a second run
 //! skips the driver's shader compilation where the backend offers a cache (Vulkan: wgpu's
-//! `PIPELINE_CACHE` feature). See docs/design.md, "Start-up".
+//! `PIPELINE_CACHE` feature). See docs/design.md section 13.
 //!
 //! Where: `$SAE_CACHE_DIR` if set (empty turns the cache off), else `$XDG_CACHE_HOME/sae-wgpu`,
 //! else `~/.cache/sae-wgpu` (`%LOCALAPPDATA%\sae-wgpu` on Windows, `~/Library/Caches/sae-wgpu`

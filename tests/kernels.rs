@@ -214,8 +214,9 @@ fn pipelines_are_created_on_first_use() {
         assert_eq!(kernels.pipeline_stats().created, 0, "{}", gpu.describe());
         let variants = kernels.matmul_variants().len();
         let spec = ModelSpec::seed();
-        let mut trainer = sae_wgpu::Trainer::new(kernels, &spec, LossConfig::default(), 0.1, 5, &Params::init(&spec, 1))
-            .expect("trainer");
+        let mut trainer =
+            sae_wgpu::Trainer::new(kernels, &spec, LossConfig::default(), 0.1, 5, &Params::init(&spec, 1))
+                .expect("trainer");
         let x: Vec<f32> = (0..5 * spec.input_width()).map(|i| (i % 7) as f32 / 7.0).collect();
         trainer.step(&x).unwrap();
         let after_one = trainer.kernels().pipeline_stats().created;

@@ -1663,7 +1663,7 @@ pub fn run(cli: TrainSettings) -> Result<()> {
 }
 
 /// "start-up: device 0.045 s, pipelines 0.210 s (14 created), first step 0.150 s": time to the
-/// first completed step, split (docs/design.md, "Start-up"). The first step's figure is the rest
+/// first completed step, split (docs/design.md section 13). The first step's figure is the rest
 /// of its time: building its launches and the driver's compilation at first dispatch.
 pub fn startup_line(device_seconds: f64, first: crate::trainer::FirstStep) -> String {
     let p = first.pipelines;

@@ -1,5 +1,5 @@
 //! The matmul family (`shaders/matmul*.wgsl`): the three layouts a step needs, so nothing is
-//! ever transposed, each in three interchangeable variants, each with an epilogue chosen by the
+//! ever transposed, each in four interchangeable variants, each with an epilogue chosen by the
 //! pipeline-overridable constant `EPILOGUE` (`shaders/matmul_epilogue.wgsl`).
 
 use super::{Access, Cost, Kernels, Launch, View};
@@ -384,7 +384,7 @@ mod chooser_tests {
                     let want = match (kind, subgroups) {
                         (wgpu::DeviceType::Cpu, true) => MatmulVariant::Subgroup,
                         (wgpu::DeviceType::Cpu, false) => MatmulVariant::Blocked,
-                        _ => MatmulVariant::Tiled,
+                        _ => MatmulVariant::Tiled64,
                     };
                     assert_eq!(v, want, "{kind:?}, subgroups {subgroups}, {min}-{max} lanes");
                     assert!(!v.why(&info, features).is_empty());

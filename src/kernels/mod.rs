@@ -391,7 +391,7 @@ struct PipelineStore {
 }
 
 /// The kernels of one device. A pipeline is created when a launcher first asks for it, so a
-/// run pays only for the kernels its path uses (see docs/design.md, "Start-up").
+/// run pays only for the kernels its path uses (see docs/design.md section 13).
 pub struct Kernels {
     pub gpu: Gpu,
     store: std::sync::Mutex<PipelineStore>,

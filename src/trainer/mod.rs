@@ -45,7 +45,7 @@ pub struct Stats {
     pub readbacks: u64,
 }
 
-/// Time to the first completed step (docs/design.md, "Start-up"): the trainer submits its first
+/// Time to the first completed step (docs/design.md section 13): the trainer submits its first
 /// step alone and waits for it, once.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FirstStep {
