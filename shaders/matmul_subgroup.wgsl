@@ -23,58 +23,6 @@
 @group(0) @binding(2) var<storage, read> lhs: array<f32>;
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;
 
-// 8 invocations per workgroup; each covers all 32 rows of the tile and 4 of its 32 columns.
-const LANES: u32 = 8u;
-const ROWS: u32 = 32u;
-const COLS: u32 = 4u;
-
-// Each invocation's 32 accumulators on their way out (its own slot: no barrier needed).
-var<workgroup> staged: array<array<vec4<f32>, 32>, 8>;
-
-// One step of the sum for the 32 rows of an invocation: row 4t+i += bt[i] * rv, 4 columns.
-// Every index is a constant (here and below), so the accumulators stay in registers: with a
-// loop index into `acc` (a store loop over i, say) llvmpipe keeps the array in memory and the
-// kernel measured 8x slower.
-fn fma_rows(
-    acc: ptr<function, array<vec4<f32>, 32>>,
-    b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>,
-    b4: vec4<f32>, b5: vec4<f32>, b6: vec4<f32>, b7: vec4<f32>,
-    rv: vec4<f32>,
-) {
-    (*acc)[0] = fma(vec4<f32>(b0.x), rv, (*acc)[0]);
-    (*acc)[1] = fma(vec4<f32>(b0.y), rv, (*acc)[1]);
-    (*acc)[2] = fma(vec4<f32>(b0.z), rv, (*acc)[2]);
-    (*acc)[3] = fma(vec4<f32>(b0.w), rv, (*acc)[3]);
-    (*acc)[4] = fma(vec4<f32>(b1.x), rv, (*acc)[4]);
-    (*acc)[5] = fma(vec4<f32>(b1.y), rv, (*acc)[5]);
-    (*acc)[6] = fma(vec4<f32>(b1.z), rv, (*acc)[6]);
-    (*acc)[7] = fma(vec4<f32>(b1.w), rv, (*acc)[7]);
-    (*acc)[8] = fma(vec4<f32>(b2.x), rv, (*acc)[8]);
-    (*acc)[9] = fma(vec4<f32>(b2.y), rv, (*acc)[9]);
-    (*acc)[10] = fma(vec4<f32>(b2.z), rv, (*acc)[10]);
-    (*acc)[11] = fma(vec4<f32>(b2.w), rv, (*acc)[11]);
-    (*acc)[12] = fma(vec4<f32>(b3.x), rv, (*acc)[12]);
-    (*acc)[13] = fma(vec4<f32>(b3.y), rv, (*acc)[13]);
-    (*acc)[14] = fma(vec4<f32>(b3.z), rv, (*acc)[14]);
-    (*acc)[15] = fma(vec4<f32>(b3.w), rv, (*acc)[15]);
-    (*acc)[16] = fma(vec4<f32>(b4.x), rv, (*acc)[16]);
-    (*acc)[17] = fma(vec4<f32>(b4.y), rv, (*acc)[17]);
-    (*acc)[18] = fma(vec4<f32>(b4.z), rv, (*acc)[18]);
-    (*acc)[19] = fma(vec4<f32>(b4.w), rv, (*acc)[19]);
-    (*acc)[20] = fma(vec4<f32>(b5.x), rv, (*acc)[20]);
-    (*acc)[21] = fma(vec4<f32>(b5.y), rv, (*acc)[21]);
-    (*acc)[22] = fma(vec4<f32>(b5.z), rv, (*acc)[22]);
-    (*acc)[23] = fma(vec4<f32>(b5.w), rv, (*acc)[23]);
-    (*acc)[24] = fma(vec4<f32>(b6.x), rv, (*acc)[24]);
-    (*acc)[25] = fma(vec4<f32>(b6.y), rv, (*acc)[25]);
-    (*acc)[26] = fma(vec4<f32>(b6.z), rv, (*acc)[26]);
-    (*acc)[27] = fma(vec4<f32>(b6.w), rv, (*acc)[27]);
-    (*acc)[28] = fma(vec4<f32>(b7.x), rv, (*acc)[28]);
-    (*acc)[29] = fma(vec4<f32>(b7.y), rv, (*acc)[29]);
-    (*acc)[30] = fma(vec4<f32>(b7.z), rv, (*acc)[30]);
-    (*acc)[31] = fma(vec4<f32>(b7.w), rv, (*acc)[31]);
-}
-
 // The 4 rows of L that lane `s` loads at step p: L(row0 + 4s + i, p), rows clamped.
 fn lhs4(row0: u32, s: u32, lp: u32, l_r: u32) -> vec4<f32> {
     let last = mm.rows - 1u;
@@ -107,12 +55,7 @@ fn store4(r: u32, c0: u32, v: vec4<f32>) {
 
 // L(r,p) = lhs[r * l_r + p * l_p], R(p,c) = rhs[p * r_p + c * r_c]
 fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u32) {
-    // One subgroup of exactly 8 active lanes with ids below 8 is the whole workgroup, ids 0..7.
-    // The same answer for every invocation of the workgroup (uniform), so all of them take the
-    // same branch below and all reach the broadcasts.
-    let members = subgroupAdd(1u);
-    let ids_below = subgroupAll(sgid < LANES);
-    let whole = (members == LANES) & ids_below & (sg_size >= LANES);
+    let whole = whole_subgroup(sgid, sg_size);
     let s = select(lid, sgid, whole);
     let row0 = (wid.y + grid.offset.y) * ROWS;
     let c0 = ((wid.x + grid.offset.x) * LANES + s) * COLS;
@@ -124,18 +67,7 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
             let rp = p * r_p;
             let rv = ones_column(vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]), c0);
             let own = lhs4(row0, s, p * l_p, l_r);
-            fma_rows(
-                &acc,
-                subgroupBroadcast(own, 0u),
-                subgroupBroadcast(own, 1u),
-                subgroupBroadcast(own, 2u),
-                subgroupBroadcast(own, 3u),
-                subgroupBroadcast(own, 4u),
-                subgroupBroadcast(own, 5u),
-                subgroupBroadcast(own, 6u),
-                subgroupBroadcast(own, 7u),
-                rv,
-            );
+            fma_shared_rows(&acc, own, rv);
         }
     } else {
         // Another subgroup layout: every invocation loads the 32 rows itself (same sums).
@@ -157,41 +89,7 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
             );
         }
     }
-    // The accumulators leave registers through workgroup memory, written with constant indices
-    // (see fma_rows); the stores then loop, so the epilogue is compiled once, not 128 times:
-    // the pipeline compiles several times faster on llvmpipe, at the same speed.
-    staged[s][0] = acc[0];
-    staged[s][1] = acc[1];
-    staged[s][2] = acc[2];
-    staged[s][3] = acc[3];
-    staged[s][4] = acc[4];
-    staged[s][5] = acc[5];
-    staged[s][6] = acc[6];
-    staged[s][7] = acc[7];
-    staged[s][8] = acc[8];
-    staged[s][9] = acc[9];
-    staged[s][10] = acc[10];
-    staged[s][11] = acc[11];
-    staged[s][12] = acc[12];
-    staged[s][13] = acc[13];
-    staged[s][14] = acc[14];
-    staged[s][15] = acc[15];
-    staged[s][16] = acc[16];
-    staged[s][17] = acc[17];
-    staged[s][18] = acc[18];
-    staged[s][19] = acc[19];
-    staged[s][20] = acc[20];
-    staged[s][21] = acc[21];
-    staged[s][22] = acc[22];
-    staged[s][23] = acc[23];
-    staged[s][24] = acc[24];
-    staged[s][25] = acc[25];
-    staged[s][26] = acc[26];
-    staged[s][27] = acc[27];
-    staged[s][28] = acc[28];
-    staged[s][29] = acc[29];
-    staged[s][30] = acc[30];
-    staged[s][31] = acc[31];
+    stage(&acc, s);
     for (var i = 0u; i < ROWS; i++) {
         store4(row0 + i, c0, staged[s][i]);
     }

@@ -23,9 +23,16 @@ pub const TOL: f64 = 1e-5;
 
 /// (m, k, n, max workgroups per dispatch): odd sizes (not multiples of the tile, 64 or 256),
 /// a batch of one, and limits of 3 and 2 workgroups per dispatch dimension that force
-/// splitting; the last case spans several 64x64 tiles (`tiled64`) in both directions.
-pub const CASES: [(usize, usize, usize, u32); 5] =
-    [(37, 53, 29, u32::MAX), (1, 53, 29, u32::MAX), (1, 7, 3, u32::MAX), (100, 53, 61, 3), (130, 67, 71, 2)];
+/// splitting; the fifth case spans several 64x64 tiles (`tiled64`) in both directions, and the
+/// last has k and n multiples of 4, so the subgroup matmul's vec4 kernel runs there.
+pub const CASES: [(usize, usize, usize, u32); 6] = [
+    (37, 53, 29, u32::MAX),
+    (1, 53, 29, u32::MAX),
+    (1, 7, 3, u32::MAX),
+    (100, 53, 61, 3),
+    (130, 67, 71, 2),
+    (131, 68, 44, 2),
+];
 
 /// A kernel check: kernels (with their variant and dispatch limit set), rng, m, k, n.
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;

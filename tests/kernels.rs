@@ -225,10 +225,51 @@ fn pipelines_are_created_on_first_use() {
         assert_eq!(trainer.kernels().pipeline_stats().created, after_one, "a second step creates none");
         let first = trainer.first_step().expect("the first step is timed");
         assert_eq!(first.pipelines.created, after_one);
-        let every = sae_wgpu::kernels::Kernel::ALL.len() + variants * 6;
+        // Every variant's 6 operation/epilogue pairs, and the subgroup one's vec4 weight
+        // gradient's 2.
+        let vec4 = usize::from(gpu.features.contains(wgpu::Features::SUBGROUP));
+        let every = sae_wgpu::kernels::Kernel::ALL.len() + variants * 6 + vec4 * 2;
         assert!(after_one > 0 && after_one < every / 2, "{after_one} of {every} pipelines for a step");
         let all = Kernels::new(&gpu).unwrap();
         all.create_all().expect("every pipeline compiles");
         assert_eq!(all.pipeline_stats().created, every, "{}", gpu.describe());
+    }
+}
+
+/// The subgroup weight gradient's vec4 kernel (taken where the widths are multiples of 4) gives
+/// the f32 kernel's results bit for bit: the same sums in the same order. Odd batch sizes, a
+/// batch of one, outputs wider than a tile and grids split over dispatches; on an adapter
+/// without subgroups the launcher never takes it.
+#[test]
+fn vec4_weight_gradient_matches_the_f32_kernel_bit_for_bit() {
+    for gpu in gpus() {
+        let mut kernels = Kernels::new(&gpu).expect("kernels");
+        let subgroups = kernels.matmul_variants().contains(&MatmulVariant::Subgroup);
+        if subgroups {
+            kernels.set_matmul_variant(MatmulVariant::Subgroup).unwrap();
+        }
+        for (case, &(m, n, k, max_groups)) in
+            [(1, 4, 4, u32::MAX), (37, 44, 68, u32::MAX), (257, 80, 20, 2), (130, 8, 132, 1)].iter().enumerate()
+        {
+            kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);
+            let mut rng = Rng::new(77 + case as u64);
+            let delta = check::random(&mut rng, m * n, -1.0, 1.0);
+            let a = check::random(&mut rng, m * k, -1.0, 1.0);
+            let (delta, a) = (gpu.upload("delta", &delta), gpu.upload("a", &a));
+            let run = |kernels: &mut Kernels, vec4: bool| {
+                kernels.set_matmul_vec4(vec4);
+                let dw = gpu.upload("dw", &vec![f32::NAN; n * k]);
+                let db = gpu.upload("db", &vec![f32::NAN; n]);
+                let launch = kernels.matmul_backward_weight_bias(&delta, &a, &dw, &db, m, n, k);
+                assert_eq!(launch.cost.label.ends_with(" vec4"), vec4 && subgroups, "{}", launch.cost.label);
+                gpu.run(&[launch]);
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+                (bits(gpu.download(&dw).unwrap()), bits(gpu.download(&db).unwrap()))
+            };
+            let (f32_dw, f32_db) = run(&mut kernels, false);
+            let (v_dw, v_db) = run(&mut kernels, true);
+            assert!(f32_dw.iter().chain(&f32_db).all(|&b| !f32::from_bits(b).is_nan()), "every output written");
+            assert!(f32_dw == v_dw && f32_db == v_db, "m={m} n={n} k={k} on {}: vec4 differs", gpu.describe());
+        }
     }
 }

@@ -30,7 +30,8 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("matmul (tiled16)", matmul::source::TILED, all_epilogues.clone(), false),
         ("matmul (blocked4x4)", matmul::source::BLOCKED, all_epilogues.clone(), false),
         ("matmul (tiled64)", matmul::source::TILED64, all_epilogues.clone(), false),
-        ("matmul (subgroup)", matmul::source::SUBGROUP, all_epilogues, true),
+        ("matmul (subgroup)", matmul::source::SUBGROUP, all_epilogues.clone(), true),
+        ("matmul (subgroup vec4)", matmul::source::SUBGROUP_VEC4, all_epilogues, true),
         ("sparsity", source::SPARSITY, none(), false),
         ("reduce", source::REDUCE, none(), false),
         ("fires", source::FIRES, none(), false),
@@ -102,7 +103,10 @@ fn every_entry_point_translates_to_every_back_end() {
         }
     }
     println!("{translated} entry point / constant combinations translated");
-    // Every matmul variant x 3 entry points x the 4 epilogues, and every other kernel once.
-    let expected = MatmulVariant::ALL.len() * MatmulOp::ALL.len() * 4 + sae_wgpu::kernels::Kernel::ALL.len();
+    // Every matmul variant x 3 entry points x the 4 epilogues, the vec4 weight gradient x 4,
+    // and every other kernel once.
+    let expected = MatmulVariant::ALL.len() * MatmulOp::ALL.len() * 4
+        + MatmulVariant::SubgroupVec4.ops().len() * 4
+        + sae_wgpu::kernels::Kernel::ALL.len();
     assert_eq!(translated, expected, "a module lost (or gained) entry points: keep this list in step with `Kernel`");
 }

@@ -8,10 +8,13 @@ use bytemuck::{Pod, Zeroable};
 
 /// Shader sources, one per variant.
 pub mod source {
-    pub const TILED: &str = shader!("matmul_epilogue.wgsl", "matmul.wgsl");
-    pub const BLOCKED: &str = shader!("matmul_epilogue.wgsl", "matmul_blocked.wgsl");
-    pub const SUBGROUP: &str = shader!("matmul_epilogue.wgsl", "matmul_subgroup.wgsl");
-    pub const TILED64: &str = shader!("matmul_epilogue.wgsl", "matmul_tiled64.wgsl");
+    pub const TILED: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul.wgsl");
+    pub const BLOCKED: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_blocked.wgsl");
+    pub const SUBGROUP: &str =
+        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_rows.wgsl", "matmul_subgroup.wgsl");
+    pub const SUBGROUP_VEC4: &str =
+        shader!("matmul_params.wgsl", "matmul_epilogue_vec4.wgsl", "matmul_rows.wgsl", "matmul_subgroup_vec4.wgsl");
+    pub const TILED64: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_tiled64.wgsl");
 }
 
 /// The storage bindings of every matmul entry point: lhs, rhs, out, then the epilogue's bias,
@@ -106,6 +109,20 @@ pub enum MatmulVariant {
     /// and vec4 reads of the staged tiles (`shaders/matmul_tiled64.wgsl`): the GPU-grade kernel,
     /// the default on adapters that are not CPUs.
     Tiled64,
+    /// `Subgroup`'s weight gradient with vec4 loads and stores
+    /// (`shaders/matmul_subgroup_vec4.wgsl`), same sums: not a variant of its own (not in
+    /// [`Self::ALL`]) but what the `Subgroup` launcher runs where the widths allow ([`vec4_fits`]).
+    SubgroupVec4,
+}
+
+/// Whether a product of `(rows, cols, inner)` takes the vec4 kernel: a weight gradient whose
+/// output's rows and stored columns are multiples of 4 (`shaders/matmul_subgroup_vec4.wgsl`;
+/// the other layouts measured slower that way).
+pub fn vec4_fits(op: MatmulOp, epilogue: Epilogue, (rows, cols, inner): (usize, usize, usize)) -> bool {
+    let stored = if epilogue == Epilogue::BiasGradient { cols - 1 } else { cols };
+    let m4 = |x: usize| x > 0 && x.is_multiple_of(4);
+    let _ = inner;
+    op == MatmulOp::BackwardWeight && m4(rows) && m4(stored)
 }
 
 impl MatmulVariant {
@@ -119,6 +136,7 @@ impl MatmulVariant {
             MatmulVariant::Tiled => source::TILED,
             MatmulVariant::Blocked => source::BLOCKED,
             MatmulVariant::Subgroup => source::SUBGROUP,
+            MatmulVariant::SubgroupVec4 => source::SUBGROUP_VEC4,
             MatmulVariant::Tiled64 => source::TILED64,
         }
     }
@@ -127,7 +145,7 @@ impl MatmulVariant {
     fn tile(self) -> usize {
         match self {
             MatmulVariant::Tiled => 16,
-            MatmulVariant::Blocked | MatmulVariant::Subgroup => 32,
+            MatmulVariant::Blocked | MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 => 32,
             MatmulVariant::Tiled64 => 64,
         }
     }
@@ -137,7 +155,16 @@ impl MatmulVariant {
             MatmulVariant::Tiled => "tiled16",
             MatmulVariant::Blocked => "blocked4x4",
             MatmulVariant::Subgroup => "subgroup",
+            MatmulVariant::SubgroupVec4 => "subgroup_vec4",
             MatmulVariant::Tiled64 => "tiled64",
+        }
+    }
+
+    /// The operations this variant has entry points for (all but the vec4 kernel's).
+    pub fn ops(self) -> &'static [MatmulOp] {
+        match self {
+            MatmulVariant::SubgroupVec4 => &[MatmulOp::BackwardWeight],
+            _ => &MatmulOp::ALL,
         }
     }
 
@@ -145,7 +172,7 @@ impl MatmulVariant {
     pub fn available(self, features: wgpu::Features) -> bool {
         match self {
             MatmulVariant::Tiled | MatmulVariant::Blocked | MatmulVariant::Tiled64 => true,
-            MatmulVariant::Subgroup => features.contains(wgpu::Features::SUBGROUP),
+            MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 => features.contains(wgpu::Features::SUBGROUP),
         }
     }
 
@@ -158,7 +185,7 @@ impl MatmulVariant {
                 "a CPU adapter: register blocks".into()
             }
             MatmulVariant::Blocked => "a CPU adapter without subgroups: register blocks".into(),
-            MatmulVariant::Subgroup => {
+            MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 => {
                 let lanes = (info.subgroup_min_size, info.subgroup_max_size);
                 // The kernel checks at run time that a workgroup's 8 invocations are one
                 // subgroup (active lanes 0..7), which needs subgroups of at least 8 lanes.
@@ -235,7 +262,10 @@ impl Kernels {
         assert!(t.out.len >= rows * stored_cols, "{}: output too small", op.name());
         let params =
             Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), _pad: [0; 4] };
-        let variant = self.matmul_variant;
+        let mut variant = self.matmul_variant;
+        if variant == MatmulVariant::Subgroup && self.matmul_vec4 && vec4_fits(op, epilogue, (rows, cols, inner)) {
+            variant = MatmulVariant::SubgroupVec4;
+        }
         let pipeline = self.pipeline(super::PipelineKey::Matmul(variant, op, epilogue));
         let (ro, rw) = (&self.placeholder_ro, &self.placeholder_rw);
         let tensors = [
@@ -248,7 +278,10 @@ impl Kernels {
             t.a_in.unwrap_or(ro),
         ];
         let tile = variant.tile();
-        let cost = matmul_cost(op, epilogue, m, k, n);
+        let mut cost = matmul_cost(op, epilogue, m, k, n);
+        if variant == MatmulVariant::SubgroupVec4 {
+            cost.label += " vec4";
+        }
         self.launch_with(op.name(), &pipeline, params, &tensors, [cols.div_ceil(tile), rows.div_ceil(tile)], cost)
     }
 

@@ -399,7 +399,10 @@ pub struct Kernels {
     cache: Option<wgpu::PipelineCache>,
     /// Which matmul implementation the launchers use (one this device runs).
     matmul_variant: MatmulVariant,
-    /// One-element buffers bound where an entry point's binding is unused (a read-only and a
+    /// Whether `Subgroup` launches take the vec4 kernel where the widths allow (the default;
+    /// off only to compare the two).
+    matmul_vec4: bool,
+    /// Four-element buffers bound where an entry point's binding is unused (a read-only and a
     /// read-write one: one buffer cannot be both in a dispatch).
     placeholder_ro: View,
     placeholder_rw: View,
@@ -414,12 +417,14 @@ impl Kernels {
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
         check_limits(gpu)?;
         Ok(Kernels {
-            placeholder_ro: View::whole(&gpu.storage("placeholder (read)", 1)),
-            placeholder_rw: View::whole(&gpu.storage("placeholder (read-write)", 1)),
+            // Four floats: one element of the vec4 kernels' bindings.
+            placeholder_ro: View::whole(&gpu.storage("placeholder (read)", 4)),
+            placeholder_rw: View::whole(&gpu.storage("placeholder (read-write)", 4)),
             gpu: gpu.clone(),
             store: Default::default(),
             cache: crate::cache::open(gpu),
             matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
+            matmul_vec4: true,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
     }
@@ -430,8 +435,9 @@ impl Kernels {
         for k in Kernel::ALL {
             self.pipeline(PipelineKey::Kernel(k));
         }
-        for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(self.gpu.features)) {
-            for op in MatmulOp::ALL {
+        let every = MatmulVariant::ALL.into_iter().chain([MatmulVariant::SubgroupVec4]);
+        for variant in every.filter(|v| v.available(self.gpu.features)) {
+            for &op in variant.ops() {
                 for &epilogue in op.epilogues() {
                     self.pipeline(PipelineKey::Matmul(variant, op, epilogue));
                 }
@@ -522,6 +528,12 @@ impl Kernels {
         }
         self.matmul_variant = variant;
         Ok(())
+    }
+
+    /// Whether `Subgroup` launches take the vec4 kernel where a product's widths allow
+    /// (default on; the results are the same bit for bit, see `matmul::vec4_fits`).
+    pub fn set_matmul_vec4(&mut self, on: bool) {
+        self.matmul_vec4 = on;
     }
 
     /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.
