@@ -6,6 +6,7 @@
 @group(0) @binding(6) var<storage, read_write> a_out: array<f32>;
 @group(0) @binding(7) var<storage, read> z_in: array<f32>;
 @group(0) @binding(8) var<storage, read> a_in: array<f32>;
+@group(0) @binding(9) var<storage, read_write> delta_out: array<f32>;
 
 fn store_output(r: u32, c: u32, v: f32) {
     let at = r * mm.cols + c;
@@ -17,6 +18,14 @@ fn store_output(r: u32, c: u32, v: f32) {
         }
         case 2u: {
             out[at] = v * activation_derivative(mm.act, z_in[at], a_in[at]);
+        }
+        case 4u: {
+            let z = v + bias[c];
+            let a = activate(mm.act, z);
+            out[at] = z;
+            a_out[at] = a;
+            // output_delta's arithmetic (loss.wgsl), z_in holding the target X.
+            delta_out[at] = (a - z_in[at]) * mm.inv_m * activation_derivative(mm.act, z, a);
         }
         case 3u: {
             if (c == mm.cols - 1u) {

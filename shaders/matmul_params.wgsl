@@ -8,8 +8,11 @@
 //                                                    derivative: delta_{l-1} = (delta_l W_l) ⊙ f'
 //   3  out = dW, a_out = db                          matmul_backward_weight over [A | 1]: the last
 //                                                    output column (R = 1) is the bias gradient
+//   4  mode 1, and delta_out = (A - X) inv_m f'(Z, A)   the last forward layer with the output
+//                                                    delta (X, the target, in z_in): the backward
+//                                                    pass's first term without a dispatch of its own
 // Fusing these saves a dispatch and a round trip of the matrix through memory per layer.
-// Bindings 5-8 are bound in every mode (to a four-element placeholder where unused).
+// Bindings 5-9 are bound in every mode (to a four-element placeholder where unused).
 
 override EPILOGUE: u32 = 0u;
 
@@ -18,7 +21,7 @@ struct Matmul {
     cols: u32,
     inner: u32,
     act: u32,
-    _pad0: u32,
+    inv_m: f32,
     _pad1: u32,
     _pad2: u32,
     _pad3: u32,

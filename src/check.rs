@@ -38,9 +38,10 @@ pub const CASES: [(usize, usize, usize, u32); 6] = [
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 28] = [
+pub const CHECKS: [(&str, Check); 29] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
+    ("matmul_forward_output_delta", matmul_forward_output_delta),
     ("matmul_backward_weight", matmul_backward_weight),
     ("matmul_backward_weight_bias", matmul_backward_weight_bias),
     ("matmul_backward_input", matmul_backward_input),
@@ -389,6 +390,44 @@ pub fn output_delta(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize
         let want = r::output_delta(&widen(&xhat), &widen(&x), &widen(&z), act, m);
         let err = max_rel_err(&download(kern, &out), &want, &magnitudes(&want, 1e-9));
         worst = worst.max(err);
+    }
+    worst
+}
+
+/// `matmul_forward_output_delta` against its twin, for every activation: Z and A judged as in
+/// [`matmul_forward_bias_activation`]; delta = (A - X) f'(Z, A) / m moves by at most
+/// 2 |dA| / m (f' and its slope in A are at most 1 in magnitude here), so it is judged against
+/// the scale (scale_A + |X|) / m of its terms.
+pub fn matmul_forward_output_delta(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in Activation::ALL {
+        let a = random(rng, m * k, -1.0, 1.0);
+        let w = random(rng, n * k, -1.0, 1.0);
+        let b = random(rng, n, -0.5, 0.5);
+        let x = random(rng, m * n, 0.0, 1.0);
+        let (z_out, a_out, delta) = (poisoned(kern, m * n), poisoned(kern, m * n), poisoned(kern, m * n));
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        let x_view = up("x", &x);
+        kern.gpu.run(&[kern.matmul_forward_output_delta(
+            &up("a", &a),
+            &up("w", &w),
+            &up("b", &b),
+            (&z_out, &a_out),
+            (&x_view, &delta),
+            (m, k, n),
+            act,
+        )]);
+        let (want_z, want_a, want_d) =
+            r::matmul_forward_output_delta(&widen(&a), &widen(&w), &widen(&b), &widen(&x), m, k, n, act);
+        let terms = r::matmul_forward(&abs(&a), &abs(&w), m, k, n);
+        let scale_z: Vec<f64> = (0..m * n).map(|i| terms[i] + (b[i % n] as f64).abs()).collect();
+        let scale_a: Vec<f64> = scale_z.iter().map(|s| s + 0.1).collect();
+        let scale_d: Vec<f64> = (0..m * n).map(|i| (scale_a[i] + (x[i] as f64).abs()) / m as f64).collect();
+        let got = [download(kern, &z_out), download(kern, &a_out), download(kern, &delta)];
+        worst = worst
+            .max(max_rel_err(&got[0], &want_z, &scale_z))
+            .max(max_rel_err(&got[1], &want_a, &scale_a))
+            .max(max_rel_err(&got[2], &want_d, &scale_d));
     }
     worst
 }

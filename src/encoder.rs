@@ -79,6 +79,7 @@ impl Encoder {
                     Rows::Host,
                     m,
                     false,
+                    None,
                 );
                 self.forwards.insert(m, launches);
             }

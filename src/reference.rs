@@ -61,6 +61,24 @@ pub fn matmul_forward_bias_activation(
     (z, a_out)
 }
 
+/// `(Z, A_out, delta)`: `matmul_forward_bias_activation` then `output_delta` against the
+/// target `x` (twin of `matmul_forward_output_delta`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_output_delta(
+    a: &[f64],
+    w: &[f64],
+    b: &[f64],
+    x: &[f64],
+    m: usize,
+    k: usize,
+    n: usize,
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (z, a_out) = matmul_forward_bias_activation(a, w, b, m, k, n, act);
+    let delta = output_delta(&a_out, x, &z, act, m);
+    (z, a_out, delta)
+}
+
 /// `(dW, db) = (delta^T A, column sums of delta)` (twin of `matmul_backward_weight_bias`).
 pub fn matmul_backward_weight_bias(delta: &[f64], a: &[f64], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     (matmul_backward_weight(delta, a, m, n, k), column_sum(delta, m, n, ColumnTransform::Value, 1.0))

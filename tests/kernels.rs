@@ -62,6 +62,11 @@ fn matmul_forward_bias_activation() {
 }
 
 #[test]
+fn matmul_forward_output_delta() {
+    run("matmul_forward_output_delta", check::matmul_forward_output_delta);
+}
+
+#[test]
 fn matmul_backward_input_activation() {
     run("matmul_backward_input_activation", check::matmul_backward_input_activation);
 }
@@ -212,7 +217,7 @@ fn pipelines_are_created_on_first_use() {
     for gpu in gpus() {
         let kernels = Kernels::new(&gpu).expect("kernels");
         assert_eq!(kernels.pipeline_stats().created, 0, "{}", gpu.describe());
-        let variants = kernels.matmul_variants().len();
+        let variants = kernels.matmul_variants();
         let spec = ModelSpec::seed();
         let mut trainer =
             sae_wgpu::Trainer::new(kernels, &spec, LossConfig::default(), 0.1, 5, &Params::init(&spec, 1))
@@ -225,10 +230,14 @@ fn pipelines_are_created_on_first_use() {
         assert_eq!(trainer.kernels().pipeline_stats().created, after_one, "a second step creates none");
         let first = trainer.first_step().expect("the first step is timed");
         assert_eq!(first.pipelines.created, after_one);
-        // Every variant's 6 operation/epilogue pairs, and the subgroup one's vec4 weight
-        // gradient's 2.
-        let vec4 = usize::from(gpu.features.contains(wgpu::Features::SUBGROUP));
-        let every = sae_wgpu::kernels::Kernel::ALL.len() + variants * 6 + vec4 * 2;
+        // Every variant's operation/epilogue pairs, and the subgroup one's vec4 weight
+        // gradient's where subgroups run.
+        let pairs = |v: MatmulVariant| v.ops().iter().map(|op| op.epilogues().len()).sum::<usize>();
+        let mut every_variant = variants.clone();
+        if every_variant.contains(&MatmulVariant::Subgroup) {
+            every_variant.push(MatmulVariant::SubgroupVec4);
+        }
+        let every = sae_wgpu::kernels::Kernel::ALL.len() + every_variant.into_iter().map(pairs).sum::<usize>();
         assert!(after_one > 0 && after_one < every / 2, "{after_one} of {every} pipelines for a step");
         let all = Kernels::new(&gpu).unwrap();
         all.create_all().expect("every pipeline compiles");

@@ -103,10 +103,13 @@ fn every_entry_point_translates_to_every_back_end() {
         }
     }
     println!("{translated} entry point / constant combinations translated");
-    // Every matmul variant x 3 entry points x the 4 epilogues, the vec4 weight gradient x 4,
-    // and every other kernel once.
-    let expected = MatmulVariant::ALL.len() * MatmulOp::ALL.len() * 4
-        + MatmulVariant::SubgroupVec4.ops().len() * 4
+    // Every matmul variant x 3 entry points x every epilogue code, the vec4 weight gradient x
+    // every epilogue code, and every other kernel once.
+    let mut codes: Vec<u32> = MatmulOp::ALL.iter().flat_map(|op| op.epilogues().iter().map(|e| e.code())).collect();
+    codes.sort();
+    codes.dedup();
+    let expected = (MatmulVariant::ALL.len() * MatmulOp::ALL.len() + MatmulVariant::SubgroupVec4.ops().len())
+        * codes.len()
         + sae_wgpu::kernels::Kernel::ALL.len();
     assert_eq!(translated, expected, "a module lost (or gained) entry points: keep this list in step with `Kernel`");
 }

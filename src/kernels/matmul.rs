@@ -18,8 +18,8 @@ pub mod source {
 }
 
 /// The storage bindings of every matmul entry point: lhs, rhs, out, then the epilogue's bias,
-/// a_out, z_in and a_in (placeholders where the epilogue does not use them).
-pub const BINDINGS: [(u32, Access); 7] = [
+/// a_out, z_in, a_in and delta_out (placeholders where the epilogue does not use them).
+pub const BINDINGS: [(u32, Access); 8] = [
     (2, Access::Read),
     (3, Access::Read),
     (4, Access::ReadWrite),
@@ -27,6 +27,7 @@ pub const BINDINGS: [(u32, Access); 7] = [
     (6, Access::ReadWrite),
     (7, Access::Read),
     (8, Access::Read),
+    (9, Access::ReadWrite),
 ];
 
 /// The three layouts: `Z = A Wᵀ`, `dW = δᵀ A`, `G = δ W`.
@@ -51,7 +52,7 @@ impl MatmulOp {
     /// The epilogues this operation is built with.
     pub fn epilogues(self) -> &'static [Epilogue] {
         match self {
-            MatmulOp::Forward => &[Epilogue::Plain, Epilogue::BiasActivation],
+            MatmulOp::Forward => &[Epilogue::Plain, Epilogue::BiasActivation, Epilogue::OutputDelta],
             MatmulOp::BackwardWeight => &[Epilogue::Plain, Epilogue::BiasGradient],
             MatmulOp::BackwardInput => &[Epilogue::Plain, Epilogue::ActivationDerivative],
         }
@@ -69,6 +70,8 @@ pub enum Epilogue {
     ActivationDerivative,
     /// Computes one more output column over `[A | 1]`: the bias gradient, stored apart.
     BiasGradient,
+    /// `BiasActivation`, and the output delta `(A - X) f'(Z, A) / m` against the target X.
+    OutputDelta,
 }
 
 impl Epilogue {
@@ -78,6 +81,7 @@ impl Epilogue {
             Epilogue::BiasActivation => 1,
             Epilogue::ActivationDerivative => 2,
             Epilogue::BiasGradient => 3,
+            Epilogue::OutputDelta => 4,
         }
     }
 
@@ -88,6 +92,7 @@ impl Epilogue {
             Epilogue::BiasActivation => "+bias_act",
             Epilogue::ActivationDerivative => "+act'",
             Epilogue::BiasGradient => "+db",
+            Epilogue::OutputDelta => "+bias_act+delta",
         }
     }
 }
@@ -224,7 +229,8 @@ struct Matmul {
     cols: u32,
     inner: u32,
     act: u32,
-    _pad: [u32; 4],
+    inv_m: f32,
+    _pad: [u32; 3],
 }
 
 /// A matmul's tensors: the two operands, the output and the epilogue's extra bindings.
@@ -236,12 +242,13 @@ struct Operands<'a> {
     a_out: Option<&'a View>,
     z_in: Option<&'a View>,
     a_in: Option<&'a View>,
+    delta_out: Option<&'a View>,
 }
 
 impl<'a> Operands<'a> {
     /// The two operands and the output, no epilogue tensors.
     fn plain(lhs: &'a View, rhs: &'a View, out: &'a View) -> Self {
-        Operands { lhs, rhs, out, bias: None, a_out: None, z_in: None, a_in: None }
+        Operands { lhs, rhs, out, bias: None, a_out: None, z_in: None, a_in: None, delta_out: None }
     }
 }
 
@@ -260,8 +267,10 @@ impl Kernels {
         // With the bias-gradient epilogue the last of the `cols` columns goes to a_out.
         let stored_cols = if epilogue == Epilogue::BiasGradient { cols - 1 } else { cols };
         assert!(t.out.len >= rows * stored_cols, "{}: output too small", op.name());
+        // As output_delta's launcher computes it, so that the two agree bit for bit.
+        let inv_m = if epilogue == Epilogue::OutputDelta { (1.0 / rows as f64) as f32 } else { 0.0 };
         let params =
-            Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), _pad: [0; 4] };
+            Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), inv_m, _pad: [0; 3] };
         let mut variant = self.matmul_variant;
         if variant == MatmulVariant::Subgroup && self.matmul_vec4 && vec4_fits(op, epilogue, (rows, cols, inner)) {
             variant = MatmulVariant::SubgroupVec4;
@@ -276,6 +285,7 @@ impl Kernels {
             t.a_out.unwrap_or(rw),
             t.z_in.unwrap_or(ro),
             t.a_in.unwrap_or(ro),
+            t.delta_out.unwrap_or(&self.placeholder_rw2),
         ];
         let tile = variant.tile();
         let mut cost = matmul_cost(op, epilogue, m, k, n);
@@ -308,6 +318,30 @@ impl Kernels {
     ) -> Launch {
         let t = Operands { bias: Some(b), a_out: Some(a_out), ..Operands::plain(a, w, z) };
         self.matmul(MatmulOp::Forward, Epilogue::BiasActivation, t, (m, n, k), act, (m, k, n))
+    }
+
+    /// The last forward layer with the output delta in its epilogue: `Z = A W^T + 1 b^T`,
+    /// `A_out = f(Z)` and `delta = (A_out - X) f'(Z, A_out) / m` against the target `x`
+    /// (output_delta's arithmetic; one dispatch instead of two).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_output_delta(
+        &self,
+        a: &View,
+        w: &View,
+        b: &View,
+        (z, a_out): (&View, &View),
+        (x, delta): (&View, &View),
+        (m, k, n): (usize, usize, usize),
+        act: Activation,
+    ) -> Launch {
+        let t = Operands {
+            bias: Some(b),
+            a_out: Some(a_out),
+            z_in: Some(x),
+            delta_out: Some(delta),
+            ..Operands::plain(a, w, z)
+        };
+        self.matmul(MatmulOp::Forward, Epilogue::OutputDelta, t, (m, n, k), act, (m, k, n))
     }
 
     /// `dW[n,k] = delta[m,n]^T A[m,k]`
@@ -374,6 +408,10 @@ fn matmul_cost(op: MatmulOp, epilogue: Epilogue, m: usize, k: usize, n: usize) -
         }
         Epilogue::ActivationDerivative => read += 2 * m * k,
         Epilogue::BiasGradient => written += n,
+        Epilogue::OutputDelta => {
+            read += n + m * n;
+            written += 2 * m * n;
+        }
         Epilogue::Plain => {}
     }
     Cost {

@@ -406,6 +406,8 @@ pub struct Kernels {
     /// read-write one: one buffer cannot be both in a dispatch).
     placeholder_ro: View,
     placeholder_rw: View,
+    /// A second read-write one: the matmuls have two read-write epilogue bindings.
+    placeholder_rw2: View,
     /// Most workgroups one dispatch may have along a dimension. The adapter's limit by
     /// default; tests lower it to exercise splitting without huge inputs.
     pub max_groups: u32,
@@ -420,6 +422,7 @@ impl Kernels {
             // Four floats: one element of the vec4 kernels' bindings.
             placeholder_ro: View::whole(&gpu.storage("placeholder (read)", 4)),
             placeholder_rw: View::whole(&gpu.storage("placeholder (read-write)", 4)),
+            placeholder_rw2: View::whole(&gpu.storage("placeholder (read-write, 2)", 4)),
             gpu: gpu.clone(),
             store: Default::default(),
             cache: crate::cache::open(gpu),

@@ -163,6 +163,7 @@ pub(crate) fn layered_forward(
     from: Rows,
     m: usize,
     training: bool,
+    output_delta: Option<&View>,
 ) -> Vec<Launch> {
     let rows = |v: &[View], l: usize| v[l].head(m * spec.sizes[l]);
     let mut forward = vec![k.gather_rows(data, order, state, &rows(&acts.a, 0), m, spec.sizes[0], from)];
@@ -173,20 +174,18 @@ pub(crate) fn layered_forward(
     for l in 1..=spec.layers() {
         let (n, kk) = spec.shape(l);
         let input = if l == 1 { acts.encoder_input(spec, m) } else { rows(&acts.a, l - 1) };
-        forward.push(
-            k.matmul_forward_bias_activation(
-                &input,
-                &weight(params, layout, l),
-                &bias(params, layout, l),
-                &rows(&acts.z, l),
-                &rows(&acts.a, l),
-                m,
-                kk,
-                n,
-                spec.activation(l),
-            )
-            .at_layer(l),
-        );
+        let (w, b) = (weight(params, layout, l), bias(params, layout, l));
+        let (z, a) = (rows(&acts.z, l), rows(&acts.a, l));
+        let launch = match output_delta {
+            // The backward pass's delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L) in the last layer's
+            // epilogue, X the gathered rows.
+            Some(delta) if l == spec.layers() => {
+                let x = rows(&acts.a, 0);
+                k.matmul_forward_output_delta(&input, &w, &b, (&z, &a), (&x, delta), (m, kk, n), spec.activation(l))
+            }
+            _ => k.matmul_forward_bias_activation(&input, &w, &b, &z, &a, m, kk, n, spec.activation(l)),
+        };
+        forward.push(launch.at_layer(l));
         match (l == spec.code_layer, spec.select) {
             (true, CodeSelect::TopK { k: topk }) => {
                 forward.push(k.topk(&rows(&acts.z, l), &rows(&acts.a, l), m, n, topk))
@@ -327,11 +326,12 @@ impl Trainer {
                     from,
                     m,
                     true,
+                    Some(&delta(layers)),
                 );
 
-                // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)
-                let mut backward =
-                    vec![k.output_delta(&a(layers), &a(0), &z(layers), &delta(layers), m, n0, spec.activation(layers))];
+                // Backward: delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L), computed by the last forward
+                // layer's epilogue.
+                let mut backward = Vec::new();
                 // AuxK (docs/design.md section 12): rows m..2m of a two-layer TopK dictionary are
                 // the dead latents' rows. The encoder's input again; the largest pre-activations
                 // among the latents dead after this step's counts; their decoding; and its delta
