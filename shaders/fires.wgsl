@@ -10,6 +10,10 @@
 //            toward this step's target rho_t (annealed_rho, common.wgsl)
 // The bias moves before the step's backward pass and update, which do not read it (the
 // optimizer's update adds its own step to the moved value).
+//
+// fire_count_rho also sums the penalty's rho_hat in the same launch, column_sum's arithmetic:
+//   rho_hat[j] = scale * sum_i t(x[i, j]),  t the value (kl: x = A_c) or sigmoid(x / T)
+//   (kl-soft-freq: x = Z_c), one launch instead of two per training step.
 
 struct Fires {
     rows: u32,
@@ -20,7 +24,12 @@ struct Fires {
     scale: f32,
     rho: f32,
     control: f32,
+    // fire_count_rho: 1 the value, 2 sigmoid(x / temperature)
+    rho_transform: u32,
+    temperature: f32,
     _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(1) var<uniform> fc: Fires;
@@ -30,6 +39,8 @@ struct Fires {
 @group(0) @binding(5) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(6) var<storage, read> state: array<u32>;
 @group(0) @binding(7) var<storage, read> step_values: array<StepValues>;
+@group(0) @binding(8) var<storage, read> x_rho: array<f32>;
+@group(0) @binding(9) var<storage, read_write> rho_hat: array<f32>;
 
 @compute @workgroup_size(64)
 fn fire_count(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -37,6 +48,29 @@ fn fire_count(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     if (j >= fc.cols) {
         return;
     }
+    count_fires(j);
+}
+
+@compute @workgroup_size(64)
+fn fire_count_rho(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let j = (wid.x + grid.offset.x) * 64u + lid.x;
+    if (j >= fc.cols) {
+        return;
+    }
+    count_fires(j);
+    var acc = 0.0;
+    for (var i = 0u; i < fc.rows; i++) {
+        let v = x_rho[i * fc.cols + j];
+        if (fc.rho_transform == 2u) {
+            acc += sigmoid(v / fc.temperature);
+        } else {
+            acc += v;
+        }
+    }
+    rho_hat[j] = fc.scale * acc;
+}
+
+fn count_fires(j: u32) {
     var count = 0u;
     for (var i = 0u; i < fc.rows; i++) {
         count += select(0u, 1u, z[i * fc.cols + j] > 0.0);

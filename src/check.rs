@@ -38,7 +38,7 @@ pub const CASES: [(usize, usize, usize, u32); 6] = [
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 29] = [
+pub const CHECKS: [(&str, Check); 30] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_forward_output_delta", matmul_forward_output_delta),
@@ -49,6 +49,7 @@ pub const CHECKS: [(&str, Check); 29] = [
     ("kl_backward", kl_backward),
     ("column_sum", column_sum),
     ("fire_count", fire_count),
+    ("fire_count_rho", fire_count_rho),
     ("output_delta", output_delta),
     ("loss_value", loss_value),
     ("sgd_update", sgd_update),
@@ -372,6 +373,53 @@ pub fn fire_count(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
             (crate::model::annealed_rho(update.rho, optim::beta_scale(update.anneal, 1)), update.control);
         let scale: Vec<f64> =
             bias.iter().zip(&want).map(|(b, f)| (*b as f64).abs() + control * share * (f + rho) + 1e-12).collect();
+        worst = worst.max(max_rel_err(&download(kern, &bias_view), &want_bias, &scale));
+    }
+    worst
+}
+
+/// `fire_count_rho` against its twin: the counts, counters and bias as `fire_count`'s check
+/// judges them, and rho_hat as `column_sum`'s (the value against the sum of the terms'
+/// magnitudes; soft fires, each in (0, 1), against rho_hat plus 1/m), in a training step with
+/// the frequency controller, for both transforms.
+pub fn fire_count_rho(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    let update = FireUpdate { track: true, rho: 0.05, control: 0.01, anneal: 0 };
+    for soft in [None, Some(0.3)] {
+        let (state, values, clip) = beta_share(kern, 1.0);
+        let steps = StepViews { state: &state, values: &values, clip: &clip };
+        let mut z = random(rng, m * n, -1.0, 1.0);
+        for v in z.iter_mut().step_by(5) {
+            *v = 0.0;
+        }
+        let x = random(rng, m * n, -1.0, 1.0);
+        let mut since: Vec<u32> = (0..n).map(|_| (rng.next_f64() * 1e6) as u32).collect();
+        let bias = random(rng, n, -1.0, 1.0);
+        let (freq_out, rho_out) = (poisoned(kern, n), poisoned(kern, n));
+        let since_view = kern.gpu.upload_bytes("since", bytemuck::cast_slice(&since));
+        let (bias_view, z_view, x_view) =
+            (kern.gpu.upload("bias", &bias), kern.gpu.upload("z", &z), kern.gpu.upload("x", &x));
+        let rho = (&x_view, &rho_out, soft);
+        kern.gpu.run(&[kern.fire_count_rho(&z_view, &freq_out, &since_view, &bias_view, (m, n), update, steps, rho)]);
+        let transform = soft.map_or(ColumnTransform::Value, |temperature| ColumnTransform::SoftFires { temperature });
+        let mut want_bias = widen(&bias);
+        let (want_freq, want_rho) =
+            r::fire_count_rho(&widen(&z), &widen(&x), (m, n), &mut since, &mut want_bias, update, (1.0, 1), transform);
+        worst = worst.max(max_rel_err(&download(kern, &freq_out), &want_freq, &magnitudes(&want_freq, 1.0 / m as f64)));
+        let rho_scale = match soft {
+            None => r::column_sum(&abs(&x), m, n, ColumnTransform::Value, 1.0 / m as f64),
+            Some(_) => magnitudes(&want_rho, 1.0 / m as f64),
+        };
+        worst = worst.max(max_rel_err(&download(kern, &rho_out), &want_rho, &rho_scale));
+        let got: Vec<u32> = download(kern, &since_view).iter().map(|v| v.to_bits()).collect();
+        if got != since {
+            worst = worst.max(1.0);
+        }
+        let scale: Vec<f64> = bias
+            .iter()
+            .zip(&want_freq)
+            .map(|(b, f)| (*b as f64).abs() + update.control * (f + update.rho) + 1e-12)
+            .collect();
         worst = worst.max(max_rel_err(&download(kern, &bias_view), &want_bias, &scale));
     }
     worst

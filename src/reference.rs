@@ -226,6 +226,22 @@ pub fn fire_count(
     freq
 }
 
+/// `(freq, rho_hat)`: `fire_count`, then `column_sum(x, t, 1/m)` (twin of `fire_count_rho`).
+#[allow(clippy::too_many_arguments)]
+pub fn fire_count_rho(
+    z: &[f64],
+    x: &[f64],
+    (m, n): (usize, usize),
+    since_fired: &mut [u32],
+    bias: &mut [f64],
+    update: FireUpdate,
+    (beta_scale, t): (f64, u64),
+    transform: ColumnTransform,
+) -> (Vec<f64>, Vec<f64>) {
+    let freq = fire_count(z, m, n, since_fired, bias, update, beta_scale, t);
+    (freq, column_sum(x, m, n, transform, 1.0 / m as f64))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dictionary learning (docs/design.md section 12)
 // ---------------------------------------------------------------------------------------------

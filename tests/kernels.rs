@@ -67,6 +67,11 @@ fn matmul_forward_output_delta() {
 }
 
 #[test]
+fn fire_count_rho() {
+    run("fire_count_rho", check::fire_count_rho);
+}
+
+#[test]
 fn matmul_backward_input_activation() {
     run("matmul_backward_input_activation", check::matmul_backward_input_activation);
 }

@@ -49,7 +49,9 @@ struct Fires {
     scale: f32,
     rho: f32,
     control: f32,
-    _pad1: u32,
+    rho_transform: u32,
+    temperature: f32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -222,11 +224,49 @@ impl Kernels {
             scale: (1.0 / m as f64) as f32,
             rho: update.rho as f32,
             control: update.control as f32,
-            _pad1: 0,
+            rho_transform: 0,
+            temperature: 1.0,
+            _pad: [0; 3],
         };
         let cost = cost(Kernel::FireCount, format!("{m}x{n}"), m * n, 1.0, m * n + 4 * n);
         let tensors = [z, freq, since_fired, bias, steps.state, steps.values];
         self.launch(Kernel::FireCount, params, &tensors, [n.div_ceil(64), 1], cost)
+    }
+
+    /// `fire_count`, and in the same launch the penalty's `rho_hat = (1/m) sum_i t(x_i)` as
+    /// `column_sum` computes it: `rho` is `(x, rho_hat, soft)`, `t` the value, or with
+    /// `soft = Some(T)` the soft fires `sigmoid(x / T)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fire_count_rho(
+        &self,
+        z: &View,
+        freq: &View,
+        since_fired: &View,
+        bias: &View,
+        (m, n): (usize, usize),
+        update: FireUpdate,
+        steps: StepViews<'_>,
+        rho: (&View, &View, Option<f64>),
+    ) -> Launch {
+        let (rho_transform, temperature) = match rho.2 {
+            None => (1, 1.0),
+            Some(temperature) => (2, temperature),
+        };
+        let params = Fires {
+            rows: m as u32,
+            cols: n as u32,
+            track: u32::from(update.track),
+            anneal_steps: update.anneal as u32,
+            scale: (1.0 / m as f64) as f32,
+            rho: update.rho as f32,
+            control: update.control as f32,
+            rho_transform,
+            temperature: temperature as f32,
+            _pad: [0; 3],
+        };
+        let cost = cost(Kernel::FireCountRho, format!("{m}x{n}"), 2 * m * n, 1.0, 2 * m * n + 5 * n);
+        let tensors = [z, freq, since_fired, bias, steps.state, steps.values, rho.0, rho.1];
+        self.launch(Kernel::FireCountRho, params, &tensors, [n.div_ceil(64), 1], cost)
     }
 
     /// `delta_L = (1/m) (Xhat - X) ⊙ f_L'(Z_L)` over `[m, n]`.

@@ -104,6 +104,7 @@ pub enum Kernel {
     KlBackward,
     ColumnSum,
     FireCount,
+    FireCountRho,
     OutputDelta,
     LossValue,
     SgdUpdate,
@@ -131,10 +132,11 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
+        Kernel::FireCountRho,
         Kernel::OutputDelta,
         Kernel::LossValue,
         Kernel::SgdUpdate,
@@ -169,6 +171,7 @@ impl Kernel {
             Kernel::KlBackward => "kl_backward",
             Kernel::ColumnSum => "column_sum",
             Kernel::FireCount => "fire_count",
+            Kernel::FireCountRho => "fire_count_rho",
             Kernel::OutputDelta => "output_delta",
             Kernel::LossValue => "loss_value",
             Kernel::SgdUpdate => "sgd_update",
@@ -200,7 +203,7 @@ impl Kernel {
         match self {
             Kernel::KlBackward => source::SPARSITY,
             Kernel::ColumnSum => source::REDUCE,
-            Kernel::FireCount => source::FIRES,
+            Kernel::FireCount | Kernel::FireCountRho => source::FIRES,
             Kernel::OutputDelta | Kernel::LossValue => source::LOSS,
             Kernel::SgdUpdate | Kernel::MomentumUpdate | Kernel::AdamUpdate | Kernel::GradNorm => source::UPDATE,
             Kernel::GatherRows | Kernel::AdvanceCursor => source::DATA,
@@ -222,6 +225,7 @@ impl Kernel {
             Kernel::KlBackward => &[(2, R), (3, R), (4, R), (5, R), (6, W), (7, R), (8, R)],
             Kernel::ColumnSum => &[(2, R), (3, W)],
             Kernel::FireCount => &[(2, R), (3, W), (4, W), (5, W), (6, R), (7, R)],
+            Kernel::FireCountRho => &[(2, R), (3, W), (4, W), (5, W), (6, R), (7, R), (8, R), (9, W)],
             Kernel::OutputDelta => &[(2, R), (3, R), (4, R), (5, W)],
             Kernel::LossValue => &[(2, R), (3, R), (6, R), (7, R), (8, W), (9, R), (10, R)],
             Kernel::SgdUpdate => &[(2, R), (3, W), (4, R), (7, R), (8, R)],

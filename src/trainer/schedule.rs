@@ -287,8 +287,23 @@ impl Trainer {
             }
             _ => {
                 let freq = b.metrics.slice(ml.freq, nc);
-                let train = smooth_rho_hat.iter().cloned().chain([fires(&freq, FireUpdate::for_step(sparsity))]);
-                (train.collect(), smooth_rho_hat.into_iter().collect())
+                let update = FireUpdate::for_step(sparsity);
+                // kl and kl-soft-freq: rho_hat in the counts' launch (fire_count_rho).
+                let with_rho = match sparsity {
+                    Sparsity::Kl { .. } => Some((a(c), None)),
+                    Sparsity::KlSoftFreq { temperature, .. } => Some((z(c), Some(temperature))),
+                    _ => None,
+                };
+                let train = match with_rho {
+                    Some((x, soft)) => {
+                        let rho = (&x, &b.rho_hat, soft);
+                        let both =
+                            k.fire_count_rho(&fired, &freq, &b.since_fired, &code_bias, (m, nc), update, steps, rho);
+                        vec![both.noting("fires, rho_hat")]
+                    }
+                    None => smooth_rho_hat.iter().cloned().chain([fires(&freq, update)]).collect(),
+                };
+                (train, smooth_rho_hat.into_iter().collect())
             }
         };
         // BatchTopK: the running threshold inference uses, from this step's kept activations.
