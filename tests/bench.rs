@@ -55,6 +55,13 @@ fn quick_seed_bench_writes_json_and_compares() {
         assert!(adapter[key].is_string(), "adapter.{key} missing: {adapter}");
     }
     assert!(!adapter["name"].as_str().unwrap().is_empty());
+    // Time to the first step of the first case, split as `sae train` prints it.
+    assert!(stdout.contains("start-up: device "), "no start-up line\n{stdout}");
+    let startup = &doc["startup"];
+    assert_eq!(startup["case"], "seed b256", "{startup}");
+    for key in ["device_seconds", "pipelines_seconds", "pipelines_created", "first_step_seconds"] {
+        positive(&startup[key], &format!("startup {key}"));
+    }
     let cases = doc["cases"].as_array().expect("cases");
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert!(names.iter().all(|n| n.starts_with("seed")) && !names.is_empty(), "{names:?}");
@@ -62,17 +69,22 @@ fn quick_seed_bench_writes_json_and_compares() {
         let name = case["name"].as_str().unwrap();
         let kernels = case["kernels"].as_array().expect("kernel rows");
         // The seed model has 6 layers: 6 + 6 + 5 matmul rows (bias + activation and activation
-        // derivatives in their epilogues) and the element-wise kernels.
-        assert!(kernels.len() >= 17 + 4, "{name}: {} kernel rows", kernels.len());
+        // derivatives in their epilogues, the output delta in the last forward one's) and the
+        // element-wise kernels (gather, the counts with rho_hat, KL, update, cursor).
+        assert_eq!(kernels.len(), 17 + 5, "{name}: {} kernel rows", kernels.len());
         assert!(
             kernels.iter().any(|k| k["id"] == "matmul_forward+bias_act L1"),
             "{name}: no fused bias+activation row"
+        );
+        assert!(
+            kernels.iter().any(|k| k["id"] == "matmul_forward+bias_act+delta L6"),
+            "{name}: no output delta in the last forward layer"
         );
         for kernel in [
             "matmul_forward",
             "matmul_backward_weight",
             "matmul_backward_input",
-            "column_sum",
+            "fire_count_rho",
             "kl_backward",
             "sgd_update",
         ] {

@@ -54,6 +54,24 @@ struct Fires {
     _pad: [u32; 3],
 }
 
+impl Fires {
+    /// Over `[m, n]`, as `update` asks; `rho_transform` 0 (fire_count), 1 or 2 (fire_count_rho).
+    fn new(m: usize, n: usize, update: FireUpdate, rho_transform: u32, temperature: f64) -> Fires {
+        Fires {
+            rows: m as u32,
+            cols: n as u32,
+            track: u32::from(update.track),
+            anneal_steps: update.anneal as u32,
+            scale: (1.0 / m as f64) as f32,
+            rho: update.rho as f32,
+            control: update.control as f32,
+            rho_transform,
+            temperature: temperature as f32,
+            _pad: [0; 3],
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Loss {
@@ -216,18 +234,7 @@ impl Kernels {
         update: FireUpdate,
         steps: StepViews<'_>,
     ) -> Launch {
-        let params = Fires {
-            rows: m as u32,
-            cols: n as u32,
-            track: u32::from(update.track),
-            anneal_steps: update.anneal as u32,
-            scale: (1.0 / m as f64) as f32,
-            rho: update.rho as f32,
-            control: update.control as f32,
-            rho_transform: 0,
-            temperature: 1.0,
-            _pad: [0; 3],
-        };
+        let params = Fires::new(m, n, update, 0, 1.0);
         let cost = cost(Kernel::FireCount, format!("{m}x{n}"), m * n, 1.0, m * n + 4 * n);
         let tensors = [z, freq, since_fired, bias, steps.state, steps.values];
         self.launch(Kernel::FireCount, params, &tensors, [n.div_ceil(64), 1], cost)
@@ -252,18 +259,7 @@ impl Kernels {
             None => (1, 1.0),
             Some(temperature) => (2, temperature),
         };
-        let params = Fires {
-            rows: m as u32,
-            cols: n as u32,
-            track: u32::from(update.track),
-            anneal_steps: update.anneal as u32,
-            scale: (1.0 / m as f64) as f32,
-            rho: update.rho as f32,
-            control: update.control as f32,
-            rho_transform,
-            temperature: temperature as f32,
-            _pad: [0; 3],
-        };
+        let params = Fires::new(m, n, update, rho_transform, temperature);
         let cost = cost(Kernel::FireCountRho, format!("{m}x{n}"), 2 * m * n, 1.0, 2 * m * n + 5 * n);
         let tensors = [z, freq, since_fired, bias, steps.state, steps.values, rho.0, rho.1];
         self.launch(Kernel::FireCountRho, params, &tensors, [n.div_ceil(64), 1], cost)
