@@ -63,3 +63,24 @@ fn device_errors_are_runtime_failures_not_panics() {
     let b = other.allocating("a small buffer", || other.storage("ok", 16)).unwrap();
     assert_eq!(b.size(), 64);
 }
+
+/// A pipeline the adapter rejects, found when a launcher first asks for it (pipelines are made
+/// on first use), is a runtime failure at the next wait naming the kernel and the adapter, not
+/// a panic: here `tiled64`'s 16x16 workgroups on a device allowing 8 invocations along y.
+#[test]
+fn a_pipeline_the_adapter_rejects_fails_the_next_wait() {
+    let limits = wgpu::Limits { max_compute_workgroup_size_y: 8, ..wgpu::Limits::default() };
+    let gpu = with(limits).unwrap();
+    let mut kernels = Kernels::new(&gpu).expect("the up-front limits check passes: it checks x only");
+    kernels.set_matmul_variant(sae_wgpu::kernels::MatmulVariant::Tiled64).unwrap();
+    let (a, w) = (gpu.upload("a", &[0.5; 12]), gpu.upload("w", &[0.25; 8]));
+    let z = gpu.upload("z", &[0.0; 6]);
+    gpu.run(&[kernels.matmul_forward(&a, &w, &z, 3, 4, 2)]);
+    match gpu.wait() {
+        Err(Error::Runtime(msg)) => {
+            assert!(msg.contains("shader compilation of matmul_forward failed"), "{msg}");
+            assert!(msg.contains(&gpu.describe()), "{msg}");
+        }
+        other => panic!("expected a runtime failure, got {other:?}"),
+    }
+}
