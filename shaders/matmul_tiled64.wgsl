@@ -1,9 +1,9 @@
 // GPU-grade matmul: a 64x64 output tile per workgroup of 16x16 invocations, each invocation a
 // 4x4 register block. Per step of 16 along the inner dimension the workgroup stages a 64x16
 // tile of L and a 16x64 tile of R in workgroup memory (4 loads per invocation per operand),
-// then each invocation reads 4 values of L and 4 of R as two vec4 loads for 16 FMAs: 8 times
-// the FMAs per shared-memory load of matmul.wgsl's 16x16 tiles, the shape of kernel that
-// reaches a large share of peak on discrete GPUs. Same entry points and layouts as matmul.wgsl:
+// then each invocation reads 4 values of L and 4 of R as two vec4 loads for 16 FMAs (one FMA
+// per two scalar loads in matmul.wgsl's 16x16 tiles): the shape of kernel that reaches a large
+// share of peak on discrete GPUs. Same entry points and layouts as matmul.wgsl:
 //
 //   matmul_forward          Z[m,n]  = A[m,k] · W[n,k]^T      (rows=m, cols=n, inner=k)
 //   matmul_backward_weight  dW[n,k] = delta[m,n]^T · A[m,k]  (rows=n, cols=k, inner=m)
