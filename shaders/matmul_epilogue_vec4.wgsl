@@ -1,7 +1,7 @@
-// The epilogue of the vec4 weight gradient (after matmul_params.wgsl): modes 0 and 3 of
-// matmul_epilogue.wgsl (the only ones matmul_backward_weight is built with), four outputs of a
-// row at a time as one vec4 (columns c0..c0+3, c0 a multiple of 4, in rows of a width that is a
-// multiple of 4). Bindings 5, 7, 8 and 9 are declared for the shared bind-group layout, unused.
+// The epilogue of the vec4 subgroup matmul (after matmul_params.wgsl): the modes of
+// matmul_epilogue.wgsl, four outputs of a row at a time as one vec4 (columns c0..c0+3, c0 a
+// multiple of 4, in rows of a width that is a multiple of 4), with the same f32 arithmetic per
+// element. Mode 3's bias gradient column is written by the kernel (matmul_subgroup_vec4.wgsl).
 
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<vec4<f32>>;
@@ -10,7 +10,43 @@
 @group(0) @binding(8) var<storage, read> a_in: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> delta_out: array<vec4<f32>>;
 
-// Outputs [r, c0..c0+4) of the stored width a_cols() (the ones column's are not stored here).
-fn store_output4(r: u32, c0: u32, v: vec4<f32>) {
-    out[(r * a_cols() + c0) / 4u] = v;
+fn activate4(act: u32, z: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(activate(act, z.x), activate(act, z.y), activate(act, z.z), activate(act, z.w));
+}
+
+// f'(z) from a = f(z) (activation_derivative reads only a).
+fn derivative4(act: u32, z: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        activation_derivative(act, z.x, a.x),
+        activation_derivative(act, z.y, a.y),
+        activation_derivative(act, z.z, a.z),
+        activation_derivative(act, z.w, a.w),
+    );
+}
+
+// Outputs [r, c0..c0+4) of the stored width a_cols() (the ones column's are not stored here),
+// the same f32 arithmetic per element as store_output; `b` is bias[c0..c0+4) (modes 1 and 4),
+// loaded once per invocation by the caller.
+fn store_output4(r: u32, c0: u32, v: vec4<f32>, b: vec4<f32>) {
+    let at = (r * a_cols() + c0) / 4u;
+    switch EPILOGUE {
+        case 1u: {
+            let z = v + b;
+            out[at] = z;
+            a_out[at] = activate4(mm.act, z);
+        }
+        case 2u: {
+            out[at] = v * derivative4(mm.act, z_in[at], a_in[at]);
+        }
+        case 4u: {
+            let z = v + b;
+            let a = activate4(mm.act, z);
+            out[at] = z;
+            a_out[at] = a;
+            delta_out[at] = (a - z_in[at]) * mm.inv_m * derivative4(mm.act, z, a);
+        }
+        default: {
+            out[at] = v;
+        }
+    }
 }

@@ -1,20 +1,24 @@
-// The subgroup matmul's weight gradient (matmul_subgroup.wgsl) with vec4 loads and stores,
-// for products whose widths are multiples of 4: the launcher uses it in place of the f32 one
-// where they are (docs/design.md section 13). Why: llvmpipe turns every load or store whose
-// address differs per lane into a loop over the lanes, and a vec4 costs about what one f32
-// costs there. In dW = delta^T A both operands are contiguous along the output (delta's row i
-// holds the tile's rows j, A's row i its columns), so each step of the sum loads one vec4 of
-// each instead of 4 + 4 floats. Same tile (32 rows x 4 columns per invocation, rows shared by
-// subgroupBroadcast), same sums in the same order (over p, one fma per step): the results are
-// those of the f32 kernel, bit for bit.
+// The subgroup matmul (matmul_subgroup.wgsl) with vec4 loads and stores, for products whose
+// widths are multiples of 4: the launcher uses it in place of the f32 one where they are
+// (docs/design.md section 13). Why: llvmpipe turns every load or store whose address differs per
+// lane into a loop over the lanes, and a vec4 costs about what one f32 costs there. Same tile
+// (32 rows x 4 columns per invocation, rows shared by subgroupBroadcast), same sums in the same
+// order (over p, one fma per step), same epilogue arithmetic: the results are those of the f32
+// kernel, bit for bit.
 //
-//   matmul_backward_weight  dW[n,k] = delta[m,n]^T · A[m,k]   (rows=n, cols=k, inner=m; n and
-//                                                              k multiples of 4)
+//   matmul_forward          Z[m,n]  = A[m,k] · W[n,k]^T      k, n multiples of 4: A's and W's rows
+//                                                             read along p, 4 steps per vec4
+//   matmul_backward_input   G[m,k]  = delta[m,n] · W[n,k]    n, k multiples of 4: delta's rows
+//                                                             along p, W's rows along the columns
+//   matmul_backward_weight  dW[n,k] = delta[m,n]^T · A[m,k]  n, k multiples of 4: delta's row i
+//                                                             holds 4 of the tile's rows, A's row i
+//                                                             4 of its columns
 //
-// (The same treatment of the other two layouts, vec4 along the summed index, measured slower:
-// 18.0 -> 29.1 ms for a 256·784→1024 forward product on lavapipe.) Rows past the edge read a
-// clamped (valid) index and are not written; with these widths a lane's 4 columns are all
-// inside or all outside the output.
+// Per step of the sum an invocation loads two vec4 instead of eight floats. Written out with
+// constant indices and the subgroup test outside the loops: with a loop over the 4 steps of a
+// vec4, or the test inside, the kernel measured slower than the f32 one on llvmpipe. Rows past
+// the edge read a clamped (valid) index and are not written; with these widths a lane's 4
+// columns are all inside or all outside the output.
 
 @group(0) @binding(2) var<storage, read> lhs: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> rhs: array<vec4<f32>>;
@@ -26,9 +30,13 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
     stage(acc, s);
     let width = a_cols();
     if (c0 < width) {
+        var b = vec4<f32>(0.0);
+        if (EPILOGUE == 1u || EPILOGUE == 4u) {
+            b = bias[c0 / 4u];
+        }
         for (var i = 0u; i < ROWS; i++) {
             if (row0 + i < mm.rows) {
-                store_output4(row0 + i, c0, staged[s][i]);
+                store_output4(row0 + i, c0, staged[s][i], b);
             }
         }
     } else if (EPILOGUE == 3u && c0 == width) {
@@ -91,6 +99,137 @@ fn matmul_backward_weight(
                 lhs[at + min(g0 + 7u, last)],
                 rv,
             );
+        }
+    }
+    store_tile(&acc, s, row0, c0);
+}
+
+// Rows r..r+3 of a row-major L with w4 vec4 per row, at 4 steps of p (4 p4 .. 4 p4 + 3), each
+// row clamped.
+fn rows_along_p(r: u32, p4: u32, w4: u32) -> array<vec4<f32>, 4> {
+    let last = mm.rows - 1u;
+    return array<vec4<f32>, 4>(
+        lhs[min(r, last) * w4 + p4],
+        lhs[min(r + 1u, last) * w4 + p4],
+        lhs[min(r + 2u, last) * w4 + p4],
+        lhs[min(r + 3u, last) * w4 + p4],
+    );
+}
+
+// Four steps of the sum with the rows shared: `a` holds this lane's 4 rows along p, `w0..w3`
+// R(4 p4 + q, c0..c0+3) for q = 0..3. Written out: constant indices only (see fma_rows).
+fn fma_four_shared(
+    acc: ptr<function, array<vec4<f32>, 32>>,
+    a: array<vec4<f32>, 4>,
+    w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>,
+) {
+    fma_shared_rows(acc, vec4<f32>(a[0].x, a[1].x, a[2].x, a[3].x), w0);
+    fma_shared_rows(acc, vec4<f32>(a[0].y, a[1].y, a[2].y, a[3].y), w1);
+    fma_shared_rows(acc, vec4<f32>(a[0].z, a[1].z, a[2].z, a[3].z), w2);
+    fma_shared_rows(acc, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), w3);
+}
+
+// The same without broadcasts (another subgroup layout): all 32 rows loaded by every lane, one
+// step q of four at a time.
+fn fma_four_loaded(acc: ptr<function, array<vec4<f32>, 32>>, row0: u32, p4: u32, w4: u32, w: array<vec4<f32>, 4>) {
+    for (var q = 0u; q < 4u; q++) {
+        var b: array<vec4<f32>, 8>;
+        for (var t = 0u; t < 8u; t++) {
+            let a = rows_along_p(row0 + 4u * t, p4, w4);
+            b[t] = vec4<f32>(a[0][q], a[1][q], a[2][q], a[3][q]);
+        }
+        fma_rows(acc, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], w[q]);
+    }
+}
+
+@compute @workgroup_size(8)
+fn matmul_forward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    // L = A[m,k]: rows along p (k4 vec4 per row) ; R(p,c) = W[c,p]: W's rows along p too
+    let whole = whole_subgroup(sgid, sg_size);
+    let s = select(lid, sgid, whole);
+    let row0 = tile_row0(wid.xy);
+    let c0 = tile_c0(wid.xy, s);
+    let cc = min(c0, mm.cols - 4u);
+    let k4 = mm.inner / 4u;
+    var acc: array<vec4<f32>, 32>;
+    if (whole) {
+        let r = row0 + 4u * s;
+        for (var p4 = 0u; p4 < k4; p4++) {
+            let w0 = rhs[cc * k4 + p4];
+            let w1 = rhs[(cc + 1u) * k4 + p4];
+            let w2 = rhs[(cc + 2u) * k4 + p4];
+            let w3 = rhs[(cc + 3u) * k4 + p4];
+            fma_four_shared(
+                &acc,
+                rows_along_p(r, p4, k4),
+                vec4<f32>(w0.x, w1.x, w2.x, w3.x),
+                vec4<f32>(w0.y, w1.y, w2.y, w3.y),
+                vec4<f32>(w0.z, w1.z, w2.z, w3.z),
+                vec4<f32>(w0.w, w1.w, w2.w, w3.w),
+            );
+        }
+    } else {
+        for (var p4 = 0u; p4 < k4; p4++) {
+            let w0 = rhs[cc * k4 + p4];
+            let w1 = rhs[(cc + 1u) * k4 + p4];
+            let w2 = rhs[(cc + 2u) * k4 + p4];
+            let w3 = rhs[(cc + 3u) * k4 + p4];
+            let w = array<vec4<f32>, 4>(
+                vec4<f32>(w0.x, w1.x, w2.x, w3.x),
+                vec4<f32>(w0.y, w1.y, w2.y, w3.y),
+                vec4<f32>(w0.z, w1.z, w2.z, w3.z),
+                vec4<f32>(w0.w, w1.w, w2.w, w3.w),
+            );
+            fma_four_loaded(&acc, row0, p4, k4, w);
+        }
+    }
+    store_tile(&acc, s, row0, c0);
+}
+
+@compute @workgroup_size(8)
+fn matmul_backward_input(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    // L(r=i, p=j) = delta[i,j]: rows along p (n4 vec4 per row) ; R(p=j, c) = W[j,c]: a vec4 of c
+    let whole = whole_subgroup(sgid, sg_size);
+    let s = select(lid, sgid, whole);
+    let row0 = tile_row0(wid.xy);
+    let c0 = tile_c0(wid.xy, s);
+    let col4 = min(c0, mm.cols - 4u) / 4u;
+    let cols4 = mm.cols / 4u;
+    let n4 = mm.inner / 4u;
+    var acc: array<vec4<f32>, 32>;
+    if (whole) {
+        let r = row0 + 4u * s;
+        for (var p4 = 0u; p4 < n4; p4++) {
+            let p = 4u * p4;
+            fma_four_shared(
+                &acc,
+                rows_along_p(r, p4, n4),
+                rhs[p * cols4 + col4],
+                rhs[(p + 1u) * cols4 + col4],
+                rhs[(p + 2u) * cols4 + col4],
+                rhs[(p + 3u) * cols4 + col4],
+            );
+        }
+    } else {
+        for (var p4 = 0u; p4 < n4; p4++) {
+            let p = 4u * p4;
+            let w = array<vec4<f32>, 4>(
+                rhs[p * cols4 + col4],
+                rhs[(p + 1u) * cols4 + col4],
+                rhs[(p + 2u) * cols4 + col4],
+                rhs[(p + 3u) * cols4 + col4],
+            );
+            fma_four_loaded(&acc, row0, p4, n4, w);
         }
     }
     store_tile(&acc, s, row0, c0);

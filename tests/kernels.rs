@@ -250,12 +250,14 @@ fn pipelines_are_created_on_first_use() {
     }
 }
 
-/// The subgroup weight gradient's vec4 kernel (taken where the widths are multiples of 4) gives
-/// the f32 kernel's results bit for bit: the same sums in the same order. Odd batch sizes, a
-/// batch of one, outputs wider than a tile and grids split over dispatches; on an adapter
-/// without subgroups the launcher never takes it.
+/// The subgroup matmul's vec4 kernel (taken where the widths are multiples of 4) gives the f32
+/// kernel's results bit for bit in all three layouts and every epilogue the step uses: the same
+/// sums in the same order, the same f32 arithmetic after. Odd batch sizes, a batch of one,
+/// outputs wider than a tile and grids split over dispatches; on an adapter without subgroups
+/// the launcher never takes it.
 #[test]
-fn vec4_weight_gradient_matches_the_f32_kernel_bit_for_bit() {
+fn vec4_subgroup_matmul_matches_the_f32_kernel_bit_for_bit() {
+    use sae_wgpu::model::Activation;
     for gpu in gpus() {
         let mut kernels = Kernels::new(&gpu).expect("kernels");
         let subgroups = kernels.matmul_variants().contains(&MatmulVariant::Subgroup);
@@ -267,23 +269,62 @@ fn vec4_weight_gradient_matches_the_f32_kernel_bit_for_bit() {
         {
             kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);
             let mut rng = Rng::new(77 + case as u64);
-            let delta = check::random(&mut rng, m * n, -1.0, 1.0);
-            let a = check::random(&mut rng, m * k, -1.0, 1.0);
-            let (delta, a) = (gpu.upload("delta", &delta), gpu.upload("a", &a));
+            let mut up = |name: &str, len: usize, lo: f64| gpu.upload(name, &check::random(&mut rng, len, lo, 1.0));
+            // delta [m, n], A [m, k], W [n, k], b [n], the target X [m, n], Z and A of the layer
+            // below [m, k].
+            let (delta, a, w, b, x) = (
+                up("delta", m * n, -1.0),
+                up("a", m * k, -1.0),
+                up("w", n * k, -1.0),
+                up("b", n, -1.0),
+                up("x", m * n, 0.0),
+            );
+            let (z_below, a_below) = (up("z", m * k, -1.0), up("a below", m * k, 0.0));
             let run = |kernels: &mut Kernels, vec4: bool| {
                 kernels.set_matmul_vec4(vec4);
-                let dw = gpu.upload("dw", &vec![f32::NAN; n * k]);
-                let db = gpu.upload("db", &vec![f32::NAN; n]);
-                let launch = kernels.matmul_backward_weight_bias(&delta, &a, &dw, &db, m, n, k);
-                assert_eq!(launch.cost.label.ends_with(" vec4"), vec4 && subgroups, "{}", launch.cost.label);
-                gpu.run(&[launch]);
+                let nan = |name: &str, len: usize| gpu.upload(name, &vec![f32::NAN; len]);
+                let outs = [
+                    nan("dw", n * k),
+                    nan("db", n),
+                    nan("z", m * n),
+                    nan("a", m * n),
+                    nan("d", m * n),
+                    nan("g", m * k),
+                ];
+                let launches = [
+                    kernels.matmul_backward_weight_bias(&delta, &a, &outs[0], &outs[1], m, n, k),
+                    kernels.matmul_forward_output_delta(
+                        &a,
+                        &w,
+                        &b,
+                        (&outs[2], &outs[3]),
+                        (&x, &outs[4]),
+                        (m, k, n),
+                        Activation::Sigmoid,
+                    ),
+                    kernels.matmul_backward_input_activation(
+                        &delta,
+                        &w,
+                        &z_below,
+                        &a_below,
+                        &outs[5],
+                        m,
+                        n,
+                        k,
+                        Activation::Relu,
+                    ),
+                ];
+                for l in &launches {
+                    assert_eq!(l.cost.label.contains(" vec4"), vec4 && subgroups, "{}", l.cost.label);
+                }
+                gpu.run(&launches);
                 let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
-                (bits(gpu.download(&dw).unwrap()), bits(gpu.download(&db).unwrap()))
+                outs.iter().map(|o| bits(gpu.download(o).unwrap())).collect::<Vec<_>>()
             };
-            let (f32_dw, f32_db) = run(&mut kernels, false);
-            let (v_dw, v_db) = run(&mut kernels, true);
-            assert!(f32_dw.iter().chain(&f32_db).all(|&b| !f32::from_bits(b).is_nan()), "every output written");
-            assert!(f32_dw == v_dw && f32_db == v_db, "m={m} n={n} k={k} on {}: vec4 differs", gpu.describe());
+            let plain = run(&mut kernels, false);
+            let vec4 = run(&mut kernels, true);
+            assert!(plain.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
+            assert!(plain == vec4, "m={m} n={n} k={k} on {}: vec4 differs", gpu.describe());
         }
     }
 }

@@ -114,20 +114,21 @@ pub enum MatmulVariant {
     /// and vec4 reads of the staged tiles (`shaders/matmul_tiled64.wgsl`): the GPU-grade kernel,
     /// the default on adapters that are not CPUs.
     Tiled64,
-    /// `Subgroup`'s weight gradient with vec4 loads and stores
-    /// (`shaders/matmul_subgroup_vec4.wgsl`), same sums: not a variant of its own (not in
-    /// [`Self::ALL`]) but what the `Subgroup` launcher runs where the widths allow ([`vec4_fits`]).
+    /// `Subgroup` with vec4 loads and stores (`shaders/matmul_subgroup_vec4.wgsl`), same sums
+    /// and results: not a variant of its own (not in [`Self::ALL`]) but what the `Subgroup`
+    /// launchers run where a product's widths allow ([`vec4_fits`]).
     SubgroupVec4,
 }
 
-/// Whether a product of `(rows, cols, inner)` takes the vec4 kernel: a weight gradient whose
-/// output's rows and stored columns are multiples of 4 (`shaders/matmul_subgroup_vec4.wgsl`;
-/// the other layouts measured slower that way).
+/// Whether a product of `(rows, cols, inner)` takes the vec4 kernel: the widths it reads and
+/// writes along are multiples of 4 (`shaders/matmul_subgroup_vec4.wgsl`).
 pub fn vec4_fits(op: MatmulOp, epilogue: Epilogue, (rows, cols, inner): (usize, usize, usize)) -> bool {
     let stored = if epilogue == Epilogue::BiasGradient { cols - 1 } else { cols };
     let m4 = |x: usize| x > 0 && x.is_multiple_of(4);
-    let _ = inner;
-    op == MatmulOp::BackwardWeight && m4(rows) && m4(stored)
+    match op {
+        MatmulOp::Forward | MatmulOp::BackwardInput => m4(inner) && m4(cols),
+        MatmulOp::BackwardWeight => m4(rows) && m4(stored),
+    }
 }
 
 impl MatmulVariant {
@@ -165,12 +166,9 @@ impl MatmulVariant {
         }
     }
 
-    /// The operations this variant has entry points for (all but the vec4 kernel's).
+    /// The operations this variant has entry points for (every variant has all three).
     pub fn ops(self) -> &'static [MatmulOp] {
-        match self {
-            MatmulVariant::SubgroupVec4 => &[MatmulOp::BackwardWeight],
-            _ => &MatmulOp::ALL,
-        }
+        &MatmulOp::ALL
     }
 
     /// Whether a device with `features` can run this variant.
