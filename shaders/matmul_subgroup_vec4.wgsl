@@ -129,17 +129,31 @@ fn fma_four_shared(
     fma_shared_rows(acc, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), w3);
 }
 
-// The same without broadcasts (another subgroup layout): all 32 rows loaded by every lane, one
-// step q of four at a time.
-fn fma_four_loaded(acc: ptr<function, array<vec4<f32>, 32>>, row0: u32, p4: u32, w4: u32, w: array<vec4<f32>, 4>) {
-    for (var q = 0u; q < 4u; q++) {
-        var b: array<vec4<f32>, 8>;
-        for (var t = 0u; t < 8u; t++) {
-            let a = rows_along_p(row0 + 4u * t, p4, w4);
-            b[t] = vec4<f32>(a[0][q], a[1][q], a[2][q], a[3][q]);
-        }
-        fma_rows(acc, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], w[q]);
-    }
+// Without broadcasts (another subgroup layout): L(r, p) read one element at a time, and the
+// 32 rows of step p for every lane (slow, and short: this path only has to be right, and a
+// longer one took llvmpipe twice as long to compile).
+fn lhs_at(r: u32, p: u32, w4: u32) -> f32 {
+    return lhs[min(r, mm.rows - 1u) * w4 + p / 4u][p % 4u];
+}
+
+fn rows_at(row0: u32, t: u32, p: u32, w4: u32) -> vec4<f32> {
+    let r = row0 + 4u * t;
+    return vec4<f32>(lhs_at(r, p, w4), lhs_at(r + 1u, p, w4), lhs_at(r + 2u, p, w4), lhs_at(r + 3u, p, w4));
+}
+
+fn fma_step_loaded(acc: ptr<function, array<vec4<f32>, 32>>, row0: u32, p: u32, w4: u32, rv: vec4<f32>) {
+    fma_rows(
+        acc,
+        rows_at(row0, 0u, p, w4),
+        rows_at(row0, 1u, p, w4),
+        rows_at(row0, 2u, p, w4),
+        rows_at(row0, 3u, p, w4),
+        rows_at(row0, 4u, p, w4),
+        rows_at(row0, 5u, p, w4),
+        rows_at(row0, 6u, p, w4),
+        rows_at(row0, 7u, p, w4),
+        rv,
+    );
 }
 
 @compute @workgroup_size(8)
@@ -174,18 +188,11 @@ fn matmul_forward(
             );
         }
     } else {
-        for (var p4 = 0u; p4 < k4; p4++) {
-            let w0 = rhs[cc * k4 + p4];
-            let w1 = rhs[(cc + 1u) * k4 + p4];
-            let w2 = rhs[(cc + 2u) * k4 + p4];
-            let w3 = rhs[(cc + 3u) * k4 + p4];
-            let w = array<vec4<f32>, 4>(
-                vec4<f32>(w0.x, w1.x, w2.x, w3.x),
-                vec4<f32>(w0.y, w1.y, w2.y, w3.y),
-                vec4<f32>(w0.z, w1.z, w2.z, w3.z),
-                vec4<f32>(w0.w, w1.w, w2.w, w3.w),
-            );
-            fma_four_loaded(&acc, row0, p4, k4, w);
+        for (var p = 0u; p < mm.inner; p++) {
+            let p4 = p / 4u;
+            let q = p % 4u;
+            let rv = vec4<f32>(rhs[cc * k4 + p4][q], rhs[(cc + 1u) * k4 + p4][q], rhs[(cc + 2u) * k4 + p4][q], rhs[(cc + 3u) * k4 + p4][q]);
+            fma_step_loaded(&acc, row0, p, k4, rv);
         }
     }
     store_tile(&acc, s, row0, c0);
@@ -221,15 +228,8 @@ fn matmul_backward_input(
             );
         }
     } else {
-        for (var p4 = 0u; p4 < n4; p4++) {
-            let p = 4u * p4;
-            let w = array<vec4<f32>, 4>(
-                rhs[p * cols4 + col4],
-                rhs[(p + 1u) * cols4 + col4],
-                rhs[(p + 2u) * cols4 + col4],
-                rhs[(p + 3u) * cols4 + col4],
-            );
-            fma_four_loaded(&acc, row0, p4, n4, w);
+        for (var p = 0u; p < mm.inner; p++) {
+            fma_step_loaded(&acc, row0, p, n4, rhs[p * cols4 + col4]);
         }
     }
     store_tile(&acc, s, row0, c0);
