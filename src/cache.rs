@@ -105,7 +105,10 @@ pub fn save(gpu: &Gpu, cache: &wgpu::PipelineCache) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and per save: several devices of one process may save at once.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     if std::fs::write(&tmp, wrap(&data)).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
         return;
     }
