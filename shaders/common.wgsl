@@ -51,6 +51,16 @@ fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }
 
+// A term of a column reduction (ColumnTransform in src/reference.rs): 0 the value, 1 the hard
+// firing indicator [v > 0], 2 the soft one sigmoid(v / T). column_sum and fire_count_rho share it.
+fn column_term(transform: u32, v: f32, temperature: f32) -> f32 {
+    switch transform {
+        case 1u: { return select(0.0, 1.0, v > 0.0); }
+        case 2u: { return sigmoid(v / temperature); }
+        default: { return v; }
+    }
+}
+
 // The step state (StepState in src/layout.rs; docs/design.md section 5): words of a small
 // storage buffer that the kernels read and advance, so each of many steps recorded into one
 // submit sees its own values.

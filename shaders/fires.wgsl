@@ -24,7 +24,7 @@ struct Fires {
     scale: f32,
     rho: f32,
     control: f32,
-    // fire_count_rho: 1 the value, 2 sigmoid(x / temperature)
+    // fire_count_rho: column_term's transform of x_rho (0 the value, 2 sigmoid(x / temperature))
     rho_transform: u32,
     temperature: f32,
     _pad1: u32,
@@ -60,12 +60,7 @@ fn fire_count_rho(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     count_fires(j);
     var acc = 0.0;
     for (var i = 0u; i < fc.rows; i++) {
-        let v = x_rho[i * fc.cols + j];
-        if (fc.rho_transform == 2u) {
-            acc += sigmoid(v / fc.temperature);
-        } else {
-            acc += v;
-        }
+        acc += column_term(fc.rho_transform, x_rho[i * fc.cols + j], fc.temperature);
     }
     rho_hat[j] = fc.scale * acc;
 }

@@ -61,6 +61,21 @@ fn whole_subgroup(sgid: u32, sg_size: u32) -> bool {
     return (members == LANES) & ids_below & (sg_size >= LANES);
 }
 
+// Where an invocation works: whether its workgroup is one whole subgroup, its lane s (the
+// subgroup id there, else the local index), and the tile's first row and its own first column.
+struct Lane {
+    whole: bool,
+    s: u32,
+    row0: u32,
+    c0: u32,
+}
+
+fn lane(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) -> Lane {
+    let whole = whole_subgroup(sgid, sg_size);
+    let s = select(lid, sgid, whole);
+    return Lane(whole, s, (wid.y + grid.offset.y) * ROWS, ((wid.x + grid.offset.x) * LANES + s) * COLS);
+}
+
 // One step of the sum with the 32 rows shared: lane t holds rows 4t..4t+3 in `own`.
 fn fma_shared_rows(acc: ptr<function, array<vec4<f32>, 32>>, own: vec4<f32>, rv: vec4<f32>) {
     fma_rows(

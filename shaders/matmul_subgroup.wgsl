@@ -55,10 +55,11 @@ fn store4(r: u32, c0: u32, v: vec4<f32>) {
 
 // L(r,p) = lhs[r * l_r + p * l_p], R(p,c) = rhs[p * r_p + c * r_c]
 fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u32) {
-    let whole = whole_subgroup(sgid, sg_size);
-    let s = select(lid, sgid, whole);
-    let row0 = (wid.y + grid.offset.y) * ROWS;
-    let c0 = ((wid.x + grid.offset.x) * LANES + s) * COLS;
+    let at = lane(lid, sgid, sg_size, wid);
+    let whole = at.whole;
+    let s = at.s;
+    let row0 = at.row0;
+    let c0 = at.c0;
     let last_c = mm.cols - 1u;
     let rcol = vec4<u32>(min(c0, last_c), min(c0 + 1u, last_c), min(c0 + 2u, last_c), min(c0 + 3u, last_c)) * r_c;
     var acc: array<vec4<f32>, 32>;

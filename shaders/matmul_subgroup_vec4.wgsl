@@ -49,14 +49,6 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
     }
 }
 
-// The tile's corner and this lane's place in it.
-fn tile_row0(wid: vec2<u32>) -> u32 {
-    return (wid.y + grid.offset.y) * ROWS;
-}
-fn tile_c0(wid: vec2<u32>, s: u32) -> u32 {
-    return ((wid.x + grid.offset.x) * LANES + s) * COLS;
-}
-
 @compute @workgroup_size(8)
 fn matmul_backward_weight(
     @builtin(local_invocation_index) lid: u32,
@@ -66,10 +58,11 @@ fn matmul_backward_weight(
 ) {
     // L(r=j, p=i) = delta[i,j]: 4 rows of the tile are a vec4 of delta's row i (n4 per row) ;
     // R(p=i, c) = A[i,c]: a vec4 of c (k4 per row), the ones column past A's k columns
-    let whole = whole_subgroup(sgid, sg_size);
-    let s = select(lid, sgid, whole);
-    let row0 = tile_row0(wid.xy);
-    let c0 = tile_c0(wid.xy, s);
+    let at = lane(lid, sgid, sg_size, wid.xy);
+    let whole = at.whole;
+    let s = at.s;
+    let row0 = at.row0;
+    let c0 = at.c0;
     let n4 = mm.rows / 4u;
     let k = a_cols();
     let k4 = k / 4u;
@@ -164,10 +157,11 @@ fn matmul_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     // L = A[m,k]: rows along p (k4 vec4 per row) ; R(p,c) = W[c,p]: W's rows along p too
-    let whole = whole_subgroup(sgid, sg_size);
-    let s = select(lid, sgid, whole);
-    let row0 = tile_row0(wid.xy);
-    let c0 = tile_c0(wid.xy, s);
+    let at = lane(lid, sgid, sg_size, wid.xy);
+    let whole = at.whole;
+    let s = at.s;
+    let row0 = at.row0;
+    let c0 = at.c0;
     let cc = min(c0, mm.cols - 4u);
     let k4 = mm.inner / 4u;
     var acc: array<vec4<f32>, 32>;
@@ -206,10 +200,11 @@ fn matmul_backward_input(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     // L(r=i, p=j) = delta[i,j]: rows along p (n4 vec4 per row) ; R(p=j, c) = W[j,c]: a vec4 of c
-    let whole = whole_subgroup(sgid, sg_size);
-    let s = select(lid, sgid, whole);
-    let row0 = tile_row0(wid.xy);
-    let c0 = tile_c0(wid.xy, s);
+    let at = lane(lid, sgid, sg_size, wid.xy);
+    let whole = at.whole;
+    let s = at.s;
+    let row0 = at.row0;
+    let c0 = at.c0;
     let col4 = min(c0, mm.cols - 4u) / 4u;
     let cols4 = mm.cols / 4u;
     let n4 = mm.inner / 4u;

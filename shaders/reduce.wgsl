@@ -19,14 +19,6 @@ struct Reduce {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-fn transform(v: f32) -> f32 {
-    switch rd.transform {
-        case 1u: { return select(0.0, 1.0, v > 0.0); }
-        case 2u: { return sigmoid(v / rd.temperature); }
-        default: { return v; }
-    }
-}
-
 @compute @workgroup_size(64)
 fn column_sum(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let j = (wid.x + grid.offset.x) * 64u + lid.x;
@@ -35,7 +27,7 @@ fn column_sum(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     }
     var acc = 0.0;
     for (var i = 0u; i < rd.rows; i++) {
-        acc += transform(x[i * rd.cols + j]);
+        acc += column_term(rd.transform, x[i * rd.cols + j], rd.temperature);
     }
     out[j] = rd.scale * acc;
 }

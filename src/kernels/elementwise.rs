@@ -55,7 +55,8 @@ struct Fires {
 }
 
 impl Fires {
-    /// Over `[m, n]`, as `update` asks; `rho_transform` 0 (fire_count), 1 or 2 (fire_count_rho).
+    /// Over `[m, n]`, as `update` asks; `rho_transform` is fire_count_rho's column_term code
+    /// (unread by fire_count).
     fn new(m: usize, n: usize, update: FireUpdate, rho_transform: u32, temperature: f64) -> Fires {
         Fires {
             rows: m as u32,
@@ -256,7 +257,8 @@ impl Kernels {
         rho: (&View, &View, Option<f64>),
     ) -> Launch {
         let (rho_transform, temperature) = match rho.2 {
-            None => (1, 1.0),
+            // column_term's codes (shaders/common.wgsl), as column_sum passes them.
+            None => (0, 1.0),
             Some(temperature) => (2, temperature),
         };
         let params = Fires::new(m, n, update, rho_transform, temperature);
