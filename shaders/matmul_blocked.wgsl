@@ -36,7 +36,7 @@ fn blocked_matmul(lid: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u
     for (var p = 0u; p < mm.inner; p++) {
         let lp = p * l_p;
         let rp = p * r_p;
-        let rv = ones_column(vec4<f32>(rhs[rp + rcol[0]], rhs[rp + rcol[1]], rhs[rp + rcol[2]], rhs[rp + rcol[3]]), c0);
+        let rv = ones_column(vec4<f32>(rhs_at(rp + rcol[0]), rhs_at(rp + rcol[1]), rhs_at(rp + rcol[2]), rhs_at(rp + rcol[3])), c0);
         acc[0] = fma(vec4<f32>(lhs[lrow[0] + lp]), rv, acc[0]);
         acc[1] = fma(vec4<f32>(lhs[lrow[1] + lp]), rv, acc[1]);
         acc[2] = fma(vec4<f32>(lhs[lrow[2] + lp]), rv, acc[2]);
@@ -56,15 +56,38 @@ fn blocked_matmul(lid: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u
 
 @compute @workgroup_size(64)
 fn matmul_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    single();
     blocked_matmul(lid, wid.xy, mm.inner, 1u, 1u, mm.inner);
 }
 
 @compute @workgroup_size(64)
 fn matmul_backward_weight(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    blocked_matmul(lid, wid.xy, 1u, mm.rows, a_cols(), 1u);
+    single();
+    backward_weight(lid, wid.xy);
+}
+
+fn backward_weight(lid: u32, wid: vec2<u32>) {
+    blocked_matmul(lid, wid, 1u, mm.rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(64)
 fn matmul_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    blocked_matmul(lid, wid.xy, mm.inner, 1u, mm.cols, 1u);
+    single();
+    backward_input(lid, wid.xy);
+}
+
+fn backward_input(lid: u32, wid: vec2<u32>) {
+    blocked_matmul(lid, wid, mm.inner, 1u, mm.cols, 1u);
+}
+
+// Both backward products of a layer in one dispatch (see matmul_params.wgsl).
+@compute @workgroup_size(64)
+fn matmul_backward_pair(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    if (is_weight_job(wid.y)) {
+        weight_job();
+        backward_weight(lid, wid.xy);
+    } else {
+        input_job();
+        backward_input(lid, input_job_wid(wid.xy));
+    }
 }

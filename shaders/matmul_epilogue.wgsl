@@ -8,9 +8,18 @@
 @group(0) @binding(8) var<storage, read> a_in: array<f32>;
 @group(0) @binding(9) var<storage, read_write> delta_out: array<f32>;
 
+// R(p, c) at index i: the right operand, or in matmul_backward_pair's weight job A_{l-1} from
+// a_in (see matmul_params.wgsl).
+fn rhs_at(i: u32) -> f32 {
+    if (paired_weight) {
+        return a_in[i];
+    }
+    return rhs[i];
+}
+
 fn store_output(r: u32, c: u32, v: f32) {
     let at = r * mm.cols + c;
-    switch EPILOGUE {
+    switch mode {
         case 1u: {
             let z = v + bias[c];
             out[at] = z;
@@ -30,6 +39,8 @@ fn store_output(r: u32, c: u32, v: f32) {
         case 3u: {
             if (c == mm.cols - 1u) {
                 a_out[r] = v;
+            } else if (paired_weight) {
+                delta_out[r * (mm.cols - 1u) + c] = v;
             } else {
                 out[r * (mm.cols - 1u) + c] = v;
             }

@@ -24,12 +24,21 @@ fn derivative4(act: u32, z: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
     );
 }
 
+// R's vec4 at index i: the right operand, or in matmul_backward_pair's weight job A_{l-1} from
+// a_in (see matmul_params.wgsl).
+fn rhs4_at(i: u32) -> vec4<f32> {
+    if (paired_weight) {
+        return a_in[i];
+    }
+    return rhs[i];
+}
+
 // Outputs [r, c0..c0+4) of the stored width a_cols() (the ones column's are not stored here),
 // the same f32 arithmetic per element as store_output; `b` is bias[c0..c0+4) (modes 1 and 4),
 // loaded once per invocation by the caller.
 fn store_output4(r: u32, c0: u32, v: vec4<f32>, b: vec4<f32>) {
     let at = (r * a_cols() + c0) / 4u;
-    switch EPILOGUE {
+    switch mode {
         case 1u: {
             let z = v + b;
             out[at] = z;
@@ -44,6 +53,13 @@ fn store_output4(r: u32, c0: u32, v: vec4<f32>, b: vec4<f32>) {
             out[at] = z;
             a_out[at] = a;
             delta_out[at] = (a - z_in[at]) * mm.inv_m * derivative4(mm.act, z, a);
+        }
+        case 3u: {
+            if (paired_weight) {
+                delta_out[at] = v;
+            } else {
+                out[at] = v;
+            }
         }
         default: {
             out[at] = v;

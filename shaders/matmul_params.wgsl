@@ -22,16 +22,59 @@ struct Matmul {
     inner: u32,
     act: u32,
     inv_m: f32,
-    _pad1: u32,
+    // matmul_backward_pair: workgroup rows (y) of its weight job, before the input job's
+    pair_rows: u32,
     _pad2: u32,
     _pad3: u32,
 }
 
-@group(0) @binding(1) var<uniform> mm: Matmul;
+@group(0) @binding(1) var<uniform> params: Matmul;
+
+// The product an invocation computes and its epilogue mode: the launch's own (`single`), or
+// one of matmul_backward_pair's two jobs (`weight_job`, `input_job`). Set once at the top of
+// each entry point, in the branch that then computes (so the compiler sees constants there).
+var<private> mm: Matmul;
+var<private> mode: u32;
+// The pair's weight job: R (A_{l-1}) read from a_in, binding 8, and dW stored to delta_out,
+// binding 9 (the input job keeps the bindings of matmul_backward_input).
+var<private> paired_weight: bool;
+
+fn single() {
+    mm = params;
+    mode = EPILOGUE;
+    paired_weight = false;
+}
+
+// matmul_backward_pair, in one dispatch (docs/design.md section 5):
+//   workgroup rows y <  pair_rows: dW_l = delta_l^T [A_{l-1} | 1]   rows n, cols k + 1, inner m
+//                                  (matmul_backward_weight, epilogue 3)
+//   workgroup rows y >= pair_rows: G = delta_l W_l, through EPILOGUE    rows m, cols k, inner n
+//                                  (matmul_backward_input; the uniform holds this product)
+// Both read delta_l; neither reads what the other writes.
+fn is_weight_job(wid_y: u32) -> bool {
+    return wid_y + grid.offset.y < params.pair_rows;
+}
+
+fn weight_job() {
+    mm = Matmul(params.inner, params.cols + 1u, params.rows, 0u, 0.0, 0u, 0u, 0u);
+    mode = 3u;
+    paired_weight = true;
+}
+
+fn input_job() {
+    single();
+}
+
+// The workgroup id within the input job (with the grid offset added back, row 0 is the job's
+// first; u32 arithmetic wraps, so the sum is right in any dispatch of a split grid).
+fn input_job_wid(wid: vec2<u32>) -> vec2<u32> {
+    return vec2<u32>(wid.x, wid.y - params.pair_rows);
+}
+
 // With epilogue 3 the right operand has an extra last column of ones (columns past the edge
 // also read 1 there: their outputs are never stored).
 fn ones_column(rv: vec4<f32>, c0: u32) -> vec4<f32> {
-    if (EPILOGUE == 3u) {
+    if (mode == 3u) {
         return select(rv, vec4<f32>(1.0), vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u) >= vec4<u32>(mm.cols - 1u));
     }
     return rv;
@@ -40,9 +83,8 @@ fn ones_column(rv: vec4<f32>, c0: u32) -> vec4<f32> {
 // Row stride of A in matmul_backward_weight: the output has one more column than A with
 // epilogue 3 (the ones column is not stored in A).
 fn a_cols() -> u32 {
-    if (EPILOGUE == 3u) {
+    if (mode == 3u) {
         return mm.cols - 1u;
     }
     return mm.cols;
 }
-

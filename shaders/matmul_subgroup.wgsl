@@ -66,7 +66,7 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
     if (whole) {
         for (var p = 0u; p < mm.inner; p++) {
             let rp = p * r_p;
-            let rv = ones_column(vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]), c0);
+            let rv = ones_column(vec4<f32>(rhs_at(rp + rcol.x), rhs_at(rp + rcol.y), rhs_at(rp + rcol.z), rhs_at(rp + rcol.w)), c0);
             let own = lhs4(row0, s, p * l_p, l_r);
             fma_shared_rows(&acc, own, rv);
         }
@@ -75,7 +75,7 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
         for (var p = 0u; p < mm.inner; p++) {
             let rp = p * r_p;
             let lp = p * l_p;
-            let rv = ones_column(vec4<f32>(rhs[rp + rcol.x], rhs[rp + rcol.y], rhs[rp + rcol.z], rhs[rp + rcol.w]), c0);
+            let rv = ones_column(vec4<f32>(rhs_at(rp + rcol.x), rhs_at(rp + rcol.y), rhs_at(rp + rcol.z), rhs_at(rp + rcol.w)), c0);
             fma_rows(
                 &acc,
                 lhs4(row0, 0u, lp, l_r),
@@ -103,6 +103,7 @@ fn matmul_forward(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
+    single();
     // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
     subgroup_matmul(lid, sgid, sg_size, wid.xy, mm.inner, 1u, 1u, mm.inner);
 }
@@ -114,8 +115,13 @@ fn matmul_backward_weight(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
+    single();
+    backward_weight(lid, sgid, sg_size, wid.xy);
+}
+
+fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
-    subgroup_matmul(lid, sgid, sg_size, wid.xy, 1u, mm.rows, a_cols(), 1u);
+    subgroup_matmul(lid, sgid, sg_size, wid, 1u, mm.rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(8)
@@ -125,6 +131,29 @@ fn matmul_backward_input(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
+    single();
+    backward_input(lid, sgid, sg_size, wid.xy);
+}
+
+fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
-    subgroup_matmul(lid, sgid, sg_size, wid.xy, mm.inner, 1u, mm.cols, 1u);
+    subgroup_matmul(lid, sgid, sg_size, wid, mm.inner, 1u, mm.cols, 1u);
+}
+
+// Both backward products of a layer in one dispatch (see matmul_params.wgsl). The branch is
+// uniform over the workgroup, so every invocation of it reaches the same subgroup operations.
+@compute @workgroup_size(8)
+fn matmul_backward_pair(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    if (is_weight_job(wid.y)) {
+        weight_job();
+        backward_weight(lid, sgid, sg_size, wid.xy);
+    } else {
+        input_job();
+        backward_input(lid, sgid, sg_size, input_job_wid(wid.xy));
+    }
 }

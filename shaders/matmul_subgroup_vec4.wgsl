@@ -31,7 +31,7 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
     let width = a_cols();
     if (c0 < width) {
         var b = vec4<f32>(0.0);
-        if (EPILOGUE == 1u || EPILOGUE == 4u) {
+        if (mode == 1u || mode == 4u) {
             b = bias[c0 / 4u];
         }
         for (var i = 0u; i < ROWS; i++) {
@@ -39,7 +39,7 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
                 store_output4(row0 + i, c0, staged[s][i], b);
             }
         }
-    } else if (EPILOGUE == 3u && c0 == width) {
+    } else if (mode == 3u && c0 == width) {
         for (var i = 0u; i < ROWS; i += 4u) {
             if (row0 + i < mm.rows) {
                 let v = vec4<f32>(staged[s][i].x, staged[s][i + 1u].x, staged[s][i + 2u].x, staged[s][i + 3u].x);
@@ -56,9 +56,14 @@ fn matmul_backward_weight(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
+    single();
+    backward_weight(lid, sgid, sg_size, wid.xy);
+}
+
+fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j]: 4 rows of the tile are a vec4 of delta's row i (n4 per row) ;
     // R(p=i, c) = A[i,c]: a vec4 of c (k4 per row), the ones column past A's k columns
-    let at = lane(lid, sgid, sg_size, wid.xy);
+    let at = lane(lid, sgid, sg_size, wid);
     let whole = at.whole;
     let s = at.s;
     let row0 = at.row0;
@@ -72,13 +77,13 @@ fn matmul_backward_weight(
     if (whole) {
         let own_group = min(g0 + s, n4 - 1u);
         for (var p = 0u; p < mm.inner; p++) {
-            let rv = ones_column(rhs[p * k4 + col4], c0);
+            let rv = ones_column(rhs4_at(p * k4 + col4), c0);
             fma_shared_rows(&acc, lhs[p * n4 + own_group], rv);
         }
     } else {
         let last = n4 - 1u;
         for (var p = 0u; p < mm.inner; p++) {
-            let rv = ones_column(rhs[p * k4 + col4], c0);
+            let rv = ones_column(rhs4_at(p * k4 + col4), c0);
             let at = p * n4;
             fma_rows(
                 &acc,
@@ -156,6 +161,7 @@ fn matmul_forward(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
+    single();
     // L = A[m,k]: rows along p (k4 vec4 per row) ; R(p,c) = W[c,p]: W's rows along p too
     let at = lane(lid, sgid, sg_size, wid.xy);
     let whole = at.whole;
@@ -199,8 +205,13 @@ fn matmul_backward_input(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
+    single();
+    backward_input(lid, sgid, sg_size, wid.xy);
+}
+
+fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j]: rows along p (n4 vec4 per row) ; R(p=j, c) = W[j,c]: a vec4 of c
-    let at = lane(lid, sgid, sg_size, wid.xy);
+    let at = lane(lid, sgid, sg_size, wid);
     let whole = at.whole;
     let s = at.s;
     let row0 = at.row0;
@@ -228,4 +239,22 @@ fn matmul_backward_input(
         }
     }
     store_tile(&acc, s, row0, c0);
+}
+
+// Both backward products of a layer in one dispatch (see matmul_params.wgsl). The branch is
+// uniform over the workgroup, so every invocation of it reaches the same subgroup operations.
+@compute @workgroup_size(8)
+fn matmul_backward_pair(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sgid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    if (is_weight_job(wid.y)) {
+        weight_job();
+        backward_weight(lid, sgid, sg_size, wid.xy);
+    } else {
+        input_job();
+        backward_input(lid, sgid, sg_size, input_job_wid(wid.xy));
+    }
 }

@@ -46,10 +46,10 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
             tile_l[p][i / 4u][i % 4u] = v_l;
             var v_r = 0.0;
             if (c < mm.cols && p0 + p < mm.inner) {
-                if (EPILOGUE == 3u && c == mm.cols - 1u) {
+                if (mode == 3u && c == mm.cols - 1u) {
                     v_r = 1.0; // the ones column of [A | 1] (see matmul_epilogue.wgsl)
                 } else {
-                    v_r = rhs[(p0 + p) * r_p + c * r_c];
+                    v_r = rhs_at((p0 + p) * r_p + c * r_c);
                 }
             }
             tile_r[p][i / 4u][i % 4u] = v_r;
@@ -78,18 +78,41 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
 
 @compute @workgroup_size(16, 16)
 fn matmul_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    single();
     // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
     tiled64_matmul(lid.xy, wid.xy, mm.inner, 1u, 1u, mm.inner);
 }
 
 @compute @workgroup_size(16, 16)
 fn matmul_backward_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    single();
+    backward_weight(lid.xy, wid.xy);
+}
+
+fn backward_weight(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
-    tiled64_matmul(lid.xy, wid.xy, 1u, mm.rows, a_cols(), 1u);
+    tiled64_matmul(lid, wid, 1u, mm.rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(16, 16)
 fn matmul_backward_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    single();
+    backward_input(lid.xy, wid.xy);
+}
+
+fn backward_input(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
-    tiled64_matmul(lid.xy, wid.xy, mm.inner, 1u, mm.cols, 1u);
+    tiled64_matmul(lid, wid, mm.inner, 1u, mm.cols, 1u);
+}
+
+// Both backward products of a layer in one dispatch (see matmul_params.wgsl).
+@compute @workgroup_size(16, 16)
+fn matmul_backward_pair(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    if (is_weight_job(wid.y)) {
+        weight_job();
+        backward_weight(lid.xy, wid.xy);
+    } else {
+        input_job();
+        backward_input(lid.xy, input_job_wid(wid.xy));
+    }
 }

@@ -38,7 +38,7 @@ pub const CASES: [(usize, usize, usize, u32); 6] = [
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 30] = [
+pub const CHECKS: [(&str, Check); 31] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_forward_output_delta", matmul_forward_output_delta),
@@ -46,6 +46,7 @@ pub const CHECKS: [(&str, Check); 30] = [
     ("matmul_backward_weight_bias", matmul_backward_weight_bias),
     ("matmul_backward_input", matmul_backward_input),
     ("matmul_backward_input_activation", matmul_backward_input_activation),
+    ("matmul_backward_pair", matmul_backward_pair),
     ("kl_backward", kl_backward),
     ("column_sum", column_sum),
     ("fire_count", fire_count),
@@ -869,6 +870,49 @@ pub fn matmul_backward_weight_bias(kern: &Kernels, rng: &mut Rng, m: usize, k: u
     let scale_b = r::column_sum(&abs(&delta), m, n, ColumnTransform::Value, 1.0);
     let got = [download(kern, &dw), download(kern, &db)];
     max_rel_err(&got[0], &want_w, &scale_w).max(max_rel_err(&got[1], &want_b, &scale_b))
+}
+
+/// `matmul_backward_pair` against its twin, with the plain input product and with the activation
+/// derivative for every activation: dW and db as in [`matmul_backward_weight_bias`], G as in
+/// [`matmul_backward_input`] or [`matmul_backward_input_activation`] (the same arithmetic).
+pub fn matmul_backward_pair(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for act in [None].into_iter().chain(Activation::ALL.map(Some)) {
+        let delta = random(rng, m * n, -1.0, 1.0);
+        let w = random(rng, n * k, -1.0, 1.0);
+        let z = random(rng, m * k, -3.0, 3.0);
+        let f = act.unwrap_or(Activation::Identity);
+        let a: Vec<f32> = z.iter().map(|&v| r::activate(f, v as f64) as f32).collect();
+        let (dw, db, out) = (poisoned(kern, n * k), poisoned(kern, n), poisoned(kern, m * k));
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        let z_in = act.map(|_| up("z", &z));
+        let (d_in, w_in, a_in) = (up("d", &delta), up("w", &w), up("a", &a));
+        kern.gpu.run(&[kern.matmul_backward_pair(
+            (&d_in, &w_in, &a_in),
+            z_in.as_ref(),
+            (&dw, &db),
+            &out,
+            (m, n, k),
+            f,
+        )]);
+        let z64 = widen(&z);
+        let (want_w, want_b, want_g) =
+            r::matmul_backward_pair(&widen(&delta), &widen(&w), &widen(&a), act.map(|_| &z64[..]), m, n, k, f);
+        let scale_w = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
+        let scale_b = r::column_sum(&abs(&delta), m, n, ColumnTransform::Value, 1.0);
+        let terms = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
+        let derivative = |i: usize| match act {
+            Some(act) => r::activation_derivative(act, z[i] as f64, a[i] as f64).abs(),
+            None => 1.0,
+        };
+        let scale_g: Vec<f64> = (0..m * k).map(|i| terms[i] * derivative(i) + 1e-30).collect();
+        let got = [download(kern, &dw), download(kern, &db), download(kern, &out)];
+        worst = worst
+            .max(max_rel_err(&got[0], &want_w, &scale_w))
+            .max(max_rel_err(&got[1], &want_b, &scale_b))
+            .max(max_rel_err(&got[2], &want_g, &scale_g));
+    }
+    worst
 }
 
 /// How far the device's full-batch J and gradient are from the reference's.

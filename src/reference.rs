@@ -99,6 +99,27 @@ pub fn matmul_backward_input_activation(
     activation_backward(&matmul_backward_input(delta, w, m, n, k), z, a, act)
 }
 
+/// `(dW, db, G)`: a layer's two backward products, `G = delta W`, times `f'(Z, A)` where `z` is
+/// given (twin of `matmul_backward_pair`; `a` is both dW's right operand and f's output).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_pair(
+    delta: &[f64],
+    w: &[f64],
+    a: &[f64],
+    z: Option<&[f64]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (dw, db) = matmul_backward_weight_bias(delta, a, m, n, k);
+    let g = match z {
+        Some(z) => matmul_backward_input_activation(delta, w, z, a, m, n, k, act),
+        None => matmul_backward_input(delta, w, m, n, k),
+    };
+    (dw, db, g)
+}
+
 pub fn activate(act: Activation, z: f64) -> f64 {
     match act {
         Activation::Identity => z,

@@ -87,6 +87,11 @@ fn matmul_backward_weight() {
 }
 
 #[test]
+fn matmul_backward_pair() {
+    run("matmul_backward_pair", check::matmul_backward_pair);
+}
+
+#[test]
 fn matmul_backward_input() {
     run("matmul_backward_input", check::matmul_backward_input);
 }
@@ -325,6 +330,85 @@ fn vec4_subgroup_matmul_matches_the_f32_kernel_bit_for_bit() {
             let vec4 = run(&mut kernels, true);
             assert!(plain.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
             assert!(plain == vec4, "m={m} n={n} k={k} on {}: vec4 differs", gpu.describe());
+        }
+    }
+}
+
+/// A layer's two backward products in one dispatch (`matmul_backward_pair`) give what the two
+/// launches they replace give, bit for bit, in every variant (and the subgroup one's vec4
+/// kernel), with the activation derivative and without: odd sizes, a batch of one, a weight
+/// job whose grid is wider or narrower than the input job's, and grids split over dispatches
+/// (the jobs' boundary then falls inside a dispatch or between two).
+#[test]
+fn backward_pair_matches_the_two_launches_bit_for_bit() {
+    use sae_wgpu::model::Activation;
+    for gpu in gpus() {
+        let mut kernels = Kernels::new(&gpu).expect("kernels");
+        let mut variants: Vec<(MatmulVariant, bool)> =
+            kernels.matmul_variants().into_iter().map(|v| (v, false)).collect();
+        if variants.iter().any(|&(v, _)| v == MatmulVariant::Subgroup) {
+            variants.push((MatmulVariant::Subgroup, true));
+        }
+        for (variant, vec4) in variants {
+            kernels.set_matmul_variant(variant).unwrap();
+            kernels.set_matmul_vec4(vec4);
+            for (case, &(m, n, k, max_groups)) in
+                [(1, 4, 4, u32::MAX), (37, 29, 53, u32::MAX), (257, 80, 20, 2), (130, 8, 132, 1), (64, 68, 44, 3)]
+                    .iter()
+                    .enumerate()
+            {
+                kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);
+                let mut rng = Rng::new(91 + case as u64);
+                let mut up = |name: &str, len: usize, lo: f64| gpu.upload(name, &check::random(&mut rng, len, lo, 1.0));
+                let (delta, w, z, a) =
+                    (up("delta", m * n, -1.0), up("w", n * k, -1.0), up("z", m * k, -1.0), up("a", m * k, 0.0));
+                for derivative in [true, false] {
+                    let run = |paired: bool| {
+                        let nan = |name: &str, len: usize| gpu.upload(name, &vec![f32::NAN; len]);
+                        let outs = [nan("dw", n * k), nan("db", n), nan("g", m * k)];
+                        let launches = if paired {
+                            let z = derivative.then_some(&z);
+                            let t = (&delta, &w, &a);
+                            vec![kernels.matmul_backward_pair(
+                                t,
+                                z,
+                                (&outs[0], &outs[1]),
+                                &outs[2],
+                                (m, n, k),
+                                Activation::Tanh,
+                            )]
+                        } else {
+                            let input = if derivative {
+                                kernels.matmul_backward_input_activation(
+                                    &delta,
+                                    &w,
+                                    &z,
+                                    &a,
+                                    &outs[2],
+                                    m,
+                                    n,
+                                    k,
+                                    Activation::Tanh,
+                                )
+                            } else {
+                                kernels.matmul_backward_input(&delta, &w, &outs[2], m, n, k)
+                            };
+                            vec![kernels.matmul_backward_weight_bias(&delta, &a, &outs[0], &outs[1], m, n, k), input]
+                        };
+                        gpu.run(&launches);
+                        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+                        outs.iter().map(|o| bits(gpu.download(o).unwrap())).collect::<Vec<_>>()
+                    };
+                    let (two, one) = (run(false), run(true));
+                    assert!(two.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
+                    assert!(
+                        one == two,
+                        "{} (vec4 {vec4}) m={m} n={n} k={k}, derivative {derivative}, on {}: the pair differs",
+                        variant.name(),
+                        gpu.describe()
+                    );
+                }
+            }
         }
     }
 }

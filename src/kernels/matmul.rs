@@ -30,22 +30,26 @@ pub const BINDINGS: [(u32, Access); 8] = [
     (9, Access::ReadWrite),
 ];
 
-/// The three layouts: `Z = A Wᵀ`, `dW = δᵀ A`, `G = δ W`.
+/// The three layouts: `Z = A Wᵀ`, `dW = δᵀ A`, `G = δ W`; and a layer's two backward products
+/// in one dispatch (`BackwardPair`: `dW` with the bias gradient, and `G` through the epilogue).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulOp {
     Forward,
     BackwardWeight,
     BackwardInput,
+    BackwardPair,
 }
 
 impl MatmulOp {
-    pub const ALL: [MatmulOp; 3] = [MatmulOp::Forward, MatmulOp::BackwardWeight, MatmulOp::BackwardInput];
+    pub const ALL: [MatmulOp; 4] =
+        [MatmulOp::Forward, MatmulOp::BackwardWeight, MatmulOp::BackwardInput, MatmulOp::BackwardPair];
 
     pub fn name(self) -> &'static str {
         match self {
             MatmulOp::Forward => "matmul_forward",
             MatmulOp::BackwardWeight => "matmul_backward_weight",
             MatmulOp::BackwardInput => "matmul_backward_input",
+            MatmulOp::BackwardPair => "matmul_backward_pair",
         }
     }
 
@@ -54,7 +58,8 @@ impl MatmulOp {
         match self {
             MatmulOp::Forward => &[Epilogue::Plain, Epilogue::BiasActivation, Epilogue::OutputDelta],
             MatmulOp::BackwardWeight => &[Epilogue::Plain, Epilogue::BiasGradient],
-            MatmulOp::BackwardInput => &[Epilogue::Plain, Epilogue::ActivationDerivative],
+            // The pair's weight job always has the bias gradient; these are its input job's.
+            MatmulOp::BackwardInput | MatmulOp::BackwardPair => &[Epilogue::Plain, Epilogue::ActivationDerivative],
         }
     }
 }
@@ -128,6 +133,8 @@ pub fn vec4_fits(op: MatmulOp, epilogue: Epilogue, (rows, cols, inner): (usize, 
     match op {
         MatmulOp::Forward | MatmulOp::BackwardInput => m4(inner) && m4(cols),
         MatmulOp::BackwardWeight => m4(rows) && m4(stored),
+        // The input job's (rows m, cols k, inner n) and the weight job's (rows n, stored k).
+        MatmulOp::BackwardPair => m4(inner) && m4(cols),
     }
 }
 
@@ -228,7 +235,9 @@ struct Matmul {
     inner: u32,
     act: u32,
     inv_m: f32,
-    _pad: [u32; 3],
+    /// `matmul_backward_pair`: the weight job's workgroup rows, before the input job's.
+    pair_rows: u32,
+    _pad: [u32; 2],
 }
 
 /// A matmul's tensors: the two operands, the output and the epilogue's extra bindings.
@@ -267,12 +276,28 @@ impl Kernels {
         assert!(t.out.len >= rows * stored_cols, "{}: output too small", op.name());
         // As output_delta's launcher computes it, so that the two agree bit for bit.
         let inv_m = if epilogue == Epilogue::OutputDelta { (1.0 / rows as f64) as f32 } else { 0.0 };
-        let params =
-            Matmul { rows: rows as u32, cols: cols as u32, inner: inner as u32, act: act.code(), inv_m, _pad: [0; 3] };
         let mut variant = self.matmul_variant;
         if variant == MatmulVariant::Subgroup && self.matmul_vec4 && vec4_fits(op, epilogue, (rows, cols, inner)) {
             variant = MatmulVariant::SubgroupVec4;
         }
+        let tile = variant.tile();
+        let mut groups = [cols.div_ceil(tile), rows.div_ceil(tile)];
+        let mut pair_rows = 0;
+        if op == MatmulOp::BackwardPair {
+            // The weight job's grid (rows n = inner, cols k + 1) first in y, then the input job's.
+            assert!(t.delta_out.is_some_and(|dw| dw.len >= inner * cols), "{}: dW too small", op.name());
+            pair_rows = inner.div_ceil(tile);
+            groups = [groups[0].max((cols + 1).div_ceil(tile)), groups[1] + pair_rows];
+        }
+        let params = Matmul {
+            rows: rows as u32,
+            cols: cols as u32,
+            inner: inner as u32,
+            act: act.code(),
+            inv_m,
+            pair_rows: pair_rows as u32,
+            _pad: [0; 2],
+        };
         let pipeline = self.pipeline(super::PipelineKey::Matmul(variant, op, epilogue));
         let (ro, rw) = (&self.placeholder_ro, &self.placeholder_rw);
         let tensors = [
@@ -285,12 +310,11 @@ impl Kernels {
             t.a_in.unwrap_or(ro),
             t.delta_out.unwrap_or(&self.placeholder_rw2),
         ];
-        let tile = variant.tile();
         let mut cost = matmul_cost(op, epilogue, m, k, n);
         if variant == MatmulVariant::SubgroupVec4 {
             cost.label += " vec4";
         }
-        self.launch_with(op.name(), &pipeline, params, &tensors, [cols.div_ceil(tile), rows.div_ceil(tile)], cost)
+        self.launch_with(op.name(), &pipeline, params, &tensors, groups, cost)
     }
 
     /// `Z[m,n] = A[m,k] W[n,k]^T`
@@ -389,6 +413,29 @@ impl Kernels {
         let t = Operands { z_in: Some(z), a_in: Some(a), ..Operands::plain(delta, w, delta_out) };
         self.matmul(MatmulOp::BackwardInput, Epilogue::ActivationDerivative, t, (m, k, n), act, (m, k, n))
     }
+
+    /// A layer's two backward products in one dispatch (docs/design.md section 5):
+    /// `dW[n,k] = delta[m,n]^T A[m,k]` and `db[n] = sum_i delta[i,:]` (as
+    /// [`Self::matmul_backward_weight_bias`]), and `G[m,k] = delta[m,n] W[n,k]` into `out`, times
+    /// `f'(Z, A)` of the layer below where `z` is given (as
+    /// [`Self::matmul_backward_input_activation`], else as [`Self::matmul_backward_input`]). The
+    /// same arithmetic as those two launches, so the same results bit for bit. `a` is `A_{l-1}`,
+    /// the weight gradient's right operand and the derivative's `A` both.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_pair(
+        &self,
+        (delta, w, a): (&View, &View, &View),
+        z: Option<&View>,
+        (dw, db): (&View, &View),
+        out: &View,
+        (m, n, k): (usize, usize, usize),
+        act: Activation,
+    ) -> Launch {
+        let epilogue = if z.is_some() { Epilogue::ActivationDerivative } else { Epilogue::Plain };
+        let t =
+            Operands { a_out: Some(db), z_in: z, a_in: Some(a), delta_out: Some(dw), ..Operands::plain(delta, w, out) };
+        self.matmul(MatmulOp::BackwardPair, epilogue, t, (m, k, n), act, (m, k, n))
+    }
 }
 
 /// `2 m k n` FLOPs; the operands read once and the outputs written once, plus what the
@@ -398,6 +445,8 @@ fn matmul_cost(op: MatmulOp, epilogue: Epilogue, m: usize, k: usize, n: usize) -
         MatmulOp::Forward => (m * k + n * k, m * n),
         MatmulOp::BackwardWeight => (m * n + m * k, n * k),
         MatmulOp::BackwardInput => (m * n + n * k, m * k),
+        // Both products: delta read once for each (a cache may serve the second).
+        MatmulOp::BackwardPair => (2 * m * n + m * k + n * k, n * k + n + m * k),
     };
     match epilogue {
         Epilogue::BiasActivation => {
@@ -412,10 +461,11 @@ fn matmul_cost(op: MatmulOp, epilogue: Epilogue, m: usize, k: usize, n: usize) -
         }
         Epilogue::Plain => {}
     }
+    let products = if op == MatmulOp::BackwardPair { 2 } else { 1 };
     Cost {
         label: format!("{}{}", op.name(), epilogue.suffix()),
         shape: format!("{m}·{k}→{n}"),
-        flops: 2.0 * (m * k * n) as f64,
+        flops: 2.0 * (products * m * k * n) as f64,
         bytes: 4.0 * (read + written) as f64,
     }
 }

@@ -398,11 +398,12 @@ impl Trainer {
                 for l in (1..=layers).rev() {
                     let (n, kk) = spec.shape(l);
                     // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
-                    // one dispatch
+                    // with, for l > 1, G = delta_l W_l in the same dispatch (matmul_backward_pair)
                     let (dw, db) = (weight(&b.grads, &self.layout, l), bias(&b.grads, &self.layout, l));
-                    let input = if l == 1 { b.acts.encoder_input(spec, mb) } else { a(l - 1) };
-                    backward.push(k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, mb, n, kk).at_layer(l));
                     if l == 1 {
+                        let input = b.acts.encoder_input(spec, mb);
+                        backward
+                            .push(k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, mb, n, kk).at_layer(l));
                         // The pre-bias path's term of dJ/db_L: -db_1^T W_1.
                         if spec.pre_bias {
                             let (db1_at, out_at) = (self.layout.biases[0].0, self.layout.biases[layers - 1].0);
@@ -410,16 +411,20 @@ impl Trainer {
                         }
                         break;
                     }
-                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}), one dispatch, or at the
-                    // code layer with a penalty, G then the KL term
+                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) in the pair's epilogue, or
+                    // at the code layer with a penalty (or JumpReLU), G then a kernel of its own
                     let act = spec.activation(l - 1);
+                    let pair = |z: Option<&View>, out: &View| {
+                        let t = (&delta(l), &w(l), &a(l - 1));
+                        k.matmul_backward_pair(t, z, (&dw, &db), out, (mb, n, kk), act).at_layer(l)
+                    };
                     if let (true, CodeSelect::JumpRelu { bandwidth, .. }) = (l - 1 == c, spec.select) {
                         // G = delta_l W_l, then G [z > theta] and the thresholds' gradient.
                         let (at, len) = self.layout.thresholds;
                         let (t, dt) = (b.params.slice(at, len), b.grads.slice(at, len));
                         let l0 =
                             if let Sparsity::L0 { coefficient } = sparsity { coefficient / mb as f64 } else { 0.0 };
-                        backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), mb, n, kk).at_layer(l));
+                        backward.push(pair(None, &g(kk)));
                         backward.push(k.jumprelu_backward(
                             (&g(kk), &z(c), &t),
                             &delta(c),
@@ -431,7 +436,7 @@ impl Trainer {
                             &b.step_values,
                         ));
                     } else if l - 1 == c && sparsity != Sparsity::None {
-                        backward.push(k.matmul_backward_input(&delta(l), &w(l), &g(kk), mb, n, kk).at_layer(l));
+                        backward.push(pair(None, &g(kk)));
                         backward.push(k.kl_backward(
                             &g(kk),
                             &z(c),
@@ -446,20 +451,7 @@ impl Trainer {
                             steps,
                         ));
                     } else {
-                        backward.push(
-                            k.matmul_backward_input_activation(
-                                &delta(l),
-                                &w(l),
-                                &z(l - 1),
-                                &a(l - 1),
-                                &delta(l - 1),
-                                mb,
-                                n,
-                                kk,
-                                act,
-                            )
-                            .at_layer(l),
-                        );
+                        backward.push(pair(Some(&z(l - 1)), &delta(l - 1)));
                     }
                 }
                 // L1's decoder term: dW_L's column j gains (C/m) (sum_i |a_ij|) w_j / ||w_j||.
