@@ -63,9 +63,12 @@ fn column_term(transform: u32, v: f32, temperature: f32) -> f32 {
 
 // The step state (StepState in src/layout.rs; docs/design.md section 5): words of a small
 // storage buffer that the kernels read and advance, so each of many steps recorded into one
-// submit sees its own values.
+// submit sees its own values. STATE_STEP is the count the kernels of a step read (t = step + 1);
+// STATE_DONE the steps completed, which a layered step's update advances (it cannot write the
+// word its own invocations read) and the next gather_rows copies into STATE_STEP.
 const STATE_CURSOR: u32 = 0u;
 const STATE_STEP: u32 = 1u;
+const STATE_DONE: u32 = 2u;
 
 // An entry of the step-values table (StepValues in src/layout.rs): what the update of step t
 // applies, computed on the host in f64. Entry t - 1, the last one for every later step.

@@ -3,8 +3,11 @@
 //                     gather 0: i                (a minibatch the host wrote itself)
 //                     gather 1: order[cursor + i] (a training step's shuffled minibatch)
 //                     gather 2: cursor + i        (evaluation in file order)
-//   advance_cursor  cursor += rows and step += steps, once per step (or evaluation batch),
-//                   after every kernel that reads the step state
+//                   and step = done: the step count the update of the step before advanced
+//                   (gather_rows is the first kernel of a layered step)
+//   advance_cursor  cursor += rows, step += steps and done = step, once per step (or
+//                   evaluation batch), after every kernel that reads the step state, where the
+//                   update does not advance it (the fused path, an evaluation)
 // `order` is the epoch's shuffled sample order, uploaded once per epoch; the cursor and step
 // live in the step state (common.wgsl).
 
@@ -18,12 +21,16 @@ struct Gather {
 @group(0) @binding(1) var<uniform> gp: Gather;
 @group(0) @binding(2) var<storage, read> data: array<f32>;
 @group(0) @binding(3) var<storage, read> order: array<u32>;
-@group(0) @binding(4) var<storage, read> state_ro: array<u32>;
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;
+@group(0) @binding(6) var<storage, read_write> state: array<u32>;
 
 @compute @workgroup_size(256)
 fn gather_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let e = (wid.x + grid.offset.x) * 256u + lid.x;
+    if (e == 0u) {
+        // Read by no other invocation here (they read the cursor).
+        state[STATE_STEP] = state[STATE_DONE];
+    }
     if (e >= gp.rows * gp.cols) {
         return;
     }
@@ -31,18 +38,18 @@ fn gather_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let f = e % gp.cols;
     var src = i;
     if (gp.gather == 1u) {
-        src = order[state_ro[STATE_CURSOR] + i];
+        src = order[state[STATE_CURSOR] + i];
     } else if (gp.gather == 2u) {
-        src = state_ro[STATE_CURSOR] + i;
+        src = state[STATE_CURSOR] + i;
     }
     x[e] = data[src * gp.cols + f];
 }
 
-@group(0) @binding(6) var<storage, read_write> state_rw: array<u32>;
-
 @compute @workgroup_size(1)
 fn advance_cursor() {
     _ = grid.offset;
-    state_rw[STATE_CURSOR] = state_rw[STATE_CURSOR] + gp.rows;
-    state_rw[STATE_STEP] = state_rw[STATE_STEP] + gp.steps;
+    state[STATE_CURSOR] = state[STATE_CURSOR] + gp.rows;
+    let step = state[STATE_STEP] + gp.steps;
+    state[STATE_STEP] = step;
+    state[STATE_DONE] = step;
 }

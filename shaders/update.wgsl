@@ -5,6 +5,9 @@
 // (sgd, momentum, adam) or decoupled (adamw). Step t = step + 1 (the step state) applies entry
 // t - 1 of the step-values table: its learning rate and Adam's bias corrections. Every gradient
 // is first multiplied by clip[0], the clipping coefficient grad_norm wrote (1 without clipping).
+// On the layered path the update also ends the step (`advance_rows` > 0): its first invocation
+// sets done = step + 1 and moves the cursor past the step's rows, words no invocation here
+// reads (the next gather_rows copies done into step), so the step needs no launch of its own.
 //   grad_norm        clip[0] = min(1, max_norm / (||g|| + 1e-6)), ||g|| over every parameter
 //                    (PyTorch's clip_grad_norm_), one workgroup summing in a fixed order
 //   sgd_update       p <- p - lr (g + lambda p)
@@ -26,7 +29,8 @@ struct Update {
     eps: f32,
     // grad_norm: the largest global gradient norm
     max_norm: f32,
-    _pad0: u32,
+    // the update kernels: rows to move the cursor by, ending the step (0: advance_cursor does)
+    advance_rows: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -34,7 +38,7 @@ struct Update {
 @group(0) @binding(1) var<uniform> up: Update;
 @group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: array<f32>;
-@group(0) @binding(4) var<storage, read> state: array<u32>;
+@group(0) @binding(4) var<storage, read_write> state: array<u32>;
 @group(0) @binding(5) var<storage, read_write> moment1: array<f32>;
 @group(0) @binding(6) var<storage, read_write> moment2: array<f32>;
 @group(0) @binding(7) var<storage, read> step_values: array<StepValues>;
@@ -56,7 +60,12 @@ fn decay_at(i: u32) -> f32 {
 const PER_INVOCATION: u32 = 4u;
 
 fn first_index(lid: vec3<u32>, wid: vec3<u32>) -> u32 {
-    return (wid.x + grid.offset.x) * 256u * PER_INVOCATION + lid.x;
+    let first = (wid.x + grid.offset.x) * 256u * PER_INVOCATION + lid.x;
+    if (first == 0u && up.advance_rows != 0u) {
+        state[STATE_DONE] = state[STATE_STEP] + 1u;
+        state[STATE_CURSOR] = state[STATE_CURSOR] + up.advance_rows;
+    }
+    return first;
 }
 
 @compute @workgroup_size(256)

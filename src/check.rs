@@ -242,7 +242,7 @@ pub fn kl_backward(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize)
     ];
     for (act, penalty, share, anneal) in modes {
         let (state, values, clip) = beta_share(kern, share);
-        let steps = StepViews { state: &state, values: &values, clip: &clip };
+        let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
         // What the twin computes with: this step's beta and target.
         let sparsity = penalty.scaled(share).annealed(optim::beta_scale(anneal, 1));
         let g = random(rng, m * n, -0.1, 0.1);
@@ -343,7 +343,7 @@ pub fn fire_count(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
     for (i, update) in modes.into_iter().enumerate() {
         let share = if i == 1 { 0.3 } else { 1.0 };
         let (state, values, clip) = beta_share(kern, share);
-        let steps = StepViews { state: &state, values: &values, clip: &clip };
+        let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
         // Exact zeros (the strict z > 0), and a unit that never fires in these rows.
         let mut z = random(rng, m * n, -1.0, 1.0);
         for v in z.iter_mut().step_by(5) {
@@ -388,7 +388,7 @@ pub fn fire_count_rho(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usi
     let update = FireUpdate { track: true, rho: 0.05, control: 0.01, anneal: 0 };
     for soft in [None, Some(0.3)] {
         let (state, values, clip) = beta_share(kern, 1.0);
-        let steps = StepViews { state: &state, values: &values, clip: &clip };
+        let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
         let mut z = random(rng, m * n, -1.0, 1.0);
         for v in z.iter_mut().step_by(5) {
             *v = 0.0;
@@ -488,7 +488,7 @@ pub fn loss_value(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
     let kl = Sparsity::Kl { rho: 0.05, beta: 3.0 };
     for (penalty, share) in [(Sparsity::None, 1.0), (kl, 1.0), (kl, 0.375)] {
         let (state, values, clip) = beta_share(kern, share);
-        let steps = StepViews { state: &state, values: &values, clip: &clip };
+        let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
         let sparsity = penalty.scaled(share);
         let x = random(rng, m * n, 0.0, 1.0);
         let xhat = random(rng, m * n, 0.0, 1.0);
@@ -566,13 +566,13 @@ fn update_check(
     let m2 = random(rng, len, 0.0, 0.5);
     let up = |name, v: &[f32]| kern.gpu.upload(name, v);
     let (pv, gv, m1v, m2v) = (up("p", &p), up("g", &g), up("m1", &m1), up("m2", &m2));
-    let state = StepState { step: (t - 1) as u32, ..Default::default() };
+    let state = StepState { step: (t - 1) as u32, done: (t - 1) as u32, ..Default::default() };
     let state = kern.gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
     let values = optim::step_values(rule.optimizer, &rule.schedule, lr, 0);
     let values = kern.gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
     // The clipping coefficient grad_norm would have written (exact in f32).
     let clip_view = kern.gpu.upload("clip", &[clip as f32]);
-    let steps = StepViews { state: &state, values: &values, clip: &clip_view };
+    let steps = StepViews { state: &state, values: &values, clip: &clip_view, advance_rows: 0 };
     let launch = match rule.optimizer {
         Optimizer::Sgd => kern.sgd_update(&gv, &pv, steps, wl, &rule),
         Optimizer::Momentum { .. } => kern.momentum_update(&gv, &pv, steps, &m1v, wl, &rule),

@@ -191,8 +191,12 @@ impl MetricsLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct StepState {
     pub cursor: u32,
+    /// The step count this step's kernels read (`t = step + 1`).
     pub step: u32,
-    pub _pad: [u32; 2],
+    /// Steps completed: what a layered step's update advances and the next `gather_rows`
+    /// copies into `step` (equal to `step` between steps).
+    pub done: u32,
+    pub _pad: u32,
 }
 
 impl StepState {

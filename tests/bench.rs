@@ -71,8 +71,10 @@ fn quick_seed_bench_writes_json_and_compares() {
         // The seed model has 6 layers: 6 forward matmul rows (bias + activation in their
         // epilogues, the output delta in the last one's), 5 backward pairs (a layer's weight
         // and input gradients in one dispatch) and layer 1's weight gradient, and the
-        // element-wise kernels (gather, the counts with rho_hat, KL, update, cursor).
-        assert_eq!(kernels.len(), 12 + 5, "{name}: {} kernel rows", kernels.len());
+        // element-wise kernels (gather, the counts with rho_hat, KL, and the update, which also
+        // moves the cursor: no advance_cursor row).
+        assert_eq!(kernels.len(), 12 + 4, "{name}: {} kernel rows", kernels.len());
+        assert!(kernels.iter().all(|k| k["kernel"] != "advance_cursor"), "{name}: the update ends the step");
         // Labels name the epilogue and layer, and " vec4" where the vec4 kernel runs.
         let has =
             |id: &str| kernels.iter().any(|k| k["id"].as_str().map(|s| s.replace(" vec4", "")).as_deref() == Some(id));

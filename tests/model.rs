@@ -474,3 +474,51 @@ fn one_pass_objective_equals_two_passes() {
         assert!(mid.submits - before.submits < after.submits - mid.submits, "one pass takes fewer submits");
     }
 }
+
+/// The step count survives a change of path mid-run: a layered step's update counts the step
+/// done and the next `gather_rows` brings the kernels' count up to it, while the fused kernels
+/// read the count with no `gather_rows` before them (docs/design.md section 5). Under Adam with
+/// a cosine schedule every step's `t` matters (bias corrections, learning rate): 3 layered then
+/// 3 fused steps, and 3 fused then 3 layered, must end where 6 steps on either path end, within
+/// the two paths' rounding (1e-4 of each tensor's largest entry; a step counted wrong moves
+/// the parameters by a sizeable fraction of a step, far more).
+#[test]
+fn the_step_count_survives_a_change_of_path() {
+    use sae_wgpu::optim::{LrSchedule, Optimizer, ScheduleKind};
+    let gpu = gpu();
+    let spec = ModelSpec::seed();
+    let cfg = LossConfig { weight_decay: 1e-3, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+    let m = 33;
+    let mut rng = Rng::new(5);
+    let batches: Vec<Vec<f32>> = (0..6).map(|_| random(&mut rng, m * 20, 0.0, 1.0)).collect();
+    let schedule = LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 2, total_steps: 6, lr_min: 0.001 };
+    let run = |paths: [Path; 2]| {
+        let mut t = Trainer::new(&gpu, &spec, cfg, 0.05, m, &Params::init(&spec, 3)).unwrap();
+        t.set_optimizer(Optimizer::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }).unwrap();
+        t.set_lr_schedule(schedule).unwrap();
+        for (i, b) in batches.iter().enumerate() {
+            t.set_path(paths[i / 3]).unwrap();
+            t.step(b).unwrap();
+        }
+        assert_eq!(t.steps_done(), 6);
+        t.params().unwrap()
+    };
+    let layered = run([Path::Layered, Path::Layered]);
+    let fused = run([Path::Fused, Path::Fused]);
+    let tensors = |p: &Params| p.weights.iter().chain(&p.biases).cloned().collect::<Vec<_>>();
+    let worst = |a: &Params, b: &Params| {
+        tensors(a).iter().zip(&tensors(b)).fold(0.0f64, |worst, (x, y)| {
+            let size = y.iter().fold(1e-3f64, |s, v| s.max(v.abs() as f64));
+            x.iter().zip(y).fold(worst, |w, (u, v)| w.max((*u as f64 - *v as f64).abs() / size))
+        })
+    };
+    let paths_apart = worst(&layered, &fused);
+    for (name, mixed) in [
+        ("layered then fused", run([Path::Layered, Path::Fused])),
+        ("fused then layered", run([Path::Fused, Path::Layered])),
+    ] {
+        let (e_l, e_f) = (worst(&mixed, &layered), worst(&mixed, &fused));
+        println!("{name}: {e_l:.2e} from layered, {e_f:.2e} from fused (the paths {paths_apart:.2e} apart)");
+        assert!(e_l < 1e-4 && e_f < 1e-4, "{name}: {e_l:.2e} / {e_f:.2e} from the single-path runs");
+    }
+}

@@ -335,7 +335,7 @@ fn bench_updates(kernels: &Kernels, timer: &Timer, case: &Case, s: &Settings, rn
     let m1 = gpu.upload("moment 1", &random(rng, len, -1e-3, 1e-3));
     let m2 = gpu.upload("moment 2", &random(rng, len, 0.0, 1e-6));
     let clip = gpu.upload("clip", &[1.0]);
-    let state = crate::layout::StepState { step: 9, ..Default::default() };
+    let state = crate::layout::StepState { step: 9, done: 9, ..Default::default() };
     let state = gpu.upload_bytes("step state", bytemuck::bytes_of(&state));
     let (beta1, beta2) = crate::optim::defaults::ADAM_BETAS;
     let eps = crate::optim::defaults::ADAM_EPS;
@@ -351,7 +351,7 @@ fn bench_updates(kernels: &Kernels, timer: &Timer, case: &Case, s: &Settings, rn
             let rule = UpdateRule { optimizer, weight_decay: 1e-4, ..Default::default() };
             let values = crate::optim::step_values(optimizer, &rule.schedule, LR, 0);
             let values = gpu.upload_bytes("step values", bytemuck::cast_slice(&values));
-            let steps = StepViews { state: &state, values: &values, clip: &clip };
+            let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
             let wl = layout.weights_len;
             let launch = match optimizer {
                 Optimizer::Sgd => kernels.sgd_update(&grads, &params, steps, wl, &rule),

@@ -102,7 +102,8 @@ struct Update {
     beta2: f32,
     eps: f32,
     max_norm: f32,
-    _pad: [u32; 3],
+    advance_rows: u32,
+    _pad: [u32; 2],
 }
 
 impl Update {
@@ -124,7 +125,8 @@ impl Update {
             beta2: beta2 as f32,
             eps: eps as f32,
             max_norm: rule.clip_grad_norm.unwrap_or(0.0) as f32,
-            _pad: [0; 3],
+            advance_rows: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -136,6 +138,9 @@ pub struct StepViews<'a> {
     pub state: &'a View,
     pub values: &'a View,
     pub clip: &'a View,
+    /// The update kernels: ends the step, moving the cursor by this many rows and the steps
+    /// done by one (docs/design.md section 5); 0 where `advance_cursor` does it.
+    pub advance_rows: usize,
 }
 
 /// The cost of an element-wise launch over `elements`, `flops_each` per element, moving
@@ -319,7 +324,7 @@ impl Kernels {
         rule: &UpdateRule,
     ) -> Launch {
         let tensors = [grads, params, steps.state, steps.values, steps.clip];
-        self.update(Kernel::SgdUpdate, &tensors, weights_len, rule, 4.0, 3)
+        self.update(Kernel::SgdUpdate, &tensors, (weights_len, steps.advance_rows), rule, 4.0, 3)
     }
 
     /// PyTorch's SGD with momentum: `v <- mu v + (g + lambda p)`, `p <- p - lr v`.
@@ -333,7 +338,7 @@ impl Kernels {
         rule: &UpdateRule,
     ) -> Launch {
         let tensors = [grads, params, steps.state, steps.values, steps.clip, velocity];
-        self.update(Kernel::MomentumUpdate, &tensors, weights_len, rule, 5.0, 5)
+        self.update(Kernel::MomentumUpdate, &tensors, (weights_len, steps.advance_rows), rule, 5.0, 5)
     }
 
     /// PyTorch's Adam, or AdamW (`rule.optimizer` says which), with the learning rate and bias
@@ -350,7 +355,7 @@ impl Kernels {
         rule: &UpdateRule,
     ) -> Launch {
         let tensors = [grads, params, steps.state, steps.values, steps.clip, m, v];
-        self.update(Kernel::AdamUpdate, &tensors, weights_len, rule, 12.0, 7)
+        self.update(Kernel::AdamUpdate, &tensors, (weights_len, steps.advance_rows), rule, 12.0, 7)
     }
 
     /// `clip[0] = min(1, max_norm / (||grads|| + 1e-6))` over every gradient, `max_norm` from
@@ -368,13 +373,13 @@ impl Kernels {
         &self,
         kernel: Kernel,
         tensors: &[&View],
-        weights_len: usize,
+        (weights_len, advance_rows): (usize, usize),
         rule: &UpdateRule,
         flops_each: f64,
         floats_each: usize,
     ) -> Launch {
         let len = tensors[1].len;
-        let uniform = Update::new(len, weights_len, rule);
+        let uniform = Update { advance_rows: advance_rows as u32, ..Update::new(len, weights_len, rule) };
         let cost = cost(kernel, format!("{len} params"), len, flops_each, floats_each * len);
         // PER_INVOCATION = 4 parameters per invocation (shaders/update.wgsl).
         self.launch(kernel, uniform, tensors, [len.div_ceil(1024), 1], cost)

@@ -522,6 +522,11 @@ impl Trainer {
             let table = Self::layer_table(&self.spec, &self.layout, &self.buffers.acts.layout);
             self.buffers.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&table));
             self.schedules.clear();
+            // The fused kernels read the step count without a gather_rows to bring it up to
+            // the steps done (section 5 of docs/design.md): make the two agree.
+            let done = self.steps_done as u32;
+            let state = &self.buffers.state;
+            gpu.queue.write_buffer(&state.buffer, state.byte_offset() + 4, bytemuck::cast_slice(&[done, done]));
         }
         Ok(())
     }
@@ -727,7 +732,7 @@ impl Trainer {
         for (view, values) in self.buffers.moments.clone().iter().zip(state) {
             self.upload(view, bytemuck::cast_slice(values));
         }
-        let at = StepState { step: steps_done as u32, ..Default::default() };
+        let at = StepState { step: steps_done as u32, done: steps_done as u32, ..Default::default() };
         let view = self.buffers.state.clone();
         self.upload(&view, bytemuck::bytes_of(&at));
         self.steps_done = steps_done;

@@ -253,7 +253,7 @@ impl Trainer {
         let inv_m = 1.0 / m as f64;
         let data = if from == Rows::Host { &b.x_staging } else { &b.data };
         let sparsity = self.loss.sparsity;
-        let steps = StepViews { state: &b.state, values: &b.step_values, clip: &b.clip };
+        let steps = StepViews { state: &b.state, values: &b.step_values, clip: &b.clip, advance_rows: 0 };
         // The weight-decay term of J: none for AdamW, whose decay is decoupled.
         let l2 = if self.optimizer.decoupled_weight_decay() { 0.0 } else { self.loss.weight_decay };
 
@@ -475,11 +475,12 @@ impl Trainer {
                     update.push(k.decoder_project(&w_out, &dw_out, rows_out, cols_out));
                 }
                 update.extend(self.clip_launch());
-                update.push(self.update_launch());
+                // The update also ends the step: the cursor moves past the rows and the steps
+                // done count this one (the next gather_rows hands that count to its step).
+                update.push(self.update_launch(m));
                 if self.decoder_norm {
                     update.push(k.decoder_normalize(&w_out, &dw_out, rows_out, cols_out));
                 }
-                update.push(k.advance_cursor(&b.state, m, 1));
                 (forward, backward, update, vec![])
             }
             StepPath::Fused => {
@@ -508,7 +509,7 @@ impl Trainer {
                 let mut update = vec![k.fused_update(&net, &buffers, upd)];
                 if !inline_sgd {
                     update.extend(self.clip_launch());
-                    update.push(self.update_launch());
+                    update.push(self.update_launch(0));
                 }
                 update.push(k.advance_cursor(&b.state, m, 1));
                 (forward, vec![k.fused_backward(&net, &buffers, bwd)], update, vec![grads_only])
@@ -553,12 +554,13 @@ impl Trainer {
             .collect()
     }
 
-    /// The optimizer's update of every parameter from the gradients (one dispatch).
-    fn update_launch(&self) -> Launch {
+    /// The optimizer's update of every parameter from the gradients (one dispatch), which on
+    /// the layered path also ends the step (`advance_rows`, the step's rows; 0: it does not).
+    fn update_launch(&self, advance_rows: usize) -> Launch {
         let (k, b, rule) = (&self.kernels, &self.buffers, self.update_rule());
         let wl = self.layout.weights_len;
         let [m1, m2] = &b.moments;
-        let steps = StepViews { state: &b.state, values: &b.step_values, clip: &b.clip };
+        let steps = StepViews { state: &b.state, values: &b.step_values, clip: &b.clip, advance_rows };
         match self.optimizer {
             Optimizer::Sgd => k.sgd_update(&b.grads, &b.params, steps, wl, &rule),
             Optimizer::Momentum { .. } => k.momentum_update(&b.grads, &b.params, steps, m1, wl, &rule),
