@@ -13,7 +13,10 @@
 //
 // fire_count_rho also sums the penalty's rho_hat in the same launch, column_sum's arithmetic:
 //   rho_hat[j] = scale * sum_i t(x[i, j]),  t the value (kl: x = A_c) or sigmoid(x / T)
-//   (kl-soft-freq: x = Z_c), one launch instead of two per training step.
+//   (kl-soft-freq: x = Z_c), one launch instead of two per training step;
+// and with term_at > 0 the KL gradient's column term, kl_backward's dkl, at rho_hat[term_at + j]:
+//   term[j] = (beta/m) beta_scale KL'(rho_hat[j])
+// which the code layer's backward pair adds in its epilogue (mode 5, matmul_params.wgsl).
 
 struct Fires {
     rows: u32,
@@ -27,6 +30,11 @@ struct Fires {
     // fire_count_rho: column_term's transform of x_rho (0 the value, 2 sigmoid(x / temperature))
     rho_transform: u32,
     temperature: f32,
+    // the KL term (term_at 0: none): the penalty's rho, beta / m and the clamp eps
+    kl_rho: f32,
+    beta_over_m: f32,
+    eps: f32,
+    term_at: u32,
     _pad1: u32,
     _pad2: u32,
     _pad3: u32,
@@ -62,7 +70,13 @@ fn fire_count_rho(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     for (var i = 0u; i < fc.rows; i++) {
         acc += column_term(fc.rho_transform, x_rho[i * fc.cols + j], fc.temperature);
     }
-    rho_hat[j] = fc.scale * acc;
+    let r = fc.scale * acc;
+    rho_hat[j] = r;
+    if (fc.term_at != 0u) {
+        // kl_backward's dkl (sparsity.wgsl), in the same order.
+        let scale = step_values[min(state[STATE_STEP] + 1u, arrayLength(&step_values)) - 1u].beta_scale;
+        rho_hat[fc.term_at + j] = fc.beta_over_m * scale * kl_derivative(fc.kl_rho, r, fc.eps);
+    }
 }
 
 fn count_fires(j: u32) {

@@ -36,6 +36,16 @@ fn store_output(r: u32, c: u32, v: f32) {
             // output_delta's arithmetic (loss.wgsl), z_in holding the target X.
             delta_out[at] = (a - z_in[at]) * mm.inv_m * activation_derivative(mm.act, z, a);
         }
+        case 5u: {
+            // kl_backward's arithmetic (sparsity.wgsl), bias holding its dkl.
+            let fprime = activation_derivative(mm.act, z_in[at], a_in[at]);
+            if (mm.soft == 0u) {
+                out[at] = (v + bias[c]) * fprime;
+            } else {
+                let s = sigmoid(z_in[at] / mm.temperature);
+                out[at] = v * fprime + bias[c] * s * (1.0 - s) / mm.temperature;
+            }
+        }
         case 3u: {
             if (c == mm.cols - 1u) {
                 a_out[r] = v;

@@ -34,7 +34,7 @@ fn rhs4_at(i: u32) -> vec4<f32> {
 }
 
 // Outputs [r, c0..c0+4) of the stored width a_cols() (the ones column's are not stored here),
-// the same f32 arithmetic per element as store_output; `b` is bias[c0..c0+4) (modes 1 and 4),
+// the same f32 arithmetic per element as store_output; `b` is bias[c0..c0+4) (modes 1, 4, 5),
 // loaded once per invocation by the caller.
 fn store_output4(r: u32, c0: u32, v: vec4<f32>, b: vec4<f32>) {
     let at = (r * a_cols() + c0) / 4u;
@@ -53,6 +53,17 @@ fn store_output4(r: u32, c0: u32, v: vec4<f32>, b: vec4<f32>) {
             out[at] = z;
             a_out[at] = a;
             delta_out[at] = (a - z_in[at]) * mm.inv_m * derivative4(mm.act, z, a);
+        }
+        case 5u: {
+            // kl_backward's arithmetic (sparsity.wgsl), b holding its dkl.
+            let fprime = derivative4(mm.act, z_in[at], a_in[at]);
+            if (mm.soft == 0u) {
+                out[at] = (v + b) * fprime;
+            } else {
+                let z = z_in[at] / mm.temperature;
+                let s = vec4<f32>(sigmoid(z.x), sigmoid(z.y), sigmoid(z.z), sigmoid(z.w));
+                out[at] = v * fprime + b * s * (1.0 - s) / mm.temperature;
+            }
         }
         case 3u: {
             if (paired_weight) {

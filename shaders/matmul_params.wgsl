@@ -11,6 +11,10 @@
 //   4  mode 1, and delta_out = (A - X) inv_m f'(Z, A)   the last forward layer with the output
 //                                                    delta (X, the target, in z_in): the backward
 //                                                    pass's first term without a dispatch of its own
+//   5  out = (v + t[c]) * f'(z_in, a_in)             the code layer's delta with the KL gradient
+//      or v * f' + t[c] s (1 - s) / T, s = sigmoid(z_in / T) (soft)    (kl_backward's kl and
+//                                                    kl-soft-freq), the column term t (its dkl) in
+//                                                    bias
 // Fusing these saves a dispatch and a round trip of the matrix through memory per layer.
 // Bindings 5-9 are bound in every mode (to a four-element placeholder where unused).
 
@@ -24,8 +28,9 @@ struct Matmul {
     inv_m: f32,
     // matmul_backward_pair: workgroup rows (y) of its weight job, before the input job's
     pair_rows: u32,
-    _pad2: u32,
-    _pad3: u32,
+    // epilogue 5: 1 for kl-soft-freq's form, with its temperature
+    soft: u32,
+    temperature: f32,
 }
 
 @group(0) @binding(1) var<uniform> params: Matmul;
@@ -56,7 +61,7 @@ fn is_weight_job(wid_y: u32) -> bool {
 }
 
 fn weight_job() {
-    mm = Matmul(params.inner, params.cols + 1u, params.rows, 0u, 0.0, 0u, 0u, 0u);
+    mm = Matmul(params.inner, params.cols + 1u, params.rows, 0u, 0.0, 0u, 0u, 0.0);
     mode = 3u;
     paired_weight = true;
 }

@@ -31,7 +31,7 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
     let width = a_cols();
     if (c0 < width) {
         var b = vec4<f32>(0.0);
-        if (mode == 1u || mode == 4u) {
+        if (mode == 1u || mode == 4u || mode == 5u) {
             b = bias[c0 / 4u];
         }
         for (var i = 0u; i < ROWS; i++) {

@@ -11,10 +11,10 @@
 //! practice. Element-wise kernels do a handful of f32 operations (exp, tanh, a division: a few
 //! ulp each), so their relative error must also be below 1e-5.
 
-use crate::kernels::elementwise::StepViews;
-use crate::kernels::{Kernels, MatmulVariant, View};
+use crate::kernels::elementwise::{KlTerm, StepViews};
+use crate::kernels::{Kernels, MatmulVariant, PairInput, View};
 use crate::layout::{StepState, StepValues};
-use crate::model::{Activation, Rng, Sparsity};
+use crate::model::{Activation, Rng, Sparsity, RHO_HAT_EPS};
 use crate::optim::{self, LrSchedule, Optimizer, ScheduleKind, UpdateRule};
 use crate::reference::{self as r, ColumnTransform, FireUpdate};
 
@@ -382,12 +382,16 @@ pub fn fire_count(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) 
 /// `fire_count_rho` against its twin: the counts, counters and bias as `fire_count`'s check
 /// judges them, and rho_hat as `column_sum`'s (the value against the sum of the terms'
 /// magnitudes; soft fires, each in (0, 1), against rho_hat plus 1/m), in a training step with
-/// the frequency controller, for both transforms.
+/// the frequency controller, for both transforms; and the KL gradient's column term with a
+/// share of beta below 1, against the magnitudes of KL' = -rho/q + (1-rho)/(1-q)'s two parts
+/// (times beta/m and the share): the two parts cancel where q is near rho, and the f32 error of
+/// each is a few ulp of its own size.
 pub fn fire_count_rho(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usize) -> f64 {
     let mut worst: f64 = 0.0;
     let update = FireUpdate { track: true, rho: 0.05, control: 0.01, anneal: 0 };
+    let share = 0.5;
     for soft in [None, Some(0.3)] {
-        let (state, values, clip) = beta_share(kern, 1.0);
+        let (state, values, clip) = beta_share(kern, share);
         let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
         let mut z = random(rng, m * n, -1.0, 1.0);
         for v in z.iter_mut().step_by(5) {
@@ -396,22 +400,54 @@ pub fn fire_count_rho(kern: &Kernels, rng: &mut Rng, m: usize, _k: usize, n: usi
         let x = random(rng, m * n, -1.0, 1.0);
         let mut since: Vec<u32> = (0..n).map(|_| (rng.next_f64() * 1e6) as u32).collect();
         let bias = random(rng, n, -1.0, 1.0);
-        let (freq_out, rho_out) = (poisoned(kern, n), poisoned(kern, n));
+        let at = crate::layout::align(n);
+        let (freq_out, rho_out) = (poisoned(kern, n), poisoned(kern, at + n));
         let since_view = kern.gpu.upload_bytes("since", bytemuck::cast_slice(&since));
         let (bias_view, z_view, x_view) =
             (kern.gpu.upload("bias", &bias), kern.gpu.upload("z", &z), kern.gpu.upload("x", &x));
         let rho = (&x_view, &rho_out, soft);
-        kern.gpu.run(&[kern.fire_count_rho(&z_view, &freq_out, &since_view, &bias_view, (m, n), update, steps, rho)]);
+        let term = KlTerm { at, rho: 0.1, beta_over_m: 3.0 / m as f64 };
+        kern.gpu.run(&[kern.fire_count_rho(
+            &z_view,
+            &freq_out,
+            &since_view,
+            &bias_view,
+            (m, n),
+            update,
+            steps,
+            rho,
+            Some(term),
+        )]);
         let transform = soft.map_or(ColumnTransform::Value, |temperature| ColumnTransform::SoftFires { temperature });
         let mut want_bias = widen(&bias);
-        let (want_freq, want_rho) =
-            r::fire_count_rho(&widen(&z), &widen(&x), (m, n), &mut since, &mut want_bias, update, (1.0, 1), transform);
+        let (want_freq, want_rho) = r::fire_count_rho(
+            &widen(&z),
+            &widen(&x),
+            (m, n),
+            &mut since,
+            &mut want_bias,
+            update,
+            (share, 1),
+            transform,
+        );
         worst = worst.max(max_rel_err(&download(kern, &freq_out), &want_freq, &magnitudes(&want_freq, 1.0 / m as f64)));
         let rho_scale = match soft {
             None => r::column_sum(&abs(&x), m, n, ColumnTransform::Value, 1.0 / m as f64),
             Some(_) => magnitudes(&want_rho, 1.0 / m as f64),
         };
-        worst = worst.max(max_rel_err(&download(kern, &rho_out), &want_rho, &rho_scale));
+        let got_rho = download(kern, &rho_out);
+        worst = worst.max(max_rel_err(&got_rho[..n], &want_rho, &rho_scale));
+        // The term from the kernel's own rho_hat (its error is judged above).
+        let rho_f32 = widen(&got_rho[..n]);
+        let want_term = r::kl_term(&rho_f32, term.rho, term.beta_over_m, share);
+        let term_scale: Vec<f64> = rho_f32
+            .iter()
+            .map(|&q| {
+                let q = q.clamp(RHO_HAT_EPS, 1.0 - RHO_HAT_EPS);
+                term.beta_over_m * share * (term.rho / q + (1.0 - term.rho) / (1.0 - q))
+            })
+            .collect();
+        worst = worst.max(max_rel_err(&got_rho[at..], &want_term, &term_scale));
         let got: Vec<u32> = download(kern, &since_view).iter().map(|v| v.to_bits()).collect();
         if got != since {
             worst = worst.max(1.0);
@@ -872,40 +908,64 @@ pub fn matmul_backward_weight_bias(kern: &Kernels, rng: &mut Rng, m: usize, k: u
     max_rel_err(&got[0], &want_w, &scale_w).max(max_rel_err(&got[1], &want_b, &scale_b))
 }
 
-/// `matmul_backward_pair` against its twin, with the plain input product and with the activation
-/// derivative for every activation: dW and db as in [`matmul_backward_weight_bias`], G as in
-/// [`matmul_backward_input`] or [`matmul_backward_input_activation`] (the same arithmetic).
+/// `matmul_backward_pair` against its twin, with the plain input product, with the activation
+/// derivative for every activation, and with the KL gradient's column term (kl's form and
+/// kl-soft-freq's): dW and db as in [`matmul_backward_weight_bias`], the input product as in
+/// [`matmul_backward_input`] or [`matmul_backward_input_activation`] (the same arithmetic),
+/// the term's part against its magnitude times the factor it meets (|f'|, or s (1 - s) / T).
 pub fn matmul_backward_pair(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    #[derive(Clone, Copy)]
+    enum Form {
+        Plain,
+        Derivative,
+        Penalty(Option<f64>),
+    }
+    let mut forms: Vec<(Form, Activation)> = vec![(Form::Plain, Activation::Identity)];
+    forms.extend(Activation::ALL.map(|act| (Form::Derivative, act)));
+    forms.extend([(Form::Penalty(None), Activation::Sigmoid), (Form::Penalty(Some(0.5)), Activation::Relu)]);
     let mut worst: f64 = 0.0;
-    for act in [None].into_iter().chain(Activation::ALL.map(Some)) {
+    for (form, f) in forms {
         let delta = random(rng, m * n, -1.0, 1.0);
         let w = random(rng, n * k, -1.0, 1.0);
         let z = random(rng, m * k, -3.0, 3.0);
-        let f = act.unwrap_or(Activation::Identity);
+        let term = random(rng, k, -0.3, 0.3);
         let a: Vec<f32> = z.iter().map(|&v| r::activate(f, v as f64) as f32).collect();
         let (dw, db, out) = (poisoned(kern, n * k), poisoned(kern, n), poisoned(kern, m * k));
         let up = |name, v: &[f32]| kern.gpu.upload(name, v);
-        let z_in = act.map(|_| up("z", &z));
-        let (d_in, w_in, a_in) = (up("d", &delta), up("w", &w), up("a", &a));
-        kern.gpu.run(&[kern.matmul_backward_pair(
-            (&d_in, &w_in, &a_in),
-            z_in.as_ref(),
-            (&dw, &db),
-            &out,
-            (m, n, k),
-            f,
-        )]);
-        let z64 = widen(&z);
+        let (d_in, w_in, a_in, z_in, t_in) = (up("d", &delta), up("w", &w), up("a", &a), up("z", &z), up("t", &term));
+        let input = match form {
+            Form::Plain => PairInput::Plain,
+            Form::Derivative => PairInput::Derivative { z: &z_in },
+            Form::Penalty(temperature) => PairInput::Penalty { z: &z_in, term: &t_in, temperature },
+        };
+        kern.gpu.run(&[kern.matmul_backward_pair((&d_in, &w_in, &a_in), input, (&dw, &db), &out, (m, n, k), f)]);
+        let (z64, t64) = (widen(&z), widen(&term));
+        let twin_input = match form {
+            Form::Plain => r::PairInput::Plain,
+            Form::Derivative => r::PairInput::Derivative { z: &z64 },
+            Form::Penalty(temperature) => r::PairInput::Penalty { z: &z64, term: &t64, temperature },
+        };
         let (want_w, want_b, want_g) =
-            r::matmul_backward_pair(&widen(&delta), &widen(&w), &widen(&a), act.map(|_| &z64[..]), m, n, k, f);
+            r::matmul_backward_pair(&widen(&delta), &widen(&w), &widen(&a), twin_input, m, n, k, f);
         let scale_w = r::matmul_backward_weight(&abs(&delta), &abs(&a), m, n, k);
         let scale_b = r::column_sum(&abs(&delta), m, n, ColumnTransform::Value, 1.0);
         let terms = r::matmul_backward_input(&abs(&delta), &abs(&w), m, n, k);
-        let derivative = |i: usize| match act {
-            Some(act) => r::activation_derivative(act, z[i] as f64, a[i] as f64).abs(),
-            None => 1.0,
-        };
-        let scale_g: Vec<f64> = (0..m * k).map(|i| terms[i] * derivative(i) + 1e-30).collect();
+        let scale_g: Vec<f64> = (0..m * k)
+            .map(|i| {
+                let fprime = r::activation_derivative(f, z[i] as f64, a[i] as f64).abs();
+                let t = (term[i % k] as f64).abs();
+                1e-30
+                    + match form {
+                        Form::Plain => terms[i],
+                        Form::Derivative => terms[i] * fprime,
+                        Form::Penalty(None) => (terms[i] + t) * fprime,
+                        Form::Penalty(Some(temp)) => {
+                            let s = r::sigmoid(z[i] as f64 / temp);
+                            terms[i] * fprime + t * s * (1.0 - s) / temp
+                        }
+                    }
+            })
+            .collect();
         let got = [download(kern, &dw), download(kern, &db), download(kern, &out)];
         worst = worst
             .max(max_rel_err(&got[0], &want_w, &scale_w))

@@ -99,25 +99,54 @@ pub fn matmul_backward_input_activation(
     activation_backward(&matmul_backward_input(delta, w, m, n, k), z, a, act)
 }
 
-/// `(dW, db, G)`: a layer's two backward products, `G = delta W`, times `f'(Z, A)` where `z` is
-/// given (twin of `matmul_backward_pair`; `a` is both dW's right operand and f's output).
+/// What the pair's input product becomes (`kernels::PairInput`): G, `G ⊙ f'(Z, A)`, or the
+/// code layer's delta with the KL gradient's column term `t` (kl_backward's formulas with `t`
+/// for its `(beta/m) KL'(rho_hat_j)`; kl-soft-freq's form where `temperature` is given).
+#[derive(Clone, Copy)]
+pub enum PairInput<'a> {
+    Plain,
+    Derivative { z: &'a [f64] },
+    Penalty { z: &'a [f64], term: &'a [f64], temperature: Option<f64> },
+}
+
+/// `(dW, db, out)`: a layer's two backward products, `G = delta W` through `input` (twin of
+/// `matmul_backward_pair`; `a` is both dW's right operand and f's output).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_pair(
     delta: &[f64],
     w: &[f64],
     a: &[f64],
-    z: Option<&[f64]>,
+    input: PairInput<'_>,
     m: usize,
     n: usize,
     k: usize,
     act: Activation,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (dw, db) = matmul_backward_weight_bias(delta, a, m, n, k);
-    let g = match z {
-        Some(z) => matmul_backward_input_activation(delta, w, z, a, m, n, k, act),
-        None => matmul_backward_input(delta, w, m, n, k),
+    let g = matmul_backward_input(delta, w, m, n, k);
+    let out = match input {
+        PairInput::Plain => g,
+        PairInput::Derivative { z } => activation_backward(&g, z, a, act),
+        PairInput::Penalty { z, term, temperature } => (0..m * k)
+            .map(|i| {
+                let (t, fprime) = (term[i % k], activation_derivative(act, z[i], a[i]));
+                match temperature {
+                    None => (g[i] + t) * fprime,
+                    Some(temp) => {
+                        let s = sigmoid(z[i] / temp);
+                        g[i] * fprime + t * s * (1.0 - s) / temp
+                    }
+                }
+            })
+            .collect(),
     };
-    (dw, db, g)
+    (dw, db, out)
+}
+
+/// The KL gradient's column term `(beta/m) beta_scale KL'(rho_hat_j)` (`fire_count_rho` writes
+/// it beside rho_hat; kl_backward's `dkl`).
+pub fn kl_term(rho_hat: &[f64], rho: f64, beta_over_m: f64, beta_scale: f64) -> Vec<f64> {
+    rho_hat.iter().map(|&q| beta_over_m * beta_scale * kl_derivative(rho, q)).collect()
 }
 
 pub fn activate(act: Activation, z: f64) -> f64 {

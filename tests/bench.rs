@@ -71,21 +71,24 @@ fn quick_seed_bench_writes_json_and_compares() {
         // The seed model has 6 layers: 6 forward matmul rows (bias + activation in their
         // epilogues, the output delta in the last one's), 5 backward pairs (a layer's weight
         // and input gradients in one dispatch) and layer 1's weight gradient, and the
-        // element-wise kernels (gather, the counts with rho_hat, KL, and the update, which also
-        // moves the cursor: no advance_cursor row).
-        assert_eq!(kernels.len(), 12 + 4, "{name}: {} kernel rows", kernels.len());
-        assert!(kernels.iter().all(|k| k["kernel"] != "advance_cursor"), "{name}: the update ends the step");
+        // element-wise kernels: gather, the counts with rho_hat and the KL gradient's column
+        // term (which the code layer's pair adds: no kl_backward row), and the update (which
+        // also moves the cursor: no advance_cursor row).
+        assert_eq!(kernels.len(), 12 + 3, "{name}: {} kernel rows", kernels.len());
+        for gone in ["advance_cursor", "kl_backward"] {
+            assert!(kernels.iter().all(|k| k["kernel"] != gone), "{name}: a {gone} row");
+        }
         // Labels name the epilogue and layer, and " vec4" where the vec4 kernel runs.
         let has =
             |id: &str| kernels.iter().any(|k| k["id"].as_str().map(|s| s.replace(" vec4", "")).as_deref() == Some(id));
         assert!(has("matmul_forward+bias_act L1"), "{name}: no fused bias+activation row");
         assert!(has("matmul_forward+bias_act+delta L6"), "{name}: no output delta in the last forward layer");
+        assert!(has("matmul_backward_pair+act'+kl L4"), "{name}: no KL term in the code layer's pair");
         for kernel in [
             "matmul_forward",
             "matmul_backward_weight",
             "matmul_backward_pair",
             "fire_count_rho",
-            "kl_backward",
             "sgd_update",
         ] {
             assert!(kernels.iter().any(|k| k["kernel"] == kernel), "{name}: no {kernel} row");

@@ -334,14 +334,23 @@ fn vec4_subgroup_matmul_matches_the_f32_kernel_bit_for_bit() {
     }
 }
 
-/// A layer's two backward products in one dispatch (`matmul_backward_pair`) give what the two
+/// A layer's two backward products in one dispatch (`matmul_backward_pair`) give what the
 /// launches they replace give, bit for bit, in every variant (and the subgroup one's vec4
-/// kernel), with the activation derivative and without: odd sizes, a batch of one, a weight
-/// job whose grid is wider or narrower than the input job's, and grids split over dispatches
-/// (the jobs' boundary then falls inside a dispatch or between two).
+/// kernel): with the activation derivative (vs the weight gradient and
+/// `matmul_backward_input_activation`), plain (vs `matmul_backward_input`), and with the KL
+/// gradient's column term that `fire_count_rho` writes (vs `matmul_backward_input` then
+/// `kl_backward` from the same rho_hat, under kl and kl-soft-freq). Odd sizes, a batch of one, a
+/// weight job whose grid is wider or narrower than the input job's, and grids split over
+/// dispatches (the jobs' boundary then falls inside a dispatch or between two).
 #[test]
-fn backward_pair_matches_the_two_launches_bit_for_bit() {
-    use sae_wgpu::model::Activation;
+fn backward_pair_matches_the_launches_it_replaces_bit_for_bit() {
+    use sae_wgpu::kernels::elementwise::{KlTerm, StepViews};
+    use sae_wgpu::kernels::PairInput;
+    use sae_wgpu::layout::{align, StepState, StepValues};
+    use sae_wgpu::model::{Activation, Sparsity};
+    use sae_wgpu::reference::FireUpdate;
+    let kl = Sparsity::Kl { rho: 0.1, beta: 3.0 };
+    let soft = Sparsity::KlSoftFreq { rho: 0.1, beta: 3.0, temperature: 0.5 };
     for gpu in gpus() {
         let mut kernels = Kernels::new(&gpu).expect("kernels");
         let mut variants: Vec<(MatmulVariant, bool)> =
@@ -349,6 +358,14 @@ fn backward_pair_matches_the_two_launches_bit_for_bit() {
         if variants.iter().any(|&(v, _)| v == MatmulVariant::Subgroup) {
             variants.push((MatmulVariant::Subgroup, true));
         }
+        // A warm-up's share of beta, read by fire_count_rho and kl_backward alike.
+        let values = [StepValues { lr: 0.0, step_size: 0.0, bc2_sqrt: 1.0, beta_scale: 0.75 }];
+        let (state, values, clip) = (
+            gpu.upload_bytes("state", bytemuck::bytes_of(&StepState::default())),
+            gpu.upload_bytes("values", bytemuck::cast_slice(&values)),
+            gpu.upload("clip", &[1.0]),
+        );
+        let steps = StepViews { state: &state, values: &values, clip: &clip, advance_rows: 0 };
         for (variant, vec4) in variants {
             kernels.set_matmul_variant(variant).unwrap();
             kernels.set_matmul_vec4(vec4);
@@ -362,24 +379,62 @@ fn backward_pair_matches_the_two_launches_bit_for_bit() {
                 let mut up = |name: &str, len: usize, lo: f64| gpu.upload(name, &check::random(&mut rng, len, lo, 1.0));
                 let (delta, w, z, a) =
                     (up("delta", m * n, -1.0), up("w", n * k, -1.0), up("z", m * k, -1.0), up("a", m * k, 0.0));
-                for derivative in [true, false] {
+                // rho_hat of A (and for kl-soft-freq of Z's soft fires) with the KL term beside it.
+                let at = align(k);
+                let rho_for = |sparsity: Sparsity| {
+                    let rho_and_term = gpu.upload("rho", &vec![f32::NAN; at + k]);
+                    let (freq, since, bias) = (
+                        gpu.upload("f", &vec![0.0; k]),
+                        gpu.upload("s", &vec![0.0; k]),
+                        gpu.upload("b", &vec![0.0; k]),
+                    );
+                    let (x, temperature) = match sparsity {
+                        Sparsity::KlSoftFreq { temperature, .. } => (&z, Some(temperature)),
+                        _ => (&a, None),
+                    };
+                    let term = KlTerm { at, rho: 0.1, beta_over_m: 3.0 / m as f64 };
+                    let launch = kernels.fire_count_rho(
+                        &z,
+                        &freq,
+                        &since,
+                        &bias,
+                        (m, k),
+                        FireUpdate::NONE,
+                        steps,
+                        (x, &rho_and_term, temperature),
+                        Some(term),
+                    );
+                    gpu.run(&[launch]);
+                    rho_and_term
+                };
+                let rhos = [rho_for(kl), rho_for(soft)];
+                for form in 0..4 {
                     let run = |paired: bool| {
                         let nan = |name: &str, len: usize| gpu.upload(name, &vec![f32::NAN; len]);
-                        let outs = [nan("dw", n * k), nan("db", n), nan("g", m * k)];
+                        let outs = [nan("dw", n * k), nan("db", n), nan("out", m * k), nan("g", m * k)];
+                        let (sparsity, rho) = if form == 3 { (soft, &rhos[1]) } else { (kl, &rhos[0]) };
+                        let term = rho.slice(at, k);
+                        let temperature = (form == 3).then_some(0.5);
                         let launches = if paired {
-                            let z = derivative.then_some(&z);
+                            let input = match form {
+                                0 => PairInput::Derivative { z: &z },
+                                1 => PairInput::Plain,
+                                _ => PairInput::Penalty { z: &z, term: &term, temperature },
+                            };
                             let t = (&delta, &w, &a);
                             vec![kernels.matmul_backward_pair(
                                 t,
-                                z,
+                                input,
                                 (&outs[0], &outs[1]),
                                 &outs[2],
                                 (m, n, k),
                                 Activation::Tanh,
                             )]
                         } else {
-                            let input = if derivative {
-                                kernels.matmul_backward_input_activation(
+                            let mut launches =
+                                vec![kernels.matmul_backward_weight_bias(&delta, &a, &outs[0], &outs[1], m, n, k)];
+                            match form {
+                                0 => launches.push(kernels.matmul_backward_input_activation(
                                     &delta,
                                     &w,
                                     &z,
@@ -389,21 +444,37 @@ fn backward_pair_matches_the_two_launches_bit_for_bit() {
                                     n,
                                     k,
                                     Activation::Tanh,
-                                )
-                            } else {
-                                kernels.matmul_backward_input(&delta, &w, &outs[2], m, n, k)
-                            };
-                            vec![kernels.matmul_backward_weight_bias(&delta, &a, &outs[0], &outs[1], m, n, k), input]
+                                )),
+                                1 => launches.push(kernels.matmul_backward_input(&delta, &w, &outs[2], m, n, k)),
+                                _ => {
+                                    launches.push(kernels.matmul_backward_input(&delta, &w, &outs[3], m, n, k));
+                                    let rho_hat = rho.head(k);
+                                    launches.push(kernels.kl_backward(
+                                        &outs[3],
+                                        &z,
+                                        &a,
+                                        &rho_hat,
+                                        &outs[2],
+                                        m,
+                                        k,
+                                        Activation::Tanh,
+                                        sparsity,
+                                        0,
+                                        steps,
+                                    ));
+                                }
+                            }
+                            launches
                         };
                         gpu.run(&launches);
                         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
-                        outs.iter().map(|o| bits(gpu.download(o).unwrap())).collect::<Vec<_>>()
+                        outs[..3].iter().map(|o| bits(gpu.download(o).unwrap())).collect::<Vec<_>>()
                     };
-                    let (two, one) = (run(false), run(true));
-                    assert!(two.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
+                    let (apart, one) = (run(false), run(true));
+                    assert!(apart.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
                     assert!(
-                        one == two,
-                        "{} (vec4 {vec4}) m={m} n={n} k={k}, derivative {derivative}, on {}: the pair differs",
+                        one == apart,
+                        "{} (vec4 {vec4}) m={m} n={n} k={k}, form {form}, on {}: the pair differs",
                         variant.name(),
                         gpu.describe()
                     );

@@ -51,7 +51,23 @@ struct Fires {
     control: f32,
     rho_transform: u32,
     temperature: f32,
+    kl_rho: f32,
+    beta_over_m: f32,
+    eps: f32,
+    term_at: u32,
     _pad: [u32; 3],
+}
+
+/// The KL gradient's column term that `fire_count_rho` can write beside rho_hat, at `at` in
+/// the rho_hat binding (an aligned offset past rho_hat): `(beta/m) beta_scale KL'(rho_hat_j)`,
+/// kl_backward's `dkl` for kl and kl-soft-freq, which the code layer's backward pair then adds
+/// in its epilogue ([`super::PairInput::Penalty`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KlTerm {
+    pub at: usize,
+    pub rho: f64,
+    /// beta over the rows of the backward pass.
+    pub beta_over_m: f64,
 }
 
 impl Fires {
@@ -68,6 +84,10 @@ impl Fires {
             control: update.control as f32,
             rho_transform,
             temperature: temperature as f32,
+            kl_rho: 0.0,
+            beta_over_m: 0.0,
+            eps: RHO_HAT_EPS as f32,
+            term_at: 0,
             _pad: [0; 3],
         }
     }
@@ -248,7 +268,8 @@ impl Kernels {
 
     /// `fire_count`, and in the same launch the penalty's `rho_hat = (1/m) sum_i t(x_i)` as
     /// `column_sum` computes it: `rho` is `(x, rho_hat, soft)`, `t` the value, or with
-    /// `soft = Some(T)` the soft fires `sigmoid(x / T)`.
+    /// `soft = Some(T)` the soft fires `sigmoid(x / T)`; with `term`, the KL gradient's column
+    /// term too, into the same binding ([`KlTerm`]).
     #[allow(clippy::too_many_arguments)]
     pub fn fire_count_rho(
         &self,
@@ -260,13 +281,19 @@ impl Kernels {
         update: FireUpdate,
         steps: StepViews<'_>,
         rho: (&View, &View, Option<f64>),
+        term: Option<KlTerm>,
     ) -> Launch {
         let (rho_transform, temperature) = match rho.2 {
             // column_term's codes (shaders/common.wgsl), as column_sum passes them.
             None => (0, 1.0),
             Some(temperature) => (2, temperature),
         };
-        let params = Fires::new(m, n, update, rho_transform, temperature);
+        let mut params = Fires::new(m, n, update, rho_transform, temperature);
+        if let Some(t) = term {
+            assert!(t.at >= n && rho.1.len >= t.at + n, "fire_count_rho: no room for the KL term");
+            // As kl_backward's launcher rounds them, so that the two agree bit for bit.
+            (params.kl_rho, params.beta_over_m, params.term_at) = (t.rho as f32, t.beta_over_m as f32, t.at as u32);
+        }
         let cost = cost(Kernel::FireCountRho, format!("{m}x{n}"), 2 * m * n, 1.0, 2 * m * n + 5 * n);
         let tensors = [z, freq, since_fired, bias, steps.state, steps.values, rho.0, rho.1];
         self.launch(Kernel::FireCountRho, params, &tensors, [n.div_ceil(64), 1], cost)

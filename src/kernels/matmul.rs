@@ -59,7 +59,8 @@ impl MatmulOp {
             MatmulOp::Forward => &[Epilogue::Plain, Epilogue::BiasActivation, Epilogue::OutputDelta],
             MatmulOp::BackwardWeight => &[Epilogue::Plain, Epilogue::BiasGradient],
             // The pair's weight job always has the bias gradient; these are its input job's.
-            MatmulOp::BackwardInput | MatmulOp::BackwardPair => &[Epilogue::Plain, Epilogue::ActivationDerivative],
+            MatmulOp::BackwardInput => &[Epilogue::Plain, Epilogue::ActivationDerivative],
+            MatmulOp::BackwardPair => &[Epilogue::Plain, Epilogue::ActivationDerivative, Epilogue::Penalty],
         }
     }
 }
@@ -77,6 +78,9 @@ pub enum Epilogue {
     BiasGradient,
     /// `BiasActivation`, and the output delta `(A - X) f'(Z, A) / m` against the target X.
     OutputDelta,
+    /// `ActivationDerivative` with the KL gradient's column term (kl_backward's, for kl and
+    /// kl-soft-freq): the code layer's delta in the backward pair.
+    Penalty,
 }
 
 impl Epilogue {
@@ -87,6 +91,7 @@ impl Epilogue {
             Epilogue::ActivationDerivative => 2,
             Epilogue::BiasGradient => 3,
             Epilogue::OutputDelta => 4,
+            Epilogue::Penalty => 5,
         }
     }
 
@@ -98,6 +103,7 @@ impl Epilogue {
             Epilogue::ActivationDerivative => "+act'",
             Epilogue::BiasGradient => "+db",
             Epilogue::OutputDelta => "+bias_act+delta",
+            Epilogue::Penalty => "+act'+kl",
         }
     }
 }
@@ -237,7 +243,9 @@ struct Matmul {
     inv_m: f32,
     /// `matmul_backward_pair`: the weight job's workgroup rows, before the input job's.
     pair_rows: u32,
-    _pad: [u32; 2],
+    /// Epilogue 5: 1 for kl-soft-freq's form, with its temperature.
+    soft: u32,
+    temperature: f32,
 }
 
 /// A matmul's tensors: the two operands, the output and the epilogue's extra bindings.
@@ -250,6 +258,19 @@ struct Operands<'a> {
     z_in: Option<&'a View>,
     a_in: Option<&'a View>,
     delta_out: Option<&'a View>,
+}
+
+/// What the input job of [`Kernels::matmul_backward_pair`] does with `G = delta_l W_l`.
+#[derive(Clone, Copy)]
+pub enum PairInput<'a> {
+    /// Stores G (a kernel of its own takes it from there).
+    Plain,
+    /// `G ⊙ f'(Z, A)` of the layer below, Z given (A is the pair's `a`).
+    Derivative { z: &'a View },
+    /// The code layer's delta with the KL gradient, `term` its column term (fire_count_rho's):
+    /// `(G + t_j) ⊙ f'` under kl, `G ⊙ f' + t_j s (1 - s) / T` with `s = sigmoid(Z / T)` under
+    /// kl-soft-freq (`temperature` given), as kl_backward computes them.
+    Penalty { z: &'a View, term: &'a View, temperature: Option<f64> },
 }
 
 impl<'a> Operands<'a> {
@@ -270,6 +291,21 @@ impl Kernels {
         (rows, cols, inner): (usize, usize, usize),
         act: Activation,
         (m, k, n): (usize, usize, usize),
+    ) -> Launch {
+        self.matmul_with(op, epilogue, t, (rows, cols, inner), act, (m, k, n), None)
+    }
+
+    /// [`Self::matmul`] with epilogue 5's kl-soft-freq temperature.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_with(
+        &self,
+        op: MatmulOp,
+        epilogue: Epilogue,
+        t: Operands<'_>,
+        (rows, cols, inner): (usize, usize, usize),
+        act: Activation,
+        (m, k, n): (usize, usize, usize),
+        soft: Option<f64>,
     ) -> Launch {
         // With the bias-gradient epilogue the last of the `cols` columns goes to a_out.
         let stored_cols = if epilogue == Epilogue::BiasGradient { cols - 1 } else { cols };
@@ -296,7 +332,8 @@ impl Kernels {
             act: act.code(),
             inv_m,
             pair_rows: pair_rows as u32,
-            _pad: [0; 2],
+            soft: u32::from(soft.is_some()),
+            temperature: soft.unwrap_or(1.0) as f32,
         };
         let pipeline = self.pipeline(super::PipelineKey::Matmul(variant, op, epilogue));
         let (ro, rw) = (&self.placeholder_ro, &self.placeholder_rw);
@@ -417,24 +454,34 @@ impl Kernels {
     /// A layer's two backward products in one dispatch (docs/design.md section 5):
     /// `dW[n,k] = delta[m,n]^T A[m,k]` and `db[n] = sum_i delta[i,:]` (as
     /// [`Self::matmul_backward_weight_bias`]), and `G[m,k] = delta[m,n] W[n,k]` into `out`, times
-    /// `f'(Z, A)` of the layer below where `z` is given (as
-    /// [`Self::matmul_backward_input_activation`], else as [`Self::matmul_backward_input`]). The
-    /// same arithmetic as those two launches, so the same results bit for bit. `a` is `A_{l-1}`,
-    /// the weight gradient's right operand and the derivative's `A` both.
+    /// what `input` says ([`PairInput`]: as [`Self::matmul_backward_input`],
+    /// [`Self::matmul_backward_input_activation`], or that and kl_backward). The same arithmetic
+    /// as the launches it replaces, so the same results bit for bit. `a` is `A_{l-1}`, the weight
+    /// gradient's right operand and the derivative's `A` both.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward_pair(
         &self,
         (delta, w, a): (&View, &View, &View),
-        z: Option<&View>,
+        input: PairInput<'_>,
         (dw, db): (&View, &View),
         out: &View,
         (m, n, k): (usize, usize, usize),
         act: Activation,
     ) -> Launch {
-        let epilogue = if z.is_some() { Epilogue::ActivationDerivative } else { Epilogue::Plain };
-        let t =
-            Operands { a_out: Some(db), z_in: z, a_in: Some(a), delta_out: Some(dw), ..Operands::plain(delta, w, out) };
-        self.matmul(MatmulOp::BackwardPair, epilogue, t, (m, k, n), act, (m, k, n))
+        let (epilogue, z, term, soft) = match input {
+            PairInput::Plain => (Epilogue::Plain, None, None, None),
+            PairInput::Derivative { z } => (Epilogue::ActivationDerivative, Some(z), None, None),
+            PairInput::Penalty { z, term, temperature } => (Epilogue::Penalty, Some(z), Some(term), temperature),
+        };
+        let t = Operands {
+            bias: term,
+            a_out: Some(db),
+            z_in: z,
+            a_in: Some(a),
+            delta_out: Some(dw),
+            ..Operands::plain(delta, w, out)
+        };
+        self.matmul_with(MatmulOp::BackwardPair, epilogue, t, (m, k, n), act, (m, k, n), soft)
     }
 }
 
@@ -454,6 +501,7 @@ fn matmul_cost(op: MatmulOp, epilogue: Epilogue, m: usize, k: usize, n: usize) -
             written += m * n;
         }
         Epilogue::ActivationDerivative => read += 2 * m * k,
+        Epilogue::Penalty => read += 2 * m * k + k,
         Epilogue::BiasGradient => written += n,
         Epilogue::OutputDelta => {
             read += n + m * n;

@@ -41,7 +41,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod step;
 
-pub use matmul::{Epilogue, MatmulOp, MatmulVariant};
+pub use matmul::{Epilogue, MatmulOp, MatmulVariant, PairInput};
 pub use step::{FusedBuffers, FusedLayer, FusedNet, FUSED_MAX_WIDTH};
 
 /// Shader sources of the kernels that are not matmuls (those are in [`matmul::source`]).

@@ -92,6 +92,9 @@ pub(crate) struct Buffers {
     /// `MetricsLayout` up to rho_hat, and rho_hat.
     pub metrics: View,
     pub rho_hat: View,
+    /// rho_hat's buffer: rho_hat, then at the next aligned offset the KL gradient's column term
+    /// `fire_count_rho` writes for the code layer's backward pair (`kernels::KlTerm`).
+    pub rho_hat_and_term: View,
     /// Samples since each code unit last fired (u32; `fire_count` keeps it).
     pub since_fired: View,
     /// BatchTopK's running threshold (one value; below 0 while unset).
@@ -200,30 +203,35 @@ impl Trainer {
         let acts_layout = ActivationLayout::new(spec, m);
         let values = step_values(Optimizer::Sgd, &LrSchedule::default(), lr, 0);
         let widest = spec.sizes.iter().copied().max().unwrap_or(1);
-        let buffers = gpu.allocating("the trainer's buffers", || Buffers {
-            params: gpu.upload("params", &layout.flatten(init)),
-            grads: View::whole(&gpu.storage("grads", layout.len)),
-            table: gpu
-                .upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts_layout))),
-            acts: Activations::new(&gpu, spec, m, path),
-            g: View::whole(&gpu.storage("g", m * widest)),
-            x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
-            data: View::whole(&gpu.storage("data", 1)),
-            order: View::whole(&gpu.storage("order", 1)),
-            state: gpu.upload_bytes("step state", bytemuck::bytes_of(&StepState::default())),
-            step_values: gpu.upload_bytes("step values", bytemuck::cast_slice(&values)),
-            clip: gpu.upload("clip", &[1.0]),
-            metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
-            rho_hat: View::whole(&gpu.storage("rho_hat", spec.code_width())),
-            since_fired: View::whole(&gpu.storage("since fired", spec.code_width())),
-            threshold: gpu.upload(
-                "threshold",
-                &[match spec.select {
-                    crate::model::CodeSelect::BatchTopK { threshold, .. } if threshold > 0.0 => threshold,
-                    _ => -1.0,
-                }],
-            ),
-            moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
+        let buffers = gpu.allocating("the trainer's buffers", || {
+            let nc = spec.code_width();
+            let rho_hat_and_term = View::whole(&gpu.storage("rho_hat", crate::layout::align(nc) + nc));
+            Buffers {
+                params: gpu.upload("params", &layout.flatten(init)),
+                grads: View::whole(&gpu.storage("grads", layout.len)),
+                table: gpu
+                    .upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts_layout))),
+                acts: Activations::new(&gpu, spec, m, path),
+                g: View::whole(&gpu.storage("g", m * widest)),
+                x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
+                data: View::whole(&gpu.storage("data", 1)),
+                order: View::whole(&gpu.storage("order", 1)),
+                state: gpu.upload_bytes("step state", bytemuck::bytes_of(&StepState::default())),
+                step_values: gpu.upload_bytes("step values", bytemuck::cast_slice(&values)),
+                clip: gpu.upload("clip", &[1.0]),
+                metrics: View::whole(&gpu.storage("metrics", metrics_layout.rho_hat)),
+                rho_hat: rho_hat_and_term.head(spec.code_width()),
+                rho_hat_and_term,
+                since_fired: View::whole(&gpu.storage("since fired", spec.code_width())),
+                threshold: gpu.upload(
+                    "threshold",
+                    &[match spec.select {
+                        crate::model::CodeSelect::BatchTopK { threshold, .. } if threshold > 0.0 => threshold,
+                        _ => -1.0,
+                    }],
+                ),
+                moments: ["moment 1", "moment 2"].map(|name| View::whole(&gpu.storage(name, 1))),
+            }
         })?;
         Ok(Trainer {
             metrics_staging: gpu.staging("metrics staging", (metrics_layout.len * 4) as u64),

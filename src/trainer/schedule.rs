@@ -4,10 +4,10 @@
 
 use super::Trainer;
 use crate::device::Gpu;
-use crate::kernels::elementwise::{kl_mode, StepViews};
+use crate::kernels::elementwise::{kl_mode, KlTerm, StepViews};
 use crate::kernels::step::Rows;
 use crate::kernels::FUSED_MAX_WIDTH;
-use crate::kernels::{Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, View};
+use crate::kernels::{Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, PairInput, View};
 use crate::layout::{ActivationLayout, ParamLayout, LOSS_SLOTS};
 use crate::model::{Activation, CodeSelect, ModelSpec, Sparsity, RHO_HAT_EPS};
 use crate::optim::Optimizer;
@@ -262,6 +262,14 @@ impl Trainer {
         // fired, and kl-freq's controller on the code bias. Under kl-freq, whose rho_hat is the
         // hard frequency, one fire_count does all of it.
         let ml = &self.metrics_layout;
+        // Rows of the backward pass: AuxK's dead-latent rows follow the batch's (below).
+        let mb = if self.auxk.is_some() { crate::layout::auxk_row(m) + m } else { m };
+        // kl and kl-soft-freq on the layered path: fire_count_rho writes the KL gradient's
+        // column term, and the training step's backward pair at the code layer adds it (the
+        // full-batch gradient, whose rho_hat the host writes, keeps kl_backward).
+        let fold_kl =
+            self.path == StepPath::Layered && matches!(sparsity, Sparsity::Kl { .. } | Sparsity::KlSoftFreq { .. });
+        let kl_term = b.rho_hat_and_term.slice(crate::layout::align(nc), nc);
         let code_bias = bias(&b.params, &self.layout, c);
         let fired = b.acts.fires_source(spec, m);
         let fires = |out: &View, update: FireUpdate| {
@@ -295,10 +303,42 @@ impl Trainer {
                     _ => None,
                 };
                 let train = match with_rho {
+                    // On the layered path also the KL gradient's column term, which the code
+                    // layer's backward pair adds in its epilogue instead of a kl_backward launch.
+                    Some((x, soft)) if fold_kl => {
+                        let rho = (&x, &b.rho_hat_and_term, soft);
+                        let (_, rho_value, beta, _) = kl_mode(sparsity);
+                        let term = KlTerm {
+                            at: kl_term.offset - b.rho_hat.offset,
+                            rho: rho_value,
+                            beta_over_m: beta / mb as f64,
+                        };
+                        let all = k.fire_count_rho(
+                            &fired,
+                            &freq,
+                            &b.since_fired,
+                            &code_bias,
+                            (m, nc),
+                            update,
+                            steps,
+                            rho,
+                            Some(term),
+                        );
+                        vec![all.noting("fires, rho_hat, KL term")]
+                    }
                     Some((x, soft)) => {
                         let rho = (&x, &b.rho_hat, soft);
-                        let both =
-                            k.fire_count_rho(&fired, &freq, &b.since_fired, &code_bias, (m, nc), update, steps, rho);
+                        let both = k.fire_count_rho(
+                            &fired,
+                            &freq,
+                            &b.since_fired,
+                            &code_bias,
+                            (m, nc),
+                            update,
+                            steps,
+                            rho,
+                            None,
+                        );
                         vec![both.noting("fires, rho_hat")]
                     }
                     None => smooth_rho_hat.iter().cloned().chain([fires(&freq, update)]).collect(),
@@ -329,7 +369,7 @@ impl Trainer {
             ),
         ];
 
-        let (forward, backward, update, gradients) = match self.path {
+        let (forward, backward, step_backward, update, gradients) = match self.path {
             StepPath::Layered => {
                 let forward = layered_forward(
                     k,
@@ -351,7 +391,7 @@ impl Trainer {
                 // the dead latents' rows. The encoder's input again; the largest pre-activations
                 // among the latents dead after this step's counts; their decoding; and its delta
                 // against the residual. The backward pass below then runs over 2m rows.
-                let mb = if let Some(aux) = self.auxk {
+                let rows_back = if let Some(aux) = self.auxk {
                     // From row p = auxk_row(m) (an aligned offset); rows m..p of delta_L are
                     // zeroed by auxk_delta, so they add nothing to the gradients.
                     let p = crate::layout::auxk_row(m);
@@ -392,76 +432,101 @@ impl Trainer {
                 } else {
                     m
                 };
+                debug_assert_eq!(rows_back, mb);
                 let z = |l: usize| self.rows(&b.acts.z, l, mb);
                 let a = |l: usize| self.rows(&b.acts.a, l, mb);
                 let delta = |l: usize| self.rows(&b.acts.delta, l, mb);
-                for l in (1..=layers).rev() {
-                    let (n, kk) = spec.shape(l);
-                    // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
-                    // with, for l > 1, G = delta_l W_l in the same dispatch (matmul_backward_pair)
-                    let (dw, db) = (weight(&b.grads, &self.layout, l), bias(&b.grads, &self.layout, l));
-                    if l == 1 {
-                        let input = b.acts.encoder_input(spec, mb);
-                        backward
-                            .push(k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, mb, n, kk).at_layer(l));
-                        // The pre-bias path's term of dJ/db_L: -db_1^T W_1.
-                        if spec.pre_bias {
-                            let (db1_at, out_at) = (self.layout.biases[0].0, self.layout.biases[layers - 1].0);
-                            backward.push(k.pre_bias_backward(&w(1), &b.grads, db1_at, out_at, n, kk));
+                // The layers' backward dispatches; `fold` puts the KL term in the code layer's
+                // pair (the training step's), else kl_backward takes G.
+                let layers_backward = |fold: bool| {
+                    let mut backward = Vec::new();
+                    for l in (1..=layers).rev() {
+                        let (n, kk) = spec.shape(l);
+                        // dW_l = delta_l^T A_{l-1} (lambda W_l is added by sgd_update) ; db_l = sum_i delta_l,
+                        // with, for l > 1, G = delta_l W_l in the same dispatch (matmul_backward_pair)
+                        let (dw, db) = (weight(&b.grads, &self.layout, l), bias(&b.grads, &self.layout, l));
+                        if l == 1 {
+                            let input = b.acts.encoder_input(spec, mb);
+                            backward.push(
+                                k.matmul_backward_weight_bias(&delta(l), &input, &dw, &db, mb, n, kk).at_layer(l),
+                            );
+                            // The pre-bias path's term of dJ/db_L: -db_1^T W_1.
+                            if spec.pre_bias {
+                                let (db1_at, out_at) = (self.layout.biases[0].0, self.layout.biases[layers - 1].0);
+                                backward.push(k.pre_bias_backward(&w(1), &b.grads, db1_at, out_at, n, kk));
+                            }
+                            break;
                         }
-                        break;
+                        // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) in the pair's epilogue, or
+                        // at the code layer with a penalty (or JumpReLU), G then a kernel of its own
+                        let act = spec.activation(l - 1);
+                        let pair = |input: PairInput<'_>, out: &View| {
+                            let t = (&delta(l), &w(l), &a(l - 1));
+                            k.matmul_backward_pair(t, input, (&dw, &db), out, (mb, n, kk), act).at_layer(l)
+                        };
+                        if let (true, CodeSelect::JumpRelu { bandwidth, .. }) = (l - 1 == c, spec.select) {
+                            // G = delta_l W_l, then G [z > theta] and the thresholds' gradient.
+                            let (at, len) = self.layout.thresholds;
+                            let (t, dt) = (b.params.slice(at, len), b.grads.slice(at, len));
+                            let l0 =
+                                if let Sparsity::L0 { coefficient } = sparsity { coefficient / mb as f64 } else { 0.0 };
+                            backward.push(pair(PairInput::Plain, &g(kk)));
+                            backward.push(k.jumprelu_backward(
+                                (&g(kk), &z(c), &t),
+                                &delta(c),
+                                &dt,
+                                (mb, kk),
+                                bandwidth as f64,
+                                l0,
+                                &b.state,
+                                &b.step_values,
+                            ));
+                        } else if l - 1 == c && fold {
+                            let temperature = match sparsity {
+                                Sparsity::KlSoftFreq { temperature, .. } => Some(temperature),
+                                _ => None,
+                            };
+                            backward
+                                .push(pair(PairInput::Penalty { z: &z(c), term: &kl_term, temperature }, &delta(c)));
+                        } else if l - 1 == c && sparsity != Sparsity::None {
+                            backward.push(pair(PairInput::Plain, &g(kk)));
+                            backward.push(k.kl_backward(
+                                &g(kk),
+                                &z(c),
+                                &a(c),
+                                &b.rho_hat,
+                                &delta(c),
+                                mb,
+                                kk,
+                                act,
+                                sparsity,
+                                self.rho_anneal,
+                                steps,
+                            ));
+                        } else {
+                            backward.push(pair(PairInput::Derivative { z: &z(l - 1) }, &delta(l - 1)));
+                        }
                     }
-                    // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) in the pair's epilogue, or
-                    // at the code layer with a penalty (or JumpReLU), G then a kernel of its own
-                    let act = spec.activation(l - 1);
-                    let pair = |z: Option<&View>, out: &View| {
-                        let t = (&delta(l), &w(l), &a(l - 1));
-                        k.matmul_backward_pair(t, z, (&dw, &db), out, (mb, n, kk), act).at_layer(l)
-                    };
-                    if let (true, CodeSelect::JumpRelu { bandwidth, .. }) = (l - 1 == c, spec.select) {
-                        // G = delta_l W_l, then G [z > theta] and the thresholds' gradient.
-                        let (at, len) = self.layout.thresholds;
-                        let (t, dt) = (b.params.slice(at, len), b.grads.slice(at, len));
-                        let l0 =
-                            if let Sparsity::L0 { coefficient } = sparsity { coefficient / mb as f64 } else { 0.0 };
-                        backward.push(pair(None, &g(kk)));
-                        backward.push(k.jumprelu_backward(
-                            (&g(kk), &z(c), &t),
-                            &delta(c),
-                            &dt,
-                            (mb, kk),
-                            bandwidth as f64,
-                            l0,
+                    // L1's decoder term: dW_L's column j gains (C/m) (sum_i |a_ij|) w_j / ||w_j||.
+                    if let Sparsity::L1 { coefficient } = sparsity {
+                        let (rows, cols) = spec.shape(layers);
+                        let dw_out = weight(&b.grads, &self.layout, layers);
+                        let dims = (mb, rows, cols);
+                        let coef = coefficient / mb as f64;
+                        backward.push(k.l1_decoder_grad(
+                            &a(c),
+                            &w(layers),
+                            &dw_out,
+                            dims,
+                            coef,
                             &b.state,
                             &b.step_values,
                         ));
-                    } else if l - 1 == c && sparsity != Sparsity::None {
-                        backward.push(pair(None, &g(kk)));
-                        backward.push(k.kl_backward(
-                            &g(kk),
-                            &z(c),
-                            &a(c),
-                            &b.rho_hat,
-                            &delta(c),
-                            mb,
-                            kk,
-                            act,
-                            sparsity,
-                            self.rho_anneal,
-                            steps,
-                        ));
-                    } else {
-                        backward.push(pair(Some(&z(l - 1)), &delta(l - 1)));
                     }
-                }
-                // L1's decoder term: dW_L's column j gains (C/m) (sum_i |a_ij|) w_j / ||w_j||.
-                if let Sparsity::L1 { coefficient } = sparsity {
-                    let (rows, cols) = spec.shape(layers);
-                    let dw_out = weight(&b.grads, &self.layout, layers);
-                    let dims = (mb, rows, cols);
-                    let coef = coefficient / mb as f64;
-                    backward.push(k.l1_decoder_grad(&a(c), &w(layers), &dw_out, dims, coef, &b.state, &b.step_values));
-                }
+                    backward
+                };
+                let step_backward = [&backward[..], &layers_backward(fold_kl)].concat();
+                backward.extend(layers_backward(false));
 
                 // Update: the optimizer's rule over every parameter in one dispatch (SGD:
                 // W <- W - lr (dW + lambda W), b <- b - lr db), with this step's values from the
@@ -481,7 +546,7 @@ impl Trainer {
                 if self.decoder_norm {
                     update.push(k.decoder_normalize(&w_out, &dw_out, rows_out, cols_out));
                 }
-                (forward, backward, update, vec![])
+                (forward, backward, step_backward, update, vec![])
             }
             StepPath::Fused => {
                 // The same equations, a row per invocation (see shaders/fused.wgsl).
@@ -512,14 +577,15 @@ impl Trainer {
                     update.push(self.update_launch(0));
                 }
                 update.push(k.advance_cursor(&b.state, m, 1));
-                (forward, vec![k.fused_backward(&net, &buffers, bwd)], update, vec![grads_only])
+                let backward = vec![k.fused_backward(&net, &buffers, bwd)];
+                (forward, backward.clone(), backward, update, vec![grads_only])
             }
         };
         let concat = |parts: &[&[Launch]]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
         let skip_cursor = [k.advance_cursor(&b.state, m, 0)];
         Schedule {
-            step: concat(&[&forward, &counts, &backward, &update]),
-            step_with_metrics: concat(&[&forward, &counts, &metrics, &backward, &update]),
+            step: concat(&[&forward, &counts, &step_backward, &update]),
+            step_with_metrics: concat(&[&forward, &counts, &metrics, &step_backward, &update]),
             evaluate: concat(&[&forward, &eval_counts, &metrics, &skip_cursor]),
             gradient: concat(&[&forward, &backward, &gradients, &skip_cursor]),
             evaluate_gradient: concat(&[&forward, &eval_counts, &metrics, &backward, &gradients, &skip_cursor]),
