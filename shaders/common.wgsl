@@ -47,6 +47,21 @@ fn tree_sum(lid: u32, v: f32) -> f32 {
     return tree_partial[0];
 }
 
+// activate and activation_derivative on four elements (the vec4 kernels' epilogues).
+fn activate4(act: u32, z: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(activate(act, z.x), activate(act, z.y), activate(act, z.z), activate(act, z.w));
+}
+
+// f'(z) from a = f(z) (activation_derivative reads only a).
+fn derivative4(act: u32, z: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        activation_derivative(act, z.x, a.x),
+        activation_derivative(act, z.y, a.y),
+        activation_derivative(act, z.z, a.z),
+        activation_derivative(act, z.w, a.w),
+    );
+}
+
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }

@@ -10,20 +10,6 @@
 @group(0) @binding(8) var<storage, read> a_in: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> delta_out: array<vec4<f32>>;
 
-fn activate4(act: u32, z: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(activate(act, z.x), activate(act, z.y), activate(act, z.z), activate(act, z.w));
-}
-
-// f'(z) from a = f(z) (activation_derivative reads only a).
-fn derivative4(act: u32, z: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(
-        activation_derivative(act, z.x, a.x),
-        activation_derivative(act, z.y, a.y),
-        activation_derivative(act, z.z, a.z),
-        activation_derivative(act, z.w, a.w),
-    );
-}
-
 // R's vec4 at index i: the right operand, or in matmul_backward_pair's weight job A_{l-1} from
 // a_in (see matmul_params.wgsl).
 fn rhs4_at(i: u32) -> vec4<f32> {

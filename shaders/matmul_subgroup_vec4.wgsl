@@ -114,19 +114,6 @@ fn rows_along_p(r: u32, p4: u32, w4: u32) -> array<vec4<f32>, 4> {
     );
 }
 
-// Four steps of the sum with the rows shared: `a` holds this lane's 4 rows along p, `w0..w3`
-// R(4 p4 + q, c0..c0+3) for q = 0..3. Written out: constant indices only (see fma_rows).
-fn fma_four_shared(
-    acc: ptr<function, array<vec4<f32>, 32>>,
-    a: array<vec4<f32>, 4>,
-    w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>,
-) {
-    fma_shared_rows(acc, vec4<f32>(a[0].x, a[1].x, a[2].x, a[3].x), w0);
-    fma_shared_rows(acc, vec4<f32>(a[0].y, a[1].y, a[2].y, a[3].y), w1);
-    fma_shared_rows(acc, vec4<f32>(a[0].z, a[1].z, a[2].z, a[3].z), w2);
-    fma_shared_rows(acc, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), w3);
-}
-
 // Without broadcasts (another subgroup layout): L(r, p) read one element at a time, and the
 // 32 rows of step p for every lane (slow, and short: this path only has to be right, and a
 // longer one took llvmpipe twice as long to compile).

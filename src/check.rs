@@ -38,7 +38,7 @@ pub const CASES: [(usize, usize, usize, u32); 6] = [
 pub type Check = fn(&Kernels, &mut Rng, usize, usize, usize) -> f64;
 
 /// Every kernel check, by kernel name; matmul checks run once per [`MatmulVariant`].
-pub const CHECKS: [(&str, Check); 31] = [
+pub const CHECKS: [(&str, Check); 32] = [
     ("matmul_forward", matmul_forward),
     ("matmul_forward_bias_activation", matmul_forward_bias_activation),
     ("matmul_forward_output_delta", matmul_forward_output_delta),
@@ -47,6 +47,7 @@ pub const CHECKS: [(&str, Check); 31] = [
     ("matmul_backward_input", matmul_backward_input),
     ("matmul_backward_input_activation", matmul_backward_input_activation),
     ("matmul_backward_pair", matmul_backward_pair),
+    ("panel_forward", panel_forward),
     ("kl_backward", kl_backward),
     ("column_sum", column_sum),
     ("fire_count", fire_count),
@@ -102,6 +103,12 @@ pub fn run_all(kernels: &mut Kernels) -> crate::Result<Vec<Row>> {
     for (kernel, check) in CHECKS {
         let variants: Vec<Option<MatmulVariant>> =
             if is_matmul(kernel) { kernels.matmul_variants().into_iter().map(Some).collect() } else { vec![None] };
+        // A kernel this device cannot run (the panel forward without subgroups) is not built.
+        let unavailable =
+            crate::kernels::Kernel::ALL.iter().any(|k| k.name() == kernel && !k.available(kernels.gpu.features));
+        if unavailable {
+            continue;
+        }
         for variant in variants {
             kernels.set_matmul_variant(variant.unwrap_or(default_variant))?;
             for (case, &(m, k, n, max_groups)) in CASES.iter().enumerate() {
@@ -971,6 +978,65 @@ pub fn matmul_backward_pair(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n
             .max(max_rel_err(&got[0], &want_w, &scale_w))
             .max(max_rel_err(&got[1], &want_b, &scale_b))
             .max(max_rel_err(&got[2], &want_g, &scale_g));
+    }
+    worst
+}
+
+/// `panel_forward` against its twin on a 4-layer model whose widths are the case's k and n
+/// rounded up to multiples of 4 (k4 -> n4 -> 8 -> n4 -> k4, every activation in turn), with the
+/// output delta: each layer judged from the input the kernel gave it, as
+/// [`matmul_forward_bias_activation`] and [`matmul_forward_output_delta`] judge one layer.
+pub fn panel_forward(kern: &Kernels, rng: &mut Rng, m: usize, k: usize, n: usize) -> f64 {
+    let (k4, n4) = (k.div_ceil(4) * 4, n.div_ceil(4) * 4);
+    let mut worst: f64 = 0.0;
+    for (hidden, code, output) in [
+        (Activation::Relu, Activation::Sigmoid, Activation::Sigmoid),
+        (Activation::Tanh, Activation::Identity, Activation::Relu),
+    ] {
+        let spec = crate::ModelSpec::mirrored(&[k4, n4, 8], hidden, code, output).expect("a valid model");
+        let mut params = crate::Params::init(&spec, rng.next_u64());
+        for b in params.biases.iter_mut() {
+            *b = random(rng, b.len(), -0.5, 0.5);
+        }
+        let layout = crate::layout::ParamLayout::new(&spec);
+        let acts = crate::layout::ActivationLayout::new(&spec, m);
+        let table = crate::Trainer::layer_table(&spec, &layout, &acts);
+        let x = random(rng, m * k4, 0.0, 1.0);
+        let mut a_init = vec![f32::NAN; acts.total];
+        a_init[..m * k4].copy_from_slice(&x);
+        let up = |name, v: &[f32]| kern.gpu.upload(name, v);
+        let (z_all, a_all) = (poisoned(kern, acts.total), up("a", &a_init));
+        let delta = poisoned(kern, m * k4);
+        let table_view = kern.gpu.upload_bytes("table", bytemuck::cast_slice(&table));
+        let params_view = up("params", &layout.flatten(&params));
+        kern.gpu.run(&[kern.panel_forward(&table_view, &params_view, (&z_all, &a_all), Some(&delta), m, &spec)]);
+        let (zs, as_) = (download(kern, &z_all), download(kern, &a_all));
+        let layer = |v: &[f32], l: usize| v[acts.offsets[l]..acts.offsets[l] + m * spec.sizes[l]].to_vec();
+        let inputs: Vec<Vec<f64>> = (0..spec.layers()).map(|l| widen(&layer(&as_, l))).collect();
+        let (want, want_delta) = r::panel_forward(&inputs, &spec, &params, m, true);
+        for l in 1..=spec.layers() {
+            let (nl, kl) = spec.shape(l);
+            let terms = r::matmul_forward(
+                &inputs[l - 1].iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                &abs(&params.weights[l - 1]),
+                m,
+                kl,
+                nl,
+            );
+            let scale_z: Vec<f64> =
+                (0..m * nl).map(|i| terms[i] + (params.biases[l - 1][i % nl] as f64).abs()).collect();
+            let scale_a: Vec<f64> = scale_z.iter().map(|s| s + 0.1).collect();
+            worst = worst.max(max_rel_err(&layer(&zs, l), &want[l - 1].0, &scale_z)).max(max_rel_err(
+                &layer(&as_, l),
+                &want[l - 1].1,
+                &scale_a,
+            ));
+            if l == spec.layers() {
+                let scale_d: Vec<f64> = (0..m * nl).map(|i| (scale_a[i] + (x[i] as f64).abs()) / m as f64).collect();
+                let want_d = want_delta.as_ref().expect("the output delta");
+                worst = worst.max(max_rel_err(&download(kern, &delta), want_d, &scale_d));
+            }
+        }
     }
     worst
 }

@@ -41,7 +41,7 @@ impl Encoder {
         Ok(Encoder {
             kernels: Kernels::new(gpu)?,
             params: gpu.upload("params", &layout.flatten(params)),
-            acts: Activations::new(gpu, spec, batch, StepPath::Layered),
+            acts: Activations::new(gpu, spec, batch, StepPath::Layered, None),
             x_staging: View::whole(&gpu.storage("x staging", batch * spec.input_width())),
             order: View::whole(&gpu.storage("order", 1)),
             state: View::whole(&gpu.storage("step state", StepState::WORDS)),

@@ -79,6 +79,36 @@ pub fn matmul_forward_output_delta(
     (z, a_out, delta)
 }
 
+/// Twin of `panel_forward`: each layer's `(Z_l, A_l)` from `inputs[l - 1]` (its input A_{l-1},
+/// X for l = 1), as `matmul_forward_bias_activation` computes it, and with `output_delta` the
+/// last layer's delta against X = `inputs[0]`, as `matmul_forward_output_delta`. Taking each
+/// layer's input apart lets a check judge every layer from what the kernel fed it.
+pub fn panel_forward(
+    inputs: &[Vec<f64>],
+    spec: &ModelSpec,
+    params: &Params,
+    m: usize,
+    output_delta: bool,
+) -> (Vec<(Vec<f64>, Vec<f64>)>, Option<Vec<f64>>) {
+    let layers = spec.layers();
+    let mut out = Vec::new();
+    let mut delta = None;
+    for l in 1..=layers {
+        let (n, k) = spec.shape(l);
+        let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let (w, b) = (widen(&params.weights[l - 1]), widen(&params.biases[l - 1]));
+        if l == layers && output_delta {
+            let (z, a, d) =
+                matmul_forward_output_delta(&inputs[l - 1], &w, &b, &inputs[0], m, k, n, spec.activation(l));
+            delta = Some(d);
+            out.push((z, a));
+        } else {
+            out.push(matmul_forward_bias_activation(&inputs[l - 1], &w, &b, m, k, n, spec.activation(l)));
+        }
+    }
+    (out, delta)
+}
+
 /// `(dW, db) = (delta^T A, column sums of delta)` (twin of `matmul_backward_weight_bias`).
 pub fn matmul_backward_weight_bias(delta: &[f64], a: &[f64], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     (matmul_backward_weight(delta, a, m, n, k), column_sum(delta, m, n, ColumnTransform::Value, 1.0))

@@ -91,6 +91,34 @@ fn matmul_backward_pair() {
     run("matmul_backward_pair", check::matmul_backward_pair);
 }
 
+/// The panel forward where it runs (adapters with subgroups); where it cannot, the trainer
+/// takes the per-layer launches instead (15 a seed step, not 10), so nothing asks for it.
+#[test]
+fn panel_forward() {
+    use sae_wgpu::kernels::Kernel;
+    use sae_wgpu::model::{LossConfig, ModelSpec, Params};
+    for gpu in gpus() {
+        let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP);
+        assert_eq!(Kernel::PanelForward.available(gpu.features), subgroups);
+        let spec = ModelSpec::seed();
+        let mut trainer =
+            sae_wgpu::Trainer::new(&gpu, &spec, LossConfig::default(), 0.1, 64, &Params::init(&spec, 1)).unwrap();
+        let labels: Vec<String> = trainer.step_launches(64).iter().map(|l| l.cost.label.clone()).collect();
+        let panel = labels.iter().any(|l| l.starts_with("panel_forward"));
+        assert_eq!(panel, subgroups, "{}: {labels:?}", gpu.describe());
+        assert_eq!(labels.len(), if subgroups { 10 } else { 15 }, "{}: {labels:?}", gpu.describe());
+        if !subgroups {
+            continue;
+        }
+        let kernels = Kernels::new(&gpu).expect("kernels compile");
+        for (case, &(m, k, n, _)) in CASES.iter().enumerate() {
+            let mut rng = Rng::new(1000 + case as u64);
+            let err = check::panel_forward(&kernels, &mut rng, m, k, n);
+            assert!(err <= TOL, "panel_forward on {} (m={m}, k={k}, n={n}): {err:e}", gpu.describe());
+        }
+    }
+}
+
 #[test]
 fn matmul_backward_input() {
     run("matmul_backward_input", check::matmul_backward_input);
@@ -247,7 +275,8 @@ fn pipelines_are_created_on_first_use() {
         if every_variant.contains(&MatmulVariant::Subgroup) {
             every_variant.push(MatmulVariant::SubgroupVec4);
         }
-        let every = sae_wgpu::kernels::Kernel::ALL.len() + every_variant.into_iter().map(pairs).sum::<usize>();
+        let kernels_here = sae_wgpu::kernels::Kernel::ALL.iter().filter(|k| k.available(gpu.features)).count();
+        let every = kernels_here + every_variant.into_iter().map(pairs).sum::<usize>();
         assert!(after_one > 0 && after_one < every / 2, "{after_one} of {every} pipelines for a step");
         let all = Kernels::new(&gpu).unwrap();
         all.create_all().expect("every pipeline compiles");
@@ -481,5 +510,34 @@ fn backward_pair_matches_the_launches_it_replaces_bit_for_bit() {
                 }
             }
         }
+    }
+}
+
+/// A training step with the panel forward gives the per-layer launches' parameters bit for bit:
+/// the seed model under its KL penalty, three steps of 37 rows (a last panel of 5), on an
+/// adapter with subgroups, against the same trainer without the vec4 kernel (which turns the
+/// panel off; the f32 subgroup kernel is the vec4 one's bit for bit, tested above).
+#[test]
+fn the_panel_forward_trains_as_the_per_layer_launches_do() {
+    use sae_wgpu::model::{LossConfig, ModelSpec, Params, Sparsity};
+    for gpu in gpus().into_iter().filter(|g| g.features.contains(wgpu::Features::SUBGROUP)) {
+        let spec = ModelSpec::seed();
+        let cfg = LossConfig { weight_decay: 1e-3, sparsity: Sparsity::Kl { rho: 0.05, beta: 3.0 } };
+        let m = 37;
+        let mut rng = Rng::new(8);
+        let batches: Vec<Vec<f32>> = (0..3).map(|_| check::random(&mut rng, m * 20, 0.0, 1.0)).collect();
+        let run = |vec4: bool| {
+            let mut kernels = Kernels::new(&gpu).unwrap();
+            kernels.set_matmul_variant(MatmulVariant::Subgroup).unwrap();
+            kernels.set_matmul_vec4(vec4);
+            let mut t = sae_wgpu::Trainer::new(kernels, &spec, cfg, 0.3, m, &Params::init(&spec, 4)).unwrap();
+            for b in &batches {
+                t.step(b).unwrap();
+            }
+            (t.params().unwrap(), t.dispatches_per_step(m))
+        };
+        let ((panel, d_panel), (layers, d_layers)) = (run(true), run(false));
+        assert_eq!((d_panel, d_layers), (10, 15), "{}", gpu.describe());
+        assert!(panel == layers, "{}: the panel forward changed the result", gpu.describe());
     }
 }

@@ -46,6 +46,7 @@ fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
         ("l1", source::L1, none(), false),
         ("threshold", source::THRESHOLD, none(), false),
         ("jumprelu", source::JUMPRELU, none(), false),
+        ("panel", source::PANEL, none(), true),
     ]
 }
 

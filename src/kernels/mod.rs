@@ -60,6 +60,7 @@ pub mod source {
     pub const L1: &str = shader!("l1.wgsl");
     pub const THRESHOLD: &str = shader!("threshold.wgsl");
     pub const JUMPRELU: &str = shader!("jumprelu.wgsl");
+    pub const PANEL: &str = shader!("matmul_rows.wgsl", "panel.wgsl");
 }
 
 /// How a kernel uses a storage binding.
@@ -129,10 +130,11 @@ pub enum Kernel {
     ThresholdCode,
     JumpreluForward,
     JumpreluBackward,
+    PanelForward,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::KlBackward,
         Kernel::ColumnSum,
         Kernel::FireCount,
@@ -161,6 +163,7 @@ impl Kernel {
         Kernel::ThresholdCode,
         Kernel::JumpreluForward,
         Kernel::JumpreluBackward,
+        Kernel::PanelForward,
     ];
 
     /// The WGSL entry point and its launcher have this name, and so does its f64 twin in
@@ -196,6 +199,7 @@ impl Kernel {
             Kernel::ThresholdCode => "threshold_code",
             Kernel::JumpreluForward => "jumprelu_forward",
             Kernel::JumpreluBackward => "jumprelu_backward",
+            Kernel::PanelForward => "panel_forward",
         }
     }
 
@@ -215,6 +219,7 @@ impl Kernel {
             Kernel::ColumnNorms | Kernel::L1DecoderGrad => source::L1,
             Kernel::BatchThreshold | Kernel::ThresholdCode => source::THRESHOLD,
             Kernel::JumpreluForward | Kernel::JumpreluBackward => source::JUMPRELU,
+            Kernel::PanelForward => source::PANEL,
         }
     }
 
@@ -248,7 +253,13 @@ impl Kernel {
             Kernel::ThresholdCode => &[(4, R), (5, W)],
             Kernel::JumpreluForward => &[(2, R), (3, R), (4, W)],
             Kernel::JumpreluBackward => &[(2, R), (3, R), (4, W), (5, R), (6, W), (7, R), (8, R)],
+            Kernel::PanelForward => &[(2, R), (3, R), (4, W), (5, W), (6, W)],
         }
+    }
+
+    /// Whether a device with `features` can run the kernel (the panel forward uses subgroups).
+    pub fn available(self, features: wgpu::Features) -> bool {
+        self != Kernel::PanelForward || features.contains(wgpu::Features::SUBGROUP)
     }
 
     /// Whether the kernel is checked on its own against its twin (`check::CHECKS`); the step
@@ -439,7 +450,7 @@ impl Kernels {
     /// Creates every pipeline this device runs now (`sae check` and the tests: a shader an
     /// adapter rejects is then a runtime failure naming the adapter).
     pub fn create_all(&self) -> Result<()> {
-        for k in Kernel::ALL {
+        for k in Kernel::ALL.into_iter().filter(|k| k.available(self.gpu.features)) {
             self.pipeline(PipelineKey::Kernel(k));
         }
         let every = MatmulVariant::ALL.into_iter().chain([MatmulVariant::SubgroupVec4]);
@@ -541,6 +552,11 @@ impl Kernels {
     /// (default on; the results are the same bit for bit, see `matmul::vec4_fits`).
     pub fn set_matmul_vec4(&mut self, on: bool) {
         self.matmul_vec4 = on;
+    }
+
+    /// Whether `Subgroup` launches take the vec4 kernel where the widths allow.
+    pub fn matmul_vec4(&self) -> bool {
+        self.matmul_vec4
     }
 
     /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.

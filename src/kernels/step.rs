@@ -5,6 +5,7 @@
 
 use super::{Cost, Kernel, Kernels, Launch, View};
 use crate::layout::StepState;
+use crate::model::ModelSpec;
 use bytemuck::{Pod, Zeroable};
 
 /// Widest layer the fused path takes (`MAX_WIDTH` in `shaders/fused.wgsl`).
@@ -19,6 +20,16 @@ pub enum Rows {
     Order = 1,
     /// Row `cursor + i` of the resident data: evaluation in file order.
     Contiguous = 2,
+}
+
+/// The `Panel` uniform of `shaders/panel.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Panel {
+    rows: u32,
+    layers: u32,
+    output_delta: u32,
+    inv_m: f32,
 }
 
 #[repr(C)]
@@ -115,6 +126,40 @@ impl Kernels {
         let words = StepState::WORDS;
         let cost = Cost { label: "advance_cursor".into(), shape: "1".into(), flops: 2.0, bytes: 8.0 * words as f64 };
         self.launch(Kernel::AdvanceCursor, params, &[state], [1, 1], cost)
+    }
+
+    /// The layered forward pass of `spec` in one dispatch (`shaders/panel.wgsl`): every layer's
+    /// `Z_l = A_{l-1} W_l^T + 1 b_l^T` and `A_l = f_l(Z_l)` into `z` and `a` (one buffer each,
+    /// layer l at the layer table's offsets), and with `delta` the output delta
+    /// `(A_L - X) f_L'(Z_L, A_L) / m` (X = A_0): what the per-layer subgroup matmuls with
+    /// epilogues 1 and 4 compute, bit for bit. A workgroup takes 32 rows through every layer.
+    pub fn panel_forward(
+        &self,
+        table: &View,
+        params: &View,
+        (z, a): (&View, &View),
+        delta: Option<&View>,
+        m: usize,
+        spec: &ModelSpec,
+    ) -> Launch {
+        let layers = spec.layers();
+        // As the last forward matmul's launcher computes it, so that the two agree bit for bit.
+        let inv_m = (1.0 / m as f64) as f32;
+        let uniform = Panel { rows: m as u32, layers: layers as u32, output_delta: u32::from(delta.is_some()), inv_m };
+        let macs: usize = (1..=layers).map(|l| spec.shape(l).0 * spec.shape(l).1).sum();
+        let units: usize = spec.sizes[1..].iter().sum();
+        let n_out = spec.sizes[layers];
+        let (extra_read, extra_written) = if delta.is_some() { (m * n_out, m * n_out) } else { (0, 0) };
+        let floats = macs + units + m * spec.sizes[0] + 2 * m * units + extra_read + extra_written;
+        let label = if delta.is_some() { "panel_forward+delta" } else { "panel_forward" };
+        let cost = Cost {
+            label: label.into(),
+            shape: format!("{m} rows, {layers} layers"),
+            flops: 2.0 * (m * macs) as f64,
+            bytes: 4.0 * floats as f64,
+        };
+        let tensors = [table, params, z, a, delta.unwrap_or(&self.placeholder_rw)];
+        self.launch(Kernel::PanelForward, uniform, &tensors, [m.div_ceil(32), 1], cost)
     }
 
     /// The fused path's forward pass (see `shaders/fused.wgsl`): one invocation per row.

@@ -27,7 +27,7 @@ use crate::layout::{ActivationLayout, MetricsLayout, ParamLayout, StepState};
 use crate::model::{AuxK, LossConfig, ModelSpec, Params, Sparsity};
 use crate::optim::{step_values, LrSchedule, Optimizer, UpdateRule};
 use metrics::Pending;
-use schedule::{Activations, Schedule};
+use schedule::{panel_fits, Activations, Schedule};
 use std::collections::{HashMap, VecDeque};
 
 /// Host-device traffic, cumulative since the trainer was made: the structural figures that
@@ -206,12 +206,14 @@ impl Trainer {
         let buffers = gpu.allocating("the trainer's buffers", || {
             let nc = spec.code_width();
             let rho_hat_and_term = View::whole(&gpu.storage("rho_hat", crate::layout::align(nc) + nc));
+            let table =
+                gpu.upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts_layout)));
+            let panel = path == StepPath::Layered && panel_fits(&kernels, spec, &acts_layout);
             Buffers {
                 params: gpu.upload("params", &layout.flatten(init)),
                 grads: View::whole(&gpu.storage("grads", layout.len)),
-                table: gpu
-                    .upload_bytes("layer table", bytemuck::cast_slice(&Self::layer_table(spec, &layout, &acts_layout))),
-                acts: Activations::new(&gpu, spec, m, path),
+                acts: Activations::new(&gpu, spec, m, path, panel.then_some(&table)),
+                table,
                 g: View::whole(&gpu.storage("g", m * widest)),
                 x_staging: View::whole(&gpu.storage("x staging", m * spec.sizes[0])),
                 data: View::whole(&gpu.storage("data", 1)),
@@ -463,13 +465,12 @@ impl Trainer {
         if auxk == self.auxk {
             return Ok(());
         }
-        let gpu = self.kernels.gpu.clone();
         self.auxk = auxk;
         // AuxK runs on the layered path; turning it off keeps the path the trainer has.
         if auxk.is_some() {
             self.path = StepPath::Layered;
         }
-        self.buffers.acts = Activations::new(&gpu, &self.spec, self.activation_rows(), self.path);
+        self.buffers.acts = self.activations(self.path);
         self.schedules.clear();
         Ok(())
     }
@@ -493,6 +494,18 @@ impl Trainer {
 
     /// Rows the activation buffers hold: the batch, and with AuxK its rows after them from an
     /// aligned row (`layout::auxk_row`).
+    /// Activations for `path` at the trainer's rows, with the layer table rebuilt for their
+    /// offsets (the fused path's kernels and the panel forward read it).
+    fn activations(&mut self, path: StepPath) -> Activations {
+        let gpu = self.kernels.gpu.clone();
+        let rows = self.activation_rows();
+        let layout = ActivationLayout::new(&self.spec, rows);
+        let table = Self::layer_table(&self.spec, &self.layout, &layout);
+        self.buffers.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&table));
+        let panel = path == StepPath::Layered && self.auxk.is_none() && panel_fits(&self.kernels, &self.spec, &layout);
+        Activations::new(&gpu, &self.spec, rows, path, panel.then_some(&self.buffers.table))
+    }
+
     fn activation_rows(&self) -> usize {
         let m = self.batch_capacity;
         if self.auxk.is_some() {
@@ -526,9 +539,7 @@ impl Trainer {
         if path != self.path {
             let gpu = self.kernels.gpu.clone();
             self.path = path;
-            self.buffers.acts = Activations::new(&gpu, &self.spec, self.activation_rows(), path);
-            let table = Self::layer_table(&self.spec, &self.layout, &self.buffers.acts.layout);
-            self.buffers.table = gpu.upload_bytes("layer table", bytemuck::cast_slice(&table));
+            self.buffers.acts = self.activations(path);
             self.schedules.clear();
             // The fused kernels read the step count without a gather_rows to bring it up to
             // the steps done (section 5 of docs/design.md): make the two agree.

@@ -7,7 +7,9 @@ use crate::device::Gpu;
 use crate::kernels::elementwise::{kl_mode, KlTerm, StepViews};
 use crate::kernels::step::Rows;
 use crate::kernels::FUSED_MAX_WIDTH;
-use crate::kernels::{Cost, FusedBuffers, FusedLayer, FusedNet, Kernels, Launch, PairInput, View};
+use crate::kernels::{
+    Cost, FusedBuffers, FusedLayer, FusedNet, Kernel, Kernels, Launch, MatmulVariant, PairInput, View,
+};
 use crate::layout::{ActivationLayout, ParamLayout, LOSS_SLOTS};
 use crate::model::{Activation, CodeSelect, ModelSpec, Sparsity, RHO_HAT_EPS};
 use crate::optim::Optimizer;
@@ -66,23 +68,42 @@ impl StepPath {
     }
 }
 
+/// Whether the layered forward pass runs as one `panel_forward` dispatch (docs/design.md section
+/// 5, "Panel forward"): where the subgroup matmul's vec4 kernel runs (CPU adapters with
+/// subgroups), for a model the fused path could take (every width <= 128, a dense code, no
+/// pre-bias) whose widths are multiples of 4, with a batch's Z (and A) of every layer in one
+/// binding. A rule, as the path's choice is.
+pub(crate) fn panel_fits(k: &Kernels, spec: &ModelSpec, layout: &ActivationLayout) -> bool {
+    k.matmul_variant() == MatmulVariant::Subgroup
+        && k.matmul_vec4()
+        && Kernel::PanelForward.available(k.gpu.features)
+        && StepPath::fused_fits(spec)
+        && spec.sizes.iter().all(|n| n.is_multiple_of(4))
+        && layout.fits_one_binding(&k.gpu.limits)
+}
+
 /// Z, A and delta of every layer l = 0..=L (layer 0 is X; Z_0 and delta_0 are unused),
 /// `[rows, n_l]` row-major. The fused path addresses all layers of one kind through one buffer
 /// (`all`, layer l at `layout.offsets[l]`); the layered path gives each layer buffers of its
 /// own, so a matmul can read A_{l-1} while its epilogue writes A_l (WebGPU forbids one buffer
-/// being read-only and read-write in the same dispatch).
+/// being read-only and read-write in the same dispatch), except with the panel forward, which
+/// writes Z and A of every layer in one dispatch: then Z and A are one buffer each (`panel`,
+/// with the layer table; no later launch binds two layers of one of them with a writable one)
+/// and delta keeps a buffer per layer (a backward pair reads delta_l and writes delta_{l-1}).
 pub(crate) struct Activations {
     pub z: Vec<View>,
     pub a: Vec<View>,
     pub delta: Vec<View>,
-    pub layout: ActivationLayout,
     pub all: Option<[View; 3]>,
+    /// The panel forward's Z and A of every layer, and the layer table.
+    pub panel: Option<[View; 3]>,
     /// With a pre-bias, the encoder's input `X - 1 b_L^T` (`[rows, n_0]`).
     pub centered: Option<View>,
 }
 
 impl Activations {
-    pub fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, path: StepPath) -> Self {
+    /// With `panel_table` (the layer table of these offsets), the panel forward's layout.
+    pub fn new(gpu: &Gpu, spec: &ModelSpec, m: usize, path: StepPath, panel_table: Option<&View>) -> Self {
         let layout = ActivationLayout::new(spec, m);
         let centered = spec.pre_bias.then(|| View::whole(&gpu.storage("x centered", m * spec.sizes[0])));
         let per_layer_of =
@@ -94,8 +115,25 @@ impl Activations {
                     z: per_layer_of(&all[0]),
                     a: per_layer_of(&all[1]),
                     delta: per_layer_of(&all[2]),
-                    layout,
                     all: Some(all),
+                    panel: None,
+                    centered,
+                }
+            }
+            StepPath::Layered if panel_table.is_some() => {
+                let [z, a] = ["z", "a"].map(|name| View::whole(&gpu.storage(name, layout.total)));
+                let delta = layout
+                    .lens
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &len)| View::whole(&gpu.storage(&format!("delta{l}"), len)))
+                    .collect();
+                Activations {
+                    z: per_layer_of(&z),
+                    a: per_layer_of(&a),
+                    delta,
+                    all: None,
+                    panel: panel_table.map(|t| [z, a, t.clone()]),
                     centered,
                 }
             }
@@ -112,8 +150,8 @@ impl Activations {
                     z: per_layer("z"),
                     a: per_layer("a"),
                     delta: per_layer("delta"),
-                    layout,
                     all: None,
+                    panel: None,
                     centered,
                 }
             }
@@ -167,6 +205,11 @@ pub(crate) fn layered_forward(
 ) -> Vec<Launch> {
     let rows = |v: &[View], l: usize| v[l].head(m * spec.sizes[l]);
     let mut forward = vec![k.gather_rows(data, order, state, &rows(&acts.a, 0), m, spec.sizes[0], from)];
+    if let Some([z, a, table]) = &acts.panel {
+        // Every layer in one dispatch (a model panel_fits takes: dense, no pre-bias).
+        forward.push(k.panel_forward(table, params, (z, a), output_delta, m, spec));
+        return forward;
+    }
     if let Some(centered) = &acts.centered {
         let b_out = bias(params, layout, spec.layers());
         forward.push(k.center_rows(&rows(&acts.a, 0), &b_out, &centered.head(m * spec.sizes[0]), m, spec.sizes[0]));
