@@ -79,6 +79,9 @@ pub fn matmul_forward_output_delta(
     (z, a_out, delta)
 }
 
+/// One layer's `(Z_l, A_l)`.
+pub type LayerOutput = (Vec<f64>, Vec<f64>);
+
 /// Twin of `panel_forward`: each layer's `(Z_l, A_l)` from `inputs[l - 1]` (its input A_{l-1},
 /// X for l = 1), as `matmul_forward_bias_activation` computes it, and with `output_delta` the
 /// last layer's delta against X = `inputs[0]`, as `matmul_forward_output_delta`. Taking each
@@ -89,7 +92,7 @@ pub fn panel_forward(
     params: &Params,
     m: usize,
     output_delta: bool,
-) -> (Vec<(Vec<f64>, Vec<f64>)>, Option<Vec<f64>>) {
+) -> (Vec<LayerOutput>, Option<Vec<f64>>) {
     let layers = spec.layers();
     let mut out = Vec::new();
     let mut delta = None;
