@@ -105,6 +105,13 @@ fn fma_four_shared(
     fma_shared_rows(acc, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), w3);
 }
 
+// How many of the tile's rows from row0 exist: the store loops run to it rather than to ROWS
+// with a test inside, a trip count the compiler cannot know, so it keeps one copy of the
+// epilogue instead of unrolling 32 (llvmpipe then creates the pipeline several times faster).
+fn rows_from(row0: u32, rows: u32) -> u32 {
+    return select(0u, min(ROWS, rows - row0), row0 < rows);
+}
+
 // Each invocation's 32 accumulators on their way out (its own slot: no barrier needed).
 var<workgroup> staged: array<array<vec4<f32>, 32>, 8>;
 

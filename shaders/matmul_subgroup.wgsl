@@ -91,7 +91,8 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
         }
     }
     stage(&acc, s);
-    for (var i = 0u; i < ROWS; i++) {
+    let rows = rows_from(row0, mm.rows);
+    for (var i = 0u; i < rows; i++) {
         store4(row0 + i, c0, staged[s][i]);
     }
 }

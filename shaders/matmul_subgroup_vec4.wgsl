@@ -34,17 +34,15 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
         if (mode == 1u || mode == 4u || mode == 5u) {
             b = bias[c0 / 4u];
         }
-        for (var i = 0u; i < ROWS; i++) {
-            if (row0 + i < mm.rows) {
-                store_output4(row0 + i, c0, staged[s][i], b);
-            }
+        let rows = rows_from(row0, mm.rows);
+        for (var i = 0u; i < rows; i++) {
+            store_output4(row0 + i, c0, staged[s][i], b);
         }
     } else if (mode == 3u && c0 == width) {
-        for (var i = 0u; i < ROWS; i += 4u) {
-            if (row0 + i < mm.rows) {
-                let v = vec4<f32>(staged[s][i].x, staged[s][i + 1u].x, staged[s][i + 2u].x, staged[s][i + 3u].x);
-                a_out[(row0 + i) / 4u] = v;
-            }
+        let rows = rows_from(row0, mm.rows);
+        for (var i = 0u; i < rows; i += 4u) {
+            let v = vec4<f32>(staged[s][i].x, staged[s][i + 1u].x, staged[s][i + 2u].x, staged[s][i + 3u].x);
+            a_out[(row0 + i) / 4u] = v;
         }
     }
 }

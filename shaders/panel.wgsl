@@ -120,16 +120,15 @@ fn panel_forward(
                 // Epilogues 1 and 4 of matmul_epilogue_vec4.wgsl, X = A_0 at offset 0.
                 let b = params[(t.b_off + c0) / 4u];
                 let out = t.out_off / 4u;
-                for (var i = 0u; i < ROWS; i++) {
-                    if (row0 + i < panel.rows) {
-                        let at = ((row0 + i) * t.n_out + c0) / 4u;
-                        let z = staged[s][i] + b;
-                        let a = activate4(t.act, z);
-                        z_all[out + at] = z;
-                        a_all[out + at] = a;
-                        if (last_layer) {
-                            delta_out[at] = (a - a_all[at]) * panel.inv_m * derivative4(t.act, z, a);
-                        }
+                let rows = rows_from(row0, panel.rows);
+                for (var i = 0u; i < rows; i++) {
+                    let at = ((row0 + i) * t.n_out + c0) / 4u;
+                    let z = staged[s][i] + b;
+                    let a = activate4(t.act, z);
+                    z_all[out + at] = z;
+                    a_all[out + at] = a;
+                    if (last_layer) {
+                        delta_out[at] = (a - a_all[at]) * panel.inv_m * derivative4(t.act, z, a);
                     }
                 }
             }
