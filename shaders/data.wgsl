@@ -15,7 +15,15 @@ struct Gather {
     rows: u32,
     cols: u32,
     gather: u32,
+    // advance_cursor: steps to count
     steps: u32,
+    // gather_rows: 1 for a row an invocation (CPU adapters, where a workgroup costs more than
+    // its loads), 0 for an element an invocation (GPUs: neighbouring invocations read
+    // neighbouring addresses)
+    per_row: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(1) var<uniform> gp: Gather;
@@ -24,25 +32,34 @@ struct Gather {
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;
 @group(0) @binding(6) var<storage, read_write> state: array<u32>;
 
-@compute @workgroup_size(256)
+// The data row that row i of the minibatch is.
+fn source_row(i: u32) -> u32 {
+    if (gp.gather == 1u) {
+        return order[state[STATE_CURSOR] + i];
+    } else if (gp.gather == 2u) {
+        return state[STATE_CURSOR] + i;
+    }
+    return i;
+}
+
+@compute @workgroup_size(64)
 fn gather_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let e = (wid.x + grid.offset.x) * 256u + lid.x;
-    if (e == 0u) {
+    let id = (wid.x + grid.offset.x) * 64u + lid.x;
+    if (id == 0u) {
         // Read by no other invocation here (they read the cursor).
         state[STATE_STEP] = state[STATE_DONE];
     }
-    if (e >= gp.rows * gp.cols) {
-        return;
+    if (gp.per_row != 0u) {
+        if (id < gp.rows) {
+            let src = source_row(id);
+            for (var f = 0u; f < gp.cols; f++) {
+                x[id * gp.cols + f] = data[src * gp.cols + f];
+            }
+        }
+    } else if (id < gp.rows * gp.cols) {
+        let i = id / gp.cols;
+        x[id] = data[source_row(i) * gp.cols + id % gp.cols];
     }
-    let i = e / gp.cols;
-    let f = e % gp.cols;
-    var src = i;
-    if (gp.gather == 1u) {
-        src = order[state[STATE_CURSOR] + i];
-    } else if (gp.gather == 2u) {
-        src = state[STATE_CURSOR] + i;
-    }
-    x[e] = data[src * gp.cols + f];
 }
 
 @compute @workgroup_size(1)

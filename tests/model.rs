@@ -238,7 +238,8 @@ fn dictionary_recipes_match_reference() {
 
 /// `train_epoch` (data resident on the device, minibatches gathered there, many steps per
 /// submit, metrics read back asynchronously) computes exactly what `step` on host-written
-/// minibatches computes, bit for bit, on both paths, including a smaller last minibatch.
+/// minibatches computes, bit for bit, on both paths, including a smaller last minibatch, with
+/// `gather_rows` copying a row an invocation (CPU adapters) or an element (GPUs).
 #[test]
 fn resident_epoch_equals_host_steps() {
     let gpu = gpu();
@@ -263,36 +264,41 @@ fn resident_epoch_equals_host_steps() {
                 host.step(&x).unwrap();
             }
         }
-        let mut dev = Trainer::new(&gpu, &spec, cfg, 0.5, m, &init).unwrap();
-        dev.set_path(path).unwrap();
-        dev.set_data(&data).unwrap();
-        let before = dev.stats();
-        let mut dev_metrics = Vec::new();
-        let opts = EpochOptions { log_every: Some(3), steps_per_submit: Some(4), stop: None };
-        dev.train_epoch(&order, opts, |step, metrics| {
-            assert_eq!(step % 3, 0, "metrics of step {step} were not asked for");
-            dev_metrics.push(metrics.clone());
-            Ok(())
-        })
-        .unwrap();
-        let after = dev.stats();
-        let bits = |p: &Params| p.weights.iter().chain(&p.biases).flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(
-            bits(&host.params().unwrap()),
-            bits(&dev.params().unwrap()),
-            "{path:?}: resident epoch differs from host steps"
-        );
-        assert_eq!(host_metrics, dev_metrics, "{path:?}: step metrics differ");
-        assert_eq!(dev.steps_done(), 7);
-        // Only the order and the cursor were uploaded for the whole epoch.
-        assert_eq!(after.bytes_uploaded - before.bytes_uploaded, (n * 4 + 4) as u64);
-        println!(
-            "{path:?}: {} steps in {} submits, {} dispatches, {} read-backs",
-            dev.steps_done(),
-            after.submits - before.submits,
-            after.dispatches - before.dispatches,
-            after.readbacks - before.readbacks
-        );
+        for per_row in [true, false] {
+            let mut kernels = sae_wgpu::kernels::Kernels::new(&gpu).unwrap();
+            kernels.set_gather_per_row(per_row);
+            let mut dev = Trainer::new(kernels, &spec, cfg, 0.5, m, &init).unwrap();
+            dev.set_path(path).unwrap();
+            dev.set_data(&data).unwrap();
+            let before = dev.stats();
+            let mut dev_metrics = Vec::new();
+            let opts = EpochOptions { log_every: Some(3), steps_per_submit: Some(4), stop: None };
+            dev.train_epoch(&order, opts, |step, metrics| {
+                assert_eq!(step % 3, 0, "metrics of step {step} were not asked for");
+                dev_metrics.push(metrics.clone());
+                Ok(())
+            })
+            .unwrap();
+            let after = dev.stats();
+            let bits =
+                |p: &Params| p.weights.iter().chain(&p.biases).flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&host.params().unwrap()),
+                bits(&dev.params().unwrap()),
+                "{path:?} (a row an invocation: {per_row}): resident epoch differs from host steps"
+            );
+            assert_eq!(host_metrics, dev_metrics, "{path:?}: step metrics differ");
+            assert_eq!(dev.steps_done(), 7);
+            // Only the order and the cursor were uploaded for the whole epoch.
+            assert_eq!(after.bytes_uploaded - before.bytes_uploaded, (n * 4 + 4) as u64);
+            println!(
+                "{path:?}: {} steps in {} submits, {} dispatches, {} read-backs",
+                dev.steps_done(),
+                after.submits - before.submits,
+                after.dispatches - before.dispatches,
+                after.readbacks - before.readbacks
+            );
+        }
     }
 }
 

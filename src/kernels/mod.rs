@@ -417,6 +417,10 @@ pub struct Kernels {
     /// Whether `Subgroup` launches take the vec4 kernel where the widths allow (the default;
     /// off only to compare the two).
     matmul_vec4: bool,
+    /// Whether `gather_rows` copies a row an invocation (CPU adapters, where a workgroup costs
+    /// more than its loads) or an element (GPUs, where neighbouring invocations then read
+    /// neighbouring addresses). The same copy either way.
+    gather_per_row: bool,
     /// Four-element buffers bound where an entry point's binding is unused (a read-only and a
     /// read-write one: one buffer cannot be both in a dispatch).
     placeholder_ro: View,
@@ -443,6 +447,7 @@ impl Kernels {
             cache: crate::cache::open(gpu),
             matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
             matmul_vec4: true,
+            gather_per_row: gpu.info.device_type == wgpu::DeviceType::Cpu,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
     }
@@ -557,6 +562,11 @@ impl Kernels {
     /// Whether `Subgroup` launches take the vec4 kernel where the widths allow.
     pub fn matmul_vec4(&self) -> bool {
         self.matmul_vec4
+    }
+
+    /// Chooses how `gather_rows` spreads its copy (see the field; tests compare the two).
+    pub fn set_gather_per_row(&mut self, on: bool) {
+        self.gather_per_row = on;
     }
 
     /// The matmul variants this device runs, in [`MatmulVariant::ALL`] order.

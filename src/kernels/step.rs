@@ -39,6 +39,8 @@ struct Gather {
     cols: u32,
     gather: u32,
     steps: u32,
+    per_row: u32,
+    _pad: [u32; 3],
 }
 
 /// The `Net` uniform of `shaders/fused.wgsl`.
@@ -107,7 +109,15 @@ impl Kernels {
         cols: usize,
         from: Rows,
     ) -> Launch {
-        let params = Gather { rows: rows as u32, cols: cols as u32, gather: from as u32, steps: 0 };
+        let per_row = self.gather_per_row;
+        let params = Gather {
+            rows: rows as u32,
+            cols: cols as u32,
+            gather: from as u32,
+            steps: 0,
+            per_row: per_row.into(),
+            _pad: [0; 3],
+        };
         let n = rows * cols;
         // Nominally one operation (the index arithmetic) per element copied.
         let cost = Cost {
@@ -116,13 +126,14 @@ impl Kernels {
             flops: n as f64,
             bytes: 4.0 * (2 * n + rows) as f64,
         };
-        self.launch(Kernel::GatherRows, params, &[data, order, state, x], Self::elementwise_groups(n), cost)
+        let groups = if per_row { rows.div_ceil(64) } else { n.div_ceil(64) };
+        self.launch(Kernel::GatherRows, params, &[data, order, state, x], [groups, 1], cost)
     }
 
     /// `cursor += rows`, `step += steps`: the next minibatch starts after this one (`steps` is
     /// 1 after a training step, 0 after an evaluation batch).
     pub fn advance_cursor(&self, state: &View, rows: usize, steps: u32) -> Launch {
-        let params = Gather { rows: rows as u32, cols: 0, gather: 0, steps };
+        let params = Gather { rows: rows as u32, cols: 0, gather: 0, steps, per_row: 0, _pad: [0; 3] };
         let words = StepState::WORDS;
         let cost = Cost { label: "advance_cursor".into(), shape: "1".into(), flops: 2.0, bytes: 8.0 * words as f64 };
         self.launch(Kernel::AdvanceCursor, params, &[state], [1, 1], cost)
