@@ -85,6 +85,22 @@ const STATE_CURSOR: u32 = 0u;
 const STATE_STEP: u32 = 1u;
 const STATE_DONE: u32 = 2u;
 
+// An entry of the layer table (FusedLayer in src/kernels/step.rs) that the fused kernels and
+// panel_forward read: a layer's widths, activation, parameter offsets (flat parameters) and
+// activation offsets (one buffer per kind).
+struct Layer {
+    n_out: u32,
+    n_in: u32,
+    act: u32,
+    w_off: u32,
+    b_off: u32,
+    // where A_{l-1} starts in `a_all`, and where Z_l / A_l / delta_l start
+    in_off: u32,
+    out_off: u32,
+    // index of this layer's first parameter in fused_update's enumeration
+    param_start: u32,
+}
+
 // An entry of the step-values table (StepValues in src/layout.rs): what the update of step t
 // applies, computed on the host in f64. Entry t - 1, the last one for every later step.
 struct StepValues {

@@ -47,19 +47,6 @@ struct Net {
     _pad2: u32,
 }
 
-struct Layer {
-    n_out: u32,
-    n_in: u32,
-    act: u32,
-    w_off: u32,
-    b_off: u32,
-    // where A_{l-1} starts in `a_all`, and where Z_l / A_l / delta_l start
-    in_off: u32,
-    out_off: u32,
-    // index of this layer's first parameter in fused_update's enumeration
-    param_start: u32,
-}
-
 const MAX_WIDTH: u32 = 128u;
 
 @group(0) @binding(1) var<uniform> net: Net;

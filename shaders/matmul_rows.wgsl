@@ -105,6 +105,23 @@ fn fma_four_shared(
     fma_shared_rows(acc, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), w3);
 }
 
+// The same four steps with R's 4 columns given as 4 rows of a row-major W: w_i holds
+// W[c0 + i, 4 p4 .. 4 p4 + 3], so step q takes (w0[q], w1[q], w2[q], w3[q]) (matmul_forward's R).
+fn fma_four_by_w_rows(
+    acc: ptr<function, array<vec4<f32>, 32>>,
+    a: array<vec4<f32>, 4>,
+    w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>,
+) {
+    fma_four_shared(
+        acc,
+        a,
+        vec4<f32>(w0.x, w1.x, w2.x, w3.x),
+        vec4<f32>(w0.y, w1.y, w2.y, w3.y),
+        vec4<f32>(w0.z, w1.z, w2.z, w3.z),
+        vec4<f32>(w0.w, w1.w, w2.w, w3.w),
+    );
+}
+
 // How many of the tile's rows from row0 exist: the store loops run to it rather than to ROWS
 // with a test inside, a trip count the compiler cannot know, so it keeps one copy of the
 // epilogue instead of unrolling 32 (llvmpipe then creates the pipeline several times faster).

@@ -159,18 +159,8 @@ fn matmul_forward(
     if (whole) {
         let r = row0 + 4u * s;
         for (var p4 = 0u; p4 < k4; p4++) {
-            let w0 = rhs[cc * k4 + p4];
-            let w1 = rhs[(cc + 1u) * k4 + p4];
-            let w2 = rhs[(cc + 2u) * k4 + p4];
-            let w3 = rhs[(cc + 3u) * k4 + p4];
-            fma_four_shared(
-                &acc,
-                rows_along_p(r, p4, k4),
-                vec4<f32>(w0.x, w1.x, w2.x, w3.x),
-                vec4<f32>(w0.y, w1.y, w2.y, w3.y),
-                vec4<f32>(w0.z, w1.z, w2.z, w3.z),
-                vec4<f32>(w0.w, w1.w, w2.w, w3.w),
-            );
+            let w = cc * k4 + p4;
+            fma_four_by_w_rows(&acc, rows_along_p(r, p4, k4), rhs[w], rhs[w + k4], rhs[w + 2u * k4], rhs[w + 3u * k4]);
         }
     } else {
         for (var p = 0u; p < mm.inner; p++) {
@@ -224,22 +214,4 @@ fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
         }
     }
     store_tile(&acc, s, row0, c0);
-}
-
-// Both backward products of a layer in one dispatch (see matmul_params.wgsl). The branch is
-// uniform over the workgroup, so every invocation of it reaches the same subgroup operations.
-@compute @workgroup_size(8)
-fn matmul_backward_pair(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    if (is_weight_job(wid.y)) {
-        weight_job();
-        backward_weight(lid, sgid, sg_size, wid.xy);
-    } else {
-        input_job();
-        backward_input(lid, sgid, sg_size, input_job_wid(wid.xy));
-    }
 }

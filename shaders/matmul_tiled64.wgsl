@@ -104,15 +104,3 @@ fn backward_input(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
     tiled64_matmul(lid, wid, mm.inner, 1u, mm.cols, 1u);
 }
-
-// Both backward products of a layer in one dispatch (see matmul_params.wgsl).
-@compute @workgroup_size(16, 16)
-fn matmul_backward_pair(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    if (is_weight_job(wid.y)) {
-        weight_job();
-        backward_weight(lid.xy, wid.xy);
-    } else {
-        input_job();
-        backward_input(lid.xy, input_job_wid(wid.xy));
-    }
-}

@@ -18,18 +18,6 @@ struct Panel {
     inv_m: f32,
 }
 
-// A layer as the fused path's table gives it (FusedLayer in src/kernels/step.rs).
-struct Layer {
-    n_out: u32,
-    n_in: u32,
-    act: u32,
-    w_off: u32,
-    b_off: u32,
-    in_off: u32,
-    out_off: u32,
-    param_start: u32,
-}
-
 @group(0) @binding(1) var<uniform> panel: Panel;
 @group(0) @binding(2) var<storage, read> table: array<Layer>;
 @group(0) @binding(3) var<storage, read> params: array<vec4<f32>>;
@@ -83,18 +71,9 @@ fn panel_forward(
             if (whole) {
                 let r = row0 + 4u * s;
                 for (var p4 = 0u; p4 < k4; p4++) {
-                    let w0 = params[w + p4];
-                    let w1 = params[w + k4 + p4];
-                    let w2 = params[w + 2u * k4 + p4];
-                    let w3 = params[w + 3u * k4 + p4];
-                    fma_four_shared(
-                        &acc,
-                        panel_rows(base, r, p4, k4),
-                        vec4<f32>(w0.x, w1.x, w2.x, w3.x),
-                        vec4<f32>(w0.y, w1.y, w2.y, w3.y),
-                        vec4<f32>(w0.z, w1.z, w2.z, w3.z),
-                        vec4<f32>(w0.w, w1.w, w2.w, w3.w),
-                    );
+                    let wp = w + p4;
+                    let rows = panel_rows(base, r, p4, k4);
+                    fma_four_by_w_rows(&acc, rows, params[wp], params[wp + k4], params[wp + 2u * k4], params[wp + 3u * k4]);
                 }
             } else {
                 for (var p = 0u; p < t.n_in; p++) {

@@ -8,13 +8,25 @@ use bytemuck::{Pod, Zeroable};
 
 /// Shader sources, one per variant.
 pub mod source {
-    pub const TILED: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul.wgsl");
+    pub const TILED: &str =
+        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul.wgsl", "matmul_pair_tiles.wgsl");
     pub const BLOCKED: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_blocked.wgsl");
-    pub const SUBGROUP: &str =
-        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_rows.wgsl", "matmul_subgroup.wgsl");
-    pub const SUBGROUP_VEC4: &str =
-        shader!("matmul_params.wgsl", "matmul_epilogue_vec4.wgsl", "matmul_rows.wgsl", "matmul_subgroup_vec4.wgsl");
-    pub const TILED64: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_tiled64.wgsl");
+    pub const SUBGROUP: &str = shader!(
+        "matmul_params.wgsl",
+        "matmul_epilogue.wgsl",
+        "matmul_rows.wgsl",
+        "matmul_subgroup.wgsl",
+        "matmul_pair_subgroup.wgsl"
+    );
+    pub const SUBGROUP_VEC4: &str = shader!(
+        "matmul_params.wgsl",
+        "matmul_epilogue_vec4.wgsl",
+        "matmul_rows.wgsl",
+        "matmul_subgroup_vec4.wgsl",
+        "matmul_pair_subgroup.wgsl"
+    );
+    pub const TILED64: &str =
+        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_tiled64.wgsl", "matmul_pair_tiles.wgsl");
 }
 
 /// The storage bindings of every matmul entry point: lhs, rhs, out, then the epilogue's bias,
@@ -258,6 +270,8 @@ struct Operands<'a> {
     z_in: Option<&'a View>,
     a_in: Option<&'a View>,
     delta_out: Option<&'a View>,
+    /// Epilogue 5: kl-soft-freq's temperature (its form of the KL term), else kl's form.
+    soft: Option<f64>,
 }
 
 /// What the input job of [`Kernels::matmul_backward_pair`] does with `G = delta_l W_l`.
@@ -276,7 +290,7 @@ pub enum PairInput<'a> {
 impl<'a> Operands<'a> {
     /// The two operands and the output, no epilogue tensors.
     fn plain(lhs: &'a View, rhs: &'a View, out: &'a View) -> Self {
-        Operands { lhs, rhs, out, bias: None, a_out: None, z_in: None, a_in: None, delta_out: None }
+        Operands { lhs, rhs, out, bias: None, a_out: None, z_in: None, a_in: None, delta_out: None, soft: None }
     }
 }
 
@@ -291,21 +305,6 @@ impl Kernels {
         (rows, cols, inner): (usize, usize, usize),
         act: Activation,
         (m, k, n): (usize, usize, usize),
-    ) -> Launch {
-        self.matmul_with(op, epilogue, t, (rows, cols, inner), act, (m, k, n), None)
-    }
-
-    /// [`Self::matmul`] with epilogue 5's kl-soft-freq temperature.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_with(
-        &self,
-        op: MatmulOp,
-        epilogue: Epilogue,
-        t: Operands<'_>,
-        (rows, cols, inner): (usize, usize, usize),
-        act: Activation,
-        (m, k, n): (usize, usize, usize),
-        soft: Option<f64>,
     ) -> Launch {
         // With the bias-gradient epilogue the last of the `cols` columns goes to a_out.
         let stored_cols = if epilogue == Epilogue::BiasGradient { cols - 1 } else { cols };
@@ -332,8 +331,8 @@ impl Kernels {
             act: act.code(),
             inv_m,
             pair_rows: pair_rows as u32,
-            soft: u32::from(soft.is_some()),
-            temperature: soft.unwrap_or(1.0) as f32,
+            soft: u32::from(t.soft.is_some()),
+            temperature: t.soft.unwrap_or(1.0) as f32,
         };
         let pipeline = self.pipeline(super::PipelineKey::Matmul(variant, op, epilogue));
         let (ro, rw) = (&self.placeholder_ro, &self.placeholder_rw);
@@ -479,9 +478,10 @@ impl Kernels {
             z_in: z,
             a_in: Some(a),
             delta_out: Some(dw),
+            soft,
             ..Operands::plain(delta, w, out)
         };
-        self.matmul_with(MatmulOp::BackwardPair, epilogue, t, (m, k, n), act, (m, k, n), soft)
+        self.matmul(MatmulOp::BackwardPair, epilogue, t, (m, k, n), act, (m, k, n))
     }
 }
 

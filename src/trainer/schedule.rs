@@ -348,41 +348,14 @@ impl Trainer {
                 let train = match with_rho {
                     // On the layered path also the KL gradient's column term, which the code
                     // layer's backward pair adds in its epilogue instead of a kl_backward launch.
-                    Some((x, soft)) if fold_kl => {
-                        let rho = (&x, &b.rho_hat_and_term, soft);
-                        let (_, rho_value, beta, _) = kl_mode(sparsity);
-                        let term = KlTerm {
-                            at: kl_term.offset - b.rho_hat.offset,
-                            rho: rho_value,
-                            beta_over_m: beta / mb as f64,
-                        };
-                        let all = k.fire_count_rho(
-                            &fired,
-                            &freq,
-                            &b.since_fired,
-                            &code_bias,
-                            (m, nc),
-                            update,
-                            steps,
-                            rho,
-                            Some(term),
-                        );
-                        vec![all.noting("fires, rho_hat, KL term")]
-                    }
                     Some((x, soft)) => {
-                        let rho = (&x, &b.rho_hat, soft);
-                        let both = k.fire_count_rho(
-                            &fired,
-                            &freq,
-                            &b.since_fired,
-                            &code_bias,
-                            (m, nc),
-                            update,
-                            steps,
-                            rho,
-                            None,
-                        );
-                        vec![both.noting("fires, rho_hat")]
+                        let (_, rho_value, beta, _) = kl_mode(sparsity);
+                        let at = kl_term.offset - b.rho_hat.offset;
+                        let term = fold_kl.then_some(KlTerm { at, rho: rho_value, beta_over_m: beta / mb as f64 });
+                        let rho = (&x, if fold_kl { &b.rho_hat_and_term } else { &b.rho_hat }, soft);
+                        let (freq_out, since, dims) = (&freq, &b.since_fired, (m, nc));
+                        let all = k.fire_count_rho(&fired, freq_out, since, &code_bias, dims, update, steps, rho, term);
+                        vec![all.noting(if fold_kl { "fires, rho_hat, KL term" } else { "fires, rho_hat" })]
                     }
                     None => smooth_rho_hat.iter().cloned().chain([fires(&freq, update)]).collect(),
                 };
