@@ -24,21 +24,25 @@ fn tiled_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_
     let r = row0 + lid.y;
     let c = col0 + lid.x;
     var acc = 0.0;
-    let tiles = (mm.inner + TILE - 1u) / TILE;
+    let rows = mmv().rows;
+    let cols = mmv().cols;
+    let inner = mmv().inner;
+    let r_src = rhs_source();
+    let tiles = (inner + TILE - 1u) / TILE;
     for (var t = 0u; t < tiles; t++) {
         let p_l = t * TILE + lid.x;
         var v_l = 0.0;
-        if (r < mm.rows && p_l < mm.inner) {
+        if (r < rows && p_l < inner) {
             v_l = lhs[r * l_r + p_l * l_p];
         }
         tile_l[lid.y][lid.x] = v_l;
         let p_r = t * TILE + lid.y;
         var v_r = 0.0;
-        if (p_r < mm.inner && c < mm.cols) {
-            if (mode == 3u && c == mm.cols - 1u) {
+        if (p_r < inner && c < cols) {
+            if (c >= r_src.ones_from) {
                 v_r = 1.0; // the ones column of [A | 1] (see matmul_epilogue.wgsl)
             } else {
-                v_r = rhs_at(p_r * r_p + c * r_c);
+                v_r = rhs_at(r_src, p_r * r_p + c * r_c);
             }
         }
         tile_r[lid.y][lid.x] = v_r;
@@ -48,7 +52,7 @@ fn tiled_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_
         }
         workgroupBarrier();
     }
-    if (r < mm.rows && c < mm.cols) {
+    if (r < mmv().rows && c < mmv().cols) {
         store_output(r, c, acc);
     }
 }
@@ -57,7 +61,7 @@ fn tiled_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_
 fn matmul_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     single();
     // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
-    tiled_matmul(lid.xy, wid.xy, mm.inner, 1u, 1u, mm.inner);
+    tiled_matmul(lid.xy, wid.xy, mmv().inner, 1u, 1u, mmv().inner);
 }
 
 @compute @workgroup_size(16, 16)
@@ -68,7 +72,7 @@ fn matmul_backward_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin
 
 fn backward_weight(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
-    tiled_matmul(lid, wid, 1u, mm.rows, a_cols(), 1u);
+    tiled_matmul(lid, wid, 1u, mmv().rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(16, 16)
@@ -79,5 +83,5 @@ fn matmul_backward_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
 
 fn backward_input(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
-    tiled_matmul(lid, wid, mm.inner, 1u, mm.cols, 1u);
+    tiled_matmul(lid, wid, mmv().inner, 1u, mmv().cols, 1u);
 }

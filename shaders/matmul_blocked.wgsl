@@ -23,20 +23,23 @@ const SIDE: u32 = 8u;
 fn blocked_matmul(lid: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u32) {
     let r0 = ((wid.y + grid.offset.y) * SIDE + lid / SIDE) * BLOCK;
     let c0 = ((wid.x + grid.offset.x) * SIDE + lid % SIDE) * BLOCK;
-    if (r0 >= mm.rows || c0 >= mm.cols) {
+    if (r0 >= mmv().rows || c0 >= mmv().cols) {
         return;
     }
     var lrow: array<u32, 4>;
     var rcol: array<u32, 4>;
     for (var i = 0u; i < BLOCK; i++) {
-        lrow[i] = min(r0 + i, mm.rows - 1u) * l_r;
-        rcol[i] = min(c0 + i, mm.cols - 1u) * r_c;
+        lrow[i] = min(r0 + i, mmv().rows - 1u) * l_r;
+        rcol[i] = min(c0 + i, mmv().cols - 1u) * r_c;
     }
     var acc: array<vec4<f32>, 4>;
-    for (var p = 0u; p < mm.inner; p++) {
+    let inner = mmv().inner;
+    let r_src = rhs_source();
+    for (var p = 0u; p < inner; p++) {
         let lp = p * l_p;
         let rp = p * r_p;
-        let rv = ones_column(vec4<f32>(rhs_at(rp + rcol[0]), rhs_at(rp + rcol[1]), rhs_at(rp + rcol[2]), rhs_at(rp + rcol[3])), c0);
+        let loaded = vec4<f32>(rhs_at(r_src, rp + rcol[0]), rhs_at(r_src, rp + rcol[1]), rhs_at(r_src, rp + rcol[2]), rhs_at(r_src, rp + rcol[3]));
+        let rv = ones_column(loaded, c0, r_src);
         acc[0] = fma(vec4<f32>(lhs[lrow[0] + lp]), rv, acc[0]);
         acc[1] = fma(vec4<f32>(lhs[lrow[1] + lp]), rv, acc[1]);
         acc[2] = fma(vec4<f32>(lhs[lrow[2] + lp]), rv, acc[2]);
@@ -44,9 +47,9 @@ fn blocked_matmul(lid: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u
     }
     for (var i = 0u; i < BLOCK; i++) {
         let r = r0 + i;
-        if (r < mm.rows) {
+        if (r < mmv().rows) {
             for (var j = 0u; j < BLOCK; j++) {
-                if (c0 + j < mm.cols) {
+                if (c0 + j < mmv().cols) {
                     store_output(r, c0 + j, acc[i][j]);
                 }
             }
@@ -57,7 +60,7 @@ fn blocked_matmul(lid: u32, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, r_c: u
 @compute @workgroup_size(64)
 fn matmul_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     single();
-    blocked_matmul(lid, wid.xy, mm.inner, 1u, 1u, mm.inner);
+    blocked_matmul(lid, wid.xy, mmv().inner, 1u, 1u, mmv().inner);
 }
 
 @compute @workgroup_size(64)
@@ -67,7 +70,7 @@ fn matmul_backward_weight(@builtin(local_invocation_index) lid: u32, @builtin(wo
 }
 
 fn backward_weight(lid: u32, wid: vec2<u32>) {
-    blocked_matmul(lid, wid, 1u, mm.rows, a_cols(), 1u);
+    blocked_matmul(lid, wid, 1u, mmv().rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(64)
@@ -77,7 +80,7 @@ fn matmul_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(wor
 }
 
 fn backward_input(lid: u32, wid: vec2<u32>) {
-    blocked_matmul(lid, wid, mm.inner, 1u, mm.cols, 1u);
+    blocked_matmul(lid, wid, mmv().inner, 1u, mmv().cols, 1u);
 }
 
 // Both backward products of a layer in one dispatch (see matmul_params.wgsl).

@@ -12,8 +12,8 @@
 
 // R's vec4 at index i: the right operand, or in matmul_backward_pair's weight job A_{l-1} from
 // a_in (see matmul_params.wgsl).
-fn rhs4_at(i: u32) -> vec4<f32> {
-    if (paired_weight) {
+fn rhs4_at(r: RhsSource, i: u32) -> vec4<f32> {
+    if (r.from_a_in) {
         return a_in[i];
     }
     return rhs[i];
@@ -24,35 +24,35 @@ fn rhs4_at(i: u32) -> vec4<f32> {
 // loaded once per invocation by the caller.
 fn store_output4(r: u32, c0: u32, v: vec4<f32>, b: vec4<f32>) {
     let at = (r * a_cols() + c0) / 4u;
-    switch mode {
+    switch mode() {
         case 1u: {
             let z = v + b;
             out[at] = z;
-            a_out[at] = activate4(mm.act, z);
+            a_out[at] = activate4(mmv().act, z);
         }
         case 2u: {
-            out[at] = v * derivative4(mm.act, z_in[at], a_in[at]);
+            out[at] = v * derivative4(mmv().act, z_in[at], a_in[at]);
         }
         case 4u: {
             let z = v + b;
-            let a = activate4(mm.act, z);
+            let a = activate4(mmv().act, z);
             out[at] = z;
             a_out[at] = a;
-            delta_out[at] = (a - z_in[at]) * mm.inv_m * derivative4(mm.act, z, a);
+            delta_out[at] = (a - z_in[at]) * mmv().inv_m * derivative4(mmv().act, z, a);
         }
         case 5u: {
             // kl_backward's arithmetic (sparsity.wgsl), b holding its dkl.
-            let fprime = derivative4(mm.act, z_in[at], a_in[at]);
-            if (mm.soft == 0u) {
+            let fprime = derivative4(mmv().act, z_in[at], a_in[at]);
+            if (mmv().soft == 0u) {
                 out[at] = (v + b) * fprime;
             } else {
-                let z = z_in[at] / mm.temperature;
+                let z = z_in[at] / mmv().temperature;
                 let s = vec4<f32>(sigmoid(z.x), sigmoid(z.y), sigmoid(z.z), sigmoid(z.w));
-                out[at] = v * fprime + b * s * (1.0 - s) / mm.temperature;
+                out[at] = v * fprime + b * s * (1.0 - s) / mmv().temperature;
             }
         }
         case 3u: {
-            if (paired_weight) {
+            if (from_a_in()) {
                 delta_out[at] = v;
             } else {
                 out[at] = v;

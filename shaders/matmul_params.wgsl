@@ -35,19 +35,40 @@ struct Matmul {
 
 @group(0) @binding(1) var<uniform> params: Matmul;
 
-// The product an invocation computes and its epilogue mode: the launch's own (`single`), or
-// one of matmul_backward_pair's two jobs (`weight_job`, `input_job`). Set once at the top of
-// each entry point, in the branch that then computes (so the compiler sees constants there).
-var<private> mm: Matmul;
-var<private> mode: u32;
+// The product an invocation computes and its epilogue mode: the launch's own, or in
+// matmul_backward_pair (PAIR) one of its two jobs (`weight_job`, `input_job`), set at the top of
+// the entry point. Read through mmv(), mode() and from_a_in(): in every other pipeline PAIR is
+// false and they are the uniform and the constant EPILOGUE, which the compiler folds (a private
+// copy read in the summing loops measured up to twice as slow on llvmpipe).
+override PAIR: bool = false;
+var<private> pair_mm: Matmul;
+var<private> pair_mode: u32;
 // The pair's weight job: R (A_{l-1}) read from a_in, binding 8, and dW stored to delta_out,
 // binding 9 (the input job keeps the bindings of matmul_backward_input).
-var<private> paired_weight: bool;
+var<private> pair_weight: bool;
+
+fn mmv() -> Matmul {
+    if (PAIR) {
+        return pair_mm;
+    }
+    return params;
+}
+
+fn mode() -> u32 {
+    if (PAIR) {
+        return pair_mode;
+    }
+    return EPILOGUE;
+}
+
+fn from_a_in() -> bool {
+    return PAIR && pair_weight;
+}
 
 fn single() {
-    mm = params;
-    mode = EPILOGUE;
-    paired_weight = false;
+    pair_mm = params;
+    pair_mode = EPILOGUE;
+    pair_weight = false;
 }
 
 // matmul_backward_pair, in one dispatch (docs/design.md section 5):
@@ -61,9 +82,9 @@ fn is_weight_job(wid_y: u32) -> bool {
 }
 
 fn weight_job() {
-    mm = Matmul(params.inner, params.cols + 1u, params.rows, 0u, 0.0, 0u, 0u, 0.0);
-    mode = 3u;
-    paired_weight = true;
+    pair_mm = Matmul(params.inner, params.cols + 1u, params.rows, 0u, 0.0, 0u, 0u, 0.0);
+    pair_mode = 3u;
+    pair_weight = true;
 }
 
 fn input_job() {
@@ -76,20 +97,29 @@ fn input_job_wid(wid: vec2<u32>) -> vec2<u32> {
     return vec2<u32>(wid.x, wid.y - params.pair_rows);
 }
 
+// Where R comes from, read once before a kernel's summing loop (from the private copies above,
+// which the loop then does not read again): whether from a_in (the pair's weight job), and the
+// first column that reads 1 (epilogue 3's ones column; none otherwise).
+struct RhsSource {
+    from_a_in: bool,
+    ones_from: u32,
+}
+
+fn rhs_source() -> RhsSource {
+    return RhsSource(from_a_in(), select(0xffffffffu, mmv().cols - 1u, mode() == 3u));
+}
+
 // With epilogue 3 the right operand has an extra last column of ones (columns past the edge
 // also read 1 there: their outputs are never stored).
-fn ones_column(rv: vec4<f32>, c0: u32) -> vec4<f32> {
-    if (mode == 3u) {
-        return select(rv, vec4<f32>(1.0), vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u) >= vec4<u32>(mm.cols - 1u));
-    }
-    return rv;
+fn ones_column(rv: vec4<f32>, c0: u32, r: RhsSource) -> vec4<f32> {
+    return select(rv, vec4<f32>(1.0), vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u) >= vec4<u32>(r.ones_from));
 }
 
 // Row stride of A in matmul_backward_weight: the output has one more column than A with
 // epilogue 3 (the ones column is not stored in A).
 fn a_cols() -> u32 {
-    if (mode == 3u) {
-        return mm.cols - 1u;
+    if (mode() == 3u) {
+        return mmv().cols - 1u;
     }
-    return mm.cols;
+    return mmv().cols;
 }

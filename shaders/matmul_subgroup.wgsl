@@ -24,8 +24,7 @@
 @group(0) @binding(3) var<storage, read> rhs: array<f32>;
 
 // The 4 rows of L that lane `s` loads at step p: L(row0 + 4s + i, p), rows clamped.
-fn lhs4(row0: u32, s: u32, lp: u32, l_r: u32) -> vec4<f32> {
-    let last = mm.rows - 1u;
+fn lhs4(row0: u32, s: u32, lp: u32, l_r: u32, last: u32) -> vec4<f32> {
     let r = row0 + s * 4u;
     return vec4<f32>(
         lhs[min(r, last) * l_r + lp],
@@ -37,17 +36,17 @@ fn lhs4(row0: u32, s: u32, lp: u32, l_r: u32) -> vec4<f32> {
 
 // Stores outputs [r, c0..c0+4] (through the epilogue), the columns and the row that exist.
 fn store4(r: u32, c0: u32, v: vec4<f32>) {
-    if (r < mm.rows) {
-        if (c0 < mm.cols) {
+    if (r < mmv().rows) {
+        if (c0 < mmv().cols) {
             store_output(r, c0, v.x);
         }
-        if (c0 + 1u < mm.cols) {
+        if (c0 + 1u < mmv().cols) {
             store_output(r, c0 + 1u, v.y);
         }
-        if (c0 + 2u < mm.cols) {
+        if (c0 + 2u < mmv().cols) {
             store_output(r, c0 + 2u, v.z);
         }
-        if (c0 + 3u < mm.cols) {
+        if (c0 + 3u < mmv().cols) {
             store_output(r, c0 + 3u, v.w);
         }
     }
@@ -60,38 +59,41 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
     let s = at.s;
     let row0 = at.row0;
     let c0 = at.c0;
-    let last_c = mm.cols - 1u;
+    let last_c = mmv().cols - 1u;
     let rcol = vec4<u32>(min(c0, last_c), min(c0 + 1u, last_c), min(c0 + 2u, last_c), min(c0 + 3u, last_c)) * r_c;
     var acc: array<vec4<f32>, 32>;
+    let inner = mmv().inner;
+    let last = mmv().rows - 1u;
+    let r_src = rhs_source();
     if (whole) {
-        for (var p = 0u; p < mm.inner; p++) {
+        for (var p = 0u; p < inner; p++) {
             let rp = p * r_p;
-            let rv = ones_column(vec4<f32>(rhs_at(rp + rcol.x), rhs_at(rp + rcol.y), rhs_at(rp + rcol.z), rhs_at(rp + rcol.w)), c0);
-            let own = lhs4(row0, s, p * l_p, l_r);
-            fma_shared_rows(&acc, own, rv);
+            let rv = vec4<f32>(rhs_at(r_src, rp + rcol.x), rhs_at(r_src, rp + rcol.y), rhs_at(r_src, rp + rcol.z), rhs_at(r_src, rp + rcol.w));
+            let own = lhs4(row0, s, p * l_p, l_r, last);
+            fma_shared_rows(&acc, own, ones_column(rv, c0, r_src));
         }
     } else {
         // Another subgroup layout: every invocation loads the 32 rows itself (same sums).
-        for (var p = 0u; p < mm.inner; p++) {
+        for (var p = 0u; p < inner; p++) {
             let rp = p * r_p;
             let lp = p * l_p;
-            let rv = ones_column(vec4<f32>(rhs_at(rp + rcol.x), rhs_at(rp + rcol.y), rhs_at(rp + rcol.z), rhs_at(rp + rcol.w)), c0);
+            let rv = vec4<f32>(rhs_at(r_src, rp + rcol.x), rhs_at(r_src, rp + rcol.y), rhs_at(r_src, rp + rcol.z), rhs_at(r_src, rp + rcol.w));
             fma_rows(
                 &acc,
-                lhs4(row0, 0u, lp, l_r),
-                lhs4(row0, 1u, lp, l_r),
-                lhs4(row0, 2u, lp, l_r),
-                lhs4(row0, 3u, lp, l_r),
-                lhs4(row0, 4u, lp, l_r),
-                lhs4(row0, 5u, lp, l_r),
-                lhs4(row0, 6u, lp, l_r),
-                lhs4(row0, 7u, lp, l_r),
-                rv,
+                lhs4(row0, 0u, lp, l_r, last),
+                lhs4(row0, 1u, lp, l_r, last),
+                lhs4(row0, 2u, lp, l_r, last),
+                lhs4(row0, 3u, lp, l_r, last),
+                lhs4(row0, 4u, lp, l_r, last),
+                lhs4(row0, 5u, lp, l_r, last),
+                lhs4(row0, 6u, lp, l_r, last),
+                lhs4(row0, 7u, lp, l_r, last),
+                ones_column(rv, c0, r_src),
             );
         }
     }
     stage(&acc, s);
-    let rows = rows_from(row0, mm.rows);
+    let rows = rows_from(row0, mmv().rows);
     for (var i = 0u; i < rows; i++) {
         store4(row0 + i, c0, staged[s][i]);
     }
@@ -106,7 +108,7 @@ fn matmul_forward(
 ) {
     single();
     // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
-    subgroup_matmul(lid, sgid, sg_size, wid.xy, mm.inner, 1u, 1u, mm.inner);
+    subgroup_matmul(lid, sgid, sg_size, wid.xy, mmv().inner, 1u, 1u, mmv().inner);
 }
 
 @compute @workgroup_size(8)
@@ -122,7 +124,7 @@ fn matmul_backward_weight(
 
 fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
-    subgroup_matmul(lid, sgid, sg_size, wid, 1u, mm.rows, a_cols(), 1u);
+    subgroup_matmul(lid, sgid, sg_size, wid, 1u, mmv().rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(8)
@@ -138,5 +140,5 @@ fn matmul_backward_input(
 
 fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
-    subgroup_matmul(lid, sgid, sg_size, wid, mm.inner, 1u, mm.cols, 1u);
+    subgroup_matmul(lid, sgid, sg_size, wid, mmv().inner, 1u, mmv().cols, 1u);
 }

@@ -31,15 +31,15 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
     let width = a_cols();
     if (c0 < width) {
         var b = vec4<f32>(0.0);
-        if (mode == 1u || mode == 4u || mode == 5u) {
+        if (mode() == 1u || mode() == 4u || mode() == 5u) {
             b = bias[c0 / 4u];
         }
-        let rows = rows_from(row0, mm.rows);
+        let rows = rows_from(row0, mmv().rows);
         for (var i = 0u; i < rows; i++) {
             store_output4(row0 + i, c0, staged[s][i], b);
         }
-    } else if (mode == 3u && c0 == width) {
-        let rows = rows_from(row0, mm.rows);
+    } else if (mode() == 3u && c0 == width) {
+        let rows = rows_from(row0, mmv().rows);
         for (var i = 0u; i < rows; i += 4u) {
             let v = vec4<f32>(staged[s][i].x, staged[s][i + 1u].x, staged[s][i + 2u].x, staged[s][i + 3u].x);
             a_out[(row0 + i) / 4u] = v;
@@ -66,22 +66,24 @@ fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     let s = at.s;
     let row0 = at.row0;
     let c0 = at.c0;
-    let n4 = mm.rows / 4u;
+    let n4 = mmv().rows / 4u;
     let k = a_cols();
     let k4 = k / 4u;
     let col4 = min(c0, k - 4u) / 4u;
     let g0 = row0 / 4u;
+    let inner = mmv().inner;
+    let r_from = rhs_source();
     var acc: array<vec4<f32>, 32>;
     if (whole) {
         let own_group = min(g0 + s, n4 - 1u);
-        for (var p = 0u; p < mm.inner; p++) {
-            let rv = ones_column(rhs4_at(p * k4 + col4), c0);
+        for (var p = 0u; p < inner; p++) {
+            let rv = ones_column(rhs4_at(r_from, p * k4 + col4), c0, r_from);
             fma_shared_rows(&acc, lhs[p * n4 + own_group], rv);
         }
     } else {
         let last = n4 - 1u;
-        for (var p = 0u; p < mm.inner; p++) {
-            let rv = ones_column(rhs4_at(p * k4 + col4), c0);
+        for (var p = 0u; p < inner; p++) {
+            let rv = ones_column(rhs4_at(r_from, p * k4 + col4), c0, r_from);
             let at = p * n4;
             fma_rows(
                 &acc,
@@ -101,9 +103,8 @@ fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
 }
 
 // Rows r..r+3 of a row-major L with w4 vec4 per row, at 4 steps of p (4 p4 .. 4 p4 + 3), each
-// row clamped.
-fn rows_along_p(r: u32, p4: u32, w4: u32) -> array<vec4<f32>, 4> {
-    let last = mm.rows - 1u;
+// row clamped to `last`.
+fn rows_along_p(r: u32, p4: u32, w4: u32, last: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(
         lhs[min(r, last) * w4 + p4],
         lhs[min(r + 1u, last) * w4 + p4],
@@ -115,26 +116,26 @@ fn rows_along_p(r: u32, p4: u32, w4: u32) -> array<vec4<f32>, 4> {
 // Without broadcasts (another subgroup layout): L(r, p) read one element at a time, and the
 // 32 rows of step p for every lane (slow, and short: this path only has to be right, and a
 // longer one took llvmpipe twice as long to compile).
-fn lhs_at(r: u32, p: u32, w4: u32) -> f32 {
-    return lhs[min(r, mm.rows - 1u) * w4 + p / 4u][p % 4u];
+fn lhs_at(r: u32, p: u32, w4: u32, last: u32) -> f32 {
+    return lhs[min(r, last) * w4 + p / 4u][p % 4u];
 }
 
-fn rows_at(row0: u32, t: u32, p: u32, w4: u32) -> vec4<f32> {
+fn rows_at(row0: u32, t: u32, p: u32, w4: u32, last: u32) -> vec4<f32> {
     let r = row0 + 4u * t;
-    return vec4<f32>(lhs_at(r, p, w4), lhs_at(r + 1u, p, w4), lhs_at(r + 2u, p, w4), lhs_at(r + 3u, p, w4));
+    return vec4<f32>(lhs_at(r, p, w4, last), lhs_at(r + 1u, p, w4, last), lhs_at(r + 2u, p, w4, last), lhs_at(r + 3u, p, w4, last));
 }
 
-fn fma_step_loaded(acc: ptr<function, array<vec4<f32>, 32>>, row0: u32, p: u32, w4: u32, rv: vec4<f32>) {
+fn fma_step_loaded(acc: ptr<function, array<vec4<f32>, 32>>, row0: u32, p: u32, w4: u32, last: u32, rv: vec4<f32>) {
     fma_rows(
         acc,
-        rows_at(row0, 0u, p, w4),
-        rows_at(row0, 1u, p, w4),
-        rows_at(row0, 2u, p, w4),
-        rows_at(row0, 3u, p, w4),
-        rows_at(row0, 4u, p, w4),
-        rows_at(row0, 5u, p, w4),
-        rows_at(row0, 6u, p, w4),
-        rows_at(row0, 7u, p, w4),
+        rows_at(row0, 0u, p, w4, last),
+        rows_at(row0, 1u, p, w4, last),
+        rows_at(row0, 2u, p, w4, last),
+        rows_at(row0, 3u, p, w4, last),
+        rows_at(row0, 4u, p, w4, last),
+        rows_at(row0, 5u, p, w4, last),
+        rows_at(row0, 6u, p, w4, last),
+        rows_at(row0, 7u, p, w4, last),
         rv,
     );
 }
@@ -153,21 +154,23 @@ fn matmul_forward(
     let s = at.s;
     let row0 = at.row0;
     let c0 = at.c0;
-    let cc = min(c0, mm.cols - 4u);
-    let k4 = mm.inner / 4u;
+    let cc = min(c0, mmv().cols - 4u);
+    let inner = mmv().inner;
+    let k4 = inner / 4u;
+    let last = mmv().rows - 1u;
     var acc: array<vec4<f32>, 32>;
     if (whole) {
         let r = row0 + 4u * s;
         for (var p4 = 0u; p4 < k4; p4++) {
             let w = cc * k4 + p4;
-            fma_four_by_w_rows(&acc, rows_along_p(r, p4, k4), rhs[w], rhs[w + k4], rhs[w + 2u * k4], rhs[w + 3u * k4]);
+            fma_four_by_w_rows(&acc, rows_along_p(r, p4, k4, last), rhs[w], rhs[w + k4], rhs[w + 2u * k4], rhs[w + 3u * k4]);
         }
     } else {
-        for (var p = 0u; p < mm.inner; p++) {
+        for (var p = 0u; p < inner; p++) {
             let p4 = p / 4u;
             let q = p % 4u;
             let rv = vec4<f32>(rhs[cc * k4 + p4][q], rhs[(cc + 1u) * k4 + p4][q], rhs[(cc + 2u) * k4 + p4][q], rhs[(cc + 3u) * k4 + p4][q]);
-            fma_step_loaded(&acc, row0, p, k4, rv);
+            fma_step_loaded(&acc, row0, p, k4, last, rv);
         }
     }
     store_tile(&acc, s, row0, c0);
@@ -191,9 +194,11 @@ fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     let s = at.s;
     let row0 = at.row0;
     let c0 = at.c0;
-    let col4 = min(c0, mm.cols - 4u) / 4u;
-    let cols4 = mm.cols / 4u;
-    let n4 = mm.inner / 4u;
+    let col4 = min(c0, mmv().cols - 4u) / 4u;
+    let cols4 = mmv().cols / 4u;
+    let inner = mmv().inner;
+    let n4 = inner / 4u;
+    let last = mmv().rows - 1u;
     var acc: array<vec4<f32>, 32>;
     if (whole) {
         let r = row0 + 4u * s;
@@ -201,7 +206,7 @@ fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
             let p = 4u * p4;
             fma_four_shared(
                 &acc,
-                rows_along_p(r, p4, n4),
+                rows_along_p(r, p4, n4, last),
                 rhs[p * cols4 + col4],
                 rhs[(p + 1u) * cols4 + col4],
                 rhs[(p + 2u) * cols4 + col4],
@@ -209,8 +214,8 @@ fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
             );
         }
     } else {
-        for (var p = 0u; p < mm.inner; p++) {
-            fma_step_loaded(&acc, row0, p, n4, rhs[p * cols4 + col4]);
+        for (var p = 0u; p < inner; p++) {
+            fma_step_loaded(&acc, row0, p, n4, last, rhs[p * cols4 + col4]);
         }
     }
     store_tile(&acc, s, row0, c0);

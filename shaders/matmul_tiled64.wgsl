@@ -27,7 +27,11 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
     let col0 = (wid.x + grid.offset.x) * TILE;
     let t = lid.y * 16u + lid.x;
     var acc: array<vec4<f32>, 4>;
-    let steps = (mm.inner + DEPTH - 1u) / DEPTH;
+    let rows = mmv().rows;
+    let cols = mmv().cols;
+    let inner = mmv().inner;
+    let r_src = rhs_source();
+    let steps = (inner + DEPTH - 1u) / DEPTH;
     for (var s = 0u; s < steps; s++) {
         let p0 = s * DEPTH;
         // 1024 elements of each operand's tile, 4 per invocation: element e is (e / 64, e % 64)
@@ -40,16 +44,16 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
             let r = row0 + i;
             let c = col0 + i;
             var v_l = 0.0;
-            if (r < mm.rows && p0 + p < mm.inner) {
+            if (r < rows && p0 + p < inner) {
                 v_l = lhs[r * l_r + (p0 + p) * l_p];
             }
             tile_l[p][i / 4u][i % 4u] = v_l;
             var v_r = 0.0;
-            if (c < mm.cols && p0 + p < mm.inner) {
-                if (mode == 3u && c == mm.cols - 1u) {
+            if (c < cols && p0 + p < inner) {
+                if (c >= r_src.ones_from) {
                     v_r = 1.0; // the ones column of [A | 1] (see matmul_epilogue.wgsl)
                 } else {
-                    v_r = rhs_at((p0 + p) * r_p + c * r_c);
+                    v_r = rhs_at(r_src, (p0 + p) * r_p + c * r_c);
                 }
             }
             tile_r[p][i / 4u][i % 4u] = v_r;
@@ -69,7 +73,7 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
         let r = row0 + lid.y * 4u + i;
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + lid.x * 4u + j;
-            if (r < mm.rows && c < mm.cols) {
+            if (r < mmv().rows && c < mmv().cols) {
                 store_output(r, c, acc[i][j]);
             }
         }
@@ -80,7 +84,7 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
 fn matmul_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     single();
     // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
-    tiled64_matmul(lid.xy, wid.xy, mm.inner, 1u, 1u, mm.inner);
+    tiled64_matmul(lid.xy, wid.xy, mmv().inner, 1u, 1u, mmv().inner);
 }
 
 @compute @workgroup_size(16, 16)
@@ -91,7 +95,7 @@ fn matmul_backward_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin
 
 fn backward_weight(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
-    tiled64_matmul(lid, wid, 1u, mm.rows, a_cols(), 1u);
+    tiled64_matmul(lid, wid, 1u, mmv().rows, a_cols(), 1u);
 }
 
 @compute @workgroup_size(16, 16)
@@ -102,5 +106,5 @@ fn matmul_backward_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
 
 fn backward_input(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
-    tiled64_matmul(lid, wid, mm.inner, 1u, mm.cols, 1u);
+    tiled64_matmul(lid, wid, mmv().inner, 1u, mmv().cols, 1u);
 }

@@ -18,12 +18,18 @@ type ConstantSets = Vec<Vec<(String, f64)>>;
 
 /// (name, source, override-constant sets, whether it needs subgroups).
 fn modules() -> Vec<(&'static str, &'static str, ConstantSets, bool)> {
+    // Each epilogue code, with PAIR off (every matmul pipeline but the pair's) and on.
     let epilogues = |op: MatmulOp| -> ConstantSets {
-        op.epilogues().iter().map(|e| vec![("EPILOGUE".to_string(), e.code() as f64)]).collect()
+        op.epilogues()
+            .iter()
+            .flat_map(|e| {
+                [0.0, 1.0].map(|pair| vec![("EPILOGUE".to_string(), e.code() as f64), ("PAIR".to_string(), pair)])
+            })
+            .collect()
     };
     // Every epilogue any matmul entry point is built with (each pipeline takes one).
     let mut all_epilogues: ConstantSets = MatmulOp::ALL.iter().flat_map(|&op| epilogues(op)).collect();
-    all_epilogues.sort_by(|a, b| a[0].1.total_cmp(&b[0].1));
+    all_epilogues.sort_by(|a, b| a[0].1.total_cmp(&b[0].1).then(a[1].1.total_cmp(&b[1].1)));
     all_epilogues.dedup();
     let none = || vec![Vec::new()];
     vec![
@@ -104,13 +110,13 @@ fn every_entry_point_translates_to_every_back_end() {
         }
     }
     println!("{translated} entry point / constant combinations translated");
-    // Every matmul variant x 3 entry points x every epilogue code, the vec4 weight gradient x
-    // every epilogue code, and every other kernel once.
+    // Every matmul variant x its entry points x every epilogue code x PAIR off and on, the vec4
+    // kernel likewise, and every other kernel once.
     let mut codes: Vec<u32> = MatmulOp::ALL.iter().flat_map(|op| op.epilogues().iter().map(|e| e.code())).collect();
     codes.sort();
     codes.dedup();
-    let expected = (MatmulVariant::ALL.len() * MatmulOp::ALL.len() + MatmulVariant::SubgroupVec4.ops().len())
-        * codes.len()
-        + sae_wgpu::kernels::Kernel::ALL.len();
+    let expected =
+        (MatmulVariant::ALL.len() * MatmulOp::ALL.len() + MatmulVariant::SubgroupVec4.ops().len()) * codes.len() * 2
+            + sae_wgpu::kernels::Kernel::ALL.len();
     assert_eq!(translated, expected, "a module lost (or gained) entry points: keep this list in step with `Kernel`");
 }

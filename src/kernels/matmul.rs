@@ -42,6 +42,14 @@ pub const BINDINGS: [(u32, Access); 8] = [
     (9, Access::ReadWrite),
 ];
 
+/// The largest product (multiply-adds, `m n k`) whose layer's two backward products the
+/// trainer puts in one `matmul_backward_pair` dispatch: where a launch's fixed cost matters
+/// (the seed model's are below 2^20 at batch 256). Above it they run as two launches: the
+/// pair's pipeline reads its product and epilogue mode from private copies (PAIR in
+/// `shaders/matmul_params.wgsl`), which llvmpipe compiles into slower loops (1.1-2.4x the two
+/// launches at 64·2048·768, where each launch's fixed cost is a small share).
+pub const PAIR_MAX_MACS: usize = 1 << 22;
+
 /// The three layouts: `Z = A Wᵀ`, `dW = δᵀ A`, `G = δ W`; and a layer's two backward products
 /// in one dispatch (`BackwardPair`: `dW` with the bias gradient, and `G` through the epilogue).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -491,10 +491,14 @@ impl Kernels {
             return p.clone();
         }
         let start = std::time::Instant::now();
-        let (entry, src, bindings, epilogue) = match key {
-            PipelineKey::Kernel(k) => (k.name(), k.source(), k.bindings(), None),
+        let (entry, src, bindings, constants) = match key {
+            PipelineKey::Kernel(k) => (k.name(), k.source(), k.bindings(), vec![]),
             PipelineKey::Matmul(variant, op, epilogue) => {
-                (op.name(), variant.source(), &matmul::BINDINGS[..], Some(epilogue.code() as f64))
+                // PAIR: the pair's jobs read their product and mode from private copies; every
+                // other matmul pipeline folds them to its uniform and EPILOGUE.
+                let pair = if op == MatmulOp::BackwardPair { 1.0 } else { 0.0 };
+                let constants = vec![("EPILOGUE", epilogue.code() as f64), ("PAIR", pair)];
+                (op.name(), variant.source(), &matmul::BINDINGS[..], constants)
             }
         };
         let device = &self.gpu.device;
@@ -515,7 +519,6 @@ impl Kernels {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let constants: Vec<(&str, f64)> = epilogue.map(|e| ("EPILOGUE", e)).into_iter().collect();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: Some(&pipeline_layout),

@@ -5,6 +5,7 @@
 use super::Trainer;
 use crate::device::Gpu;
 use crate::kernels::elementwise::{kl_mode, KlTerm, StepViews};
+use crate::kernels::matmul::PAIR_MAX_MACS;
 use crate::kernels::step::Rows;
 use crate::kernels::FUSED_MAX_WIDTH;
 use crate::kernels::{
@@ -476,9 +477,25 @@ impl Trainer {
                         // G = delta_l W_l ; delta_{l-1} = G ⊙ f_{l-1}'(Z_{l-1}) in the pair's epilogue, or
                         // at the code layer with a penalty (or JumpReLU), G then a kernel of its own
                         let act = spec.activation(l - 1);
-                        let pair = |input: PairInput<'_>, out: &View| {
+                        // One launch for both where the products are small enough for a
+                        // launch's fixed cost to matter (PAIR_MAX_MACS); two above.
+                        let small = mb * n * kk <= PAIR_MAX_MACS;
+                        let paired = |input: PairInput<'_>, out: &View| {
                             let t = (&delta(l), &w(l), &a(l - 1));
                             k.matmul_backward_pair(t, input, (&dw, &db), out, (mb, n, kk), act).at_layer(l)
+                        };
+                        let pair = |z: Option<&View>, out: &View| -> Vec<Launch> {
+                            if small {
+                                let input = z.map_or(PairInput::Plain, |z| PairInput::Derivative { z });
+                                return vec![paired(input, out)];
+                            }
+                            let (d, al) = (delta(l), a(l - 1));
+                            let weight = k.matmul_backward_weight_bias(&d, &al, &dw, &db, mb, n, kk).at_layer(l);
+                            let input = match z {
+                                Some(z) => k.matmul_backward_input_activation(&d, &w(l), z, &al, out, mb, n, kk, act),
+                                None => k.matmul_backward_input(&d, &w(l), out, mb, n, kk),
+                            };
+                            vec![weight, input.at_layer(l)]
                         };
                         if let (true, CodeSelect::JumpRelu { bandwidth, .. }) = (l - 1 == c, spec.select) {
                             // G = delta_l W_l, then G [z > theta] and the thresholds' gradient.
@@ -486,7 +503,7 @@ impl Trainer {
                             let (t, dt) = (b.params.slice(at, len), b.grads.slice(at, len));
                             let l0 =
                                 if let Sparsity::L0 { coefficient } = sparsity { coefficient / mb as f64 } else { 0.0 };
-                            backward.push(pair(PairInput::Plain, &g(kk)));
+                            backward.extend(pair(None, &g(kk)));
                             backward.push(k.jumprelu_backward(
                                 (&g(kk), &z(c), &t),
                                 &delta(c),
@@ -497,15 +514,15 @@ impl Trainer {
                                 &b.state,
                                 &b.step_values,
                             ));
-                        } else if l - 1 == c && fold {
+                        } else if l - 1 == c && fold && small {
                             let temperature = match sparsity {
                                 Sparsity::KlSoftFreq { temperature, .. } => Some(temperature),
                                 _ => None,
                             };
                             backward
-                                .push(pair(PairInput::Penalty { z: &z(c), term: &kl_term, temperature }, &delta(c)));
+                                .push(paired(PairInput::Penalty { z: &z(c), term: &kl_term, temperature }, &delta(c)));
                         } else if l - 1 == c && sparsity != Sparsity::None {
-                            backward.push(pair(PairInput::Plain, &g(kk)));
+                            backward.extend(pair(None, &g(kk)));
                             backward.push(k.kl_backward(
                                 &g(kk),
                                 &z(c),
@@ -520,7 +537,7 @@ impl Trainer {
                                 steps,
                             ));
                         } else {
-                            backward.push(pair(PairInput::Derivative { z: &z(l - 1) }, &delta(l - 1)));
+                            backward.extend(pair(Some(&z(l - 1)), &delta(l - 1)));
                         }
                     }
                     // L1's decoder term: dW_L's column j gains (C/m) (sum_i |a_ij|) w_j / ||w_j||.
