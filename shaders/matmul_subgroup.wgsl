@@ -99,46 +99,17 @@ fn subgroup_matmul(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>, l_r: u32, 
     }
 }
 
-@compute @workgroup_size(8)
-fn matmul_forward(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
-    subgroup_matmul(lid, sgid, sg_size, wid.xy, mmv().inner, 1u, 1u, mmv().inner);
-}
-
-@compute @workgroup_size(8)
-fn matmul_backward_weight(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    backward_weight(lid, sgid, sg_size, wid.xy);
-}
-
 fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
     subgroup_matmul(lid, sgid, sg_size, wid, 1u, mmv().rows, a_cols(), 1u);
 }
 
-@compute @workgroup_size(8)
-fn matmul_backward_input(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    backward_input(lid, sgid, sg_size, wid.xy);
-}
-
 fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
     subgroup_matmul(lid, sgid, sg_size, wid, mmv().inner, 1u, mmv().cols, 1u);
+}
+
+fn forward(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
+    // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
+    subgroup_matmul(lid, sgid, sg_size, wid, mmv().inner, 1u, 1u, mmv().inner);
 }

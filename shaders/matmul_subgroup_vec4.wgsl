@@ -47,17 +47,6 @@ fn store_tile(acc: ptr<function, array<vec4<f32>, 32>>, s: u32, row0: u32, c0: u
     }
 }
 
-@compute @workgroup_size(8)
-fn matmul_backward_weight(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    backward_weight(lid, sgid, sg_size, wid.xy);
-}
-
 fn backward_weight(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j]: 4 rows of the tile are a vec4 of delta's row i (n4 per row) ;
     // R(p=i, c) = A[i,c]: a vec4 of c (k4 per row), the ones column past A's k columns
@@ -140,53 +129,6 @@ fn fma_step_loaded(acc: ptr<function, array<vec4<f32>, 32>>, row0: u32, p: u32, 
     );
 }
 
-@compute @workgroup_size(8)
-fn matmul_forward(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    // L = A[m,k]: rows along p (k4 vec4 per row) ; R(p,c) = W[c,p]: W's rows along p too
-    let at = lane(lid, sgid, sg_size, wid.xy);
-    let whole = at.whole;
-    let s = at.s;
-    let row0 = at.row0;
-    let c0 = at.c0;
-    let cc = min(c0, mmv().cols - 4u);
-    let inner = mmv().inner;
-    let k4 = inner / 4u;
-    let last = mmv().rows - 1u;
-    var acc: array<vec4<f32>, 32>;
-    if (whole) {
-        let r = row0 + 4u * s;
-        for (var p4 = 0u; p4 < k4; p4++) {
-            let w = cc * k4 + p4;
-            fma_four_by_w_rows(&acc, rows_along_p(r, p4, k4, last), rhs[w], rhs[w + k4], rhs[w + 2u * k4], rhs[w + 3u * k4]);
-        }
-    } else {
-        for (var p = 0u; p < inner; p++) {
-            let p4 = p / 4u;
-            let q = p % 4u;
-            let rv = vec4<f32>(rhs[cc * k4 + p4][q], rhs[(cc + 1u) * k4 + p4][q], rhs[(cc + 2u) * k4 + p4][q], rhs[(cc + 3u) * k4 + p4][q]);
-            fma_step_loaded(&acc, row0, p, k4, last, rv);
-        }
-    }
-    store_tile(&acc, s, row0, c0);
-}
-
-@compute @workgroup_size(8)
-fn matmul_backward_input(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    backward_input(lid, sgid, sg_size, wid.xy);
-}
-
 fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j]: rows along p (n4 vec4 per row) ; R(p=j, c) = W[j,c]: a vec4 of c
     let at = lane(lid, sgid, sg_size, wid);
@@ -216,6 +158,35 @@ fn backward_input(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     } else {
         for (var p = 0u; p < inner; p++) {
             fma_step_loaded(&acc, row0, p, n4, last, rhs[p * cols4 + col4]);
+        }
+    }
+    store_tile(&acc, s, row0, c0);
+}
+
+fn forward(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
+    // L = A[m,k]: rows along p (k4 vec4 per row) ; R(p,c) = W[c,p]: W's rows along p too
+    let at = lane(lid, sgid, sg_size, wid);
+    let whole = at.whole;
+    let s = at.s;
+    let row0 = at.row0;
+    let c0 = at.c0;
+    let cc = min(c0, mmv().cols - 4u);
+    let inner = mmv().inner;
+    let k4 = inner / 4u;
+    let last = mmv().rows - 1u;
+    var acc: array<vec4<f32>, 32>;
+    if (whole) {
+        let r = row0 + 4u * s;
+        for (var p4 = 0u; p4 < k4; p4++) {
+            let w = cc * k4 + p4;
+            fma_four_by_w_rows(&acc, rows_along_p(r, p4, k4, last), rhs[w], rhs[w + k4], rhs[w + 2u * k4], rhs[w + 3u * k4]);
+        }
+    } else {
+        for (var p = 0u; p < inner; p++) {
+            let p4 = p / 4u;
+            let q = p % 4u;
+            let rv = vec4<f32>(rhs[cc * k4 + p4][q], rhs[(cc + 1u) * k4 + p4][q], rhs[(cc + 2u) * k4 + p4][q], rhs[(cc + 3u) * k4 + p4][q]);
+            fma_step_loaded(&acc, row0, p, k4, last, rv);
         }
     }
     store_tile(&acc, s, row0, c0);

@@ -80,31 +80,17 @@ fn tiled64_matmul(lid: vec2<u32>, wid: vec2<u32>, l_r: u32, l_p: u32, r_p: u32, 
     }
 }
 
-@compute @workgroup_size(16, 16)
-fn matmul_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    single();
-    // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
-    tiled64_matmul(lid.xy, wid.xy, mmv().inner, 1u, 1u, mmv().inner);
-}
-
-@compute @workgroup_size(16, 16)
-fn matmul_backward_weight(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    single();
-    backward_weight(lid.xy, wid.xy);
-}
-
 fn backward_weight(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=j, p=i) = delta[i,j] -> i*n + j (n = rows) ; R(p=i, c) = A[i,c] -> i*k + c (k = a_cols())
     tiled64_matmul(lid, wid, 1u, mmv().rows, a_cols(), 1u);
 }
 
-@compute @workgroup_size(16, 16)
-fn matmul_backward_input(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    single();
-    backward_input(lid.xy, wid.xy);
-}
-
 fn backward_input(lid: vec2<u32>, wid: vec2<u32>) {
     // L(r=i, p=j) = delta[i,j] -> i*n + j (n = inner) ; R(p=j, c) = W[j,c] -> j*k + c (k = cols)
     tiled64_matmul(lid, wid, mmv().inner, 1u, mmv().cols, 1u);
+}
+
+fn forward(lid: vec2<u32>, wid: vec2<u32>) {
+    // L = A[m,k]: (r,p) -> r*k + p ; R(p,c) = W[c,p] -> c*k + p
+    tiled64_matmul(lid, wid, mmv().inner, 1u, 1u, mmv().inner);
 }

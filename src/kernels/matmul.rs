@@ -9,24 +9,24 @@ use bytemuck::{Pod, Zeroable};
 /// Shader sources, one per variant.
 pub mod source {
     pub const TILED: &str =
-        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul.wgsl", "matmul_pair_tiles.wgsl");
+        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul.wgsl", "matmul_entries_tiles.wgsl");
     pub const BLOCKED: &str = shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_blocked.wgsl");
     pub const SUBGROUP: &str = shader!(
         "matmul_params.wgsl",
         "matmul_epilogue.wgsl",
         "matmul_rows.wgsl",
         "matmul_subgroup.wgsl",
-        "matmul_pair_subgroup.wgsl"
+        "matmul_entries_subgroup.wgsl"
     );
     pub const SUBGROUP_VEC4: &str = shader!(
         "matmul_params.wgsl",
         "matmul_epilogue_vec4.wgsl",
         "matmul_rows.wgsl",
         "matmul_subgroup_vec4.wgsl",
-        "matmul_pair_subgroup.wgsl"
+        "matmul_entries_subgroup.wgsl"
     );
     pub const TILED64: &str =
-        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_tiled64.wgsl", "matmul_pair_tiles.wgsl");
+        shader!("matmul_params.wgsl", "matmul_epilogue.wgsl", "matmul_tiled64.wgsl", "matmul_entries_tiles.wgsl");
 }
 
 /// The storage bindings of every matmul entry point: lhs, rhs, out, then the epilogue's bias,
