@@ -363,6 +363,75 @@ fn vec4_subgroup_matmul_matches_the_f32_kernel_bit_for_bit() {
     }
 }
 
+/// The vec4 forward's wide tile (64x64, taken for big products: `matmul::wide_fits`) gives the
+/// 32x32 tiles' results bit for bit, and those of the f32 kernel, in every forward epilogue:
+/// the same chain of fma per output in the same order. Sizes that are not multiples of the
+/// tile (a last tile of one row, of one vec4 of columns), the smallest inner width, and grids
+/// split over dispatches; the launch labels say which tile ran.
+#[test]
+fn wide_forward_matches_the_32x32_tiles_bit_for_bit() {
+    use sae_wgpu::kernels::matmul::wide_fits;
+    use sae_wgpu::kernels::MatmulOp;
+    use sae_wgpu::model::Activation;
+    for gpu in gpus() {
+        let mut kernels = Kernels::new(&gpu).expect("kernels");
+        let subgroups = kernels.matmul_variants().contains(&MatmulVariant::Subgroup);
+        if subgroups {
+            kernels.set_matmul_variant(MatmulVariant::Subgroup).unwrap();
+        }
+        for (case, &(m, k, n, max_groups)) in
+            [(257, 20, 260, u32::MAX), (1000, 4, 64, 3), (128, 132, 516, 2), (320, 68, 200, 1)].iter().enumerate()
+        {
+            assert!(wide_fits(MatmulOp::Forward, (m, n, k)), "case {case} takes the wide tile");
+            kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);
+            let mut rng = Rng::new(55 + case as u64);
+            let mut up = |name: &str, len: usize, lo: f64| gpu.upload(name, &check::random(&mut rng, len, lo, 1.0));
+            let (a, w, b, x) = (up("a", m * k, -1.0), up("w", n * k, -1.0), up("b", n, -1.0), up("x", m * n, 0.0));
+            // (vec4, wide): the f32 kernel, the 32x32 vec4 tiles, the wide tile.
+            let run = |kernels: &mut Kernels, (vec4, wide): (bool, bool)| {
+                kernels.set_matmul_vec4(vec4);
+                kernels.set_matmul_wide(wide);
+                let nan = |name: &str| gpu.upload(name, &vec![f32::NAN; m * n]);
+                let outs = [nan("z plain"), nan("z"), nan("a"), nan("z last"), nan("a last"), nan("delta")];
+                let launches = [
+                    kernels.matmul_forward(&a, &w, &outs[0], m, k, n),
+                    kernels.matmul_forward_bias_activation(&a, &w, &b, &outs[1], &outs[2], m, k, n, Activation::Tanh),
+                    kernels.matmul_forward_output_delta(
+                        &a,
+                        &w,
+                        &b,
+                        (&outs[3], &outs[4]),
+                        (&x, &outs[5]),
+                        (m, k, n),
+                        Activation::Relu,
+                    ),
+                ];
+                for l in &launches {
+                    assert_eq!(l.cost.label.contains(" wide"), vec4 && wide && subgroups, "{}", l.cost.label);
+                }
+                gpu.run(&launches);
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+                outs.iter().map(|o| bits(gpu.download(o).unwrap())).collect::<Vec<_>>()
+            };
+            let f32_kernel = run(&mut kernels, (false, false));
+            let tiles32 = run(&mut kernels, (true, false));
+            let wide = run(&mut kernels, (true, true));
+            kernels.set_matmul_wide(true);
+            assert!(f32_kernel.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
+            assert!(tiles32 == f32_kernel, "m={m} k={k} n={n} on {}: 32x32 vec4 differs", gpu.describe());
+            assert!(wide == tiles32, "m={m} k={k} n={n} on {}: the wide tile differs", gpu.describe());
+            // And against the f64 twin, as the check table judges it.
+            let z: Vec<f32> = wide[0].iter().map(|&b| f32::from_bits(b)).collect();
+            let (a64, w64) = (check::widen(&gpu.download(&a).unwrap()), check::widen(&gpu.download(&w).unwrap()));
+            let want = sae_wgpu::reference::matmul_forward(&a64, &w64, m, k, n);
+            let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<f64>>();
+            let scale = sae_wgpu::reference::matmul_forward(&abs(&a64), &abs(&w64), m, k, n);
+            let err = check::max_rel_err(&z, &want, &scale);
+            assert!(err <= TOL, "m={m} k={k} n={n}: max rel err {err:.2e} > {TOL:.0e}");
+        }
+    }
+}
+
 /// A layer's two backward products in one dispatch (`matmul_backward_pair`) give what the
 /// launches they replace give, bit for bit, in every variant (and the subgroup one's vec4
 /// kernel): with the activation derivative (vs the weight gradient and

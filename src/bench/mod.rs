@@ -31,7 +31,8 @@ mod timing;
 use crate::check::{self, random};
 use crate::device::{self, AdapterRequest, Gpu};
 use crate::kernels::elementwise::StepViews;
-use crate::kernels::{Kernels, Launch, MatmulVariant, View};
+use crate::kernels::matmul::wide_fits;
+use crate::kernels::{Kernels, Launch, MatmulOp, MatmulVariant, View};
 use crate::model::{Activation, LossConfig, ModelSpec, Params, Rng, Sparsity};
 use crate::optim::{Optimizer, UpdateRule};
 use crate::reference;
@@ -576,18 +577,25 @@ pub(crate) fn bench_variants(
     let flops = 2.0 * (m * k * n) as f64;
     let default = kernels.matmul_variant();
     let available = kernels.matmul_variants();
-    let mut time_variant = |variant: MatmulVariant, id: String| -> Result<VariantRow> {
+    let time_variant = |kernels: &mut Kernels, variant: MatmulVariant, id: String| -> Result<VariantRow> {
         kernels.set_matmul_variant(variant)?;
         let launches = [kernels.matmul_forward(&a_view, &w_view, &z_view, m, k, n)];
         let time = measure(|reps| timer.pass(&launches, reps), s, s.pass_target, s.max_reps);
         Ok(VariantRow { id, time, flops })
     };
-    let tiled = time_variant(MatmulVariant::Tiled, format!("GPU {} (baseline)", MatmulVariant::Tiled.name()))?;
-    let default_row = time_variant(default, format!("GPU {} (default for this adapter)", default.name()))?;
+    let tiled = time_variant(kernels, MatmulVariant::Tiled, format!("GPU {} (baseline)", MatmulVariant::Tiled.name()))?;
+    let default_row = time_variant(kernels, default, format!("GPU {} (default for this adapter)", default.name()))?;
     let mut others = Vec::new();
+    if default == MatmulVariant::Subgroup && wide_fits(MatmulOp::Forward, (m, n, k)) {
+        // The same kernel without its wide tile, beside it in the same run.
+        kernels.set_matmul_wide(false);
+        let narrow = time_variant(kernels, default, format!("GPU {}, 32x32 tiles only", default.name()));
+        kernels.set_matmul_wide(true);
+        others.push(narrow?);
+    }
     for variant in available {
         if variant != MatmulVariant::Tiled && variant != default {
-            others.push(time_variant(variant, format!("GPU {}", variant.name()))?);
+            others.push(time_variant(kernels, variant, format!("GPU {}", variant.name()))?);
         }
     }
     kernels.set_matmul_variant(default)?;

@@ -149,6 +149,21 @@ pub enum MatmulVariant {
     /// and results: not a variant of its own (not in [`Self::ALL`]) but what the `Subgroup`
     /// launchers run where a product's widths allow ([`vec4_fits`]).
     SubgroupVec4,
+    /// `SubgroupVec4`'s forward product with 64x64 tiles (`matmul_forward_wide` in
+    /// `shaders/matmul_subgroup_vec4.wgsl`), same sums in the same order: what its launcher
+    /// runs for products big enough to give every CPU thread several workgroups ([`wide_fits`]).
+    /// Not in [`Self::ALL`] either.
+    SubgroupWide,
+}
+
+/// The fewest workgroups a wide tile's grid has where the vec4 forward takes it: below that
+/// the 32x32 tiles' four times as many workgroups keep more CPU threads busy.
+pub const WIDE_MIN_GROUPS: usize = 16;
+
+/// Whether a vec4 product of `(rows, cols, inner)` takes the wide tile: the forward product
+/// only (the other layouts keep 32x32), with at least [`WIDE_MIN_GROUPS`] 64x64 tiles.
+pub fn wide_fits(op: MatmulOp, (rows, cols, _inner): (usize, usize, usize)) -> bool {
+    op == MatmulOp::Forward && rows.div_ceil(64) * cols.div_ceil(64) >= WIDE_MIN_GROUPS
 }
 
 /// Whether a product of `(rows, cols, inner)` takes the vec4 kernel: the widths it reads and
@@ -175,7 +190,7 @@ impl MatmulVariant {
             MatmulVariant::Tiled => source::TILED,
             MatmulVariant::Blocked => source::BLOCKED,
             MatmulVariant::Subgroup => source::SUBGROUP,
-            MatmulVariant::SubgroupVec4 => source::SUBGROUP_VEC4,
+            MatmulVariant::SubgroupVec4 | MatmulVariant::SubgroupWide => source::SUBGROUP_VEC4,
             MatmulVariant::Tiled64 => source::TILED64,
         }
     }
@@ -185,7 +200,7 @@ impl MatmulVariant {
         match self {
             MatmulVariant::Tiled => 16,
             MatmulVariant::Blocked | MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 => 32,
-            MatmulVariant::Tiled64 => 64,
+            MatmulVariant::Tiled64 | MatmulVariant::SubgroupWide => 64,
         }
     }
 
@@ -195,20 +210,35 @@ impl MatmulVariant {
             MatmulVariant::Blocked => "blocked4x4",
             MatmulVariant::Subgroup => "subgroup",
             MatmulVariant::SubgroupVec4 => "subgroup_vec4",
+            MatmulVariant::SubgroupWide => "subgroup_wide",
             MatmulVariant::Tiled64 => "tiled64",
         }
     }
 
-    /// The operations this variant has entry points for (every variant has all three).
+    /// The operations this variant has entry points for (every variant has all of them; the
+    /// wide tile only the forward product).
     pub fn ops(self) -> &'static [MatmulOp] {
-        &MatmulOp::ALL
+        match self {
+            MatmulVariant::SubgroupWide => &[MatmulOp::Forward],
+            _ => &MatmulOp::ALL,
+        }
+    }
+
+    /// The entry point of `op` in this variant's shader.
+    pub(super) fn entry(self, op: MatmulOp) -> &'static str {
+        match self {
+            MatmulVariant::SubgroupWide => "matmul_forward_wide",
+            _ => op.name(),
+        }
     }
 
     /// Whether a device with `features` can run this variant.
     pub fn available(self, features: wgpu::Features) -> bool {
         match self {
             MatmulVariant::Tiled | MatmulVariant::Blocked | MatmulVariant::Tiled64 => true,
-            MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 => features.contains(wgpu::Features::SUBGROUP),
+            MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 | MatmulVariant::SubgroupWide => {
+                features.contains(wgpu::Features::SUBGROUP)
+            }
         }
     }
 
@@ -221,7 +251,7 @@ impl MatmulVariant {
                 "a CPU adapter: register blocks".into()
             }
             MatmulVariant::Blocked => "a CPU adapter without subgroups: register blocks".into(),
-            MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 => {
+            MatmulVariant::Subgroup | MatmulVariant::SubgroupVec4 | MatmulVariant::SubgroupWide => {
                 let lanes = (info.subgroup_min_size, info.subgroup_max_size);
                 // The kernel checks at run time that a workgroup's 8 invocations are one
                 // subgroup (active lanes 0..7), which needs subgroups of at least 8 lanes.
@@ -322,6 +352,9 @@ impl Kernels {
         let mut variant = self.matmul_variant;
         if variant == MatmulVariant::Subgroup && self.matmul_vec4 && vec4_fits(op, epilogue, (rows, cols, inner)) {
             variant = MatmulVariant::SubgroupVec4;
+            if self.matmul_wide && wide_fits(op, (rows, cols, inner)) {
+                variant = MatmulVariant::SubgroupWide;
+            }
         }
         let tile = variant.tile();
         let mut groups = [cols.div_ceil(tile), rows.div_ceil(tile)];
@@ -357,6 +390,8 @@ impl Kernels {
         let mut cost = matmul_cost(op, epilogue, m, k, n);
         if variant == MatmulVariant::SubgroupVec4 {
             cost.label += " vec4";
+        } else if variant == MatmulVariant::SubgroupWide {
+            cost.label += " vec4 wide";
         }
         self.launch_with(op.name(), &pipeline, params, &tensors, groups, cost)
     }

@@ -417,6 +417,9 @@ pub struct Kernels {
     /// Whether `Subgroup` launches take the vec4 kernel where the widths allow (the default;
     /// off only to compare the two).
     matmul_vec4: bool,
+    /// Whether the vec4 forward takes 64x64 tiles where a product is big enough
+    /// (`matmul::wide_fits`); tests turn it off to compare the two bit for bit.
+    matmul_wide: bool,
     /// Whether `gather_rows` copies a row an invocation (CPU adapters, where a workgroup costs
     /// more than its loads) or an element (GPUs, where neighbouring invocations then read
     /// neighbouring addresses). The same copy either way.
@@ -447,6 +450,7 @@ impl Kernels {
             cache: crate::cache::open(gpu),
             matmul_variant: MatmulVariant::for_adapter(&gpu.info, gpu.features),
             matmul_vec4: true,
+            matmul_wide: true,
             gather_per_row: gpu.info.device_type == wgpu::DeviceType::Cpu,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         })
@@ -458,7 +462,7 @@ impl Kernels {
         for k in Kernel::ALL.into_iter().filter(|k| k.available(self.gpu.features)) {
             self.pipeline(PipelineKey::Kernel(k));
         }
-        let every = MatmulVariant::ALL.into_iter().chain([MatmulVariant::SubgroupVec4]);
+        let every = MatmulVariant::ALL.into_iter().chain([MatmulVariant::SubgroupVec4, MatmulVariant::SubgroupWide]);
         for variant in every.filter(|v| v.available(self.gpu.features)) {
             for &op in variant.ops() {
                 for &epilogue in op.epilogues() {
@@ -498,7 +502,7 @@ impl Kernels {
                 // other matmul pipeline folds them to its uniform and EPILOGUE.
                 let pair = if op == MatmulOp::BackwardPair { 1.0 } else { 0.0 };
                 let constants = vec![("EPILOGUE", epilogue.code() as f64), ("PAIR", pair)];
-                (op.name(), variant.source(), &matmul::BINDINGS[..], constants)
+                (variant.entry(op), variant.source(), &matmul::BINDINGS[..], constants)
             }
         };
         let device = &self.gpu.device;
@@ -565,6 +569,12 @@ impl Kernels {
     /// Whether `Subgroup` launches take the vec4 kernel where the widths allow.
     pub fn matmul_vec4(&self) -> bool {
         self.matmul_vec4
+    }
+
+    /// Whether the vec4 forward takes 64x64 tiles for big products (default on; the results
+    /// are the same bit for bit, see `matmul::wide_fits`).
+    pub fn set_matmul_wide(&mut self, on: bool) {
+        self.matmul_wide = on;
     }
 
     /// Chooses how `gather_rows` spreads its copy (see the field; tests compare the two).
