@@ -268,12 +268,12 @@ fn pipelines_are_created_on_first_use() {
         assert_eq!(trainer.kernels().pipeline_stats().created, after_one, "a second step creates none");
         let first = trainer.first_step().expect("the first step is timed");
         assert_eq!(first.pipelines.created, after_one);
-        // Every variant's operation/epilogue pairs, and the subgroup one's vec4 weight
-        // gradient's where subgroups run.
+        // Every variant's operation/epilogue pairs, and those of the subgroup one's vec4 kernel
+        // and its wide forward where subgroups run.
         let pairs = |v: MatmulVariant| v.ops().iter().map(|op| op.epilogues().len()).sum::<usize>();
         let mut every_variant = variants.clone();
         if every_variant.contains(&MatmulVariant::Subgroup) {
-            every_variant.push(MatmulVariant::SubgroupVec4);
+            every_variant.extend([MatmulVariant::SubgroupVec4, MatmulVariant::SubgroupWide]);
         }
         let kernels_here = sae_wgpu::kernels::Kernel::ALL.iter().filter(|k| k.available(gpu.features)).count();
         let every = kernels_here + every_variant.into_iter().map(pairs).sum::<usize>();

@@ -111,12 +111,15 @@ fn every_entry_point_translates_to_every_back_end() {
     }
     println!("{translated} entry point / constant combinations translated");
     // Every matmul variant x its entry points x every epilogue code x PAIR off and on, the vec4
-    // kernel likewise, and every other kernel once.
+    // kernel likewise (its own four and the wide forward), and every other kernel once.
     let mut codes: Vec<u32> = MatmulOp::ALL.iter().flat_map(|op| op.epilogues().iter().map(|e| e.code())).collect();
     codes.sort();
     codes.dedup();
-    let expected =
-        (MatmulVariant::ALL.len() * MatmulOp::ALL.len() + MatmulVariant::SubgroupVec4.ops().len()) * codes.len() * 2
-            + sae_wgpu::kernels::Kernel::ALL.len();
+    let expected = (MatmulVariant::ALL.len() * MatmulOp::ALL.len()
+        + MatmulVariant::SubgroupVec4.ops().len()
+        + MatmulVariant::SubgroupWide.ops().len())
+        * codes.len()
+        * 2
+        + sae_wgpu::kernels::Kernel::ALL.len();
     assert_eq!(translated, expected, "a module lost (or gained) entry points: keep this list in step with `Kernel`");
 }
