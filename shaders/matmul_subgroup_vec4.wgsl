@@ -326,14 +326,37 @@ fn fma_four_rows_outer(
     (*hi)[31] = fma(vec4<f32>(b31.w), h[3], fma(vec4<f32>(b31.z), h[2], fma(vec4<f32>(b31.y), h[1], fma(vec4<f32>(b31.x), h[0], (*hi)[31]))));
 }
 
+// Where a workgroup is not one subgroup: each invocation its own two vec4 of columns, one
+// output row at a time, with the same chain of fma per output (slow, and short: it only has to
+// be right, and the wide pipeline's compile stays shorter than with the 32x32 kernel's paths).
+fn forward_wide_per_lane(s: u32, tile: vec2<u32>) {
+    let row0 = tile.y * 64u;
+    let rows = select(0u, min(64u, mmv().rows - row0), row0 < mmv().rows);
+    let k4 = mmv().inner / 4u;
+    for (var half = 0u; half < 2u; half++) {
+        let c0 = (tile.x * 16u + s) * 4u + 32u * half;
+        if (c0 < a_cols()) {
+            var b = vec4<f32>(0.0);
+            if (mode() == 1u || mode() == 4u) {
+                b = bias[c0 / 4u];
+            }
+            for (var i = 0u; i < rows; i++) {
+                var v = vec4<f32>(0.0);
+                for (var p4 = 0u; p4 < k4; p4++) {
+                    let a = lhs[(row0 + i) * k4 + p4];
+                    let w = w_steps(c0 * k4 + p4, k4);
+                    v = fma(vec4<f32>(a.w), w[3], fma(vec4<f32>(a.z), w[2], fma(vec4<f32>(a.y), w[1], fma(vec4<f32>(a.x), w[0], v))));
+                }
+                store_output4(row0 + i, c0, v, b);
+            }
+        }
+    }
+}
+
 fn forward_wide(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     let tile = wid + grid.offset.xy;
     if (!whole_subgroup(sgid, sg_size)) {
-        // Another subgroup layout: the four quarters one after another, as forward computes
-        // them (its per-lane path), at the 32x32 grid's workgroup ids.
-        for (var q = 0u; q < 4u; q++) {
-            forward(lid, sgid, sg_size, 2u * tile + vec2<u32>(q % 2u, q / 2u) - grid.offset.xy);
-        }
+        forward_wide_per_lane(lid, tile);
         return;
     }
     // Rows row0.. (lo) and row0 + 32.. (hi); lane s's columns c_lo..c_lo+3 and c_hi..c_hi+3.
