@@ -25,7 +25,7 @@ pub const TOL: f64 = 1e-5;
 /// a batch of one, and limits of 3 and 2 workgroups per dispatch dimension that force
 /// splitting; the fifth case spans several 64x64 tiles (`tiled64`) in both directions, and the
 /// sixth has k and n multiples of 4, so the subgroup matmul's vec4 kernel runs there, and the
-/// last is big enough for its wide forward tile too.
+/// last is big enough for its wide tiles too.
 pub const CASES: [(usize, usize, usize, u32); 7] = [
     (37, 53, 29, u32::MAX),
     (1, 53, 29, u32::MAX),
@@ -33,9 +33,9 @@ pub const CASES: [(usize, usize, usize, u32); 7] = [
     (100, 53, 61, 3),
     (130, 67, 71, 2),
     (131, 68, 44, 2),
-    // `matmul::wide_fits`: 5x5 wide tiles, the last row of them holding one row and the last
-    // column one vec4 of columns.
-    (257, 20, 260, 2),
+    // `matmul::wide_fits`: 5x4 wide tiles in the forward product, 5x5 in the input gradient,
+    // the last row of them holding one row and the last column one vec4 of columns.
+    (257, 260, 196, 2),
 ];
 
 /// A kernel check: kernels (with their variant and dispatch limit set), rng, m, k, n.

@@ -363,16 +363,19 @@ fn vec4_subgroup_matmul_matches_the_f32_kernel_bit_for_bit() {
     }
 }
 
-/// The vec4 forward's wide tile (64x64, taken for big products: `matmul::wide_fits`) gives the
-/// 32x32 tiles' results bit for bit, and those of the f32 kernel, in every forward epilogue:
-/// the same chain of fma per output in the same order. Sizes that are not multiples of the
-/// tile (a last tile of one row, of one vec4 of columns), the smallest inner width, and grids
-/// split over dispatches; the launch labels say which tile ran.
+/// The vec4 kernel's wide tiles (64x64, taken for big products: `matmul::wide_fits`) give the
+/// 32x32 tiles' results bit for bit, and those of the f32 kernel, in all three layouts and
+/// every epilogue the step uses: the same chain of fma per output in the same order. Sizes that
+/// are not multiples of the tile (a last tile of one row, of one vec4 of columns), the
+/// smallest inner widths (a weight gradient over a batch of one, and of three: no whole group
+/// of 4 steps), and grids split over dispatches; the launch labels say which tile ran. The
+/// plain products are judged against their f64 twins too.
 #[test]
-fn wide_forward_matches_the_32x32_tiles_bit_for_bit() {
+fn wide_tiles_match_the_32x32_tiles_bit_for_bit() {
     use sae_wgpu::kernels::matmul::wide_fits;
     use sae_wgpu::kernels::MatmulOp;
     use sae_wgpu::model::Activation;
+    use sae_wgpu::reference as r;
     for gpu in gpus() {
         let mut kernels = Kernels::new(&gpu).expect("kernels");
         let subgroups = kernels.matmul_variants().contains(&MatmulVariant::Subgroup);
@@ -380,19 +383,45 @@ fn wide_forward_matches_the_32x32_tiles_bit_for_bit() {
             kernels.set_matmul_variant(MatmulVariant::Subgroup).unwrap();
         }
         for (case, &(m, k, n, max_groups)) in
-            [(257, 20, 260, u32::MAX), (1000, 4, 64, 3), (128, 132, 516, 2), (320, 68, 200, 1)].iter().enumerate()
+            [(257, 260, 196, u32::MAX), (130, 1028, 516, 3), (1000, 4, 64, 3), (1, 260, 264, 2), (3, 260, 260, 1)]
+                .iter()
+                .enumerate()
         {
-            assert!(wide_fits(MatmulOp::Forward, (m, n, k)), "case {case} takes the wide tile");
+            // Where each launch below takes the wide tile, by the launcher's rule.
+            let fits = [
+                wide_fits(MatmulOp::Forward, (m, n, k)),
+                wide_fits(MatmulOp::Forward, (m, n, k)),
+                wide_fits(MatmulOp::Forward, (m, n, k)),
+                wide_fits(MatmulOp::BackwardInput, (m, k, n)),
+                wide_fits(MatmulOp::BackwardInput, (m, k, n)),
+                wide_fits(MatmulOp::BackwardWeight, (n, k, m)),
+                wide_fits(MatmulOp::BackwardWeight, (n, k + 1, m)),
+            ];
+            // Every layout takes it in some case: all three in the first two.
+            assert!(fits[0] == (case < 3) && fits[3] == (case < 3) && fits[6] == (case != 2), "case {case}");
             kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);
             let mut rng = Rng::new(55 + case as u64);
             let mut up = |name: &str, len: usize, lo: f64| gpu.upload(name, &check::random(&mut rng, len, lo, 1.0));
             let (a, w, b, x) = (up("a", m * k, -1.0), up("w", n * k, -1.0), up("b", n, -1.0), up("x", m * n, 0.0));
-            // (vec4, wide): the f32 kernel, the 32x32 vec4 tiles, the wide tile.
+            let (delta, z_below, a_below) = (up("delta", m * n, -1.0), up("z", m * k, -1.0), up("a below", m * k, 0.0));
+            // (vec4, wide): the f32 kernel, the 32x32 vec4 tiles, the wide tiles.
             let run = |kernels: &mut Kernels, (vec4, wide): (bool, bool)| {
                 kernels.set_matmul_vec4(vec4);
                 kernels.set_matmul_wide(wide);
-                let nan = |name: &str| gpu.upload(name, &vec![f32::NAN; m * n]);
-                let outs = [nan("z plain"), nan("z"), nan("a"), nan("z last"), nan("a last"), nan("delta")];
+                let nan = |name: &str, len: usize| gpu.upload(name, &vec![f32::NAN; len]);
+                let outs = [
+                    nan("z plain", m * n),
+                    nan("z", m * n),
+                    nan("a", m * n),
+                    nan("z last", m * n),
+                    nan("a last", m * n),
+                    nan("delta", m * n),
+                    nan("g plain", m * k),
+                    nan("g", m * k),
+                    nan("dw plain", n * k),
+                    nan("dw", n * k),
+                    nan("db", n),
+                ];
                 let launches = [
                     kernels.matmul_forward(&a, &w, &outs[0], m, k, n),
                     kernels.matmul_forward_bias_activation(&a, &w, &b, &outs[1], &outs[2], m, k, n, Activation::Tanh),
@@ -405,29 +434,56 @@ fn wide_forward_matches_the_32x32_tiles_bit_for_bit() {
                         (m, k, n),
                         Activation::Relu,
                     ),
+                    kernels.matmul_backward_input(&delta, &w, &outs[6], m, n, k),
+                    kernels.matmul_backward_input_activation(
+                        &delta,
+                        &w,
+                        &z_below,
+                        &a_below,
+                        &outs[7],
+                        m,
+                        n,
+                        k,
+                        Activation::Sigmoid,
+                    ),
+                    kernels.matmul_backward_weight(&delta, &a, &outs[8], m, n, k),
+                    kernels.matmul_backward_weight_bias(&delta, &a, &outs[9], &outs[10], m, n, k),
                 ];
-                for l in &launches {
-                    assert_eq!(l.cost.label.contains(" wide"), vec4 && wide && subgroups, "{}", l.cost.label);
+                for (l, fits) in launches.iter().zip(fits) {
+                    assert_eq!(l.cost.label.contains(" wide"), vec4 && wide && subgroups && fits, "{}", l.cost.label);
                 }
                 gpu.run(&launches);
-                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
-                outs.iter().map(|o| bits(gpu.download(o).unwrap())).collect::<Vec<_>>()
+                outs.iter().map(|o| gpu.download(o).unwrap()).collect::<Vec<_>>()
             };
+            let bits = |outs: &[Vec<f32>]| outs.iter().flatten().map(|v| v.to_bits()).collect::<Vec<u32>>();
             let f32_kernel = run(&mut kernels, (false, false));
             let tiles32 = run(&mut kernels, (true, false));
             let wide = run(&mut kernels, (true, true));
             kernels.set_matmul_wide(true);
-            assert!(f32_kernel.iter().flatten().all(|&b| !f32::from_bits(b).is_nan()), "every output written");
-            assert!(tiles32 == f32_kernel, "m={m} k={k} n={n} on {}: 32x32 vec4 differs", gpu.describe());
-            assert!(wide == tiles32, "m={m} k={k} n={n} on {}: the wide tile differs", gpu.describe());
-            // And against the f64 twin, as the check table judges it.
-            let z: Vec<f32> = wide[0].iter().map(|&b| f32::from_bits(b)).collect();
-            let (a64, w64) = (check::widen(&gpu.download(&a).unwrap()), check::widen(&gpu.download(&w).unwrap()));
-            let want = sae_wgpu::reference::matmul_forward(&a64, &w64, m, k, n);
+            assert!(f32_kernel.iter().flatten().all(|v| !v.is_nan()), "every output written");
+            assert!(bits(&tiles32) == bits(&f32_kernel), "m={m} k={k} n={n} on {}: 32x32 vec4 differs", gpu.describe());
+            assert!(bits(&wide) == bits(&tiles32), "m={m} k={k} n={n} on {}: the wide tiles differ", gpu.describe());
+            // The plain products against their f64 twins, as the check table judges them.
+            let f64_of = |v: &sae_wgpu::kernels::View| check::widen(&gpu.download(v).unwrap());
+            let (a64, w64, d64) = (f64_of(&a), f64_of(&w), f64_of(&delta));
             let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<f64>>();
-            let scale = sae_wgpu::reference::matmul_forward(&abs(&a64), &abs(&w64), m, k, n);
-            let err = check::max_rel_err(&z, &want, &scale);
-            assert!(err <= TOL, "m={m} k={k} n={n}: max rel err {err:.2e} > {TOL:.0e}");
+            let z_err = check::max_rel_err(
+                &wide[0],
+                &r::matmul_forward(&a64, &w64, m, k, n),
+                &r::matmul_forward(&abs(&a64), &abs(&w64), m, k, n),
+            );
+            let g_err = check::max_rel_err(
+                &wide[6],
+                &r::matmul_backward_input(&d64, &w64, m, n, k),
+                &r::matmul_backward_input(&abs(&d64), &abs(&w64), m, n, k),
+            );
+            let dw_err = check::max_rel_err(
+                &wide[8],
+                &r::matmul_backward_weight(&d64, &a64, m, n, k),
+                &r::matmul_backward_weight(&abs(&d64), &abs(&a64), m, n, k),
+            );
+            let worst = z_err.max(g_err).max(dw_err);
+            assert!(worst <= TOL, "m={m} k={k} n={n}: max rel err {z_err:.2e}, {g_err:.2e}, {dw_err:.2e} > {TOL:.0e}");
         }
     }
 }

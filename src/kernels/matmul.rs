@@ -23,6 +23,7 @@ pub mod source {
         "matmul_epilogue_vec4.wgsl",
         "matmul_rows.wgsl",
         "matmul_subgroup_vec4.wgsl",
+        "matmul_subgroup_wide.wgsl",
         "matmul_entries_subgroup.wgsl"
     );
     pub const TILED64: &str =
@@ -149,10 +150,10 @@ pub enum MatmulVariant {
     /// and results: not a variant of its own (not in [`Self::ALL`]) but what the `Subgroup`
     /// launchers run where a product's widths allow ([`vec4_fits`]).
     SubgroupVec4,
-    /// `SubgroupVec4`'s forward product with 64x64 tiles (`matmul_forward_wide` in
-    /// `shaders/matmul_subgroup_vec4.wgsl`), same sums in the same order: what its launcher
-    /// runs for products big enough to give every CPU thread several workgroups ([`wide_fits`]).
-    /// Not in [`Self::ALL`] either.
+    /// `SubgroupVec4`'s three products with 64x64 tiles
+    /// (`shaders/matmul_subgroup_wide.wgsl`), same sums in the same order: what its launchers run
+    /// for products big enough to give every CPU thread several workgroups ([`wide_fits`]). Not
+    /// in [`Self::ALL`] either.
     SubgroupWide,
 }
 
@@ -160,10 +161,10 @@ pub enum MatmulVariant {
 /// the 32x32 tiles' four times as many workgroups keep more CPU threads busy.
 pub const WIDE_MIN_GROUPS: usize = 16;
 
-/// Whether a vec4 product of `(rows, cols, inner)` takes the wide tile: the forward product
-/// only (the other layouts keep 32x32), with at least [`WIDE_MIN_GROUPS`] 64x64 tiles.
+/// Whether a vec4 product of `(rows, cols, inner)` takes the wide tile: any but the pair (which
+/// runs only small products), with at least [`WIDE_MIN_GROUPS`] 64x64 tiles.
 pub fn wide_fits(op: MatmulOp, (rows, cols, _inner): (usize, usize, usize)) -> bool {
-    op == MatmulOp::Forward && rows.div_ceil(64) * cols.div_ceil(64) >= WIDE_MIN_GROUPS
+    op != MatmulOp::BackwardPair && rows.div_ceil(64) * cols.div_ceil(64) >= WIDE_MIN_GROUPS
 }
 
 /// Whether a product of `(rows, cols, inner)` takes the vec4 kernel: the widths it reads and
@@ -216,18 +217,20 @@ impl MatmulVariant {
     }
 
     /// The operations this variant has entry points for (every variant has all of them; the
-    /// wide tile only the forward product).
+    /// wide tiles all but the pair).
     pub fn ops(self) -> &'static [MatmulOp] {
         match self {
-            MatmulVariant::SubgroupWide => &[MatmulOp::Forward],
+            MatmulVariant::SubgroupWide => &[MatmulOp::Forward, MatmulOp::BackwardWeight, MatmulOp::BackwardInput],
             _ => &MatmulOp::ALL,
         }
     }
 
     /// The entry point of `op` in this variant's shader.
     pub(super) fn entry(self, op: MatmulOp) -> &'static str {
-        match self {
-            MatmulVariant::SubgroupWide => "matmul_forward_wide",
+        match (self, op) {
+            (MatmulVariant::SubgroupWide, MatmulOp::Forward) => "matmul_forward_wide",
+            (MatmulVariant::SubgroupWide, MatmulOp::BackwardWeight) => "matmul_backward_weight_wide",
+            (MatmulVariant::SubgroupWide, _) => "matmul_backward_input_wide",
             _ => op.name(),
         }
     }
