@@ -1,6 +1,6 @@
 // The wide tiles of the vec4 subgroup kernel (after matmul_subgroup_vec4.wgsl, whose loaders,
 // lane layout and store path they share), chosen by the launcher for big products
-// (`matmul::wide_fits`; the pair keeps 32x32): a 64x64 tile per workgroup, four 32x32 quarters
+// (`matmul::wide_fits`): a 64x64 tile per workgroup, four 32x32 quarters
 // summed in one loop, so that each row of L and each row of R a lane loads serves two quarters.
 // Per 4 steps of the sum a lane then makes 16 loads for 2048 multiply-adds of vec4, where the
 // 32x32 tile makes 8 for 512; under llvmpipe the loads are what the kernel spends most on (each
@@ -9,14 +9,12 @@
 // chain of fma in the same order as the 32x32 kernel's, so the results are that kernel's bit for
 // bit, and an accumulator leaves registers once per 4 steps rather than 4 times.
 //
-//   matmul_forward_wide           Z = A W^T       R(4 p4 + q, c) from W's rows along p (w_steps)
-//   matmul_backward_input_wide    G = delta W     R(4 p4 + q, c) from W's rows along the columns
-//                                                 (input_steps); epilogue 2 as
-//                                                 matmul_backward_input
-//   matmul_backward_weight_wide   dW = delta^T A  L's 4 steps from 4 rows of delta (own_steps),
-//                                                 R's from 4 rows of A (weight_steps), the ones
-//                                                 column and epilogue 3 as matmul_backward_weight;
-//                                                 the last inner % 4 steps one at a time
+//   matmul_forward_wide          Z = A W^T    R(4 p4 + q, c) from W's rows along p (w_steps)
+//   matmul_backward_input_wide   G = delta W  R(4 p4 + q, c) from W's rows along the columns
+//                                             (input_steps); epilogue 2 as matmul_backward_input
+//
+// The weight gradient keeps 32x32 tiles: a wide version (its L 4 steps at a time from 4 rows of
+// delta) measured no faster on the mnist model's weight gradients, in three alternating rounds.
 
 // R(4 p4 + q, c0..c0+3) for q = 0..3 in the forward product: 4 rows of a row-major W (k4 vec4
 // per row) from w, the index of W[c0, 4 p4 .. 4 p4 + 3].
@@ -217,110 +215,6 @@ fn wide(forward: bool, lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
     store_tile(&hi_hi, sgid, row0 + 32u, c_hi);
 }
 
-// The weight gradient's L at 4 steps p..p+3 for the lane's 4 tile rows (delta's row group g,
-// n4 vec4 per row), as 4 rows along p: element q of a[j] is delta[p + q, 4 g + j].
-fn own_steps(p: u32, n4: u32, g: u32) -> array<vec4<f32>, 4> {
-    let o0 = lhs[p * n4 + g];
-    let o1 = lhs[(p + 1u) * n4 + g];
-    let o2 = lhs[(p + 2u) * n4 + g];
-    let o3 = lhs[(p + 3u) * n4 + g];
-    return array<vec4<f32>, 4>(
-        vec4<f32>(o0.x, o1.x, o2.x, o3.x),
-        vec4<f32>(o0.y, o1.y, o2.y, o3.y),
-        vec4<f32>(o0.z, o1.z, o2.z, o3.z),
-        vec4<f32>(o0.w, o1.w, o2.w, o3.w),
-    );
-}
-
-// The weight gradient's R at 4 steps p..p+3, columns c0..c0+3 (read at the vec4 c4 of A's rows,
-// k4 per row), the ones column as matmul_backward_weight has it.
-fn weight_steps(r: RhsSource, p: u32, k4: u32, c4: u32, c0: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(
-        ones_column(rhs4_at(r, p * k4 + c4), c0, r),
-        ones_column(rhs4_at(r, (p + 1u) * k4 + c4), c0, r),
-        ones_column(rhs4_at(r, (p + 2u) * k4 + c4), c0, r),
-        ones_column(rhs4_at(r, (p + 3u) * k4 + c4), c0, r),
-    );
-}
-
-// The weight gradient where a workgroup is not one subgroup: as wide_per_lane, each output the
-// same chain of fma over p; the bias gradient (epilogue 3) from the lane whose columns start at
-// the ones column.
-fn weight_per_lane(s: u32, tile: vec2<u32>) {
-    let row0 = tile.y * 64u;
-    let rows = select(0u, min(64u, mmv().rows - row0), row0 < mmv().rows);
-    let n4 = mmv().rows / 4u;
-    let k = a_cols();
-    let r_from = rhs_source();
-    for (var half = 0u; half < 2u; half++) {
-        let c0 = (tile.x * 16u + s) * 4u + 32u * half;
-        let stored = c0 < k;
-        if (stored || (mode() == 3u && c0 == k)) {
-            let c4 = min(c0, k - 4u) / 4u;
-            for (var i = 0u; i < rows; i++) {
-                let r = row0 + i;
-                var v = vec4<f32>(0.0);
-                for (var p = 0u; p < mmv().inner; p++) {
-                    let rv = ones_column(rhs4_at(r_from, p * (k / 4u) + c4), c0, r_from);
-                    v = fma(vec4<f32>(lhs[p * n4 + r / 4u][r % 4u]), rv, v);
-                }
-                if (stored) {
-                    store_output4(r, c0, v, vec4<f32>(0.0));
-                } else {
-                    a_out[r / 4u][r % 4u] = v.x;
-                }
-            }
-        }
-    }
-}
-
-fn weight_wide(lid: u32, sgid: u32, sg_size: u32, wid: vec2<u32>) {
-    let tile = wid + grid.offset.xy;
-    if (!whole_subgroup(sgid, sg_size)) {
-        weight_per_lane(lid, tile);
-        return;
-    }
-    // Tile rows row0.. (lo, delta's row group own_lo) and row0 + 32.. (hi, own_hi); lane s's
-    // columns c_lo.. and c_hi.. (A read at a clamped column past its edge).
-    let row0 = tile.y * 64u;
-    let c_lo = (tile.x * 16u + sgid) * 4u;
-    let c_hi = c_lo + 32u;
-    let n4 = mmv().rows / 4u;
-    let k = a_cols();
-    let k4 = k / 4u;
-    let read_lo = min(c_lo, k - 4u) / 4u;
-    let read_hi = min(c_hi, k - 4u) / 4u;
-    let own_lo = min(row0 / 4u + sgid, n4 - 1u);
-    let own_hi = min(row0 / 4u + 8u + sgid, n4 - 1u);
-    let inner = mmv().inner;
-    let r_from = rhs_source();
-    var lo_lo: array<vec4<f32>, 32>;
-    var lo_hi: array<vec4<f32>, 32>;
-    var hi_lo: array<vec4<f32>, 32>;
-    var hi_hi: array<vec4<f32>, 32>;
-    let whole_steps = inner / 4u * 4u;
-    for (var p = 0u; p < whole_steps; p += 4u) {
-        let l = weight_steps(r_from, p, k4, read_lo, c_lo);
-        let h = weight_steps(r_from, p, k4, read_hi, c_hi);
-        fma_four_rows_outer(&lo_lo, &lo_hi, own_steps(p, n4, own_lo), l, h);
-        fma_four_rows_outer(&hi_lo, &hi_hi, own_steps(p, n4, own_hi), l, h);
-    }
-    for (var p = whole_steps; p < inner; p++) {
-        let l = ones_column(rhs4_at(r_from, p * k4 + read_lo), c_lo, r_from);
-        let h = ones_column(rhs4_at(r_from, p * k4 + read_hi), c_hi, r_from);
-        let o_lo = lhs[p * n4 + own_lo];
-        let o_hi = lhs[p * n4 + own_hi];
-        fma_shared_rows(&lo_lo, o_lo, l);
-        fma_shared_rows(&lo_hi, o_lo, h);
-        fma_shared_rows(&hi_lo, o_hi, l);
-        fma_shared_rows(&hi_hi, o_hi, h);
-    }
-    store_tile(&lo_lo, sgid, row0, c_lo);
-    store_tile(&lo_hi, sgid, row0, c_hi);
-    store_tile(&hi_lo, sgid, row0 + 32u, c_lo);
-    store_tile(&hi_hi, sgid, row0 + 32u, c_hi);
-}
-
 @compute @workgroup_size(8)
 fn matmul_forward_wide(
     @builtin(local_invocation_index) lid: u32,
@@ -343,13 +237,3 @@ fn matmul_backward_input_wide(
     wide(false, lid, sgid, sg_size, wid.xy);
 }
 
-@compute @workgroup_size(8)
-fn matmul_backward_weight_wide(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) sgid: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    single();
-    weight_wide(lid, sgid, sg_size, wid.xy);
-}

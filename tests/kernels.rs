@@ -363,13 +363,13 @@ fn vec4_subgroup_matmul_matches_the_f32_kernel_bit_for_bit() {
     }
 }
 
-/// The vec4 kernel's wide tiles (64x64, taken for big products: `matmul::wide_fits`) give the
-/// 32x32 tiles' results bit for bit, and those of the f32 kernel, in all three layouts and
-/// every epilogue the step uses: the same chain of fma per output in the same order. Sizes that
-/// are not multiples of the tile (a last tile of one row, of one vec4 of columns), the
-/// smallest inner widths (a weight gradient over a batch of one, and of three: no whole group
-/// of 4 steps), and grids split over dispatches; the launch labels say which tile ran. The
-/// plain products are judged against their f64 twins too.
+/// The vec4 kernel's wide tiles (64x64, taken for big forward and input-gradient products:
+/// `matmul::wide_fits`) give the 32x32 tiles' results bit for bit, and those of the f32 kernel,
+/// in every epilogue the step uses there: the same chain of fma per output in the same order.
+/// Sizes that are not multiples of the tile (a last tile of one row, of one vec4 of columns),
+/// the smallest inner widths, and grids split over dispatches; the weight gradient, which keeps
+/// 32x32 tiles, beside them. The launch labels say which tile ran; the plain products are
+/// judged against their f64 twins too.
 #[test]
 fn wide_tiles_match_the_32x32_tiles_bit_for_bit() {
     use sae_wgpu::kernels::matmul::wide_fits;
@@ -383,7 +383,7 @@ fn wide_tiles_match_the_32x32_tiles_bit_for_bit() {
             kernels.set_matmul_variant(MatmulVariant::Subgroup).unwrap();
         }
         for (case, &(m, k, n, max_groups)) in
-            [(257, 260, 196, u32::MAX), (130, 1028, 516, 3), (1000, 4, 64, 3), (1, 260, 264, 2), (3, 260, 260, 1)]
+            [(257, 260, 196, u32::MAX), (130, 1028, 516, 3), (1000, 4, 64, 3), (65, 8, 1028, 2), (1000, 64, 4, 1)]
                 .iter()
                 .enumerate()
         {
@@ -397,8 +397,7 @@ fn wide_tiles_match_the_32x32_tiles_bit_for_bit() {
                 wide_fits(MatmulOp::BackwardWeight, (n, k, m)),
                 wide_fits(MatmulOp::BackwardWeight, (n, k + 1, m)),
             ];
-            // Every layout takes it in some case: all three in the first two.
-            assert!(fits[0] == (case < 3) && fits[3] == (case < 3) && fits[6] == (case != 2), "case {case}");
+            assert!(fits[0] && fits[3] == (case != 3) && !fits[5] && !fits[6], "case {case}");
             kernels.max_groups = max_groups.min(gpu.limits.max_compute_workgroups_per_dimension);
             let mut rng = Rng::new(55 + case as u64);
             let mut up = |name: &str, len: usize, lo: f64| gpu.upload(name, &check::random(&mut rng, len, lo, 1.0));

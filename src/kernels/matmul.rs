@@ -150,7 +150,7 @@ pub enum MatmulVariant {
     /// and results: not a variant of its own (not in [`Self::ALL`]) but what the `Subgroup`
     /// launchers run where a product's widths allow ([`vec4_fits`]).
     SubgroupVec4,
-    /// `SubgroupVec4`'s three products with 64x64 tiles
+    /// `SubgroupVec4`'s forward and input-gradient products with 64x64 tiles
     /// (`shaders/matmul_subgroup_wide.wgsl`), same sums in the same order: what its launchers run
     /// for products big enough to give every CPU thread several workgroups ([`wide_fits`]). Not
     /// in [`Self::ALL`] either.
@@ -161,10 +161,12 @@ pub enum MatmulVariant {
 /// the 32x32 tiles' four times as many workgroups keep more CPU threads busy.
 pub const WIDE_MIN_GROUPS: usize = 16;
 
-/// Whether a vec4 product of `(rows, cols, inner)` takes the wide tile: any but the pair (which
-/// runs only small products), with at least [`WIDE_MIN_GROUPS`] 64x64 tiles.
+/// Whether a vec4 product of `(rows, cols, inner)` takes the wide tile: the forward and
+/// input-gradient products (the weight gradient keeps 32x32, as does the pair, which runs only
+/// small products), with at least [`WIDE_MIN_GROUPS`] 64x64 tiles.
 pub fn wide_fits(op: MatmulOp, (rows, cols, _inner): (usize, usize, usize)) -> bool {
-    op != MatmulOp::BackwardPair && rows.div_ceil(64) * cols.div_ceil(64) >= WIDE_MIN_GROUPS
+    matches!(op, MatmulOp::Forward | MatmulOp::BackwardInput)
+        && rows.div_ceil(64) * cols.div_ceil(64) >= WIDE_MIN_GROUPS
 }
 
 /// Whether a product of `(rows, cols, inner)` takes the vec4 kernel: the widths it reads and
@@ -217,10 +219,10 @@ impl MatmulVariant {
     }
 
     /// The operations this variant has entry points for (every variant has all of them; the
-    /// wide tiles all but the pair).
+    /// wide tiles the forward and input-gradient products).
     pub fn ops(self) -> &'static [MatmulOp] {
         match self {
-            MatmulVariant::SubgroupWide => &[MatmulOp::Forward, MatmulOp::BackwardWeight, MatmulOp::BackwardInput],
+            MatmulVariant::SubgroupWide => &[MatmulOp::Forward, MatmulOp::BackwardInput],
             _ => &MatmulOp::ALL,
         }
     }
@@ -229,7 +231,6 @@ impl MatmulVariant {
     pub(super) fn entry(self, op: MatmulOp) -> &'static str {
         match (self, op) {
             (MatmulVariant::SubgroupWide, MatmulOp::Forward) => "matmul_forward_wide",
-            (MatmulVariant::SubgroupWide, MatmulOp::BackwardWeight) => "matmul_backward_weight_wide",
             (MatmulVariant::SubgroupWide, _) => "matmul_backward_input_wide",
             _ => op.name(),
         }
