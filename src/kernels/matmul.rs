@@ -157,7 +157,7 @@ pub enum MatmulVariant {
     SubgroupWide,
 }
 
-/// The fewest workgroups a wide tile's grid has where the vec4 forward takes it: below that
+/// The fewest workgroups a wide tile's grid has where the vec4 kernel takes it: below that
 /// the 32x32 tiles' four times as many workgroups keep more CPU threads busy.
 pub const WIDE_MIN_GROUPS: usize = 16;
 
