@@ -92,6 +92,18 @@ fn fma_shared_rows(acc: ptr<function, array<vec4<f32>, 32>>, own: vec4<f32>, rv:
     );
 }
 
+// The 4x4 transpose: element j of vec4 i is element i of v[j] (4 rows along p become 4 steps
+// of p across rows, and back). Under llvmpipe a vec4's components are separate registers, so it
+// costs nothing.
+fn transpose4(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(
+        vec4<f32>(v[0].x, v[1].x, v[2].x, v[3].x),
+        vec4<f32>(v[0].y, v[1].y, v[2].y, v[3].y),
+        vec4<f32>(v[0].z, v[1].z, v[2].z, v[3].z),
+        vec4<f32>(v[0].w, v[1].w, v[2].w, v[3].w),
+    );
+}
+
 // Four steps of the sum with the rows shared: `a` holds this lane's 4 rows along p, `w0..w3`
 // R(4 p4 + q, c0..c0+3) for q = 0..3. Written out: constant indices only (see fma_rows).
 fn fma_four_shared(
@@ -99,10 +111,11 @@ fn fma_four_shared(
     a: array<vec4<f32>, 4>,
     w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>,
 ) {
-    fma_shared_rows(acc, vec4<f32>(a[0].x, a[1].x, a[2].x, a[3].x), w0);
-    fma_shared_rows(acc, vec4<f32>(a[0].y, a[1].y, a[2].y, a[3].y), w1);
-    fma_shared_rows(acc, vec4<f32>(a[0].z, a[1].z, a[2].z, a[3].z), w2);
-    fma_shared_rows(acc, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), w3);
+    let steps = transpose4(a);
+    fma_shared_rows(acc, steps[0], w0);
+    fma_shared_rows(acc, steps[1], w1);
+    fma_shared_rows(acc, steps[2], w2);
+    fma_shared_rows(acc, steps[3], w3);
 }
 
 // The same four steps with R's 4 columns given as 4 rows of a row-major W: w_i holds
@@ -112,14 +125,8 @@ fn fma_four_by_w_rows(
     a: array<vec4<f32>, 4>,
     w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>,
 ) {
-    fma_four_shared(
-        acc,
-        a,
-        vec4<f32>(w0.x, w1.x, w2.x, w3.x),
-        vec4<f32>(w0.y, w1.y, w2.y, w3.y),
-        vec4<f32>(w0.z, w1.z, w2.z, w3.z),
-        vec4<f32>(w0.w, w1.w, w2.w, w3.w),
-    );
+    let r = transpose4(array<vec4<f32>, 4>(w0, w1, w2, w3));
+    fma_four_shared(acc, a, r[0], r[1], r[2], r[3]);
 }
 
 // How many of the tile's rows from row0 exist: the store loops run to it rather than to ROWS

@@ -19,16 +19,7 @@
 // R(4 p4 + q, c0..c0+3) for q = 0..3 in the forward product: 4 rows of a row-major W (k4 vec4
 // per row) from w, the index of W[c0, 4 p4 .. 4 p4 + 3].
 fn w_steps(w: u32, k4: u32) -> array<vec4<f32>, 4> {
-    let w0 = rhs[w];
-    let w1 = rhs[w + k4];
-    let w2 = rhs[w + 2u * k4];
-    let w3 = rhs[w + 3u * k4];
-    return array<vec4<f32>, 4>(
-        vec4<f32>(w0.x, w1.x, w2.x, w3.x),
-        vec4<f32>(w0.y, w1.y, w2.y, w3.y),
-        vec4<f32>(w0.z, w1.z, w2.z, w3.z),
-        vec4<f32>(w0.w, w1.w, w2.w, w3.w),
-    );
+    return transpose4(array<vec4<f32>, 4>(rhs[w], rhs[w + k4], rhs[w + 2u * k4], rhs[w + 3u * k4]));
 }
 
 // The same in the input gradient: W[4 p4 + q, c0..c0+3], the vec4 c4 = c0 / 4 of W's rows
